@@ -1,0 +1,41 @@
+"""The ``local-workspace`` block: where the embedded local workspace keeps its state."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+from workspaces.local import LocalWorkspace
+
+
+class LocalWorkspaceBlock(Block):
+    """Settings of the embedded local workspace (real training, MLflow registry, endpoints).
+
+    Attributes:
+        state_dir: Folder holding models, jobs, the MLflow registry and endpoint state.
+            A relative path is resolved against the working directory of the process
+            that runs the flow (the worker's, when run from a deployment).
+
+    Example:
+        ```python
+        from blocks.local_workspace import LocalWorkspaceBlock
+
+        LocalWorkspaceBlock(state_dir="/srv/chatft").save("default", overwrite=True)
+        workspace = LocalWorkspaceBlock.load("default").get_workspace()
+        ```
+    """
+
+    _block_type_name = "Local Workspace"
+    _block_type_slug = "local-workspace"
+    _description = "The embedded local workspace of chat-finetune-flows."
+    _documentation_url = "https://docs.prefect.io/v3/develop/blocks"  # type: ignore[assignment]
+
+    state_dir: str = Field(
+        default=".workspace",
+        title="State directory",
+        description="Folder for models, jobs, the MLflow registry and endpoints; relative "
+        "paths resolve against the flow process's working directory.",
+    )
+
+    def get_workspace(self) -> LocalWorkspace:
+        return LocalWorkspace(self.state_dir)

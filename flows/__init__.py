@@ -1,0 +1,1 @@
+"""Prefect flows: one module per flow; each composes tasks and decides."""

@@ -1,0 +1,291 @@
+"""finetune_and_deploy: fine-tune a chat model, register it, deploy it, score a sample.
+
+Runs MISSION.md steps 1-8 (and 9, deleting the endpoint, when ``delete_endpoint`` is set)
+against a workspace chosen by ``workspace_block``: the embedded local workspace by
+default, or Azure Machine Learning through an ``azure-ml-workspace`` block.
+
+A re-run with the same request finds the job, model version, endpoint and deployment it
+made before and creates nothing new; a run killed while the job trains attaches to the
+same job when started again.
+
+Run it:
+    python -m flows.finetune_and_deploy                 # local workspace, defaults
+    python -m flows.finetune_and_deploy --delete-endpoint
+or from a Prefect server: the ``finetune-and-deploy`` deployment in prefect.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+
+from blocks import load_workspace
+from flows.parameters import FinetuneRequest
+from tasks import reports
+from tasks.compute import ensure_compute
+from tasks.data import download_dataset, files_present, first_rows
+from tasks.endpoints import (
+    create_deployment,
+    create_endpoint,
+    delete_endpoint,
+    reply_text,
+    route_traffic,
+    sample_request,
+    score_sample,
+)
+from tasks.finetune import allocate_suffix, get_job_metrics, submit_finetune_job, wait_for_job
+from tasks.foundation_model import (
+    check_workspace_access,
+    get_foundation_model,
+    resolve_finetune_parameters,
+)
+from tasks.registry import register_model
+from workspaces.compute_rules import check_inference_size
+from workspaces.errors import InvalidRequest
+from workspaces.interface import (
+    MANAGED_BY_VALUE,
+    TAG_FLOW_RUN,
+    TAG_MANAGED_BY,
+    TAG_MODEL,
+    TAG_MODEL_VERSION,
+    TAG_REQUEST,
+    TAG_SUFFIX,
+    FinetuneJobSpec,
+)
+from workspaces.model_tags import INFERENCE_ALLOW_LIST, TagParseError, allow_list
+from workspaces.naming import (
+    endpoint_name_for,
+    experiment_name_for,
+    finetune_display_name,
+    finetune_job_name,
+    registered_model_description,
+    registered_model_name,
+)
+
+
+class FinetuneResult(BaseModel):
+    """What the run produced, as shown at the end of the run and returned to callers."""
+
+    workspace: str
+    request_id: str
+    suffix: str
+    job_name: str
+    job_reused: bool
+    model_name: str
+    model_version: str
+    endpoint_name: str
+    scoring_uri: str | None
+    endpoint_reused: bool
+    deployment_name: str
+    reply: str
+    endpoint_deleted: bool = False
+
+
+def _rename_run(name: str) -> None:
+    """Give the run a name that says what it made (model and endpoint)."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    from prefect.client.orchestration import get_client
+
+    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run_id=run_id, name=name)
+
+
+@flow(
+    name="finetune-and-deploy",
+    description="Fine-tune a chat model on ultrachat_200k, register, deploy and score it.",
+    log_prints=True,
+)
+def finetune_and_deploy(
+    request: FinetuneRequest | None = None,
+    workspace_block: str | None = None,
+) -> FinetuneResult:
+    """MISSION steps 1-8 (9 optional) on the workspace named by ``workspace_block``.
+
+    Args:
+        request: what to fine-tune and how to deploy it; empty fields take the
+            workspace's defaults.
+        workspace_block: a block slug (``local-workspace/<name>`` or
+            ``azure-ml-workspace/<name>``); empty = local workspace in ./.workspace.
+    """
+    request = request or FinetuneRequest()
+    logger = get_run_logger()
+    workspace = load_workspace(workspace_block)
+    this_run = str(flow_run.get_id() or "local")
+
+    # 1-2. workspace, foundation model, parameters (the pre-flight gate: nothing is
+    # created or billed before these pass)
+    check_workspace_access(workspace)
+    model_name = request.foundation_model or workspace.default_foundation_model
+    model = get_foundation_model(workspace, model_name, request.foundation_model_label)
+    reports.report_foundation_model(model, workspace.kind)
+    parameters = resolve_finetune_parameters(
+        model, request.training.as_component_inputs(),
+        request.training.apply_model_specific_defaults,
+    )
+    instance_type = request.instance_type or workspace.default_instance_type
+    try:
+        inference_problem = check_inference_size(
+            instance_type, allow_list(model, INFERENCE_ALLOW_LIST)
+        )
+    except TagParseError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    if inference_problem:
+        raise InvalidRequest(f"instance_type: {inference_problem}")
+
+    request_id = request.request_id(workspace.cache_scope)
+    suffix = allocate_suffix(workspace, request_id)
+    endpoint_name = request.endpoint_name or endpoint_name_for(suffix)
+    _rename_run(f"{model.name} -> {endpoint_name}")
+
+    # 3. compute
+    compute, gpus = ensure_compute(
+        workspace,
+        request.compute_cluster or workspace.default_compute_name,
+        request.compute_size or workspace.default_compute_size,
+        request.compute_max_instances,
+        model,
+    )
+
+    # 4. data
+    source = request.dataset or workspace.default_dataset
+    prepared = download_dataset(source, request.dataset_split_pc, request.download_dir)
+    if not files_present(prepared):
+        logger.info("Cached dataset files are gone from %s; preparing them again", prepared.directory)
+        prepared = download_dataset.with_options(refresh_cache=True)(
+            source, request.dataset_split_pc, request.download_dir
+        )
+    reports.report_dataset(prepared, first_rows(prepared))
+
+    # 5. fine-tune job
+    display_name = finetune_display_name(model.name, parameters, gpus, request.num_nodes_finetune)
+    spec = FinetuneJobSpec(
+        name=finetune_job_name(request_id, suffix),
+        display_name=display_name,
+        experiment_name=experiment_name_for(model.name),
+        foundation_model=model,
+        compute=compute.name,
+        train_file=prepared.files["train_sft"],
+        test_file=prepared.files["test_sft"],
+        gpus_per_node=gpus,
+        num_nodes=request.num_nodes_finetune,
+        parameters=parameters,
+        component_version=request.component_version,
+        tags={
+            TAG_MANAGED_BY: MANAGED_BY_VALUE,
+            TAG_FLOW_RUN: this_run,
+            TAG_REQUEST: request_id,
+            TAG_SUFFIX: suffix,
+            TAG_MODEL: model.name,
+            TAG_MODEL_VERSION: model.version,
+        },
+    )
+    job = submit_finetune_job(workspace, spec, request_id, request.resubmit_failed_job)
+    job_reused = job.tags.get(TAG_FLOW_RUN) != this_run
+    reports.report_finetune_submission(job, parameters, compute, gpus, job_reused)
+    job = wait_for_job(workspace, job.name, request.job_timeout_minutes)
+    metrics = get_job_metrics(workspace, job.name)
+    reports.report_metrics(job, metrics)
+
+    # 6. register
+    registered_name = registered_model_name(model.name)
+    registered = register_model(
+        workspace, registered_name, suffix, job.name,
+        registered_model_description(model.name),
+        {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_RUN: this_run, TAG_REQUEST: request_id,
+         "base-model": model.id, "dataset": source,
+         "train-sha256": prepared.sha256["train_sft"]},
+    )
+    reports.report_model(registered)
+
+    # 7. deploy
+    resource_tags = {
+        TAG_MANAGED_BY: MANAGED_BY_VALUE,
+        TAG_FLOW_RUN: this_run,
+        TAG_REQUEST: request_id,
+        TAG_MODEL: registered.name,
+        TAG_MODEL_VERSION: registered.version,
+    }
+    endpoint = create_endpoint(
+        workspace, endpoint_name,
+        f"Serves {registered.name} version {registered.version} "
+        "(ultrachat_200k chat-completion fine-tune)",
+        resource_tags, request.deployment_timeout_minutes,
+    )
+    endpoint_reused = endpoint.tags.get(TAG_FLOW_RUN) != this_run
+    create_deployment(
+        workspace, endpoint_name, request.deployment_name, registered.id, instance_type,
+        request.instance_count, resource_tags, request.deployment_timeout_minutes,
+    )
+    endpoint = route_traffic(workspace, endpoint_name, {request.deployment_name: 100})
+    reports.report_endpoint(endpoint, request.deployment_name, endpoint_reused)
+    reports.emit("endpoint.deployed", endpoint_name, workspace.kind, {
+        "model": registered.name, "version": registered.version,
+        "deployment": request.deployment_name, "scoring_uri": endpoint.scoring_uri,
+        "reused": endpoint_reused,
+    })
+
+    # 8. score a sample
+    body = sample_request(
+        prepared.files["test_gen"], request.scoring.model_dump(), seed=int(suffix)
+    )
+    response = score_sample(
+        workspace, endpoint_name, request.deployment_name, body,
+        str(prepared.directory) + "/sample_score.json",
+    )
+    reply = reply_text(response)
+    reports.report_score(body, response, reply)
+
+    # 9. clean up (off by default: teardown_idle_endpoints owns clean-up)
+    deleted = False
+    if request.delete_endpoint:
+        deleted = delete_endpoint(workspace, endpoint_name)
+        if deleted:
+            reports.emit("endpoint.deleted", endpoint_name, workspace.kind,
+                         {"reason": "delete_endpoint=true in finetune-and-deploy"})
+
+    result = FinetuneResult(
+        workspace=workspace.cache_scope, request_id=request_id, suffix=suffix,
+        job_name=job.name, job_reused=job_reused, model_name=registered.name,
+        model_version=registered.version, endpoint_name=endpoint_name,
+        scoring_uri=endpoint.scoring_uri, endpoint_reused=endpoint_reused,
+        deployment_name=request.deployment_name, reply=reply, endpoint_deleted=deleted,
+    )
+    logger.info(
+        "Done: job %s (%s), model %s:%s (%s), endpoint %s (%s)",
+        job.name, "reused" if job_reused else "new", registered.name, registered.version,
+        "reused" if registered.tags.get(TAG_FLOW_RUN) != this_run else "new",
+        endpoint_name, "reused" if endpoint_reused else "new",
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workspace-block", default=None,
+                        help="block slug, e.g. azure-ml-workspace/prod (default: local)")
+    parser.add_argument("--delete-endpoint", action="store_true",
+                        help="delete the endpoint at the end (step 9)")
+    args = parser.parse_args()
+    result = finetune_and_deploy(
+        request=FinetuneRequest(delete_endpoint=args.delete_endpoint),
+        workspace_block=args.workspace_block,
+    )
+    print()
+    print(f"Endpoint:    {result.endpoint_name}"
+          + (" (deleted)" if result.endpoint_deleted else ""))
+    print(f"Scoring URI: {result.scoring_uri}")
+    print(f"Model:       {result.model_name} version {result.model_version}")
+    print(f"Reply:       {result.reply!r}")
+    if not result.endpoint_deleted and result.workspace.startswith("local:"):
+        print("The endpoint keeps serving. Stop and delete local endpoints with: "
+              "make endpoints-delete")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Typed parameters of ``finetune_and_deploy``: every value of MISSION.md with its default.
+
+Prefect turns these models into the run form of the UI and validates what the UI or API
+sends; a bad value is refused before anything is created, with the field named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from workspaces.model_tags import api_string
+from workspaces.naming import check_endpoint_name
+
+SchedulerType = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+    "constant_with_warmup", "inverse_sqrt",
+]
+
+
+class TrainingParameters(BaseModel):
+    """Fine-tune inputs of the chat_completion_pipeline component (MISSION step 5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_train_epochs: int = Field(3, ge=1, le=100, title="Epochs")
+    per_device_train_batch_size: int = Field(1, ge=1, le=1024, title="Train batch size per device")
+    per_device_eval_batch_size: int = Field(1, ge=1, le=1024, title="Eval batch size per device")
+    learning_rate: float = Field(5e-6, gt=0, le=1, title="Learning rate")
+    lr_scheduler_type: SchedulerType = Field("cosine", title="Learning-rate scheduler")
+    gradient_accumulation_steps: int | None = Field(None, ge=1, le=1024)
+    max_seq_length: int | None = Field(None, ge=16, le=131072)
+    save_total_limit: int | None = Field(None, ge=-1)
+    apply_lora: bool = Field(True, title="Apply LoRA")
+    apply_deepspeed: bool = Field(True, title="Apply DeepSpeed (ignored on CPU)")
+    deepspeed_stage: Literal[1, 2, 3] = Field(2, title="DeepSpeed stage")
+    extra_parameters: dict[str, str] = Field(
+        default_factory=dict,
+        title="Other component inputs",
+        description="Further chat_completion_pipeline inputs by name, values as strings",
+    )
+    apply_model_specific_defaults: bool = Field(
+        True,
+        description="Let the model's model_specific_defaults tag override these values, "
+        "as the walkthrough does",
+    )
+
+    def as_component_inputs(self) -> dict[str, str]:
+        """The values as the component takes them: strings, booleans as "true"/"false"."""
+        values = self.model_dump(exclude={"extra_parameters", "apply_model_specific_defaults"})
+        inputs = {k: api_string(v) for k, v in values.items() if v is not None}
+        inputs.update(self.extra_parameters)
+        return inputs
+
+
+class ScoringParameters(BaseModel):
+    """Generation parameters of the sample request (MISSION step 8)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.6, ge=0, le=2)
+    top_p: float = Field(0.9, gt=0, le=1)
+    do_sample: bool = True
+    max_new_tokens: int = Field(200, ge=1, le=2048)
+
+
+class FinetuneRequest(BaseModel):
+    """One fine-tune -> register -> deploy -> score request.
+
+    Fields left empty take the workspace's default (local: the stand-in model, the shipped
+    sample and this machine; Azure: Phi-3-mini-4k-instruct, ultrachat_200k from the hub and
+    the walkthrough's GPU sizes).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    foundation_model: str | None = Field(
+        None, description="Model name in the catalog/registry; empty = workspace default"
+    )
+    foundation_model_label: str = Field("latest", description="'latest' or a version")
+    component_version: str | None = Field(
+        None, description="Pin chat_completion_pipeline to a version; empty = latest"
+    )
+    dataset: str | None = Field(
+        None,
+        description="Hugging Face dataset id, 'sample' (shipped), or a folder of "
+        "<split>.jsonl files; empty = workspace default",
+    )
+    dataset_split_pc: float = Field(5, gt=0, le=100, description="Percent of every split")
+    download_dir: str = Field("ultrachat_200k_dataset", min_length=1)
+    compute_cluster: str | None = Field(None, description="Cluster name; empty = default")
+    compute_size: str | None = Field(None, description="VM size; empty = default")
+    compute_max_instances: int = Field(2, ge=1, le=100)
+    num_nodes_finetune: int = Field(1, ge=1, le=64)
+    training: TrainingParameters = Field(default_factory=TrainingParameters)
+    endpoint_name: str | None = Field(
+        None, description="Empty = ultrachat-completion-<suffix>"
+    )
+    deployment_name: str = Field("demo")
+    instance_type: str | None = Field(None, description="Empty = workspace default")
+    instance_count: int = Field(1, ge=1, le=50)
+    scoring: ScoringParameters = Field(default_factory=ScoringParameters)
+    resubmit_failed_job: bool = Field(
+        False, description="Submit a new job when this request's last job failed"
+    )
+    job_timeout_minutes: float = Field(720, gt=0, le=10080)
+    deployment_timeout_minutes: float = Field(90, gt=0, le=1440)
+    delete_endpoint: bool = Field(
+        False, description="Step 9: delete the endpoint at the end (teardown flow owns clean-up)"
+    )
+
+    @field_validator("endpoint_name")
+    @classmethod
+    def _endpoint_rule(cls, value: str | None) -> str | None:
+        return None if value is None else check_endpoint_name(value, "endpoint_name")
+
+    @field_validator("deployment_name")
+    @classmethod
+    def _deployment_rule(cls, value: str) -> str:
+        return check_endpoint_name(value, "deployment_name")
+
+    def request_id(self, workspace_scope: str) -> str:
+        """A stable id of what is asked for; operational knobs do not change it."""
+        identity = self.model_dump(
+            mode="json",
+            exclude={
+                "scoring", "delete_endpoint", "job_timeout_minutes",
+                "deployment_timeout_minutes", "resubmit_failed_job",
+            },
+        )
+        blob = json.dumps({"workspace": workspace_scope, **identity}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,176 @@
+"""Steps 7-9: endpoint, deployment, traffic, a scored sample, deletion."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.policies import transient_retries
+from tasks.waiting import poll_until
+from workspaces.errors import InvalidRequest, ResourceNotFound, WorkspaceError
+from workspaces.interface import Deployment, Endpoint, ScoreResponse, Workspace
+from workspaces.ultrachat import read_jsonl
+
+PROVISIONED = ("Succeeded", "Failed", "Canceled")
+
+
+# Endpoint tasks are not cached by Prefect: an endpoint may be deleted between runs (the
+# teardown flow does that), and get-or-create by name is what keeps them idempotent.
+@task(name="create-endpoint", cache_policy=NO_CACHE, **transient_retries())
+def create_endpoint(
+    workspace: Workspace, name: str, description: str, tags: dict[str, str], timeout_minutes: float
+) -> Endpoint:
+    """Create the key-auth endpoint, or reuse it; wait until it is provisioned."""
+    logger = get_run_logger()
+    endpoint = workspace.get_endpoint(name)
+    if endpoint is not None and endpoint.provisioning_state not in ("Failed", "Canceled"):
+        logger.info("Reusing endpoint %s (%s)", name, endpoint.provisioning_state)
+    else:
+        workspace.begin_create_endpoint(name, description, tags)
+        logger.info("Creating endpoint %s", name)
+
+    def read() -> Endpoint:
+        current = workspace.get_endpoint(name)
+        if current is None:
+            raise ResourceNotFound(f"endpoint {name} vanished while it was being created")
+        return current
+
+    endpoint = poll_until(
+        read, lambda e: e.provisioning_state in PROVISIONED, timeout_minutes * 60,
+        f"endpoint {name} provisioning",
+    )
+    if endpoint.provisioning_state != "Succeeded":
+        raise WorkspaceError(
+            f"endpoint {name} ended {endpoint.provisioning_state}; delete it and run again"
+        )
+    return endpoint
+
+
+@task(name="create-deployment", cache_policy=NO_CACHE, **transient_retries())
+def create_deployment(
+    workspace: Workspace,
+    endpoint_name: str,
+    name: str,
+    model_id: str,
+    instance_type: str,
+    instance_count: int,
+    tags: dict[str, str],
+    timeout_minutes: float,
+) -> Deployment:
+    """Create the deployment (liveness delay 600 s, timeout 90000 ms), or reuse it; wait."""
+    logger = get_run_logger()
+    deployment = workspace.get_deployment(endpoint_name, name)
+    if deployment is not None and deployment.model_id != model_id:
+        raise InvalidRequest(
+            f"deployment {name} on {endpoint_name} serves {deployment.model_id}, not {model_id}; "
+            "choose another deployment_name or endpoint_name"
+        )
+    if deployment is not None and deployment.provisioning_state == "Succeeded":
+        logger.info("Reusing deployment %s on %s", name, endpoint_name)
+        return deployment
+    if deployment is None:
+        workspace.begin_create_deployment(
+            endpoint_name, name, model_id, instance_type, instance_count, tags,
+            liveness_initial_delay_s=600, request_timeout_ms=90000,
+        )
+        logger.info("Creating deployment %s on %s (%s x %d)",
+                    name, endpoint_name, instance_type, instance_count)
+    last: dict[str, str] = {}
+
+    def read() -> Deployment:
+        current = workspace.get_deployment(endpoint_name, name)
+        if current is None:
+            raise ResourceNotFound(f"deployment {name} vanished while it was being created")
+        if current.provisioning_state != last.get("state"):
+            logger.info("Deployment %s: %s", name, current.provisioning_state)
+            last["state"] = current.provisioning_state
+        return current
+
+    deployment = poll_until(
+        read, lambda d: d.provisioning_state in PROVISIONED, timeout_minutes * 60,
+        f"deployment {name} on {endpoint_name}",
+    )
+    if deployment.provisioning_state != "Succeeded":
+        logs = workspace.get_deployment_logs(endpoint_name, name, lines=20)
+        raise WorkspaceError(
+            f"deployment {name} on {endpoint_name} ended {deployment.provisioning_state}: "
+            f"{deployment.error or 'no error reported'}\nlast log lines:\n{logs}"
+        )
+    return deployment
+
+
+@task(name="route-traffic", cache_policy=NO_CACHE, **transient_retries())
+def route_traffic(workspace: Workspace, endpoint_name: str, traffic: dict[str, int]) -> Endpoint:
+    """Send the given share of traffic to each deployment (100 % to demo)."""
+    endpoint = workspace.get_endpoint(endpoint_name)
+    if endpoint is not None and endpoint.traffic == traffic:
+        get_run_logger().info("Traffic of %s already %s", endpoint_name, traffic)
+        return endpoint
+    endpoint = workspace.set_traffic(endpoint_name, traffic)
+    get_run_logger().info("Traffic of %s set to %s", endpoint_name, traffic)
+    return endpoint
+
+
+def sample_request(test_gen_file: str, parameters: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The step-8 body from one random test_gen row (seeded, so a re-run asks the same)."""
+    rows = read_jsonl(Path(test_gen_file))
+    row = random.Random(seed).choice(rows)
+    return {
+        "input_data": {"input_string": [row["messages"]], "parameters": parameters},
+        "params": {},
+    }
+
+
+# A measurement: done on every run.
+@task(name="score-sample", cache_policy=NO_CACHE, **transient_retries())
+def score_sample(
+    workspace: Workspace,
+    endpoint_name: str,
+    deployment_name: str,
+    body: dict[str, Any],
+    request_file: str,
+) -> ScoreResponse:
+    """Write the request to ``request_file`` and send it to the deployment with the key."""
+    Path(request_file).write_text(json.dumps(body, indent=2))
+    response = workspace.invoke(
+        endpoint_name, body, deployment_name=deployment_name, caller="finetune-and-deploy"
+    )
+    logger = get_run_logger()
+    logger.info("Scoring answered %d in %.0f ms: %s",
+                response.status_code, response.latency_ms, response.body[:500])
+    if response.status_code != 200:
+        raise WorkspaceError(
+            f"scoring {endpoint_name}/{deployment_name} answered {response.status_code}: "
+            f"{response.body[:300]}"
+        )
+    return response
+
+
+@task(name="delete-endpoint", cache_policy=NO_CACHE, **transient_retries())
+def delete_endpoint(workspace: Workspace, name: str, timeout_minutes: float = 30) -> bool:
+    """Delete the endpoint and wait until it is gone; False when it did not exist."""
+    if workspace.get_endpoint(name) is None:
+        return False
+    workspace.begin_delete_endpoint(name)
+    poll_until(lambda: workspace.get_endpoint(name), lambda e: e is None,
+               timeout_minutes * 60, f"deletion of endpoint {name}")
+    get_run_logger().info("Deleted endpoint %s", name)
+    return True
+
+
+def reply_text(response: ScoreResponse) -> str:
+    """The generated text of a chat-completion answer ({"output": ...})."""
+    try:
+        data = json.loads(response.body)
+    except json.JSONDecodeError:
+        return response.body
+    if isinstance(data, dict) and isinstance(data.get("output"), str):
+        return data["output"]
+    if isinstance(data, list) and data and isinstance(data[0], str):
+        return data[0]
+    return response.body

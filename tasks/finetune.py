@@ -1,0 +1,122 @@
+"""Step 5: the fine-tune job: a stable suffix, submit (or attach), wait, read metrics."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.policies import WORKSPACE_INPUTS, WorkspaceInputs, transient_retries
+from tasks.waiting import poll_until
+from workspaces.errors import JobFailed
+from workspaces.interface import (
+    TAG_SUFFIX,
+    FinetuneJob,
+    FinetuneJobSpec,
+    JobMetrics,
+    Workspace,
+)
+from workspaces.naming import finetune_job_name
+
+
+@task(name="allocate-suffix", cache_policy=WORKSPACE_INPUTS, **transient_retries())
+def allocate_suffix(workspace: Workspace, request_id: str) -> str:
+    """The request's unique suffix (epoch seconds), fixed at its first run and reused after.
+
+    A job already submitted for the request carries the suffix in a tag, so it is found
+    again even when Prefect's cache is gone.
+    """
+    for job in workspace.find_jobs(request_id):
+        if job.tags.get(TAG_SUFFIX):
+            get_run_logger().info("Request %s already has suffix %s (job %s)",
+                                  request_id, job.tags[TAG_SUFFIX], job.name)
+            return job.tags[TAG_SUFFIX]
+    return str(int(time.time()))
+
+
+# Not cached by Prefect: the job itself is the record. Its deterministic name and request
+# tag make the submit idempotent, even after a crash between submit and result.
+@task(name="submit-finetune-job", cache_policy=NO_CACHE, **transient_retries())
+def submit_finetune_job(
+    workspace: Workspace,
+    spec: FinetuneJobSpec,
+    request_id: str,
+    resubmit_failed: bool,
+) -> FinetuneJob:
+    """Submit the job, or attach to the one this request already submitted."""
+    logger = get_run_logger()
+    previous = workspace.find_jobs(request_id)
+    if previous:
+        latest = previous[0]
+        if latest.status not in ("Failed", "Canceled", "NotResponding"):
+            logger.info("Reusing fine-tune job %s (%s); nothing submitted", latest.name, latest.status)
+            return latest
+        if not resubmit_failed:
+            raise JobFailed(
+                f"fine-tune job {latest.name} for this request ended {latest.status}: "
+                f"{latest.error or 'no error reported'}. Fix the cause and run again with "
+                "resubmit_failed_job=true to submit a new job"
+            )
+        attempt = len(previous) + 1
+        suffix = spec.tags.get(TAG_SUFFIX, "")
+        spec = spec.model_copy(update={"name": finetune_job_name(request_id, suffix, attempt)})
+        logger.warning("Job %s ended %s; submitting attempt %d as %s",
+                       latest.name, latest.status, attempt, spec.name)
+    existing = workspace.get_job(spec.name)
+    if existing is not None:
+        logger.info("Reusing fine-tune job %s (%s)", existing.name, existing.status)
+        return existing
+    job = workspace.submit_finetune_job(spec)
+    logger.info("Submitted fine-tune job %s (%s) to experiment %s",
+                job.name, job.display_name, spec.experiment_name)
+    return job
+
+
+@task(
+    name="wait-for-job",
+    cache_policy=WorkspaceInputs(exclude=["timeout_minutes"]),
+    **transient_retries(),
+)
+def wait_for_job(workspace: Workspace, job_name: str, timeout_minutes: float) -> FinetuneJob:
+    """Poll the job with back-off until it ends; log status and step changes, show progress.
+
+    Only a Completed job returns (and is cached: a completed job never changes).
+    """
+    logger = get_run_logger()
+    progress_id = create_progress_artifact(
+        progress=0.0, key="finetune-progress", description=f"Fine-tune job {job_name}"
+    )
+    seen: dict[str, object] = {}
+
+    def read() -> FinetuneJob:
+        job = workspace.get_job(job_name)
+        if job is None:
+            raise JobFailed(f"fine-tune job {job_name} disappeared from the workspace")
+        return job
+
+    def report(job: FinetuneJob) -> None:
+        if (job.status, job.current_step) != (seen.get("status"), seen.get("step")):
+            logger.info("Job %s: %s%s", job_name, job.status,
+                        f" (step {job.current_step})" if job.current_step else "")
+            seen.update(status=job.status, step=job.current_step)
+        if job.progress is not None and job.progress != seen.get("progress"):
+            update_progress_artifact(progress_id, progress=round(job.progress * 100, 1))
+            seen["progress"] = job.progress
+
+    job = poll_until(read, lambda j: j.is_terminal, timeout_minutes * 60,
+                     f"fine-tune job {job_name}", on_change=report)
+    if job.status != "Completed":
+        raise JobFailed(
+            f"fine-tune job {job_name} ended {job.status}: {job.error or 'no error reported'}"
+            + (f" (details: {job.studio_url})" if job.studio_url else "")
+        )
+    update_progress_artifact(progress_id, progress=100.0)
+    return job
+
+
+@task(name="get-job-metrics", cache_policy=WORKSPACE_INPUTS, **transient_retries())
+def get_job_metrics(workspace: Workspace, job_name: str) -> JobMetrics:
+    """Training and evaluation metrics of the job's finetune and evaluation child runs."""
+    return workspace.get_job_metrics(job_name)

@@ -1,0 +1,63 @@
+"""Step 1-2: check the workspace, look the foundation model up, resolve fine-tune inputs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.policies import WORKSPACE_INPUTS, transient_retries
+from workspaces.errors import InvalidRequest
+from workspaces.interface import FoundationModel, Workspace
+from workspaces.model_tags import TagParseError, model_specific_defaults, retirement_notice
+
+
+@task(name="check-workspace-access", cache_policy=NO_CACHE, **transient_retries())
+def check_workspace_access(workspace: Workspace) -> str:
+    """Fail early when the credential or workspace does not work."""
+    summary = workspace.check_access()
+    get_run_logger().info("Workspace reachable: %s", summary)
+    return summary
+
+
+# The registry's `latest` moves when a new version ships, so the lookup expires daily.
+@task(
+    name="get-foundation-model",
+    cache_policy=WORKSPACE_INPUTS,
+    cache_expiration=timedelta(days=1),
+    **transient_retries(),
+)
+def get_foundation_model(workspace: Workspace, name: str, label: str) -> FoundationModel:
+    """Look the base model up by name and label, refusing retired models."""
+    model = workspace.get_foundation_model(name, label)
+    logger = get_run_logger()
+    logger.info("Foundation model %s version %s (%s)", model.name, model.version, model.id)
+    notice = retirement_notice(model)
+    if notice:
+        raise InvalidRequest(f"{notice}; choose another foundation_model or version")
+    return model
+
+
+@task(name="resolve-finetune-parameters", cache_policy=WORKSPACE_INPUTS)
+def resolve_finetune_parameters(
+    model: FoundationModel, requested: dict[str, str], apply_model_defaults: bool
+) -> dict[str, str]:
+    """Merge training and optimization inputs, then the model's model_specific_defaults."""
+    logger = get_run_logger()
+    parameters = dict(requested)
+    try:
+        defaults = model_specific_defaults(model)
+    except TagParseError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    if defaults and apply_model_defaults:
+        changes = [
+            f"{k}: {parameters.get(k, '(unset)')} -> {v}"
+            for k, v in defaults.items() if parameters.get(k) != v
+        ]
+        logger.warning(
+            "Model %s has model_specific_defaults that override fine-tune parameters: %s",
+            model.name, "; ".join(changes) or "no change",
+        )
+        parameters.update(defaults)
+    return parameters

@@ -1,0 +1,30 @@
+"""Step 6: register the job's trained_model as an MLflow model version."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.policies import transient_retries
+from workspaces.interface import RegisteredModel, Workspace
+
+
+# Not cached by Prefect: the registry is the record, and (name, version) is unique there.
+@task(name="register-model", cache_policy=NO_CACHE, **transient_retries())
+def register_model(
+    workspace: Workspace,
+    name: str,
+    version: str,
+    job_name: str,
+    description: str,
+    tags: dict[str, str],
+) -> RegisteredModel:
+    """Register ``azureml://jobs/<job>/outputs/trained_model`` (or the local job's output)."""
+    logger = get_run_logger()
+    existing = workspace.get_model(name, version)
+    if existing is not None:
+        logger.info("Reusing registered model %s version %s", name, version)
+        return existing
+    model = workspace.register_model(name, version, job_name, description, tags)
+    logger.info("Registered model %s version %s from job %s", name, version, job_name)
+    return model

@@ -1,0 +1,378 @@
+"""The workspace interface every step of the procedure goes through, and the records it returns.
+
+A workspace is where the work happens: Azure Machine Learning, or the embedded local
+workspace on this machine. Both implement :class:`Workspace`; the records below are plain
+pydantic models so Prefect can persist them as task results and show them in artifacts.
+
+Long operations are split into ``begin_*`` calls that return at once and ``get_*`` calls
+that report state, so the tasks own the waiting (back-off, progress, deadline) the same way
+on both workspaces.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+JobStatus = Literal[
+    "NotStarted",
+    "Queued",
+    "Preparing",
+    "Provisioning",
+    "Starting",
+    "Running",
+    "Finalizing",
+    "CancelRequested",
+    "Completed",
+    "Failed",
+    "Canceled",
+    "NotResponding",
+    "Paused",
+    "Unknown",
+]
+TERMINAL_JOB_STATUSES: frozenset[str] = frozenset(
+    {"Completed", "Failed", "Canceled", "NotResponding", "Paused"}
+)
+
+ProvisioningState = Literal[
+    "Creating", "Updating", "Scaling", "Deleting", "Succeeded", "Failed", "Canceled", "Unknown"
+]
+
+# Tag keys on every resource the project creates; the scheduled flows select on them.
+TAG_MANAGED_BY = "managed-by"
+MANAGED_BY_VALUE = "chat-finetune-flows"
+TAG_FLOW_RUN = "prefect-flow-run"
+TAG_REQUEST = "chatft-request"
+TAG_SUFFIX = "chatft-suffix"
+TAG_MODEL = "chatft-model"
+TAG_MODEL_VERSION = "chatft-model-version"
+TAG_PROTECTED = "chatft-protected"
+TAG_NO_SMOKE_TEST = "chatft-no-smoke-test"
+
+# Header the project's own scoring requests carry, so activity can tell them from real use.
+CALLER_HEADER = "x-chatft-caller"
+
+
+class FoundationModel(BaseModel):
+    """A base model from the catalog (Azure: the ``azureml`` registry)."""
+
+    name: str
+    version: str
+    id: str = Field(description="Asset id, the pipeline's mlflow_model_path input")
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class VmSize(BaseModel):
+    """A machine size the workspace offers."""
+
+    name: str
+    gpus: int = 0
+    vcpus: int | None = None
+    memory_gb: float | None = None
+
+
+class ComputeTarget(BaseModel):
+    """A training cluster (Azure AmlCompute) or the local machine."""
+
+    name: str
+    size: str
+    tier: str = "Dedicated"
+    provisioning_state: str
+    created: bool = Field(default=False, description="True when this call created it")
+    max_instances: int = 1
+
+
+class FinetuneJobSpec(BaseModel):
+    """Everything needed to submit the fine-tune job (the chat_completion_pipeline call)."""
+
+    name: str = Field(description="Deterministic job name, so a re-run finds it")
+    display_name: str
+    experiment_name: str
+    foundation_model: FoundationModel
+    compute: str
+    train_file: str = Field(description="Local path of train_sft.jsonl")
+    test_file: str = Field(description="Local path of test_sft.jsonl")
+    gpus_per_node: int
+    num_nodes: int = 1
+    parameters: dict[str, str] = Field(
+        description="Fine-tune inputs by the component's names, values as the API takes them"
+    )
+    component_version: str | None = Field(
+        default=None, description="Pinned chat_completion_pipeline version; None means latest"
+    )
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class FinetuneJob(BaseModel):
+    """State of a submitted fine-tune job."""
+
+    name: str
+    status: str
+    display_name: str = ""
+    experiment_name: str = ""
+    studio_url: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    component_version: str | None = None
+    current_step: str | None = Field(default=None, description="Running child step, if known")
+    progress: float | None = Field(default=None, description="0..1 when the workspace knows it")
+    error: str | None = None
+    created_at: datetime | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_JOB_STATUSES
+
+
+class JobMetrics(BaseModel):
+    """Metrics of the finetune and evaluation child runs."""
+
+    finetune: dict[str, float] = Field(default_factory=dict)
+    evaluation: dict[str, float] = Field(default_factory=dict)
+    finetune_history: list[dict[str, Any]] = Field(
+        default_factory=list, description="Per-step rows: step, metric, value"
+    )
+
+
+class RegisteredModel(BaseModel):
+    """A model version in the workspace registry."""
+
+    name: str
+    version: str
+    id: str = Field(description="Versioned id a deployment refers to")
+    description: str = ""
+    path: str = Field(description="Where the weights came from (the job's trained_model)")
+    tags: dict[str, str] = Field(default_factory=dict)
+    url: str | None = None
+
+
+class Deployment(BaseModel):
+    """A deployment behind an endpoint."""
+
+    name: str
+    endpoint_name: str
+    model_id: str
+    instance_type: str
+    instance_count: int
+    provisioning_state: str
+    error: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class Endpoint(BaseModel):
+    """An online endpoint."""
+
+    name: str
+    scoring_uri: str | None
+    auth_mode: str = "key"
+    provisioning_state: str
+    description: str = ""
+    traffic: dict[str, int] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    healthy: bool | None = Field(
+        default=None, description="Local only: whether the serving process answers"
+    )
+    url: str | None = Field(default=None, description="Human link (Azure ML studio or local URL)")
+    deployments: list[Deployment] = Field(default_factory=list)
+
+    @property
+    def managed(self) -> bool:
+        return self.tags.get(TAG_MANAGED_BY) == MANAGED_BY_VALUE
+
+
+class EndpointKeys(BaseModel):
+    """Key-auth secrets of an endpoint; never logged or returned from a task."""
+
+    primary: SecretStr
+    secondary: SecretStr
+
+
+class ScoreResponse(BaseModel):
+    """The raw answer of a scoring request."""
+
+    status_code: int
+    body: str
+    latency_ms: float
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class EndpointActivity(BaseModel):
+    """Requests an endpoint served in a time window, split by who sent them.
+
+    ``available`` is False when the workspace could not read the activity; callers must
+    then treat the endpoint as unknown, never as idle.
+    """
+
+    endpoint_name: str
+    start: datetime
+    end: datetime
+    available: bool = True
+    reason: str | None = None
+    total_requests: int = 0
+    requests_by_caller: dict[str, int] = Field(default_factory=dict)
+    requests_by_deployment: dict[str, int] = Field(default_factory=dict)
+    last_request_at: datetime | None = None
+    last_organic_request_at: datetime | None = None
+
+    @property
+    def organic_requests(self) -> int:
+        """Requests that did not come from this project's own flows."""
+        return self.requests_by_caller.get("organic", 0)
+
+
+class Workspace(ABC):
+    """One interface over every step of the procedure.
+
+    Implementations map their own failures onto :mod:`workspaces.errors` so tasks can
+    retry transient faults and fail at once on everything else.
+    """
+
+    kind: str
+    default_foundation_model: str
+    default_dataset: str
+    default_compute_name: str
+    default_compute_size: str
+    default_instance_type: str
+    requires_gpu: bool
+
+    @property
+    @abstractmethod
+    def cache_scope(self) -> str:
+        """A stable, secret-free string naming this workspace, used in cache keys."""
+
+    # -- pre-flight --------------------------------------------------------------------
+    @abstractmethod
+    def check_access(self) -> str:
+        """Verify the credential and that the workspace is reachable; return a summary."""
+
+    # -- foundation model ----------------------------------------------------------------
+    @abstractmethod
+    def get_foundation_model(self, name: str, label: str = "latest") -> FoundationModel:
+        """Look a base model up by name and label (or version) in the model catalog."""
+
+    # -- compute -------------------------------------------------------------------------
+    @abstractmethod
+    def get_compute(self, name: str) -> ComputeTarget | None:
+        """Return the compute by name, or None when it does not exist."""
+
+    @abstractmethod
+    def create_compute(self, name: str, size: str, tier: str, max_instances: int) -> ComputeTarget:
+        """Create a compute target of this size and tier, waiting until it exists."""
+
+    @abstractmethod
+    def list_vm_sizes(self) -> list[VmSize]:
+        """Sizes the workspace offers, with their GPU counts."""
+
+    # -- fine-tune jobs ------------------------------------------------------------------
+    @abstractmethod
+    def find_jobs(self, request_id: str) -> list[FinetuneJob]:
+        """Jobs this project submitted for a request (by tag), newest first."""
+
+    @abstractmethod
+    def get_job(self, name: str) -> FinetuneJob | None:
+        """Return the job, or None when no job has this name."""
+
+    @abstractmethod
+    def submit_finetune_job(self, spec: FinetuneJobSpec) -> FinetuneJob:
+        """Submit the fine-tune job; it runs detached from the caller."""
+
+    @abstractmethod
+    def cancel_job(self, name: str) -> None:
+        """Ask a running job to stop."""
+
+    @abstractmethod
+    def get_job_metrics(self, name: str) -> JobMetrics:
+        """Training and evaluation metrics of a job's child runs."""
+
+    # -- registry ------------------------------------------------------------------------
+    @abstractmethod
+    def get_model(self, name: str, version: str) -> RegisteredModel | None:
+        """Return a registered model version, or None."""
+
+    @abstractmethod
+    def register_model(
+        self, name: str, version: str, job_name: str, description: str, tags: dict[str, str]
+    ) -> RegisteredModel:
+        """Register the job's trained_model output as an MLflow model version."""
+
+    # -- endpoints -----------------------------------------------------------------------
+    @abstractmethod
+    def get_endpoint(self, name: str) -> Endpoint | None:
+        """Return an endpoint with its deployments, or None."""
+
+    @abstractmethod
+    def list_endpoints(self) -> list[Endpoint]:
+        """Every online endpoint in the workspace (callers filter on managed tags)."""
+
+    @abstractmethod
+    def begin_create_endpoint(self, name: str, description: str, tags: dict[str, str]) -> None:
+        """Start creating a key-auth endpoint; poll :meth:`get_endpoint` for the outcome."""
+
+    @abstractmethod
+    def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
+        """Return a deployment, or None."""
+
+    @abstractmethod
+    def begin_create_deployment(
+        self,
+        endpoint_name: str,
+        name: str,
+        model_id: str,
+        instance_type: str,
+        instance_count: int,
+        tags: dict[str, str],
+        liveness_initial_delay_s: int = 600,
+        request_timeout_ms: int = 90000,
+    ) -> None:
+        """Start creating a deployment; poll :meth:`get_deployment` for the outcome."""
+
+    @abstractmethod
+    def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> Endpoint:
+        """Route traffic percentages to deployments and update the endpoint."""
+
+    @abstractmethod
+    def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:
+        """The endpoint's primary and secondary keys."""
+
+    @abstractmethod
+    def invoke(
+        self,
+        endpoint_name: str,
+        body: dict[str, Any],
+        deployment_name: str | None = None,
+        caller: str | None = None,
+        timeout_s: float = 90.0,
+    ) -> ScoreResponse:
+        """Send one scoring request with the endpoint key; return the raw answer.
+
+        HTTP failures of the endpoint come back as a ScoreResponse with their status code;
+        only failures to reach the workspace itself raise.
+        """
+
+    @abstractmethod
+    def get_endpoint_activity(
+        self, endpoint_name: str, start: datetime, end: datetime
+    ) -> EndpointActivity:
+        """Requests served in [start, end), split into the project's own and organic."""
+
+    @abstractmethod
+    def get_deployment_logs(self, endpoint_name: str, name: str, lines: int = 50) -> str:
+        """Tail of a deployment's serving log."""
+
+    @abstractmethod
+    def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
+        """Start deleting one deployment."""
+
+    @abstractmethod
+    def begin_delete_endpoint(self, name: str) -> None:
+        """Start deleting an endpoint and its deployments; poll get_endpoint until None."""
+
+    # -- data ----------------------------------------------------------------------------
+    def local_data_root(self) -> Path | None:
+        """Where this workspace wants downloads kept, if it cares (local: its state dir)."""
+        return None

@@ -1,0 +1,232 @@
+"""The local foundation model catalog, the counterpart of the ``azureml`` registry.
+
+It holds two kinds of entry:
+
+- ``phi3-tiny-standin``: a tiny model of the Phi-3 architecture (transformers
+  ``Phi3Config``) with a byte-level tokenizer and Phi-3's chat template, built
+  deterministically on first use. It is a STAND-IN so the procedure runs offline; its
+  answers are not meaningful.
+- Hugging Face model ids (``Phi-3-mini-4k-instruct`` maps to
+  ``microsoft/Phi-3-mini-4k-instruct``; any ``org/name`` works), loaded with
+  ``from_pretrained`` where a hub is reachable.
+
+Every entry carries the steering tags of the Azure registry model, as strings holding
+Python literals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from workspaces.errors import InvalidRequest, ResourceNotFound
+from workspaces.interface import FoundationModel
+from workspaces.local.state import locked
+
+STANDIN_NAME = "phi3-tiny-standin"
+STANDIN_VERSION = "1"
+LOCAL_SIZE = "Local_CPU"
+
+_AZURE_FINETUNE_SIZES = [
+    "Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3", "Standard_NC24rs_v3",
+    "Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4", "Standard_NC96ads_A100_v4",
+    "Standard_ND40rs_v2", "Standard_ND96asr_v4", "Standard_ND96amsr_A100_v4",
+]
+_AZURE_INFERENCE_SIZES = [
+    "Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3", "Standard_NC24ads_A100_v4",
+    "Standard_NC48ads_A100_v4", "Standard_NC96ads_A100_v4", "Standard_ND96asr_v4",
+]
+
+# Chat template of Phi-3 (role markers, <|end|> after every turn).
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<unk>"]
+
+# Architecture of the stand-in: small enough to train in seconds on two CPU cores.
+# The stand-in is pre-trained briefly on the shipped train_gen split (never on the
+# train_sft/test_sft data the fine-tune uses), so it starts from text-shaped weights.
+PRETRAIN_EPOCHS = 2
+PRETRAIN_BATCH = 16
+PRETRAIN_LR = 3e-3
+
+STANDIN_CONFIG: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 1024,
+}
+
+CATALOG: dict[str, dict[str, Any]] = {
+    STANDIN_NAME: {
+        "source": "standin",
+        "version": STANDIN_VERSION,
+        "description": (
+            "STAND-IN: a tiny, randomly initialised model of the Phi-3 architecture built on "
+            "this machine so the procedure runs offline. Its answers are not meaningful."
+        ),
+        "tags": {
+            "stand_in": "true",
+            "architecture": "Phi3ForCausalLM",
+            "finetune_compute_allow_list": repr([LOCAL_SIZE, *_AZURE_FINETUNE_SIZES]),
+            "inference_compute_allow_list": repr([LOCAL_SIZE, *_AZURE_INFERENCE_SIZES]),
+            # A random tiny model needs a larger step than Phi-3's 5e-6 to learn anything.
+            "model_specific_defaults": repr(
+                {"learning_rate": "1e-3", "max_seq_length": "256", "apply_deepspeed": "false"}
+            ),
+        },
+    },
+    "Phi-3-mini-4k-instruct": {
+        "source": "hub",
+        "hub_id": "microsoft/Phi-3-mini-4k-instruct",
+        "version": "hub",
+        "description": "Phi-3-mini-4k-instruct from the Hugging Face hub (needs a reachable hub).",
+        "tags": {
+            "architecture": "Phi3ForCausalLM",
+            "finetune_compute_allow_list": repr([LOCAL_SIZE, *_AZURE_FINETUNE_SIZES]),
+            "inference_compute_allow_list": repr([LOCAL_SIZE, *_AZURE_INFERENCE_SIZES]),
+            "model_specific_defaults": repr({"apply_deepspeed": "false", "apply_lora": "true"}),
+        },
+    },
+}
+
+
+def model_id(name: str, version: str) -> str:
+    return f"local://registries/local/models/{name}/versions/{version}"
+
+
+def get_foundation_model(name: str, label: str = "latest") -> FoundationModel:
+    """Look a model up by name and label (``latest``) or version, as the registry does."""
+    entry = CATALOG.get(name)
+    if entry is None and "/" in name:
+        entry = {
+            "source": "hub",
+            "hub_id": name,
+            "version": "hub",
+            "description": f"{name} from the Hugging Face hub (needs a reachable hub).",
+            "tags": {},
+        }
+    if entry is None:
+        known = ", ".join(sorted(CATALOG))
+        raise ResourceNotFound(
+            f"foundation model {name!r} is not in the local catalog; known: {known}, "
+            "or give a Hugging Face model id such as microsoft/Phi-3-mini-4k-instruct"
+        )
+    if label not in ("latest", entry["version"]):
+        raise ResourceNotFound(
+            f"foundation model {name!r} has no version or label {label!r}; "
+            f"available: latest, {entry['version']}"
+        )
+    return FoundationModel(
+        name=name,
+        version=entry["version"],
+        id=model_id(name, entry["version"]),
+        description=entry["description"],
+        tags=dict(entry["tags"]),
+    )
+
+
+def weights_location(model: FoundationModel, catalog_dir: Path) -> str:
+    """What ``from_pretrained`` should load for ``model``: a local folder or a hub id."""
+    entry = CATALOG.get(model.name)
+    if entry is not None and entry["source"] == "standin":
+        return str(build_standin(catalog_dir / STANDIN_NAME / STANDIN_VERSION))
+    if entry is not None:
+        return entry["hub_id"]
+    if "/" in model.name:
+        return model.name
+    raise InvalidRequest(f"foundation model {model.name!r} has no weights in the local catalog")
+
+
+def build_tokenizer():  # -> PreTrainedTokenizerFast, imported lazily (heavy)
+    """A byte-level tokenizer with Phi-3's special tokens and chat template; no hub needed."""
+    from tokenizers import Tokenizer, decoders, models
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    for char in sorted(ByteLevel.alphabet()):
+        vocab[char] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+        pad_token="<|endoftext|>",
+        chat_template=PHI3_CHAT_TEMPLATE,
+    )
+
+
+def build_standin(target: Path) -> Path:
+    """Build the stand-in model once (seeded, so every machine gets the same weights)."""
+    marker = target / "BUILD.json"
+    with locked(target.parent / ".build.lock"):
+        if marker.exists():
+            return target
+        import torch
+        from transformers import Phi3Config, Phi3ForCausalLM
+
+        tokenizer = build_tokenizer()
+        torch.manual_seed(0)
+        config = Phi3Config(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **STANDIN_CONFIG,
+        )
+        model = Phi3ForCausalLM(config)
+        _pretrain(model, tokenizer)
+        target.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        weights = target / "model.safetensors"
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else ""
+        marker.write_text(
+            json.dumps({"name": STANDIN_NAME, "config": STANDIN_CONFIG, "sha256": digest}, indent=2)
+        )
+    return target
+
+
+def _pretrain(model: Any, tokenizer: Any) -> None:
+    """A short, seeded pre-training pass over the shipped train_gen conversations."""
+    import torch
+
+    from workspaces.ultrachat import SAMPLE_DIR, read_jsonl
+
+    rows = read_jsonl(SAMPLE_DIR / "train_gen.jsonl")
+    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    encoded = [tokenizer(t)["input_ids"][:256] for t in texts]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(PRETRAIN_EPOCHS):
+        order = torch.randperm(len(encoded), generator=generator).tolist()
+        for start in range(0, len(order), PRETRAIN_BATCH):
+            batch = [encoded[i] for i in order[start:start + PRETRAIN_BATCH]]
+            width = max(len(ids) for ids in batch)
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+            labels = torch.full((len(batch), width), -100)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, item in enumerate(batch):
+                ids[row, : len(item)] = torch.tensor(item)
+                labels[row, : len(item)] = torch.tensor(item)
+                mask[row, : len(item)] = 1
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.eval()

@@ -1,0 +1,358 @@
+"""The HTTP server behind one local online endpoint (FastAPI + uvicorn on 127.0.0.1).
+
+Run as ``python -m workspaces.local.endpoint_server <endpoint_dir>``; the endpoint manager
+starts it detached, so it outlives the flow run, as an Azure endpoint does.
+
+It speaks the Azure ML online endpoint scoring contract for chat-completion models:
+
+- ``POST /score`` with ``Authorization: Bearer <primary or secondary key>``, optional
+  ``azureml-model-deployment`` header, body ``{"input_data": {"input_string": [[messages]],
+  "parameters": {...}}, "params": {}}``; answer ``{"output": "<assistant text>"}``.
+- 401 for a missing or wrong key, 400 for a malformed body (naming the field), 413 for a
+  body over 1 MiB, 404 when no deployment can take the request, 408 past the deployment's
+  request timeout, 429 when more requests wait than the deployment takes (Azure's
+  2 x max_concurrent_requests_per_instance x instance_count), 424 when the model fails.
+- ``GET /health`` (no key) reports which deployments are ready.
+
+Every request is appended to ``requests.jsonl`` (time, deployment, status, latency, caller
+marker) so later flows can tell organic use from the project's own requests.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import random
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from workspaces.interface import CALLER_HEADER
+from workspaces.local.state import read_json, write_json
+
+MAX_BODY_BYTES = 1 << 20
+MAX_CONCURRENT_PER_INSTANCE = 1
+GENERATION_PARAMETERS = {
+    "temperature": (float, 0.0, 2.0),
+    "top_p": (float, 0.0, 1.0),
+    "top_k": (int, 0, 1000),
+    "max_new_tokens": (int, 1, 2048),
+    "repetition_penalty": (float, 0.0, 10.0),
+    "do_sample": (bool, None, None),
+}
+ROLES = ("system", "user", "assistant")
+
+logger = logging.getLogger("endpoint_server")
+
+
+class BadRequest(ValueError):
+    """The scoring body breaks the contract; the message names the field."""
+
+
+def parse_scoring_body(body: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Validate a scoring body; return the conversation and the generation parameters."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object with an 'input_data' field")
+    data = body.get("input_data")
+    if not isinstance(data, dict):
+        raise BadRequest("field 'input_data' is missing or not an object")
+    conversations = data.get("input_string")
+    if not isinstance(conversations, list) or not conversations:
+        raise BadRequest("field 'input_data.input_string' must be a non-empty list")
+    # Both the notebook's nested form [[messages]] and the flat form [messages] are accepted.
+    if all(isinstance(item, list) for item in conversations):
+        if len(conversations) != 1:
+            raise BadRequest(
+                f"field 'input_data.input_string' holds {len(conversations)} conversations; "
+                "chat-completion scores one conversation per request"
+            )
+        messages = conversations[0]
+        prefix = "input_data.input_string[0]"
+    else:
+        messages = conversations
+        prefix = "input_data.input_string"
+    if not messages:
+        raise BadRequest(f"field '{prefix}' holds no message")
+    for i, message in enumerate(messages):
+        where = f"{prefix}[{i}]"
+        if not isinstance(message, dict):
+            raise BadRequest(f"field '{where}' must be an object with 'role' and 'content'")
+        if message.get("role") not in ROLES:
+            raise BadRequest(
+                f"field '{where}.role' is {message.get('role')!r}; allowed: {', '.join(ROLES)}"
+            )
+        if not isinstance(message.get("content"), str):
+            raise BadRequest(f"field '{where}.content' must be a string")
+    raw_parameters = data.get("parameters") or {}
+    if not isinstance(raw_parameters, dict):
+        raise BadRequest("field 'input_data.parameters' must be an object")
+    parameters: dict[str, Any] = {}
+    for key, value in raw_parameters.items():
+        if key not in GENERATION_PARAMETERS:
+            raise BadRequest(
+                f"field 'input_data.parameters.{key}' is not supported; allowed: "
+                + ", ".join(sorted(GENERATION_PARAMETERS))
+            )
+        kind, low, high = GENERATION_PARAMETERS[key]
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise BadRequest(f"field 'input_data.parameters.{key}' must be true or false")
+            parameters[key] = value
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadRequest(f"field 'input_data.parameters.{key}' must be a number")
+        if kind is int and int(value) != value:
+            raise BadRequest(f"field 'input_data.parameters.{key}' must be a whole number")
+        if not low <= value <= high:
+            raise BadRequest(
+                f"field 'input_data.parameters.{key}' is {value}; allowed: {low} to {high}"
+            )
+        parameters[key] = kind(value)
+    return messages, parameters
+
+
+class LoadedModel:
+    """An MLflow transformers model held in memory, generating one request at a time."""
+
+    def __init__(self, path: Path) -> None:
+        import mlflow
+
+        components = mlflow.transformers.load_model(str(path), return_type="components")
+        self.model = components["model"]
+        self.tokenizer = components["tokenizer"]
+        self.model.eval()
+        self.lock = threading.Lock()
+
+    def generate(self, messages: list[dict[str, str]], parameters: dict[str, Any], max_time: float) -> str:
+        import torch
+
+        inputs = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        kwargs = dict(parameters)
+        kwargs.setdefault("max_new_tokens", 200)
+        if not kwargs.get("do_sample", False):
+            # Greedy decoding ignores sampling knobs; drop them to avoid warnings.
+            for key in ("temperature", "top_p", "top_k"):
+                kwargs.pop(key, None)
+        elif kwargs.get("temperature") == 0:
+            kwargs["do_sample"] = False
+            kwargs.pop("temperature")
+        # Chat models end a turn with <|end|>; stop there as Phi-3's generation config does.
+        stop_ids = [self.tokenizer.eos_token_id]
+        end_id = self.tokenizer.convert_tokens_to_ids("<|end|>")
+        if isinstance(end_id, int) and end_id != self.tokenizer.unk_token_id:
+            stop_ids.append(end_id)
+        with self.lock, torch.no_grad():
+            output = self.model.generate(
+                **inputs,
+                **kwargs,
+                eos_token_id=stop_ids,
+                max_time=max_time,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new_tokens = output[0][inputs["input_ids"].shape[1]:]
+        return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+
+class EndpointState:
+    """endpoint.json and keys.json, re-read when they change; loads deployments as they appear."""
+
+    def __init__(self, endpoint_dir: Path) -> None:
+        self.dir = endpoint_dir
+        self.config: dict[str, Any] = {}
+        self.keys: dict[str, str] = {}
+        self.models: dict[str, LoadedModel] = {}
+        self.pending: dict[str, int] = {}
+        self.mtime = 0.0
+        self.lock = threading.Lock()
+        self.log_lock = threading.Lock()
+        # A restarted server loads every deployment again; old readiness no longer holds.
+        for stale in endpoint_dir.glob("deployment-*.json"):
+            stale.unlink()
+        self.refresh()
+
+    def refresh(self) -> None:
+        path = self.dir / "endpoint.json"
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if mtime == self.mtime:
+            return
+        self.config = read_json(path) or {}
+        self.keys = read_json(self.dir / "keys.json") or {}
+        self.mtime = mtime
+        for name, deployment in self.config.get("deployments", {}).items():
+            if name not in self.models and not (self.dir / f"deployment-{name}.json").exists():
+                threading.Thread(target=self._load, args=(name, deployment), daemon=True).start()
+
+    def _load(self, name: str, deployment: dict[str, Any]) -> None:
+        status_file = self.dir / f"deployment-{name}.json"
+        write_json(status_file, {"state": "Creating"})
+        try:
+            self.models[name] = LoadedModel(Path(deployment["model_path"]))
+            write_json(status_file, {"state": "Succeeded", "ready_at": time.time()})
+            logger.info("deployment %s loaded %s", name, deployment["model_path"])
+        except Exception as exc:  # report any load failure as the deployment's error
+            logger.exception("deployment %s failed to load", name)
+            write_json(status_file, {"state": "Failed", "error": f"{exc.__class__.__name__}: {exc}"})
+
+    def watch(self) -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                self.refresh()
+            except Exception:  # a half-edited file must not kill the watcher
+                logger.exception("could not refresh endpoint state")
+
+    def authorized(self, header: str | None) -> bool:
+        if not header or not header.startswith("Bearer "):
+            return False
+        given = header.removeprefix("Bearer ").strip().encode()
+        return any(
+            hmac.compare_digest(given, key.encode())
+            for key in (self.keys.get("primary"), self.keys.get("secondary"))
+            if key
+        )
+
+    def choose_deployment(self, requested: str | None) -> str | None:
+        deployments = self.config.get("deployments", {})
+        if requested:
+            return requested if requested in deployments else None
+        traffic = {k: v for k, v in self.config.get("traffic", {}).items() if v > 0 and k in deployments}
+        if not traffic:
+            return None
+        return random.choices(list(traffic), weights=list(traffic.values()))[0]
+
+    def log_request(self, record: dict[str, Any]) -> None:
+        with self.log_lock, open(self.dir / "requests.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def create_app(endpoint_dir: Path) -> FastAPI:
+    state = EndpointState(endpoint_dir)
+    threading.Thread(target=state.watch, daemon=True).start()
+    app = FastAPI(title=f"local online endpoint {state.config.get('name', '')}")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        ready = {
+            name: (read_json(endpoint_dir / f"deployment-{name}.json") or {}).get("state", "Creating")
+            for name in state.config.get("deployments", {})
+        }
+        return {"status": "Healthy", "endpoint": state.config.get("name"), "deployments": ready}
+
+    @app.post("/score")
+    async def score(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        caller = request.headers.get(CALLER_HEADER) or "organic"
+        record: dict[str, Any] = {
+            "time": time.time(),
+            "request_id": str(uuid.uuid4()),
+            "caller": caller,
+            "deployment": None,
+        }
+
+        def finish(response: JSONResponse) -> JSONResponse:
+            record["status"] = response.status_code
+            record["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            state.log_request(record)
+            response.headers["x-request-id"] = record["request_id"]
+            if record["deployment"]:
+                response.headers["azureml-model-deployment"] = record["deployment"]
+            return response
+
+        state.refresh()
+        if not state.authorized(request.headers.get("authorization")):
+            return finish(_error(401, "Unauthorized", "missing or invalid endpoint key (Authorization: Bearer <key>)"))
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            return finish(_error(413, "PayloadTooLarge", f"body is {len(raw)} bytes; at most {MAX_BODY_BYTES}"))
+        try:
+            messages, parameters = parse_scoring_body(json.loads(raw or b"null"))
+        except json.JSONDecodeError as exc:
+            return finish(_error(400, "BadRequest", f"body is not valid JSON: {exc.msg}"))
+        except BadRequest as exc:
+            return finish(_error(400, "BadRequest", str(exc)))
+        name = state.choose_deployment(request.headers.get("azureml-model-deployment"))
+        if name is None:
+            return finish(_error(404, "DeploymentNotFound", "no deployment with positive traffic, or the named deployment does not exist"))
+        record["deployment"] = name
+        deployment = state.config["deployments"][name]
+        model = state.models.get(name)
+        if model is None:
+            return finish(_error(503, "DeploymentNotReady", f"deployment {name!r} is still loading its model"))
+        simulate = deployment.get("simulate") or {}
+        limit = 2 * MAX_CONCURRENT_PER_INSTANCE * int(deployment.get("instance_count", 1))
+        with state.lock:
+            if state.pending.get(name, 0) >= limit and not simulate.get("ignore_limit"):
+                return finish(_error(429, "TooManyRequests", f"more than {limit} requests are waiting for deployment {name!r}"))
+            state.pending[name] = state.pending.get(name, 0) + 1
+        try:
+            return finish(await _run_deployment(model, deployment, simulate, messages, parameters))
+        finally:
+            with state.lock:
+                state.pending[name] -= 1
+
+    return app
+
+
+async def _run_deployment(
+    model: LoadedModel,
+    deployment: dict[str, Any],
+    simulate: dict[str, Any],
+    messages: list[dict[str, str]],
+    parameters: dict[str, Any],
+) -> JSONResponse:
+    import anyio
+
+    timeout_s = int(deployment.get("request_timeout_ms", 90000)) / 1000.0
+    started = time.perf_counter()
+    if simulate.get("delay_s"):
+        # Fault drills: a deployment can be told to answer slowly or with a given reply.
+        await anyio.sleep(float(simulate["delay_s"]))
+    if "status_code" in simulate or "body" in simulate:
+        status = int(simulate.get("status_code", 200))
+        content = simulate.get("body", "")
+        return JSONResponse(
+            json.loads(content) if isinstance(content, str) and content[:1] in "{[" else content,
+            status_code=status,
+        )
+    remaining = timeout_s - (time.perf_counter() - started)
+    if remaining <= 0:
+        return _error(408, "RequestTimeout", f"request exceeded request_timeout_ms={int(timeout_s * 1000)}")
+    try:
+        text = await anyio.to_thread.run_sync(model.generate, messages, parameters, remaining)
+    except Exception as exc:  # the model container failed: Azure answers 424
+        return _error(424, "ModelError", f"model failed: {exc.__class__.__name__}: {exc}")
+    if time.perf_counter() - started > timeout_s:
+        return _error(408, "RequestTimeout", f"request exceeded request_timeout_ms={int(timeout_s * 1000)}")
+    return JSONResponse({"output": text})
+
+
+def main(argv: list[str]) -> int:
+    import uvicorn
+
+    endpoint_dir = Path(argv[1]).resolve()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = read_json(endpoint_dir / "endpoint.json") or {}
+    port = int(config["port"])
+    app = create_app(endpoint_dir)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

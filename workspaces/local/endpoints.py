@@ -1,0 +1,378 @@
+"""Local online endpoints: state on disk, a detached server process per endpoint.
+
+An endpoint is a folder ``<state>/endpoints/<name>`` with ``endpoint.json`` (description,
+tags, port, deployments, traffic), ``keys.json`` (0600), ``requests.jsonl`` (the request
+log), ``server.log`` and a ``pid`` file. The server (:mod:`endpoint_server`) re-reads the
+JSON when it changes, so deployments and traffic take effect without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound
+from workspaces.interface import (
+    CALLER_HEADER,
+    Deployment,
+    Endpoint,
+    EndpointActivity,
+    EndpointKeys,
+    ScoreResponse,
+)
+from workspaces.local.state import locked, process_alive, read_json, stop_process, write_json
+from workspaces.naming import check_endpoint_name
+
+SERVER_MODULE = "workspaces.local.endpoint_server"
+LOCAL_INSTANCE_TYPES = ("Local_CPU",)
+MAX_LOCAL_INSTANCES = 1
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+class LocalEndpoints:
+    def __init__(self, root: Path) -> None:
+        self.root = root / "endpoints"
+
+    def _dir(self, name: str) -> Path:
+        return self.root / name
+
+    def _config(self, name: str) -> dict[str, Any] | None:
+        return read_json(self._dir(name) / "endpoint.json")
+
+    def _require(self, name: str) -> dict[str, Any]:
+        config = self._config(name)
+        if config is None:
+            raise ResourceNotFound(f"endpoint {name!r} does not exist in the local workspace")
+        return config
+
+    def _pid(self, name: str) -> int | None:
+        try:
+            return int((self._dir(name) / "pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _alive(self, name: str) -> bool:
+        return process_alive(self._pid(name), str(self._dir(name)))
+
+    def _update(self, name: str, change) -> dict[str, Any]:
+        with locked(self._dir(name) / ".lock"):
+            config = self._require(name)
+            change(config)
+            write_json(self._dir(name) / "endpoint.json", config)
+            return config
+
+    # -- endpoints ---------------------------------------------------------------------
+    def begin_create(self, name: str, description: str, tags: dict[str, str]) -> None:
+        check_endpoint_name(name)
+        directory = self._dir(name)
+        with locked(self.root / ".create.lock"):
+            if self._config(name) is not None:
+                if not self._alive(name):
+                    self.start_server(name)
+                return
+            directory.mkdir(parents=True, exist_ok=True)
+            write_json(
+                directory / "keys.json",
+                {"primary": secrets.token_urlsafe(32), "secondary": secrets.token_urlsafe(32)},
+                private=True,
+            )
+            write_json(
+                directory / "endpoint.json",
+                {
+                    "name": name,
+                    "description": description,
+                    "tags": tags,
+                    "auth_mode": "key",
+                    "port": _free_port(),
+                    "created_at": time.time(),
+                    "provisioning_state": "Creating",
+                    "traffic": {},
+                    "deployments": {},
+                },
+            )
+            self.start_server(name)
+
+    def start_server(self, name: str) -> None:
+        """Start (or restart, after a reboot) the endpoint's server process."""
+        directory = self._dir(name)
+        self._require(name)
+        if self._alive(name):
+            return
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        with open(directory / "server.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", SERVER_MODULE, str(directory)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                cwd=directory,
+            )
+        (directory / "pid").write_text(str(process.pid))
+
+    def _health(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            response = httpx.get(f"http://127.0.0.1:{config['port']}/health", timeout=2.0)
+            if response.status_code == 200:
+                return response.json()
+        except httpx.HTTPError:
+            return None
+        return None
+
+    def get(self, name: str) -> Endpoint | None:
+        config = self._config(name)
+        if config is None:
+            return None
+        alive = self._alive(name)
+        health = self._health(config) if alive else None
+        state = config.get("provisioning_state", "Unknown")
+        if state == "Creating":
+            if health is not None:
+                state = "Succeeded"
+                self._update(name, lambda c: c.update(provisioning_state="Succeeded"))
+            elif not alive and time.time() - config["created_at"] > 10:
+                state = "Failed"
+                self._update(name, lambda c: c.update(provisioning_state="Failed"))
+        deployments = [self._deployment(name, d, config, health) for d in config["deployments"]]
+        return Endpoint(
+            name=name,
+            scoring_uri=f"http://127.0.0.1:{config['port']}/score",
+            auth_mode="key",
+            provisioning_state=state,
+            description=config.get("description", ""),
+            traffic=dict(config.get("traffic", {})),
+            tags=dict(config.get("tags", {})),
+            created_at=datetime.fromtimestamp(config["created_at"], UTC),
+            healthy=health is not None,
+            url=f"http://127.0.0.1:{config['port']}/docs",
+            deployments=deployments,
+        )
+
+    def list(self) -> list[Endpoint]:
+        if not self.root.is_dir():
+            return []
+        found = [self.get(p.name) for p in sorted(self.root.iterdir()) if (p / "endpoint.json").exists()]
+        return [e for e in found if e is not None]
+
+    def begin_delete(self, name: str) -> None:
+        self._require(name)
+        stop_process(self._pid(name), str(self._dir(name)))
+        shutil.rmtree(self._dir(name), ignore_errors=True)
+
+    def stop(self, name: str) -> bool:
+        """Stop the server but keep the endpoint (a restart serves it again)."""
+        self._require(name)
+        return stop_process(self._pid(name), str(self._dir(name)))
+
+    # -- deployments -------------------------------------------------------------------
+    def _deployment(
+        self, endpoint: str, name: str, config: dict[str, Any], health: dict[str, Any] | None
+    ) -> Deployment:
+        record = config["deployments"][name]
+        status = read_json(self._dir(endpoint) / f"deployment-{name}.json") or {}
+        state = record.get("provisioning_state", "Creating")
+        error = record.get("error")
+        if state == "Creating" and status.get("state") in ("Succeeded", "Failed"):
+            state = status["state"]
+            error = status.get("error")
+            self._update(
+                endpoint,
+                lambda c: c["deployments"][name].update(provisioning_state=state, error=error),
+            )
+        return Deployment(
+            name=name,
+            endpoint_name=endpoint,
+            model_id=record["model_id"],
+            instance_type=record["instance_type"],
+            instance_count=record["instance_count"],
+            provisioning_state=state,
+            error=error,
+            tags=record.get("tags", {}),
+        )
+
+    def get_deployment(self, endpoint: str, name: str) -> Deployment | None:
+        config = self._config(endpoint)
+        if config is None or name not in config["deployments"]:
+            return None
+        return self._deployment(endpoint, name, config, None)
+
+    def begin_create_deployment(
+        self,
+        endpoint: str,
+        name: str,
+        model_id: str,
+        model_path: Path,
+        instance_type: str,
+        instance_count: int,
+        tags: dict[str, str],
+        request_timeout_ms: int,
+        liveness_initial_delay_s: int,
+    ) -> None:
+        check_endpoint_name(name, field="deployment_name")
+        if instance_type not in LOCAL_INSTANCE_TYPES:
+            raise InvalidRequest(
+                f"instance_type {instance_type!r} is not served locally; allowed: "
+                + ", ".join(LOCAL_INSTANCE_TYPES)
+            )
+        if not 1 <= instance_count <= MAX_LOCAL_INSTANCES:
+            raise QuotaExceeded(
+                f"instance_count {instance_count}: the local workspace serves a deployment with "
+                f"{MAX_LOCAL_INSTANCES} instance"
+            )
+        if not (model_path / "MLmodel").exists():
+            raise InvalidRequest(f"model {model_id} has no MLflow model at {model_path}")
+
+        def add(config: dict[str, Any]) -> None:
+            if name in config["deployments"]:
+                return
+            config["deployments"][name] = {
+                "model_id": model_id,
+                "model_path": str(model_path),
+                "instance_type": instance_type,
+                "instance_count": instance_count,
+                "tags": tags,
+                "request_timeout_ms": request_timeout_ms,
+                "liveness_initial_delay_s": liveness_initial_delay_s,
+                "provisioning_state": "Creating",
+                "created_at": time.time(),
+            }
+
+        self._update(endpoint, add)
+        if not self._alive(endpoint):
+            self.start_server(endpoint)
+
+    def begin_delete_deployment(self, endpoint: str, name: str) -> None:
+        def remove(config: dict[str, Any]) -> None:
+            if name not in config["deployments"]:
+                raise ResourceNotFound(f"deployment {name!r} does not exist on endpoint {endpoint!r}")
+            if config.get("traffic", {}).get(name, 0) > 0:
+                raise InvalidRequest(
+                    f"deployment {name!r} still takes {config['traffic'][name]}% of traffic; "
+                    "route it elsewhere first"
+                )
+            del config["deployments"][name]
+            config.get("traffic", {}).pop(name, None)
+
+        self._update(endpoint, remove)
+        (self._dir(endpoint) / f"deployment-{name}.json").unlink(missing_ok=True)
+
+    def set_simulation(self, endpoint: str, name: str, simulate: dict[str, Any] | None) -> None:
+        """Fault drill: make a deployment answer slowly or with a fixed reply (None clears)."""
+        self._update(endpoint, lambda c: c["deployments"][name].update(simulate=simulate or {}))
+
+    def set_traffic(self, endpoint: str, traffic: dict[str, int]) -> None:
+        def route(config: dict[str, Any]) -> None:
+            unknown = sorted(set(traffic) - set(config["deployments"]))
+            if unknown:
+                raise InvalidRequest(
+                    f"traffic names deployments that do not exist: {', '.join(unknown)}; "
+                    f"existing: {', '.join(sorted(config['deployments'])) or 'none'}"
+                )
+            if any(not 0 <= v <= 100 for v in traffic.values()) or sum(traffic.values()) not in (0, 100):
+                raise InvalidRequest(f"traffic {traffic} must be percentages that add up to 100")
+            config["traffic"] = {k: int(v) for k, v in traffic.items() if v > 0}
+
+        self._update(endpoint, route)
+
+    # -- keys, scoring, activity -------------------------------------------------------
+    def keys(self, name: str) -> EndpointKeys:
+        self._require(name)
+        keys = read_json(self._dir(name) / "keys.json") or {}
+        return EndpointKeys(primary=keys["primary"], secondary=keys["secondary"])
+
+    def invoke(
+        self,
+        name: str,
+        body: dict[str, Any],
+        deployment: str | None,
+        caller: str | None,
+        timeout_s: float,
+    ) -> ScoreResponse:
+        config = self._require(name)
+        if deployment and deployment not in config["deployments"]:
+            raise InvalidRequest(
+                f"deployment {deployment!r} does not exist on endpoint {name!r}; existing: "
+                + (", ".join(sorted(config["deployments"])) or "none")
+            )
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {self.keys(name).primary.get_secret_value()}",
+        }
+        if deployment:
+            headers["azureml-model-deployment"] = deployment
+        if caller:
+            headers[CALLER_HEADER] = caller
+        url = f"http://127.0.0.1:{config['port']}/score"
+        started = time.perf_counter()
+        response = httpx.post(url, content=json.dumps(body), headers=headers, timeout=timeout_s)
+        return ScoreResponse(
+            status_code=response.status_code,
+            body=response.text,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            headers={k: v for k, v in response.headers.items() if k.lower() != "authorization"},
+        )
+
+    def activity(self, name: str, start: datetime, end: datetime) -> EndpointActivity:
+        self._require(name)
+        log = self._dir(name) / "requests.jsonl"
+        result = EndpointActivity(endpoint_name=name, start=start, end=end)
+        if not log.exists():
+            return result
+        begin, finish = start.timestamp(), end.timestamp()
+        last = last_organic = None
+        try:
+            lines = log.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            return EndpointActivity(
+                endpoint_name=name, start=start, end=end, available=False,
+                reason=f"request log unreadable: {exc}",
+            )
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("status") == 401 or not begin <= record["time"] < finish:
+                continue
+            caller = record.get("caller") or "organic"
+            result.total_requests += 1
+            result.requests_by_caller[caller] = result.requests_by_caller.get(caller, 0) + 1
+            if record.get("deployment"):
+                d = record["deployment"]
+                result.requests_by_deployment[d] = result.requests_by_deployment.get(d, 0) + 1
+            last = max(last or 0, record["time"])
+            if caller == "organic":
+                last_organic = max(last_organic or 0, record["time"])
+        result.last_request_at = datetime.fromtimestamp(last, UTC) if last else None
+        result.last_organic_request_at = (
+            datetime.fromtimestamp(last_organic, UTC) if last_organic else None
+        )
+        return result
+
+    def logs(self, name: str, lines: int) -> str:
+        self._require(name)
+        return _tail(self._dir(name) / "server.log", lines)

@@ -1,0 +1,149 @@
+"""Detached local fine-tune jobs: submit, find, report, cancel.
+
+Each job is a folder under ``<state>/jobs/<name>`` holding ``spec.json``, ``status.json``,
+``job.log`` and ``outputs/``. The job runs in its own process session, so a killed flow
+run does not kill it and a re-run attaches to it by name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from workspaces.errors import InvalidRequest
+from workspaces.interface import TAG_REQUEST, TERMINAL_JOB_STATUSES, FinetuneJob, FinetuneJobSpec
+from workspaces.local.finetune_job import InvalidParameter, training_settings
+from workspaces.local.state import locked, process_alive, read_json, stop_process, write_json
+
+JOB_MODULE = "workspaces.local.finetune_job"
+
+
+class LocalJobs:
+    def __init__(self, root: Path, tracking_uri: str, artifact_root: str) -> None:
+        self.root = root / "jobs"
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+
+    def job_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def submit(self, spec: FinetuneJobSpec, weights: str) -> FinetuneJob:
+        try:
+            training_settings(spec.parameters)
+        except InvalidParameter as exc:
+            raise InvalidRequest(str(exc)) from exc
+        job_dir = self.job_dir(spec.name)
+        with locked(self.root / ".submit.lock"):
+            if (job_dir / "spec.json").exists():
+                existing = self.get(spec.name)
+                assert existing is not None
+                return existing
+            inputs = job_dir / "inputs"
+            inputs.mkdir(parents=True, exist_ok=True)
+            # The job keeps its own copy of the data, as an Azure job keeps its uploads.
+            train = inputs / "train_sft.jsonl"
+            test = inputs / "test_sft.jsonl"
+            train.write_bytes(Path(spec.train_file).read_bytes())
+            test.write_bytes(Path(spec.test_file).read_bytes())
+            record = spec.model_dump(mode="json")
+            record.update(
+                train_file=str(train),
+                test_file=str(test),
+                weights=weights,
+                tracking_uri=self.tracking_uri,
+                artifact_root=self.artifact_root,
+                submitted_at=time.time(),
+            )
+            write_json(job_dir / "spec.json", record)
+            write_json(job_dir / "status.json", {"status": "Queued", "updated_at": time.time()})
+            env = dict(os.environ)
+            if spec.foundation_model.tags.get("stand_in") == "true":
+                env["HF_HUB_OFFLINE"] = "1"
+            env.setdefault("TOKENIZERS_PARALLELISM", "false")
+            with open(job_dir / "job.log", "ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", JOB_MODULE, str(job_dir)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env=env,
+                    cwd=job_dir,
+                )
+            # A file of its own: status.json belongs to the job process once it runs.
+            (job_dir / "pid").write_text(str(process.pid))
+        result = self.get(spec.name)
+        assert result is not None
+        return result
+
+    def get(self, name: str) -> FinetuneJob | None:
+        job_dir = self.job_dir(name)
+        spec = read_json(job_dir / "spec.json")
+        if spec is None:
+            return None
+        status = read_json(job_dir / "status.json") or {}
+        state = status.get("status", "Unknown")
+        error = status.get("error")
+        pid = self._pid(name)
+        just_submitted = pid is None and time.time() - spec["submitted_at"] < 30
+        if (
+            state not in TERMINAL_JOB_STATUSES
+            and not just_submitted
+            and not process_alive(pid, str(job_dir))
+        ):
+            # Re-read: the process may have finished between the two reads.
+            status = read_json(job_dir / "status.json") or {}
+            state = status.get("status", "Unknown")
+            if state not in TERMINAL_JOB_STATUSES:
+                state = "Failed"
+                error = (
+                    "the job process ended without reporting a result (killed, or the machine "
+                    f"restarted); see {job_dir / 'job.log'}"
+                )
+                status.update(status=state, error=error, ended_at=time.time())
+                write_json(job_dir / "status.json", status)
+        return FinetuneJob(
+            name=name,
+            status=state,
+            display_name=spec["display_name"],
+            experiment_name=spec["experiment_name"],
+            studio_url=job_dir.resolve().as_uri(),
+            tags=spec.get("tags", {}),
+            component_version="local",
+            current_step=status.get("current_step"),
+            progress=status.get("progress"),
+            error=error,
+            created_at=datetime.fromtimestamp(spec["submitted_at"], UTC),
+        )
+
+    def find(self, request_id: str) -> list[FinetuneJob]:
+        jobs = []
+        if self.root.is_dir():
+            for spec_file in self.root.glob("*/spec.json"):
+                spec = read_json(spec_file) or {}
+                if spec.get("tags", {}).get(TAG_REQUEST) == request_id:
+                    job = self.get(spec_file.parent.name)
+                    if job:
+                        jobs.append(job)
+        return sorted(jobs, key=lambda j: j.created_at or datetime.min.replace(tzinfo=UTC),
+                      reverse=True)
+
+    def _pid(self, name: str) -> int | None:
+        try:
+            return int((self.job_dir(name) / "pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def cancel(self, name: str) -> None:
+        stop_process(self._pid(name), str(self.job_dir(name)), timeout_s=30)
+
+    def status_record(self, name: str) -> dict[str, Any]:
+        return read_json(self.job_dir(name) / "status.json") or {}
+
+    def output_path(self, name: str) -> Path:
+        return self.job_dir(name) / "outputs" / "trained_model"

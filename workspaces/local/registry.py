@@ -1,0 +1,106 @@
+"""The local model registry: MLflow's model registry on SQLite.
+
+MLflow numbers versions itself (1, 2, ...); the procedure's version (the unique suffix) is
+kept in the ``chatft-version`` tag and is what the project reports, so names and versions
+read the same on both workspaces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from workspaces.errors import InvalidRequest, ResourceNotFound
+from workspaces.interface import RegisteredModel
+
+VERSION_TAG = "chatft-version"
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def model_id(name: str, mlflow_version: str) -> str:
+    return f"models:/{name}/{mlflow_version}"
+
+
+class LocalRegistry:
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+
+    def _find(self, name: str, version: str):
+        from mlflow.exceptions import MlflowException
+
+        client = _client(self.tracking_uri)
+        try:
+            versions = client.search_model_versions(f"name='{name}'")
+        except MlflowException:
+            return None
+        for candidate in versions:
+            if candidate.tags.get(VERSION_TAG) == version:
+                return candidate
+        return None
+
+    def _record(self, mv, version: str) -> RegisteredModel:
+        tags = {k: v for k, v in mv.tags.items() if k != VERSION_TAG}
+        return RegisteredModel(
+            name=mv.name,
+            version=version,
+            id=model_id(mv.name, mv.version),
+            description=mv.description or "",
+            path=tags.get("job-output", mv.source),
+            tags={**tags, "mlflow-version": str(mv.version)},
+            url=None,
+        )
+
+    def get(self, name: str, version: str) -> RegisteredModel | None:
+        mv = self._find(name, version)
+        return self._record(mv, version) if mv else None
+
+    def register(
+        self,
+        name: str,
+        version: str,
+        source: str,
+        run_id: str | None,
+        description: str,
+        tags: dict[str, str],
+    ) -> RegisteredModel:
+        from mlflow.exceptions import MlflowException
+
+        existing = self.get(name, version)
+        if existing:
+            return existing
+        client = _client(self.tracking_uri)
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name, description=description)
+        mv = client.create_model_version(
+            name=name,
+            source=source,
+            run_id=run_id,
+            description=description,
+            tags={**tags, VERSION_TAG: version},
+        )
+        return self._record(mv, version)
+
+    def local_path(self, model_id_: str) -> Path:
+        """The folder of an MLflow model a deployment should load."""
+        from mlflow.exceptions import MlflowException
+
+        if not model_id_.startswith("models:/"):
+            raise InvalidRequest(f"model {model_id_!r} is not a local registry id (models:/name/N)")
+        name, _, number = model_id_.removeprefix("models:/").rpartition("/")
+        try:
+            mv = _client(self.tracking_uri).get_model_version(name, number)
+        except MlflowException as exc:
+            raise ResourceNotFound(f"model {model_id_} is not registered") from exc
+        source = mv.source
+        if source.startswith("models:/") or source.startswith("runs:/"):
+            import mlflow
+
+            return Path(mlflow.artifacts.download_artifacts(source, tracking_uri=self.tracking_uri))
+        return Path(unquote(urlparse(source).path)) if source.startswith("file:") else Path(source)

@@ -1,0 +1,80 @@
+"""Files under the local workspace's state directory: atomic JSON writes, locks, processes."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+def write_json(path: Path, data: dict[str, Any], private: bool = False) -> None:
+    """Write JSON atomically (readers never see half a file); ``private`` makes it 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    fd = os.open(tmp, flags, 0o600 if private else 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if needed) for read-modify-write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def process_alive(pid: int | None, marker: str) -> bool:
+    """True when ``pid`` runs and its command line holds ``marker``.
+
+    The marker guards against a reused pid after a reboot being taken for our process.
+    """
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return marker in " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def stop_process(pid: int | None, marker: str, timeout_s: float = 10.0) -> bool:
+    """Terminate our process (SIGTERM, then SIGKILL); True when something was stopped."""
+    if not process_alive(pid, marker):
+        return False
+    assert pid is not None
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    try:
+        psutil.Process(pid).wait(timeout=timeout_s)
+    except psutil.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    except psutil.NoSuchProcess:
+        pass
+    return True

@@ -1,0 +1,258 @@
+"""``LocalWorkspace``: the Workspace interface on this machine, with real parts.
+
+Catalog: :mod:`catalog`; compute: this machine as a named compute (``Local_CPU``);
+jobs: :mod:`jobs` (detached training processes); registry: :mod:`registry` (MLflow on
+SQLite); endpoints: :mod:`endpoints` (FastAPI servers on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from workspaces.errors import InvalidRequest, JobFailed, QuotaExceeded, ResourceNotFound
+from workspaces.interface import (
+    ComputeTarget,
+    Deployment,
+    Endpoint,
+    EndpointActivity,
+    EndpointKeys,
+    FinetuneJob,
+    FinetuneJobSpec,
+    FoundationModel,
+    JobMetrics,
+    RegisteredModel,
+    ScoreResponse,
+    VmSize,
+    Workspace,
+)
+from workspaces.local import catalog
+from workspaces.local.endpoints import LocalEndpoints
+from workspaces.local.jobs import LocalJobs
+from workspaces.local.registry import LocalRegistry
+from workspaces.local.state import read_json, write_json
+from workspaces.ultrachat import SAMPLE_SOURCE
+
+DEFAULT_STATE_DIR = ".workspace"
+
+
+class LocalWorkspace(Workspace):
+    """The embedded workspace; all state under ``state_dir`` (default ``./.workspace``)."""
+
+    kind = "local"
+    default_foundation_model = catalog.STANDIN_NAME
+    default_dataset = SAMPLE_SOURCE
+    default_compute_name = "local-cpu"
+    default_compute_size = catalog.LOCAL_SIZE
+    default_instance_type = catalog.LOCAL_SIZE
+    requires_gpu = False
+
+    def __init__(self, state_dir: str | Path = DEFAULT_STATE_DIR) -> None:
+        self.root = Path(state_dir).expanduser().resolve()
+        self.tracking_uri = f"sqlite:///{self.root / 'mlflow.db'}"
+        self.artifact_root = (self.root / "mlartifacts").as_uri()
+        self.jobs = LocalJobs(self.root, self.tracking_uri, self.artifact_root)
+        self.registry = LocalRegistry(self.tracking_uri)
+        self.endpoints = LocalEndpoints(self.root)
+
+    def __repr__(self) -> str:
+        return f"LocalWorkspace({str(self.root)!r})"
+
+    @property
+    def cache_scope(self) -> str:
+        return f"local:{self.root}"
+
+    def local_data_root(self) -> Path | None:
+        return self.root / "data"
+
+    def check_access(self) -> str:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-probe"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise InvalidRequest(
+                f"local workspace state_dir {self.root} is not writable ({exc.strerror}); "
+                "set state_dir in the LocalWorkspace block to a writable folder"
+            ) from exc
+        return f"local workspace at {self.root}"
+
+    # -- foundation model ----------------------------------------------------------------
+    def get_foundation_model(self, name: str, label: str = "latest") -> FoundationModel:
+        return catalog.get_foundation_model(name, label)
+
+    # -- compute -------------------------------------------------------------------------
+    def _compute_file(self, name: str) -> Path:
+        return self.root / "computes" / f"{name}.json"
+
+    def get_compute(self, name: str) -> ComputeTarget | None:
+        record = read_json(self._compute_file(name))
+        return ComputeTarget(**record) if record else None
+
+    def create_compute(self, name: str, size: str, tier: str, max_instances: int) -> ComputeTarget:
+        if size.lower() not in {s.name.lower() for s in self.list_vm_sizes()}:
+            raise QuotaExceeded(
+                f"compute size {size} is not available on this machine; available: "
+                + ", ".join(s.name for s in self.list_vm_sizes())
+            )
+        target = ComputeTarget(
+            name=name, size=size, tier=tier, provisioning_state="Succeeded",
+            created=True, max_instances=max_instances,
+        )
+        write_json(self._compute_file(name), target.model_dump(exclude={"created"}))
+        return target
+
+    def list_vm_sizes(self) -> list[VmSize]:
+        return [
+            VmSize(
+                name=catalog.LOCAL_SIZE,
+                gpus=0,
+                vcpus=os.cpu_count(),
+                memory_gb=round(psutil.virtual_memory().total / 2**30, 1),
+            )
+        ]
+
+    # -- jobs ----------------------------------------------------------------------------
+    def find_jobs(self, request_id: str) -> list[FinetuneJob]:
+        return self.jobs.find(request_id)
+
+    def get_job(self, name: str) -> FinetuneJob | None:
+        return self.jobs.get(name)
+
+    def submit_finetune_job(self, spec: FinetuneJobSpec) -> FinetuneJob:
+        if self.get_compute(spec.compute) is None:
+            raise ResourceNotFound(f"compute {spec.compute!r} does not exist; create it first")
+        weights = catalog.weights_location(spec.foundation_model, self.root / "catalog")
+        return self.jobs.submit(spec, weights)
+
+    def cancel_job(self, name: str) -> None:
+        if self.jobs.get(name) is None:
+            raise ResourceNotFound(f"job {name!r} does not exist")
+        self.jobs.cancel(name)
+
+    def get_job_metrics(self, name: str) -> JobMetrics:
+        from mlflow import MlflowClient
+
+        status = self.jobs.status_record(name)
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        metrics = JobMetrics()
+        if status.get("finetune_run_id"):
+            run = client.get_run(status["finetune_run_id"])
+            metrics.finetune = dict(run.data.metrics)
+            for key in ("loss", "learning_rate", "grad_norm"):
+                for point in client.get_metric_history(run.info.run_id, key):
+                    metrics.finetune_history.append(
+                        {"step": point.step, "metric": key, "value": point.value}
+                    )
+        if status.get("evaluation_run_id"):
+            metrics.evaluation = dict(client.get_run(status["evaluation_run_id"]).data.metrics)
+        return metrics
+
+    # -- registry ------------------------------------------------------------------------
+    def get_model(self, name: str, version: str) -> RegisteredModel | None:
+        return self.registry.get(name, version)
+
+    def register_model(
+        self, name: str, version: str, job_name: str, description: str, tags: dict[str, str]
+    ) -> RegisteredModel:
+        job = self.jobs.get(job_name)
+        if job is None:
+            raise ResourceNotFound(f"job {job_name!r} does not exist")
+        if job.status != "Completed":
+            raise JobFailed(f"job {job_name!r} is {job.status}; only a Completed job's model can be registered")
+        status = self.jobs.status_record(job_name)
+        output = self.jobs.output_path(job_name)
+        run_id = status.get("mlflow_run_id")
+        source = str(output)
+        if run_id:
+            from mlflow import MlflowClient
+
+            run = MlflowClient(tracking_uri=self.tracking_uri).get_run(run_id)
+            source = f"{run.info.artifact_uri}/trained_model"
+        lineage = {"job-name": job_name, "job-output": f"jobs/{job_name}/outputs/trained_model"}
+        return self.registry.register(
+            name, version, source, run_id, description, {**tags, **lineage}
+        )
+
+    # -- endpoints -----------------------------------------------------------------------
+    def get_endpoint(self, name: str) -> Endpoint | None:
+        return self.endpoints.get(name)
+
+    def list_endpoints(self) -> list[Endpoint]:
+        return self.endpoints.list()
+
+    def begin_create_endpoint(self, name: str, description: str, tags: dict[str, str]) -> None:
+        self.endpoints.begin_create(name, description, tags)
+
+    def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
+        return self.endpoints.get_deployment(endpoint_name, name)
+
+    def begin_create_deployment(
+        self,
+        endpoint_name: str,
+        name: str,
+        model_id: str,
+        instance_type: str,
+        instance_count: int,
+        tags: dict[str, str],
+        liveness_initial_delay_s: int = 600,
+        request_timeout_ms: int = 90000,
+    ) -> None:
+        if self.endpoints.get(endpoint_name) is None:
+            raise ResourceNotFound(f"endpoint {endpoint_name!r} does not exist; create it first")
+        path = self.registry.local_path(model_id)
+        self.endpoints.begin_create_deployment(
+            endpoint_name, name, model_id, path, instance_type, instance_count, tags,
+            request_timeout_ms, liveness_initial_delay_s,
+        )
+
+    def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> Endpoint:
+        self.endpoints.set_traffic(endpoint_name, traffic)
+        endpoint = self.endpoints.get(endpoint_name)
+        assert endpoint is not None
+        return endpoint
+
+    def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:
+        return self.endpoints.keys(endpoint_name)
+
+    def invoke(
+        self,
+        endpoint_name: str,
+        body: dict[str, Any],
+        deployment_name: str | None = None,
+        caller: str | None = None,
+        timeout_s: float = 90.0,
+    ) -> ScoreResponse:
+        return self.endpoints.invoke(endpoint_name, body, deployment_name, caller, timeout_s)
+
+    def get_endpoint_activity(
+        self, endpoint_name: str, start: datetime, end: datetime
+    ) -> EndpointActivity:
+        return self.endpoints.activity(endpoint_name, start, end)
+
+    def get_deployment_logs(self, endpoint_name: str, name: str, lines: int = 50) -> str:
+        return self.endpoints.logs(endpoint_name, lines)
+
+    def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
+        self.endpoints.begin_delete_deployment(endpoint_name, name)
+
+    def begin_delete_endpoint(self, name: str) -> None:
+        self.endpoints.begin_delete(name)
+
+    # -- local extras (CLI, drills) --------------------------------------------------------
+    def restart_endpoint(self, name: str, wait_s: float = 30.0) -> Endpoint:
+        """Start a stopped endpoint's server again (after a reboot, say)."""
+        self.endpoints.start_server(name)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            endpoint = self.endpoints.get(name)
+            if endpoint and endpoint.healthy:
+                return endpoint
+            time.sleep(0.3)
+        raise ResourceNotFound(f"endpoint {name!r} did not answer within {wait_s:.0f} s")
