@@ -6,12 +6,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.policies import transient_retries
+from workspaces import compute_provisioning
 from workspaces.compute_rules import check_finetune_compute
-from workspaces.errors import InvalidRequest, QuotaExceeded, WorkspaceError
+from workspaces.errors import InvalidRequest
 from workspaces.interface import ComputeTarget, FoundationModel, Workspace
 from workspaces.model_tags import FINETUNE_ALLOW_LIST, TagParseError, allow_list
-
-TIERS = ("Dedicated", "LowPriority")
 
 
 # Not cached: a cluster can be deleted or fail between runs; looking it up is cheap.
@@ -21,32 +20,17 @@ def ensure_compute(
 ) -> tuple[ComputeTarget, int]:
     """Reuse the cluster or create it (Dedicated, then LowPriority); return it and GPUs/node."""
     logger = get_run_logger()
-    compute = workspace.get_compute(name)
-    if compute is not None:
-        logger.info("Reusing compute %s (%s, %s)", name, compute.size, compute.provisioning_state)
+    compute = compute_provisioning.ensure_compute(workspace, name, size, max_instances)
+    if compute.created:
+        logger.info("Created compute %s of size %s, tier %s", name, compute.size, compute.tier)
     else:
-        failures = []
-        for tier in TIERS:
-            try:
-                compute = workspace.create_compute(name, size, tier, max_instances)
-                logger.info("Created compute %s of size %s, tier %s", name, size, tier)
-                break
-            except (QuotaExceeded, InvalidRequest) as exc:
-                failures.append(f"{tier}: {exc}")
-                logger.warning("Could not create %s with tier %s: %s", name, tier, exc)
-        if compute is None:
-            raise QuotaExceeded(
-                f"compute size {size} not available in workspace ({'; '.join(failures)})"
-            )
+        logger.info("Reusing compute %s (%s, %s)", name, compute.size, compute.provisioning_state)
     try:
         allowed = allow_list(model, FINETUNE_ALLOW_LIST)
     except TagParseError as exc:
         raise InvalidRequest(str(exc)) from exc
-    try:
-        gpus = check_finetune_compute(
-            compute, allowed, workspace.list_vm_sizes(), workspace.requires_gpu
-        )
-    except WorkspaceError:
-        raise
+    gpus = check_finetune_compute(
+        compute, allowed, workspace.list_vm_sizes(), workspace.requires_gpu
+    )
     logger.info("Compute %s: %d device(s) per node", name, gpus)
     return compute, gpus

@@ -1,0 +1,859 @@
+"""State and routes of the fake Azure ML (ARM, registry MFE, run history, MLflow, blob,
+scoring, Azure Monitor), shaped on the REST examples in /work/shared/azure-reference."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import itertools
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tests.azure.fake_azureml.server import FakeServer, Recorded, Response
+
+MLS = "providers/Microsoft.MachineLearningServices"
+EXAMPLES = Path("/work/shared/azure-reference/examples")
+JOB_PROGRESS = ("NotStarted", "Running", "Running", "Completed")
+FAILED_PROGRESS = ("NotStarted", "Running", "Failed")
+METRIC = "RequestsPerMinute"
+STEPS = ("model_import", "preprocess", "finetune", "model_evaluation")
+
+
+def example(name: str, status: str = "200") -> dict[str, Any]:
+    """The response body of a REST example file."""
+    data = json.loads((EXAMPLES / name).read_text())
+    return copy.deepcopy(data["responses"][status]["body"])
+
+
+def arm_error(status: int, code: str, message: str, **headers: str) -> Response:
+    return Response(status, {"error": {"code": code, "message": message}}, headers)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class FakeJob:
+    body: dict[str, Any]
+    progress: tuple[str, ...]
+    polls: int = 0
+
+    @property
+    def status(self) -> str:
+        return self.progress[min(self.polls, len(self.progress) - 1)]
+
+
+@dataclass
+class FakeAzureML:
+    """The fake's state. Tests read ``requests`` and change state or inject faults."""
+
+    subscription: str = "00000000-1111-2222-3333-444444444444"
+    resource_group: str = "rg-chatft"
+    workspace: str = "ws-chatft"
+    location: str = "eastus"
+    registry: str = "azureml"
+    registry_subscription: str = "99999999-8888-7777-6666-555555555555"
+    registry_resource_group: str = "registry-builtin-prod-eastus-01"
+    storage_account: str = "fakestore"
+    server: FakeServer | None = None
+    registry_models: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    components: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    computes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vm_sizes: list[dict[str, Any]] = field(default_factory=list)
+    jobs: dict[str, FakeJob] = field(default_factory=dict)
+    job_progress: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    models: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deployments: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    keys: dict[str, dict[str, str]] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    blob_metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+    experiments: dict[str, str] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metric_points: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)
+    scoring_requests: list[Recorded] = field(default_factory=list)
+    deployment_logs: str = "Booting worker with pid: 42\nModel loaded."
+    _operations: dict[str, str] = field(default_factory=dict)
+    _ids: itertools.count = field(default_factory=itertools.count)
+
+    # -- addresses -------------------------------------------------------------------
+    @property
+    def base(self) -> str:
+        assert self.server is not None
+        return f"https://localhost:{self.server.port}"
+
+    @property
+    def ws_path(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}/"
+            f"{MLS}/workspaces/{self.workspace}"
+        )
+
+    @property
+    def registry_path(self) -> str:
+        return (
+            f"/mferp/managementfrontend/subscriptions/{self.registry_subscription}/resourceGroups/"
+            f"{self.registry_resource_group}/{MLS}/registries/{self.registry}"
+        )
+
+    @property
+    def requests(self) -> list[Recorded]:
+        assert self.server is not None
+        return self.server.requests
+
+    def cloud_metadata(self) -> dict[str, str]:
+        """What MLClient(cloud=..., cloud_metadata=...) needs to send everything here."""
+        return {
+            "azure_portal": f"{self.base}/",
+            "resource_manager": f"{self.base}/",
+            "active_directory": f"{self.base}/",
+            "aml_resource_id": f"{self.base}/",
+            "storage_endpoint": f"core.fake.test:{self.server.port}",
+            "registry_discovery_endpoint": f"{self.base}/",
+        }
+
+    def sent(self, method: str, pattern: str) -> list[Recorded]:
+        """Recorded requests with this method whose path matches ``pattern``."""
+        return [r for r in self.requests if r.method == method and re.search(pattern, r.path)]
+
+    def reset(self) -> None:
+        server = self.server
+        fresh = FakeAzureML(server=server)
+        self.__dict__.update(fresh.__dict__)
+        if server is not None:
+            server.requests.clear()
+            server.faults.clear()
+        self.seed()
+
+    # -- seed data ---------------------------------------------------------------------
+    def seed(self) -> None:
+        self.add_registry_model(
+            "Phi-3-mini-4k-instruct",
+            "7",
+            tags={
+                "finetune_compute_allow_list": "['Standard_NC6s_v3', 'Standard_NC12s_v3', "
+                "'Standard_NC24rs_v3']",
+                "inference_compute_allow_list": "['Standard_NC6s_v3', 'Standard_NC12s_v3']",
+                "model_specific_defaults": "{'apply_lora': 'true', 'precision': '16'}",
+            },
+        )
+        self.add_component("chat_completion_pipeline", "0.0.65")
+        self.vm_sizes = [
+            {
+                "name": "Standard_NC6s_v3",
+                "family": "standardNCSv3Family",
+                "vCPUs": 6,
+                "gpus": 1,
+                "memoryGB": 112.0,
+                "lowPriorityCapable": True,
+                "supportedComputeTypes": ["AmlCompute"],
+            },
+            {
+                "name": "Standard_NC12s_v3",
+                "family": "standardNCSv3Family",
+                "vCPUs": 12,
+                "gpus": 2,
+                "memoryGB": 224.0,
+                "lowPriorityCapable": True,
+                "supportedComputeTypes": ["AmlCompute"],
+            },
+            {
+                "name": "Standard_NC24rs_v3",
+                "family": "standardNCSv3Family",
+                "vCPUs": 24,
+                "gpus": 4,
+                "memoryGB": 448.0,
+                "lowPriorityCapable": True,
+                "supportedComputeTypes": ["AmlCompute"],
+            },
+            {
+                "name": "Standard_DS3_v2",
+                "family": "standardDSv2Family",
+                "vCPUs": 4,
+                "gpus": 0,
+                "memoryGB": 14.0,
+                "lowPriorityCapable": True,
+                "supportedComputeTypes": ["AmlCompute"],
+            },
+        ]
+
+    def add_registry_model(self, name: str, version: str, tags: dict[str, str]) -> None:
+        body = example("Registry_ModelVersion_get.json")
+        body.update(
+            id=f"azureml://registries/{self.registry}/models/{name}/versions/{version}",
+            name=version,
+            type="Microsoft.MachineLearningServices/registries/models/versions",
+        )
+        body["properties"].update(
+            description=f"{name} base model",
+            tags=tags,
+            properties={},
+            flavors={},
+            modelType="mlflow_model",
+            modelUri=f"azureml://registries/{self.registry}/models/{name}/versions/{version}",
+        )
+        self.registry_models.setdefault(name, []).insert(0, body)
+
+    def add_component(self, name: str, version: str) -> None:
+        spec_inputs = {
+            "mlflow_model_path": {"type": "mlflow_model", "optional": True},
+            "train_file_path": {"type": "uri_file", "optional": True},
+            "test_file_path": {"type": "uri_file", "optional": True},
+            **{
+                f"compute_{s}": {"type": "string", "optional": True}
+                for s in ("model_import", "preprocess", "finetune", "model_evaluation")
+            },
+            **{
+                p: {"type": "integer", "optional": True}
+                for p in (
+                    "number_of_gpu_to_use_finetuning",
+                    "num_nodes_finetune",
+                    "num_train_epochs",
+                    "per_device_train_batch_size",
+                    "per_device_eval_batch_size",
+                    "gradient_accumulation_steps",
+                    "save_total_limit",
+                    "max_seq_length",
+                )
+            },
+            "learning_rate": {"type": "number", "optional": True},
+            # The real component takes these switches as strings "true"/"false".
+            **{
+                p: {"type": "string", "optional": True}
+                for p in (
+                    "lr_scheduler_type",
+                    "apply_lora",
+                    "apply_deepspeed",
+                    "deepspeed_stage",
+                    "precision",
+                )
+            },
+        }
+        body = example("Registry_ComponentVersion_get.json")
+        body.update(
+            id=f"azureml://registries/{self.registry}/components/{name}/versions/{version}",
+            name=version,
+        )
+        body["properties"].update(
+            description="chat completion fine-tune pipeline",
+            tags={},
+            properties={},
+            componentSpec={
+                "$schema": "https://azuremlschemas.azureedge.net/latest/pipelineComponent.schema.json",
+                "name": name,
+                "version": version,
+                "type": "pipeline",
+                "display_name": "Chat Completion Pipeline",
+                "inputs": spec_inputs,
+                "outputs": {"mlflow_model_folder": {"type": "mlflow_model"}},
+                "jobs": {},
+            },
+        )
+        self.components.setdefault(name, []).insert(0, body)
+
+    def add_compute(
+        self, name: str, size: str, state: str = "Succeeded", priority: str = "Dedicated"
+    ) -> dict[str, Any]:
+        body = example("Compute_get_AmlCompute.json")
+        body.update(id=f"{self.ws_path}/computes/{name}", name=name, location=self.location)
+        props = body["properties"]
+        props["provisioningState"] = state
+        props["properties"].update(vmSize=size, vmPriority=priority, osType="Linux", subnet=None)
+        self.computes[name] = body
+        return body
+
+    def add_metric_point(
+        self, endpoint: str, deployment: str, total: float, timestamp: str
+    ) -> None:
+        self.metric_points.setdefault(endpoint, []).append((timestamp, deployment, total))
+
+    # -- dispatch ------------------------------------------------------------------------
+    def handle(self, req: Recorded) -> Response:
+        if ".blob." in req.host:
+            return self._blob(req)
+        if req.path.startswith("/score/"):
+            return self._score(req)
+        if req.path == "/discovery":
+            return Response(
+                200, {"api": self.base, "history": self.base, "experimentation": self.base}
+            )
+        if req.path.startswith("/operations/"):
+            return self._operation(req)
+        auth = req.headers.get("authorization", "")
+        if not re.fullmatch(r"Bearer [\w-]+\.[\w-]+\.[\w-]*", auth):
+            return arm_error(401, "InvalidAuthenticationToken", "The access token is invalid.")
+        for pattern, name in _ROUTES:
+            match = re.fullmatch(pattern.format(ws=re.escape(self.ws_path)), req.path)
+            if match:
+                return getattr(self, name)(req, **match.groupdict())
+        return arm_error(404, "NotFound", f"fake has no route for {req.method} {req.path}")
+
+    # -- workspace, registry -------------------------------------------------------------
+    def _workspace(self, req: Recorded) -> Response:
+        body = example("Workspace_get.json")
+        body.update(id=self.ws_path, name=self.workspace, location=self.location)
+        body["properties"].update(
+            discoveryUrl=f"{self.base}/discovery",
+            mlFlowTrackingUri=f"azureml://localhost:{self.server.port}/mlflow/v1.0"
+            f"{self.ws_path.replace('/providers/', '/providers/')}",
+            workspaceId="11111111-2222-3333-4444-555555555555",
+        )
+        body["properties"].pop("encryption", None)
+        return Response(200, body)
+
+    def _registry_discovery(self, req: Recorded, registry: str) -> Response:
+        return Response(
+            200,
+            {
+                "registryName": registry,
+                "tenantId": "tenant",
+                "primaryRegion": self.location,
+                "regions": [self.location],
+                "subscriptionId": self.registry_subscription,
+                "resourceGroup": self.registry_resource_group,
+                "workspaceName": None,
+                "primaryRegionResourceProviderUri": f"{self.base}/",
+            },
+        )
+
+    def _registry_versions(
+        self, req: Recorded, kind: str, name: str, version: str | None = None
+    ) -> Response:
+        store = self.registry_models if kind == "models" else self.components
+        versions = store.get(name, [])
+        if version is None:
+            top = int(req.query.get("$top", len(versions) or 1))
+            return Response(200, {"value": versions[:top]})
+        found = next((v for v in versions if v["name"] == version), None)
+        if found is None:
+            return arm_error(404, "NotFound", f"{kind} {name}:{version} not found")
+        return Response(200, found)
+
+    # -- compute ---------------------------------------------------------------------------
+    def _compute(self, req: Recorded, name: str) -> Response:
+        if req.method == "GET":
+            if name not in self.computes:
+                return arm_error(404, "ResourceNotFound", f"compute {name} not found")
+            return Response(200, self.computes[name])
+        props = req.json["properties"]["properties"]
+        body = self.add_compute(name, props["vmSize"], "Creating", props.get("vmPriority"))
+        body["properties"]["properties"]["scaleSettings"] = props.get("scaleSettings")
+        return self._async_started(body, f"{self.ws_path}/computes/{name}")
+
+    def _vm_sizes(self, req: Recorded, location: str) -> Response:
+        return Response(200, {"value": self.vm_sizes})
+
+    # -- datastore and blob upload ---------------------------------------------------------
+    def _datastore(self, req: Recorded, name: str) -> Response:
+        return Response(
+            200,
+            {
+                "id": f"{self.ws_path}/datastores/{name}",
+                "name": name,
+                "type": "Microsoft.MachineLearningServices/workspaces/datastores",
+                "properties": {
+                    "datastoreType": "AzureBlob",
+                    "isDefault": True,
+                    "accountName": self.storage_account,
+                    "containerName": "azureml-blobstore",
+                    "endpoint": "core.windows.net",
+                    "protocol": "https",
+                    "credentials": {"credentialsType": "AccountKey"},
+                },
+            },
+        )
+
+    def _datastores(self, req: Recorded) -> Response:
+        return Response(200, {"value": [self._datastore(req, "workspaceblobstore").body]})
+
+    def _datastore_secrets(self, req: Recorded, name: str) -> Response:
+        key = base64.b64encode(b"fake-storage-account-key-0123456789").decode()
+        return Response(200, {"secretsType": "AccountKey", "key": key})
+
+    def _blob(self, req: Recorded) -> Response:
+        path = req.path
+        if req.query.get("comp") == "list":
+            prefix = f"{path}/{req.query.get('prefix', '')}".lstrip("/")
+            names = [
+                n
+                for n in self.blobs
+                if n.startswith(prefix.split("/", 1)[-1]) and n.startswith(path.strip("/") + "/")
+            ]
+            items = "".join(
+                f"<Blob><Name>{n.split('/', 1)[1]}</Name><Properties>"
+                f"<Content-Length>{len(self.blobs[n])}</Content-Length>"
+                "<BlobType>BlockBlob</BlobType></Properties></Blob>"
+                for n in names
+            )
+            xml = (
+                '<?xml version="1.0" encoding="utf-8"?><EnumerationResults>'
+                f"<Blobs>{items}</Blobs><NextMarker /></EnumerationResults>"
+            )
+            return Response(200, xml.encode(), {"Content-Type": "application/xml"})
+        key = path.lstrip("/")
+        common = {
+            "x-ms-version": "2025-01-05",
+            "ETag": '"0x1"',
+            "Last-Modified": "Mon, 01 Jan 2026 00:00:00 GMT",
+        }
+        if req.method == "PUT" and req.query.get("comp") == "metadata":
+            self.blob_metadata[key] = {
+                k[len("x-ms-meta-") :]: v
+                for k, v in req.headers.items()
+                if k.startswith("x-ms-meta-")
+            }
+            return Response(200, None, common)
+        if req.method == "PUT":
+            self.blobs[key] = req.raw_body
+            return Response(201, None, {**common, "x-ms-request-server-encrypted": "true"})
+        if key not in self.blobs:
+            return Response(404, None, {"x-ms-error-code": "BlobNotFound", **common})
+        meta = {f"x-ms-meta-{k}": v for k, v in self.blob_metadata.get(key, {}).items()}
+        headers = {
+            **common,
+            **meta,
+            "x-ms-blob-type": "BlockBlob",
+            "Content-Length-Hint": str(len(self.blobs[key])),
+        }
+        return Response(200, self.blobs[key] if req.method == "GET" else b"", headers)
+
+    # -- jobs, run history, MLflow -------------------------------------------------------
+    def _job(self, req: Recorded, name: str) -> Response:
+        if req.method == "PUT":
+            return self._create_job(req, name)
+        job = self.jobs.get(name)
+        if job is None:
+            return arm_error(404, "UserError", f"Job {name} not found")
+        job.polls += 1
+        self._sync_runs(name)
+        return Response(200, self._job_body(job))
+
+    def _job_body(self, job: FakeJob) -> dict[str, Any]:
+        body = copy.deepcopy(job.body)
+        body["properties"]["status"] = job.status
+        return body
+
+    def _create_job(self, req: Recorded, name: str) -> Response:
+        if name in self.jobs:
+            return arm_error(400, "UserError", f"Job {name} already exists")
+        if "x-azureml-token" not in req.headers:
+            return arm_error(400, "UserError", "x-azureml-token header missing")
+        body = copy.deepcopy(req.json)
+        props = body["properties"]
+        studio = f"https://ml.azure.com/runs/{name}?wsid={self.ws_path}"
+        props.update(
+            status="NotStarted",
+            services={
+                "Studio": {"jobServiceType": "Studio", "endpoint": studio},
+                "Tracking": {"jobServiceType": "Tracking", "endpoint": "azureml://x"},
+            },
+        )
+        props["outputs"]["trained_model"]["uri"] = (
+            f"azureml://datastores/workspaceblobstore/paths/azureml/{name}/trained_model/"
+        )
+        body.update(
+            id=f"{self.ws_path}/jobs/{name}",
+            name=name,
+            type="Microsoft.MachineLearningServices/workspaces/jobs",
+            systemData={"createdAt": _now(), "createdBy": "fake"},
+        )
+        progress = self.job_progress.get(name, JOB_PROGRESS)
+        self.jobs[name] = FakeJob(body=body, progress=progress)
+        experiment = props.get("experimentName") or "Default"
+        exp_id = self.experiments.setdefault(experiment, str(len(self.experiments) + 1))
+        self.runs[name] = {
+            "run_id": name,
+            "name": props.get("displayName"),
+            "parent": None,
+            "experiment_id": exp_id,
+            "status": "NotStarted",
+            "metrics": {},
+        }
+        for step in STEPS:
+            self.runs[f"{name}_{step}"] = {
+                "run_id": f"{name}_{step}",
+                "name": step,
+                "parent": name,
+                "experiment_id": exp_id,
+                "status": "NotStarted",
+                "metrics": _step_metrics(step),
+            }
+        return Response(201, self._job_body(self.jobs[name]))
+
+    def _sync_runs(self, name: str) -> None:
+        status = self.jobs[name].status
+        plan = {
+            "NotStarted": ("NotStarted",) * 4,
+            "Running": ("Completed", "Completed", "Running", "NotStarted"),
+            "Completed": ("Completed",) * 4,
+            "Failed": ("Completed", "Completed", "Failed", "NotStarted"),
+        }
+        for step, step_status in zip(STEPS, plan.get(status, plan["Running"]), strict=True):
+            self.runs[f"{name}_{step}"]["status"] = step_status
+        self.runs[name]["status"] = status
+
+    def _jobs(self, req: Recorded) -> Response:
+        return Response(200, {"value": [self._job_body(j) for j in self.jobs.values()]})
+
+    def _cancel_job(self, req: Recorded, name: str) -> Response:
+        if name not in self.jobs:
+            return arm_error(404, "UserError", f"Job {name} not found")
+        self.jobs[name].progress = ("CancelRequested", "Canceled")
+        self.jobs[name].polls = 0
+        return Response(
+            202, None, {"Location": f"{self.base}/operations/done-{name}", "retry-after-ms": "50"}
+        )
+
+    def _children(self, req: Recorded, name: str) -> Response:
+        children = [r for r in self.runs.values() if r["parent"] == name]
+        return Response(
+            200,
+            {
+                "value": [
+                    {
+                        "runId": r["run_id"],
+                        "status": r["status"],
+                        "displayName": r["name"],
+                        "parentRunId": name,
+                        "rootRunId": name,
+                        "runType": "azureml.StepRun",
+                        "tags": {},
+                        "properties": {},
+                        "createdUtc": _now(),
+                        "services": {},
+                    }
+                    for r in children
+                ]
+            },
+        )
+
+    def _mlflow(self, req: Recorded, call: str) -> Response:
+        if call == "experiments/get-by-name":
+            name = req.query.get("experiment_name")
+            if name not in self.experiments:
+                return Response(
+                    404,
+                    {
+                        "error_code": "RESOURCE_DOES_NOT_EXIST",
+                        "message": f"experiment {name} not found",
+                    },
+                )
+            return Response(
+                200,
+                {
+                    "experiment": {
+                        "experiment_id": self.experiments[name],
+                        "name": name,
+                        "lifecycle_stage": "active",
+                    }
+                },
+            )
+        if call == "runs/search":
+            body = req.json or {}
+            match = re.search(r"parentRunId\s*=\s*'([^']+)'", body.get("filter", ""))
+            parent = match.group(1) if match else None
+            runs = [
+                r
+                for r in self.runs.values()
+                if r["experiment_id"] in body.get("experiment_ids", [])
+                and (parent is None or r["parent"] == parent)
+            ]
+            return Response(200, {"runs": [_mlflow_run(r) for r in runs]})
+        if call == "metrics/get-history":
+            run = self.runs.get(req.query.get("run_id", ""))
+            key = req.query.get("metric_key")
+            if run is None:
+                return Response(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"})
+            history = [
+                {"key": key, "value": v, "timestamp": 1_700_000_000_000 + s, "step": s}
+                for s, v in run["metrics"].get(key, [])
+            ]
+            return Response(200, {"metrics": history})
+        return Response(404, {"error_code": "ENDPOINT_NOT_FOUND", "message": call})
+
+    # -- models ------------------------------------------------------------------------
+    def _model_versions(self, req: Recorded, name: str) -> Response:
+        versions = sorted(
+            self.models.get(name, {}).values(),
+            key=lambda b: b["systemData"]["createdAt"],
+            reverse=True,
+        )
+        top = int(req.query.get("$top", len(versions) or 1))
+        return Response(200, {"value": versions[:top]})
+
+    def _model_version(self, req: Recorded, name: str, version: str) -> Response:
+        if req.method == "PUT":
+            body = example("ModelVersion_createOrUpdate.json")
+            body.update(
+                id=f"{self.ws_path}/models/{name}/versions/{version}",
+                name=version,
+                systemData={"createdAt": _now(), "createdBy": "fake"},
+            )
+            body["properties"] = {**req.json["properties"], "flavors": {}}
+            status = 200 if version in self.models.get(name, {}) else 201
+            self.models.setdefault(name, {})[version] = body
+            return Response(status, body)
+        found = self.models.get(name, {}).get(version)
+        if found is None:
+            return arm_error(404, "ResourceNotFound", f"model {name}:{version} not found")
+        return Response(200, found)
+
+    # -- endpoints and deployments -----------------------------------------------------
+    def _endpoints(self, req: Recorded) -> Response:
+        return Response(200, {"value": list(self.endpoints.values())})
+
+    def _endpoint(self, req: Recorded, name: str) -> Response:
+        if req.method == "PUT":
+            body = example("OnlineEndpoint_get.json")
+            sent = req.json
+            body.update(
+                id=f"{self.ws_path}/onlineEndpoints/{name}",
+                name=name,
+                location=self.location,
+                tags=sent.get("tags") or {},
+                identity={"type": "SystemAssigned"},
+                type="Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
+            )
+            body.pop("sku", None)
+            body["properties"] = {
+                **sent["properties"],
+                "scoringUri": f"{self.base}/score/{name}",
+                "swaggerUri": f"{self.base}/swagger/{name}",
+                "provisioningState": "Updating" if name in self.endpoints else "Creating",
+            }
+            if name in self.endpoints:
+                body["systemData"] = self.endpoints[name]["systemData"]
+            else:
+                body["systemData"]["createdAt"] = _now()
+            self.endpoints[name] = body
+            self.keys.setdefault(
+                name,
+                {"primaryKey": f"pk-{uuid.uuid4().hex}", "secondaryKey": f"sk-{uuid.uuid4().hex}"},
+            )
+            return self._async_started(body, f"{self.ws_path}/onlineEndpoints/{name}")
+        if name not in self.endpoints:
+            return arm_error(404, "ResourceNotFound", f"endpoint {name} not found")
+        if req.method == "DELETE":
+            del self.endpoints[name]
+            self.deployments.pop(name, None)
+            return self._delete_started(name)
+        return Response(200, self.endpoints[name])
+
+    def _list_keys(self, req: Recorded, name: str) -> Response:
+        if name not in self.endpoints:
+            return arm_error(404, "ResourceNotFound", f"endpoint {name} not found")
+        return Response(200, self.keys[name])
+
+    def _deployments(self, req: Recorded, endpoint: str) -> Response:
+        if endpoint not in self.endpoints:
+            return arm_error(404, "ResourceNotFound", f"endpoint {endpoint} not found")
+        return Response(200, {"value": list(self.deployments.get(endpoint, {}).values())})
+
+    def _deployment(self, req: Recorded, endpoint: str, name: str) -> Response:
+        if endpoint not in self.endpoints:
+            return arm_error(404, "ResourceNotFound", f"endpoint {endpoint} not found")
+        store = self.deployments.setdefault(endpoint, {})
+        if req.method == "PUT":
+            sent = req.json
+            body = example("OnlineDeployment_ManagedOnlineDeployment_get.json")
+            body.update(
+                id=f"{self.ws_path}/onlineEndpoints/{endpoint}/deployments/{name}",
+                name=name,
+                location=self.location,
+                tags=sent.get("tags") or {},
+                sku=sent.get("sku"),
+                identity=None,
+            )
+            body["properties"] = {
+                **sent["properties"],
+                "provisioningState": "Creating",
+                "scaleSettings": {"scaleType": "Default"},
+            }
+            store[name] = body
+            return self._async_started(
+                body, f"{self.ws_path}/onlineEndpoints/{endpoint}/deployments/{name}"
+            )
+        if name not in store:
+            return arm_error(404, "ResourceNotFound", f"deployment {name} not found")
+        if req.method == "DELETE":
+            del store[name]
+            return self._delete_started(name)
+        return Response(200, store[name])
+
+    def _deployment_logs(self, req: Recorded, endpoint: str, name: str) -> Response:
+        lines = self.deployment_logs.splitlines()[-int(req.json.get("tail", 50)) :]
+        return Response(200, {"content": "\n".join(lines)})
+
+    def _score(self, req: Recorded) -> Response:
+        self.scoring_requests.append(req)
+        name = req.path.rsplit("/", 1)[-1]
+        keys = self.keys.get(name, {})
+        auth = req.headers.get("authorization", "")
+        if name not in self.endpoints or auth.removeprefix("Bearer ") not in keys.values():
+            return Response(401, {"error": {"message": "Invalid authentication"}})
+        deployment = req.headers.get("azureml-model-deployment")
+        if deployment and deployment not in self.deployments.get(name, {}):
+            return Response(404, {"error": {"message": f"no deployment {deployment}"}})
+        return Response(
+            200,
+            {"output": "Sure! Here is a short answer."},
+            {"azureml-model-deployment": deployment or "demo"},
+        )
+
+    # -- long-running operations ---------------------------------------------------------
+    def _async_started(self, body: dict[str, Any], resource_path: str) -> Response:
+        op = f"op{next(self._ids)}"
+        self._operations[op] = resource_path
+        return Response(
+            201,
+            body,
+            {
+                "Azure-AsyncOperation": f"{self.base}/operations/{op}",
+                "retry-after-ms": "50",
+            },
+        )
+
+    def _delete_started(self, name: str) -> Response:
+        return Response(
+            202, None, {"Location": f"{self.base}/operations/done-{name}", "retry-after-ms": "50"}
+        )
+
+    def _operation(self, req: Recorded) -> Response:
+        op = req.path.rsplit("/", 1)[-1]
+        if op.startswith("done-"):
+            return Response(200, None)
+        path = self._operations.get(op, "")
+        resource = self._find_resource(path)
+        if resource is not None:
+            resource["properties"]["provisioningState"] = "Succeeded"
+        return Response(200, {"status": "Succeeded", "name": op})
+
+    def _find_resource(self, path: str) -> dict[str, Any] | None:
+        parts = path.rsplit("/", 4)
+        if "/deployments/" in path:
+            return self.deployments.get(parts[-3], {}).get(parts[-1])
+        if "/onlineEndpoints/" in path:
+            return self.endpoints.get(parts[-1])
+        if "/computes/" in path:
+            return self.computes.get(parts[-1])
+        return None
+
+    # -- Azure Monitor -------------------------------------------------------------------
+    def _metrics_batch(self, req: Recorded, subscription: str) -> Response:
+        values = []
+        for resource_id in req.json["resourceids"]:
+            endpoint = resource_id.rstrip("/").rsplit("/", 1)[-1]
+            by_deployment: dict[str, list[dict[str, Any]]] = {}
+            for ts, dep, total in self.metric_points.get(endpoint, []):
+                by_deployment.setdefault(dep, []).append({"timeStamp": ts, "total": total})
+            values.append(
+                {
+                    "starttime": req.query.get("starttime"),
+                    "endtime": req.query.get("endtime"),
+                    "interval": req.query.get("interval", "PT1M"),
+                    "namespace": req.query.get("metricnamespace"),
+                    "resourceregion": self.location,
+                    "resourceid": resource_id,
+                    "value": [
+                        {
+                            "id": f"{resource_id}/providers/Microsoft.Insights/metrics/{METRIC}",
+                            "type": "Microsoft.Insights/metrics",
+                            "name": {
+                                "value": "RequestsPerMinute",
+                                "localizedValue": "Requests Per Minute",
+                            },
+                            "unit": "Count",
+                            "displayDescription": "Requests per minute",
+                            "errorCode": "Success",
+                            "timeseries": [
+                                {
+                                    "metadatavalues": [
+                                        {"name": {"value": "deployment"}, "value": dep}
+                                    ],
+                                    "data": data,
+                                }
+                                for dep, data in by_deployment.items()
+                            ],
+                        }
+                    ],
+                }
+            )
+        return Response(200, {"values": values})
+
+
+def _step_metrics(step: str) -> dict[str, list[tuple[int, float]]]:
+    if step == "finetune":
+        return {"train_loss": [(1, 1.9), (2, 1.4), (3, 1.1)], "eval_loss": [(3, 1.3)]}
+    if step == "model_evaluation":
+        return {"perplexity": [(0, 3.7)], "bleu_score": [(0, 0.21)]}
+    return {}
+
+
+def _mlflow_run(run: dict[str, Any]) -> dict[str, Any]:
+    status = {"Completed": "FINISHED", "Failed": "FAILED", "Running": "RUNNING"}
+    tags = [{"key": "mlflow.runName", "value": run["name"]}]
+    if run["parent"]:
+        tags.append({"key": "mlflow.parentRunId", "value": run["parent"]})
+    return {
+        "info": {
+            "run_id": run["run_id"],
+            "run_uuid": run["run_id"],
+            "run_name": run["name"],
+            "experiment_id": run["experiment_id"],
+            "status": status.get(run["status"], "SCHEDULED"),
+            "start_time": 1_700_000_000_000,
+            "lifecycle_stage": "active",
+        },
+        "data": {
+            "metrics": [
+                {"key": k, "value": v[-1][1], "step": v[-1][0], "timestamp": 1_700_000_000_000}
+                for k, v in run["metrics"].items()
+            ],
+            "params": [],
+            "tags": tags,
+        },
+    }
+
+
+_ROUTES: list[tuple[str, str]] = [
+    (r"{ws}", "_workspace"),
+    (r"/registrymanagement/v1\.0/registries/(?P<registry>[^/]+)/discovery", "_registry_discovery"),
+    (
+        r"/mferp/managementfrontend/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+        r"Microsoft\.MachineLearningServices/registries/[^/]+/(?P<kind>models|components)/"
+        r"(?P<name>[^/]+)/versions(?:/(?P<version>[^/]+))?",
+        "_registry_versions",
+    ),
+    (r"{ws}/computes/(?P<name>[^/]+)", "_compute"),
+    (
+        r"/subscriptions/[^/]+/providers/Microsoft\.MachineLearningServices/locations/"
+        r"(?P<location>[^/]+)/vmSizes",
+        "_vm_sizes",
+    ),
+    (r"{ws}/datastores", "_datastores"),
+    (r"{ws}/datastores/(?P<name>[^/]+)", "_datastore"),
+    (r"{ws}/datastores/(?P<name>[^/]+)/listSecrets", "_datastore_secrets"),
+    (r"{ws}/jobs", "_jobs"),
+    (r"{ws}/jobs/(?P<name>[^/]+)", "_job"),
+    (r"{ws}/jobs/(?P<name>[^/]+)/cancel", "_cancel_job"),
+    (r"/history/v1\.0{ws}/runs/(?P<name>[^/]+)/children", "_children"),
+    (r"/mlflow/v1\.0{ws}/api/2\.0/mlflow/(?P<call>.+)", "_mlflow"),
+    (r"{ws}/models/(?P<name>[^/]+)/versions", "_model_versions"),
+    (r"{ws}/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", "_model_version"),
+    (r"{ws}/onlineEndpoints", "_endpoints"),
+    (r"{ws}/onlineEndpoints/(?P<name>[^/]+)", "_endpoint"),
+    (r"{ws}/onlineEndpoints/(?P<name>[^/]+)/listKeys", "_list_keys"),
+    (r"{ws}/onlineEndpoints/(?P<endpoint>[^/]+)/deployments", "_deployments"),
+    (r"{ws}/onlineEndpoints/(?P<endpoint>[^/]+)/deployments/(?P<name>[^/]+)", "_deployment"),
+    (
+        r"{ws}/onlineEndpoints/(?P<endpoint>[^/]+)/deployments/(?P<name>[^/]+)/getLogs",
+        "_deployment_logs",
+    ),
+    (r"/subscriptions/(?P<subscription>[^/]+)/metrics:getBatch", "_metrics_batch"),
+]

@@ -1,0 +1,119 @@
+"""The Azure blocks: validation, round-trip through a Prefect server, and no secret leaks."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from azure.core.exceptions import ClientAuthenticationError
+from pydantic import ValidationError
+
+from blocks import WorkspaceBlock
+from blocks.azure_credentials import AzureMLCredentials
+from blocks.azure_ml_workspace import AzureMLWorkspaceBlock
+from tests.azure.fake_azureml.credential import FakeCredential
+from workspaces.errors import AuthenticationFailed
+
+SECRET = "sp-secret-Q8~do-not-leak-7f3a"
+
+
+def _sp() -> AzureMLCredentials:
+    return AzureMLCredentials(
+        auth_kind="service_principal",
+        tenant_id="tenant-1",
+        client_id="client-1",
+        client_secret=SECRET,
+    )
+
+
+def test_service_principal_needs_its_fields():
+    with pytest.raises(ValidationError, match="needs client_id, client_secret"):
+        AzureMLCredentials(auth_kind="service_principal", tenant_id="t")
+    assert AzureMLCredentials().auth_kind == "default"
+    AzureMLCredentials(auth_kind="managed_identity")
+
+
+def test_credential_kinds():
+    from azure import identity
+
+    assert isinstance(_sp().get_credential(), identity.ClientSecretCredential)
+    assert isinstance(AzureMLCredentials().get_credential(), identity.DefaultAzureCredential)
+    mi = AzureMLCredentials(auth_kind="managed_identity", client_id="c").get_credential()
+    assert isinstance(mi, identity.ManagedIdentityCredential)
+
+
+def test_workspace_block_needs_exactly_one_way():
+    with pytest.raises(ValidationError, match="missing resource_group, workspace_name"):
+        AzureMLWorkspaceBlock(subscription_id="s")
+    with pytest.raises(ValidationError, match="not both"):
+        AzureMLWorkspaceBlock(
+            subscription_id="s", resource_group="r", workspace_name="w", config_path="config.json"
+        )
+    AzureMLWorkspaceBlock(config_path="config.json")
+
+
+def test_check_failure_names_kind_and_fix_without_secret(monkeypatch, caplog):
+    from azure import identity
+
+    def refuse(self, *scopes, **kwargs):
+        raise ClientAuthenticationError(f"AADSTS7000215: Invalid client secret provided: {SECRET}")
+
+    monkeypatch.setattr(identity.ClientSecretCredential, "get_token", refuse)
+    with caplog.at_level(logging.DEBUG), pytest.raises(AuthenticationFailed) as info:
+        _sp().check()
+    message = str(info.value)
+    assert "service_principal" in message and "client_secret has not expired" in message
+    assert SECRET not in message and SECRET not in repr(info.value)
+    assert SECRET not in caplog.text
+
+
+def test_check_success(monkeypatch):
+    from azure import identity
+
+    monkeypatch.setattr(
+        identity.ClientSecretCredential,
+        "get_token",
+        lambda self, *s, **k: FakeCredential().get_token(*s),
+    )
+    assert "obtained a management token" in _sp().check()
+
+
+def test_round_trip_through_prefect_server(prefect_server, caplog):
+    """``prefect_server`` is the session-wide prefect_test_harness of tests/conftest.py."""
+    with caplog.at_level(logging.DEBUG):
+        _sp().save("chatft-azure-test", overwrite=True)
+        block = AzureMLWorkspaceBlock(
+            subscription_id="sub-1",
+            resource_group="rg-1",
+            workspace_name="ws-1",
+            credentials=AzureMLCredentials.load("chatft-azure-test"),
+        )
+        block.save("chatft-ws-test", overwrite=True)
+        loaded = AzureMLWorkspaceBlock.load("chatft-ws-test")
+
+    assert loaded.credentials.client_secret.get_secret_value() == SECRET
+    assert loaded.workspace_name == "ws-1" and loaded.registry_name == "azureml"
+    for text in (
+        repr(loaded),
+        str(loaded),
+        loaded.model_dump_json(),
+        repr(block),
+        json.dumps(loaded.model_dump(mode="json")),
+        caplog.text,
+    ):
+        assert SECRET not in text
+    assert isinstance(loaded, WorkspaceBlock)
+    workspace = loaded.get_workspace()
+    assert workspace.kind == "azure"
+    assert workspace.cache_scope == "azure:/subscriptions/sub-1/resourceGroups/rg-1/workspaces/ws-1"
+    assert SECRET not in repr(workspace)
+
+
+def test_config_path_block_reads_config_json(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps({"subscription_id": "s", "resource_group": "r", "workspace_name": "w"})
+    )
+    workspace = AzureMLWorkspaceBlock(config_path=str(config)).get_workspace()
+    assert workspace.cache_scope == "azure:/subscriptions/s/resourceGroups/r/workspaces/w"

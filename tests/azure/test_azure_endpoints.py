@@ -1,0 +1,177 @@
+"""MISSION steps 6-9 against the fake: register, endpoint, deployment, traffic, score, delete."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from workspaces.errors import InvalidRequest
+from workspaces.interface import CALLER_HEADER, TAG_MANAGED_BY
+from workspaces.naming import registered_model_description, registered_model_name
+
+EP = "ultrachat-completion-1700000000"
+TAGS = {TAG_MANAGED_BY: "chat-finetune-flows", "chatft-request": "req1"}
+SAMPLE = {
+    "input_data": {
+        "input_string": [[{"role": "user", "content": "What is Prefect?"}]],
+        "parameters": {"temperature": 0.6, "top_p": 0.9, "do_sample": True, "max_new_tokens": 200},
+    },
+    "params": {},
+}
+
+
+@pytest.fixture
+def model(workspace):
+    name = registered_model_name("Phi-3-mini-4k-instruct")
+    return workspace.register_model(
+        name,
+        "1700000000",
+        "chatft-job",
+        registered_model_description("Phi-3-mini-4k-instruct"),
+        {"chatft-request": "req1"},
+    )
+
+
+@pytest.fixture
+def deployed(workspace, model):
+    workspace.begin_create_endpoint(EP, f"serves {model.name}:{model.version}", TAGS)
+    workspace.begin_create_deployment(EP, "demo", model.id, "Standard_NC6s_v3", 1, TAGS)
+    return workspace.set_traffic(EP, {"demo": 100})
+
+
+def test_register_model_body(fake, workspace, model):
+    [put] = fake.sent("PUT", r"/models/Phi-3-mini-4k-instruct-ultrachat-200k/versions/1700000000$")
+    assert put.api_version == "2023-08-01-preview"
+    assert put.json["properties"] == {
+        "description": "Phi-3-mini-4k-instruct fine tuned model for ultrachat 200k chat-completion",
+        "tags": {"chatft-request": "req1"},
+        "properties": {},
+        "modelType": "mlflow_model",
+        "modelUri": "azureml://jobs/chatft-job/outputs/trained_model",
+        "isAnonymous": False,
+        "isArchived": False,
+    }
+    assert model.id.endswith("/models/Phi-3-mini-4k-instruct-ultrachat-200k/versions/1700000000")
+    assert workspace.get_model(model.name, model.version) == model
+    assert workspace.get_model(model.name, "1") is None
+
+
+def test_endpoint_body(fake, workspace):
+    workspace.begin_create_endpoint(EP, "serves a model", TAGS)
+
+    [put] = fake.sent("PUT", rf"/onlineEndpoints/{EP}$")
+    assert put.api_version == "2022-02-01-preview"
+    assert put.json["properties"]["authMode"] == "Key"
+    assert put.json["properties"]["description"] == "serves a model"
+    assert put.json["tags"] == TAGS
+    endpoint = workspace.get_endpoint(EP)
+    assert endpoint.managed and endpoint.auth_mode == "key"
+    assert endpoint.scoring_uri == f"{fake.base}/score/{EP}"
+
+
+def test_bad_endpoint_name_is_refused_before_any_request(fake, workspace):
+    with pytest.raises(InvalidRequest, match="3-32"):
+        workspace.begin_create_endpoint("x" * 40, "", {})
+    assert not fake.sent("PUT", r"/onlineEndpoints/")
+
+
+def test_deployment_body_and_traffic(fake, workspace, model, deployed):
+    [put] = fake.sent("PUT", rf"/onlineEndpoints/{EP}/deployments/demo$")
+    body = put.json
+    assert put.api_version == "2023-04-01-preview"
+    assert body["sku"] == {"name": "Default", "capacity": 1}
+    assert body["tags"] == TAGS
+    props = body["properties"]
+    assert props["endpointComputeType"] == "Managed"
+    assert props["instanceType"] == "Standard_NC6s_v3"
+    assert props["model"] == model.id
+    assert props["livenessProbe"] == {"initialDelay": "PT10M"}
+    assert props["requestSettings"]["requestTimeout"] == "PT1M30S"
+
+    traffic_put = fake.sent("PUT", rf"/onlineEndpoints/{EP}$")[-1]
+    assert traffic_put.json["properties"]["traffic"] == {"demo": 100}
+    assert deployed.traffic == {"demo": 100}
+    assert [d.name for d in deployed.deployments] == ["demo"]
+    assert workspace.get_deployment(EP, "demo").provisioning_state == "Succeeded"
+    assert workspace.get_deployment(EP, "nope") is None
+
+
+def test_invoke_sends_key_deployment_and_caller_headers(fake, workspace, deployed):
+    response = workspace.invoke(EP, SAMPLE, deployment_name="demo", caller="smoke-test")
+
+    [sent] = fake.scoring_requests
+    assert sent.method == "POST" and sent.path == f"/score/{EP}"
+    assert sent.headers["authorization"] == f"Bearer {fake.keys[EP]['primaryKey']}"
+    assert sent.headers["azureml-model-deployment"] == "demo"
+    assert sent.headers[CALLER_HEADER] == "smoke-test"
+    assert sent.json == SAMPLE
+    assert response.status_code == 200
+    assert json.loads(response.body) == {"output": "Sure! Here is a short answer."}
+    assert "authorization" not in {k.lower() for k in response.headers}
+
+
+def test_invoke_without_caller_and_http_failure_as_response(fake, workspace, deployed):
+    response = workspace.invoke(EP, SAMPLE, deployment_name="missing")
+    assert response.status_code == 404
+    assert CALLER_HEADER not in fake.scoring_requests[0].headers
+
+
+def test_keys_logs_and_listing(fake, workspace, deployed):
+    keys = workspace.get_endpoint_keys(EP)
+    assert keys.primary.get_secret_value() == fake.keys[EP]["primaryKey"]
+    assert fake.keys[EP]["primaryKey"] not in repr(keys)
+    assert workspace.get_deployment_logs(EP, "demo", lines=1) == "Model loaded."
+    [logs] = fake.sent("POST", r"/deployments/demo/getLogs$")
+    assert logs.json == {"tail": 1}
+    assert [e.name for e in workspace.list_endpoints()] == [EP]
+
+
+def test_delete_deployment_and_endpoint(fake, workspace, deployed):
+    workspace.begin_delete_deployment(EP, "demo")
+    assert fake.sent("DELETE", rf"/onlineEndpoints/{EP}/deployments/demo$")
+    workspace.begin_delete_endpoint(EP)
+    [delete] = fake.sent("DELETE", rf"/onlineEndpoints/{EP}$")
+    assert delete.api_version == "2022-02-01-preview"
+    assert workspace.get_endpoint(EP) is None
+
+
+def test_endpoint_activity_from_azure_monitor(fake, workspace, deployed):
+    end = datetime.now(UTC)
+    fake.add_metric_point(
+        EP, "demo", 3, (end - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+    fake.add_metric_point(
+        EP, "demo", 2, (end - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+    activity = workspace.get_endpoint_activity(EP, end - timedelta(hours=1), end)
+
+    [query] = fake.sent("POST", r"/metrics:getBatch$")
+    assert query.api_version == "2024-02-01"
+    assert query.query["metricnames"] == "RequestsPerMinute"
+    assert (
+        query.query["metricnamespace"]
+        == "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
+    )
+    assert query.query["filter"] == "deployment eq '*'"
+    assert query.json["resourceids"] == [f"{workspace.address.arm_id}/onlineEndpoints/{EP}"]
+    assert activity.available and activity.total_requests == 5
+    assert activity.requests_by_deployment == {"demo": 5}
+    assert activity.organic_requests == 5
+
+
+def test_endpoint_activity_unavailable_is_not_idle(fake, workspace):
+    from tests.azure.fake_azureml import Fault
+
+    fake.server.inject(
+        Fault(
+            "POST",
+            r"/metrics:getBatch$",
+            status=403,
+            body={"error": {"code": "AuthorizationFailed", "message": "no"}},
+        )
+    )
+    end = datetime.now(UTC)
+    activity = workspace.get_endpoint_activity(EP, end - timedelta(hours=1), end)
+    assert not activity.available and "Azure Monitor" in activity.reason

@@ -1,0 +1,69 @@
+"""smoke_test_endpoints through AzureMLWorkspace against the HTTPS fake.
+
+The flow lists the workspace's online endpoints over ARM, fetches keys with listKeys and
+scores each deployment at the endpoint's scoringUri, as against a real workspace.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import flows.smoke_test_endpoints as smoke
+from tasks import reports
+from tests.azure.fake_azureml.server import Fault
+from workspaces.interface import CALLER_HEADER, MANAGED_BY_VALUE, TAG_MANAGED_BY, TAG_MODEL
+
+MANAGED = {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_MODEL: "phi3-ultrachat"}
+MODEL = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/1"
+
+
+def _endpoint(workspace, name: str, tags: dict[str, str]) -> None:
+    workspace.begin_create_endpoint(name, "smoke test", tags)
+    workspace.begin_create_deployment(name, "demo", MODEL, "Standard_NC6s_v3", 1, tags)
+    workspace.set_traffic(name, {"demo": 100})
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_smoke_test_on_azure(fake, workspace, monkeypatch, tmp_path) -> None:
+    _endpoint(workspace, "chatft-good", MANAGED)
+    _endpoint(workspace, "chatft-busy", MANAGED)
+    _endpoint(workspace, "chatft-gone", MANAGED)
+    _endpoint(workspace, "someone-elses", {"team": "research"})
+    fake.server.inject(Fault("POST", r"^/score/chatft-busy$", status=429,
+                             body={"error": {"message": "Too many requests"}}))
+    fake.server.inject(Fault("POST", r"^/score/chatft-gone$", kind="reset"))
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(reports, "emit", lambda event, name, *a, **k: sent.append((event, name)))
+    monkeypatch.setattr(smoke, "load_workspace", lambda block: workspace)
+    fake.requests.clear()
+
+    state = smoke.smoke_test_endpoints(
+        workspace_block="azure-ml-workspace/test", download_dir=str(tmp_path / "data"),
+        request_timeout_s=5, return_state=True,
+    )
+
+    assert state.is_failed()
+    with pytest.raises(smoke.SmokeTestFailed) as failure:
+        state.result()
+    assert "chatft-busy (demo: throttled_429)" in str(failure.value)
+    assert "chatft-gone (demo: unreachable)" in str(failure.value)
+    assert "chatft-good" not in str(failure.value)
+    assert sorted(sent) == [
+        ("smoke-test.completed", workspace.cache_scope),
+        ("smoke-test.failed", "chatft-busy"),
+        ("smoke-test.failed", "chatft-gone"),
+    ]
+    # Scoring went to each managed endpoint's scoringUri with its key and the caller marker;
+    # the endpoint not managed by the project was never scored.
+    scored = {r.path: r for r in fake.scoring_requests}
+    assert set(scored) == {"/score/chatft-good"}  # faults answered the other two
+    good = scored["/score/chatft-good"]
+    key = fake.keys["chatft-good"]["primaryKey"]
+    assert good.headers["authorization"] == f"Bearer {key}"
+    assert good.headers[CALLER_HEADER] == "smoke-test"
+    assert good.headers["azureml-model-deployment"] == "demo"
+    messages = good.json["input_data"]["input_string"][0]
+    assert messages[-1]["role"] == "user"
+    assert good.json["input_data"]["parameters"]["max_new_tokens"] == 32
+    assert not fake.sent("POST", r"/score/someone-elses")
+    assert fake.sent("POST", r"/onlineEndpoints/chatft-good/listKeys")

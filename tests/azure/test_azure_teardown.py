@@ -1,0 +1,87 @@
+"""teardown_idle_endpoints through AzureMLWorkspace against the HTTPS fake (ARM + Azure Monitor).
+
+Also counts the HTTP calls one pass makes per endpoint, so the cost of running the flow
+every 30 minutes against a real workspace is known (ARM throttles at roughly 12,000 reads
+per hour per subscription; Azure Monitor metrics queries are billed per call beyond a quota).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import flows.teardown_idle_endpoints as teardown
+from tasks import reports
+from workspaces.interface import MANAGED_BY_VALUE, TAG_MANAGED_BY, TAG_PROTECTED
+
+MANAGED = {TAG_MANAGED_BY: MANAGED_BY_VALUE}
+MODEL = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/1"
+
+
+def _endpoint(workspace, name: str, tags: dict[str, str], size: str = "Standard_NC6s_v3"):
+    workspace.begin_create_endpoint(name, "teardown test", tags)
+    workspace.begin_create_deployment(name, "demo", MODEL, size, 2, tags)
+    workspace.set_traffic(name, {"demo": 100})
+    # The fake finishes provisioning when its operation is polled; the SDK here does not wait.
+    fake = workspace._test_fake
+    fake.endpoints[name]["properties"]["provisioningState"] = "Succeeded"
+    fake.deployments[name]["demo"]["properties"]["provisioningState"] = "Succeeded"
+
+
+def _calls_for(fake, name: str) -> list[str]:
+    """The recorded calls about one endpoint (ARM paths and Azure Monitor resource ids)."""
+    calls = []
+    for req in fake.requests:
+        about = f"/onlineEndpoints/{name}" in req.path or req.path.endswith(f"/done-{name}")
+        if req.path.endswith("/metrics:getBatch"):
+            about = any(r.endswith(f"/onlineEndpoints/{name}") for r in req.json["resourceids"])
+        if about:
+            kind = "monitor" if "metrics" in req.path else "arm"
+            calls.append(f"{kind} {req.method} {req.path.split('/onlineEndpoints/')[-1]}")
+    return calls
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_teardown_pass_on_azure(fake, workspace, monkeypatch) -> None:
+    workspace._test_fake = fake
+    _endpoint(workspace, "chatft-used", MANAGED)
+    _endpoint(workspace, "chatft-idle", MANAGED, size="Standard_NC24ads_A100_v4")
+    _endpoint(workspace, "chatft-keep", {**MANAGED, TAG_PROTECTED: "yes"})
+    _endpoint(workspace, "someone-elses", {"team": "research"})
+    now = datetime.now(UTC) + timedelta(hours=3)  # the fake stamps createdAt with real time
+    fake.add_metric_point("chatft-used", "demo", 4,
+                          (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(reports, "emit", lambda event, name, *a, **k: sent.append((event, name)))
+    monkeypatch.setattr(teardown, "load_workspace", lambda block: workspace)
+    fake.requests.clear()
+
+    result = teardown.teardown_idle_endpoints(workspace_block="azure-ml-workspace/test", now=now)
+
+    outcomes = {d.resource: d.outcome for d in result.decisions}
+    assert outcomes == {"chatft-used": "kept", "chatft-idle": "deleted", "chatft-keep": "kept"}
+    assert set(fake.endpoints) == {"chatft-used", "chatft-keep", "someone-elses"}
+    assert sent == [("endpoint.deleted", "chatft-idle")]
+    idle = next(d for d in result.decisions if d.endpoint == "chatft-idle")
+    assert idle.instances == "demo: Standard_NC24ads_A100_v4 x 2"
+    assert idle.usd_per_hour == pytest.approx(2 * 3.673)
+    # The metrics query asked Azure Monitor for the idle window ending at the flow's clock.
+    [query] = [r for r in fake.sent("POST", r"/metrics:getBatch$")
+               if r.json["resourceids"][0].endswith("/chatft-idle")]
+    assert query.query["metricnames"] == "RequestsPerMinute"
+
+    per_endpoint = {n: _calls_for(fake, n) for n in ("chatft-used", "chatft-idle", "chatft-keep",
+                                                     "someone-elses")}
+    shared = [r for r in fake.requests if r.path.endswith("/onlineEndpoints")]
+    print(f"\nAzure HTTP calls in one teardown pass over {len(per_endpoint)} endpoints: "
+          f"{len(fake.requests)} in all; shared list calls: {len(shared)}")
+    for name, calls in per_endpoint.items():
+        print(f"  {name}: {len(calls)} call(s): {dict(Counter(calls))}")
+    # Listing costs one call per endpoint (its deployments), judging one metrics query,
+    # deleting one DELETE plus polling.
+    assert len(shared) == 1
+    assert len(per_endpoint["chatft-keep"]) == 1  # protected: listed, activity not read
+    assert len(per_endpoint["chatft-used"]) == 2
+    assert len(per_endpoint["chatft-idle"]) <= 6

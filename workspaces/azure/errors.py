@@ -1,0 +1,145 @@
+"""Map azure-core, azure-identity and azure-ai-ml failures onto :mod:`workspaces.errors`.
+
+Every message says what to do and is scrubbed of anything that looks like a secret
+(bearer tokens, JWTs, SAS signatures, account keys) before it leaves this module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from workspaces.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    QuotaExceeded,
+    ResourceNotFound,
+    TransientWorkspaceError,
+    WorkspaceError,
+)
+
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)bearer\s+[^\s'\",]+"),
+    re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*"),
+    re.compile(r"(?i)\b(sig|se|skoid|sktid)=[^&\s'\"]+"),
+    re.compile(
+        r"(?i)(account_?key|accountkey|primarykey|secondarykey|client_?secret|"
+        r"password|x-azureml-token)(['\"]?\s*[:=]\s*['\"]?)[^\s'\",;&]+"
+    ),
+]
+ROLE_HINT = (
+    "give the identity the 'AzureML Data Scientist' role (or Contributor) on the workspace, "
+    "and 'Reader' on the registry"
+)
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` without known secrets and secret-shaped strings."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(
+            lambda m: (m.group(1) + m.group(2) + "***") if m.lastindex == 2 else "***", text
+        )
+    return text
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# azure-ai-ml validation messages end with generic advice; keep what precedes it.
+_ADVICE = re.compile(r"\n\s*(Resolutions|Additional Resources):", re.IGNORECASE)
+
+
+def _summary(exc: BaseException) -> str:
+    message = str(getattr(exc, "message", None) or exc or exc.__class__.__name__)
+    message = _ADVICE.split(_ANSI.sub("", message))[0]
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(lines)[:600] or exc.__class__.__name__
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if status is None and getattr(exc, "response", None) is not None:
+        status = getattr(exc.response, "status_code", None)
+    return status
+
+
+def _error_code(exc: BaseException) -> str:
+    error = getattr(exc, "error", None)
+    return str(getattr(error, "code", "") or "")
+
+
+def map_azure_error(
+    exc: BaseException, action: str, secrets: tuple[str, ...] = ()
+) -> WorkspaceError:
+    """The workspace error for ``exc`` raised while doing ``action`` (e.g. "getting job x")."""
+    detail = scrub(_summary(exc), secrets)
+    status = _status(exc)
+    code = _error_code(exc)
+    if isinstance(exc, WorkspaceError):
+        return exc
+    if "quota" in f"{code} {detail} {exc}".lower():
+        return QuotaExceeded(
+            f"Azure ML refused {action} for lack of quota ({detail}). Request more quota for "
+            "this VM family in the region, pick another size, or free capacity."
+        )
+    if status == 401 or (isinstance(exc, ClientAuthenticationError) and status in (None, 401)):
+        return AuthenticationFailed(
+            f"Azure rejected the credential while {action} ({detail}). Check the credentials "
+            "block (tenant id, client id and secret, or managed/workload identity), or run "
+            "'az login' for the default chain."
+        )
+    if status == 403:
+        return AuthenticationFailed(
+            f"The credential lacks permission for {action} ({detail}); {ROLE_HINT}."
+        )
+    if status == 404 or isinstance(exc, ResourceNotFoundError):
+        return ResourceNotFound(f"Not found while {action}: {detail}")
+    if isinstance(exc, ServiceRequestError | ServiceResponseError) or status in TRANSIENT_STATUSES:
+        return TransientWorkspaceError(
+            f"Azure ML was unreachable or busy while {action} ({detail}); retry later."
+        )
+    if isinstance(exc, HttpResponseError) and status is not None and 400 <= status < 500:
+        return InvalidRequest(f"Azure ML refused {action} (HTTP {status}): {detail}")
+    if isinstance(exc, HttpResponseError):
+        # A failed long-running operation carries the service's error without a 4xx status.
+        return InvalidRequest(f"Azure ML could not complete {action}: {detail}")
+    if "does not exist" in detail.lower() or "not found" in detail.lower():
+        return ResourceNotFound(f"Not found while {action}: {detail}")
+    return InvalidRequest(f"{action} failed: {detail}")
+
+
+@contextmanager
+def azure_errors(action: str, secrets: tuple[str, ...] = ()) -> Iterator[None]:
+    """Re-raise Azure failures inside the block as workspace errors."""
+    try:
+        yield
+    except WorkspaceError:
+        raise
+    except (
+        HttpResponseError,
+        ServiceRequestError,
+        ServiceResponseError,
+        ClientAuthenticationError,
+    ) as exc:
+        raise map_azure_error(exc, action, secrets) from None
+    except Exception as exc:
+        if _is_sdk_validation(exc):
+            raise map_azure_error(exc, action, secrets) from None
+        raise
+
+
+def _is_sdk_validation(exc: BaseException) -> bool:
+    from azure.ai.ml.exceptions import MlException
+
+    return isinstance(exc, MlException)

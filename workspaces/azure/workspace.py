@@ -1,0 +1,410 @@
+"""AzureMLWorkspace: the :class:`~workspaces.interface.Workspace` on Azure ML (SDK v2).
+
+Each method is one or a few azure-ai-ml calls, as MISSION.md describes them; failures are
+mapped by :mod:`workspaces.azure.errors`. ``begin_*`` methods return once Azure accepted
+the request; the LRO poller is left to finish on its own and callers poll ``get_*``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from azure.ai.ml.constants import AssetTypes
+from azure.ai.ml.entities import (
+    AmlCompute,
+    ManagedOnlineDeployment,
+    ManagedOnlineEndpoint,
+    Model,
+    OnlineRequestSettings,
+    ProbeSettings,
+)
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import ResourceNotFoundError
+
+from workspaces.azure import activity, metrics, records, scoring
+from workspaces.azure.clients import Clients, WorkspaceAddress
+from workspaces.azure.errors import azure_errors
+from workspaces.azure.pipeline import COMPONENT_NAME, build_pipeline_job
+from workspaces.errors import InvalidRequest, ResourceNotFound
+from workspaces.interface import (
+    TAG_REQUEST,
+    ComputeTarget,
+    Deployment,
+    Endpoint,
+    EndpointActivity,
+    EndpointKeys,
+    FinetuneJob,
+    FinetuneJobSpec,
+    FoundationModel,
+    JobMetrics,
+    RegisteredModel,
+    ScoreResponse,
+    VmSize,
+    Workspace,
+)
+from workspaces.naming import check_endpoint_name
+
+IN_PROGRESS = {
+    "NotStarted",
+    "Queued",
+    "Preparing",
+    "Provisioning",
+    "Starting",
+    "Running",
+    "Finalizing",
+}
+
+
+class AzureMLWorkspace(Workspace):
+    """An Azure ML workspace plus the model registry its foundation models come from.
+
+    Args:
+        credential: any azure-identity credential (the credentials block builds one).
+        subscription_id, resource_group, workspace_name: where the workspace is; or
+        config_path: the portal's config.json (``MLClient.from_config``).
+        registry_name: the system registry holding foundation models and components.
+        metrics_endpoint: Azure Monitor regional metrics endpoint; default from the
+            workspace location (``https://<location>.metrics.monitor.azure.com``).
+        client_kwargs: passed to every ``MLClient`` (e.g. ``cloud``, ``cloud_metadata``,
+            ``retry_total``).
+    """
+
+    kind = "azure"
+    default_foundation_model = "Phi-3-mini-4k-instruct"
+    default_dataset = "HuggingFaceH4/ultrachat_200k"
+    default_compute_name = "gpu-cluster-big"
+    default_compute_size = "Standard_NC6s_v3"
+    default_instance_type = "Standard_NC6s_v3"
+    requires_gpu = True
+
+    def __init__(
+        self,
+        credential: TokenCredential,
+        subscription_id: str | None = None,
+        resource_group: str | None = None,
+        workspace_name: str | None = None,
+        *,
+        config_path: str | Path | None = None,
+        registry_name: str = "azureml",
+        metrics_endpoint: str | None = None,
+        metrics_audience: str | None = None,
+        client_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if config_path is not None:
+            address = WorkspaceAddress.from_config(config_path)
+        elif subscription_id and resource_group and workspace_name:
+            address = WorkspaceAddress(subscription_id, resource_group, workspace_name)
+        else:
+            raise InvalidRequest(
+                "give subscription_id, resource_group and workspace_name, or config_path"
+            )
+        self._credential = credential
+        self._clients = Clients(
+            credential=credential,
+            address=address,
+            registry_name=registry_name,
+            config_path=str(config_path) if config_path is not None else None,
+            client_kwargs=dict(client_kwargs or {}),
+        )
+        self._metrics_endpoint = metrics_endpoint
+        self._metrics_audience = metrics_audience
+        self._workspace_entity: Any = None
+
+    # -- identity ----------------------------------------------------------------------
+    @property
+    def address(self) -> WorkspaceAddress:
+        return self._clients.address
+
+    @property
+    def registry_name(self) -> str:
+        return self._clients.registry_name
+
+    @property
+    def cache_scope(self) -> str:
+        a = self.address
+        return (
+            f"azure:/subscriptions/{a.subscription_id}/resourceGroups/{a.resource_group}"
+            f"/workspaces/{a.workspace_name}"
+        )
+
+    def __repr__(self) -> str:
+        return f"AzureMLWorkspace({self.cache_scope!r}, registry={self.registry_name!r})"
+
+    def _workspace(self) -> Any:
+        if self._workspace_entity is None:
+            with azure_errors(f"reading workspace {self.address.workspace_name}"):
+                self._workspace_entity = self._clients.ml.workspaces.get(
+                    self.address.workspace_name
+                )
+        return self._workspace_entity
+
+    def check_access(self) -> str:
+        with azure_errors("getting a token for Azure Resource Manager"):
+            self._credential.get_token(self._clients.arm_scope)
+        ws = self._workspace()
+        return (
+            f"Azure ML workspace {ws.name} in {ws.location} "
+            f"(resource group {self.address.resource_group}) is reachable"
+        )
+
+    # -- foundation model --------------------------------------------------------------
+    def get_foundation_model(self, name: str, label: str = "latest") -> FoundationModel:
+        by = {"label": label} if label == "latest" else {"version": label}
+        with azure_errors(f"looking up model {name} ({label}) in registry {self.registry_name}"):
+            model = self._clients.registry.models.get(name, **by)
+        return records.foundation_model(model)
+
+    # -- compute -----------------------------------------------------------------------
+    def get_compute(self, name: str) -> ComputeTarget | None:
+        with azure_errors(f"getting compute {name}"):
+            try:
+                compute = self._clients.ml.compute.get(name)
+            except ResourceNotFoundError:
+                return None
+        return records.compute_target(compute)
+
+    def create_compute(self, name: str, size: str, tier: str, max_instances: int) -> ComputeTarget:
+        cluster = AmlCompute(
+            name=name,
+            size=size,
+            tier=_sdk_tier(tier),
+            min_instances=0,
+            max_instances=max_instances,
+            idle_time_before_scale_down=120,
+        )
+        with azure_errors(f"creating compute {name} ({size}, {tier})"):
+            compute = self._clients.ml.compute.begin_create_or_update(cluster).result()
+        return records.compute_target(compute, created=True)
+
+    def list_vm_sizes(self) -> list[VmSize]:
+        with azure_errors("listing the workspace's VM sizes"):
+            sizes = list(self._clients.ml.compute.list_sizes())
+        return [records.vm_size(s) for s in sizes]
+
+    # -- fine-tune jobs ----------------------------------------------------------------
+    def find_jobs(self, request_id: str) -> list[FinetuneJob]:
+        with azure_errors(f"listing jobs of request {request_id}"):
+            jobs = [
+                j
+                for j in self._clients.ml.jobs.list()
+                if j is not None and (j.tags or {}).get(TAG_REQUEST) == request_id
+            ]
+        found = [records.finetune_job(j) for j in jobs]
+        return sorted(found, key=lambda j: j.created_at or datetime.min, reverse=True)
+
+    def get_job(self, name: str) -> FinetuneJob | None:
+        with azure_errors(f"getting job {name}"):
+            try:
+                job = self._clients.ml.jobs.get(name)
+            except ResourceNotFoundError:
+                return None
+        step = self._current_step(name) if records.status_text(job.status) in IN_PROGRESS else None
+        return records.finetune_job(job, current_step=step)
+
+    def _current_step(self, name: str) -> str | None:
+        with azure_errors(f"listing the steps of job {name}"):
+            children = list(self._clients.ml.jobs.list(parent_job_name=name))
+        running = [
+            c
+            for c in children
+            if c is not None and records.status_text(c.status) in IN_PROGRESS - {"NotStarted"}
+        ]
+        if not running:
+            return None
+        return running[0].display_name or running[0].name
+
+    def submit_finetune_job(self, spec: FinetuneJobSpec) -> FinetuneJob:
+        existing = self.get_job(spec.name)
+        if existing is not None:
+            return existing  # a re-run after a crash must not submit twice
+        by = {"version": spec.component_version} if spec.component_version else {"label": "latest"}
+        with azure_errors(f"getting component {COMPONENT_NAME} from registry {self.registry_name}"):
+            component = self._clients.registry.components.get(name=COMPONENT_NAME, **by)
+        job = build_pipeline_job(spec, component)
+        with azure_errors(f"submitting fine-tune job {spec.name}"):
+            submitted = self._clients.ml.jobs.create_or_update(
+                job, experiment_name=spec.experiment_name
+            )
+        return records.finetune_job(submitted)
+
+    def cancel_job(self, name: str) -> None:
+        with azure_errors(f"cancelling job {name}"):
+            self._clients.ml.jobs.begin_cancel(name)
+
+    def get_job_metrics(self, name: str) -> JobMetrics:
+        job = self.get_job(name)
+        if job is None:
+            raise ResourceNotFound(f"job {name} does not exist in {self.cache_scope}")
+        tracking_uri = self._workspace().mlflow_tracking_uri
+        scope = self._clients.arm_scope
+        store = metrics.make_store(tracking_uri, lambda: self._credential.get_token(scope).token)
+        with azure_errors(f"reading metrics of job {name}"):
+            return metrics.read_job_metrics(store, job.experiment_name, name)
+
+    # -- registry ----------------------------------------------------------------------
+    def get_model(self, name: str, version: str) -> RegisteredModel | None:
+        with azure_errors(f"getting model {name}:{version}"):
+            try:
+                model = self._clients.ml.models.get(name, version=version)
+            except ResourceNotFoundError:
+                return None
+        return records.registered_model(model, self.address.arm_id)
+
+    def register_model(
+        self, name: str, version: str, job_name: str, description: str, tags: dict[str, str]
+    ) -> RegisteredModel:
+        model = Model(
+            path=f"azureml://jobs/{job_name}/outputs/trained_model",
+            type=AssetTypes.MLFLOW_MODEL,
+            name=name,
+            version=version,
+            description=description,
+            tags=tags,
+        )
+        with azure_errors(f"registering model {name}:{version} from job {job_name}"):
+            registered = self._clients.ml.models.create_or_update(model)
+        return records.registered_model(registered, self.address.arm_id)
+
+    # -- endpoints ---------------------------------------------------------------------
+    def _deployments(self, endpoint_name: str) -> list[Deployment]:
+        with azure_errors(f"listing deployments of endpoint {endpoint_name}"):
+            deps = list(self._clients.ml.online_deployments.list(endpoint_name))
+        return [records.deployment(d) for d in deps]
+
+    def get_endpoint(self, name: str) -> Endpoint | None:
+        with azure_errors(f"getting endpoint {name}"):
+            try:
+                ep = self._clients.ml.online_endpoints.get(name)
+            except ResourceNotFoundError:
+                return None
+        return records.endpoint(ep, self._deployments(name), self.address.arm_id)
+
+    def list_endpoints(self) -> list[Endpoint]:
+        with azure_errors("listing online endpoints"):
+            endpoints = list(self._clients.ml.online_endpoints.list())
+        return [
+            records.endpoint(ep, self._deployments(ep.name), self.address.arm_id)
+            for ep in endpoints
+        ]
+
+    def begin_create_endpoint(self, name: str, description: str, tags: dict[str, str]) -> None:
+        _valid_name(name, "endpoint_name")
+        endpoint = ManagedOnlineEndpoint(
+            name=name, auth_mode="key", description=description, tags=tags
+        )
+        with azure_errors(f"creating endpoint {name}"):
+            self._clients.ml.online_endpoints.begin_create_or_update(endpoint)
+
+    def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
+        with azure_errors(f"getting deployment {name} of endpoint {endpoint_name}"):
+            try:
+                dep = self._clients.ml.online_deployments.get(name, endpoint_name)
+            except ResourceNotFoundError:
+                return None
+        return records.deployment(dep)
+
+    def begin_create_deployment(
+        self,
+        endpoint_name: str,
+        name: str,
+        model_id: str,
+        instance_type: str,
+        instance_count: int,
+        tags: dict[str, str],
+        liveness_initial_delay_s: int = 600,
+        request_timeout_ms: int = 90000,
+    ) -> None:
+        _valid_name(name, "deployment_name")
+        deployment = ManagedOnlineDeployment(
+            name=name,
+            endpoint_name=endpoint_name,
+            model=model_id,
+            instance_type=instance_type,
+            instance_count=instance_count,
+            liveness_probe=ProbeSettings(initial_delay=liveness_initial_delay_s),
+            request_settings=OnlineRequestSettings(request_timeout_ms=request_timeout_ms),
+            tags=tags,
+        )
+        with azure_errors(f"creating deployment {name} on endpoint {endpoint_name}"):
+            self._clients.ml.online_deployments.begin_create_or_update(deployment)
+
+    def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> Endpoint:
+        with azure_errors(f"routing traffic of endpoint {endpoint_name}"):
+            ep = self._clients.ml.online_endpoints.get(endpoint_name)
+            ep.traffic = dict(traffic)
+            # A traffic update is quick; waiting keeps the returned state truthful.
+            updated = self._clients.ml.online_endpoints.begin_create_or_update(ep).result()
+        return records.endpoint(updated, self._deployments(endpoint_name), self.address.arm_id)
+
+    def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:
+        with azure_errors(f"reading the keys of endpoint {endpoint_name}"):
+            keys = self._clients.ml.online_endpoints.get_keys(endpoint_name)
+        return EndpointKeys(primary=keys.primary_key, secondary=keys.secondary_key)
+
+    def invoke(
+        self,
+        endpoint_name: str,
+        body: dict[str, Any],
+        deployment_name: str | None = None,
+        caller: str | None = None,
+        timeout_s: float = 90.0,
+    ) -> ScoreResponse:
+        with azure_errors(f"getting endpoint {endpoint_name}"):
+            ep = self._clients.ml.online_endpoints.get(endpoint_name)
+        if not ep.scoring_uri:
+            raise InvalidRequest(f"endpoint {endpoint_name} has no scoring URI yet; wait for it")
+        key = self.get_endpoint_keys(endpoint_name).primary.get_secret_value()
+        return scoring.score(ep.scoring_uri, key, body, deployment_name, caller, timeout_s)
+
+    def get_endpoint_activity(
+        self, endpoint_name: str, start: datetime, end: datetime
+    ) -> EndpointActivity:
+        endpoint_id = f"{self.address.arm_id}/onlineEndpoints/{endpoint_name}"
+        try:
+            client = self._metrics_client()
+        except Exception as exc:  # noqa: BLE001 - unknown activity must never look like idle
+            return EndpointActivity(
+                endpoint_name=endpoint_name,
+                start=start,
+                end=end,
+                available=False,
+                reason=f"Azure Monitor client unavailable: {exc.__class__.__name__}",
+            )
+        return activity.read_activity(client, endpoint_id, endpoint_name, start, end)
+
+    def _metrics_client(self) -> Any:
+        from azure.monitor.querymetrics import MetricsClient
+
+        endpoint = self._metrics_endpoint or (
+            f"https://{self._workspace().location}.metrics.monitor.azure.com"
+        )
+        kwargs = {"audience": self._metrics_audience} if self._metrics_audience else {}
+        return MetricsClient(endpoint, self._credential, **kwargs)
+
+    def get_deployment_logs(self, endpoint_name: str, name: str, lines: int = 50) -> str:
+        with azure_errors(f"reading logs of deployment {name} on {endpoint_name}"):
+            return self._clients.ml.online_deployments.get_logs(name, endpoint_name, lines=lines)
+
+    def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
+        with azure_errors(f"deleting deployment {name} of endpoint {endpoint_name}"):
+            self._clients.ml.online_deployments.begin_delete(name=name, endpoint_name=endpoint_name)
+
+    def begin_delete_endpoint(self, name: str) -> None:
+        with azure_errors(f"deleting endpoint {name}"):
+            self._clients.ml.online_endpoints.begin_delete(name=name)
+
+
+def _sdk_tier(tier: str) -> str:
+    # The SDK turns "LowPriority" into "Lowpriority" on the wire; its snake_case names are safe.
+    return {"lowpriority": "low_priority", "low_priority": "low_priority"}.get(
+        tier.lower().replace("-", "_"), "dedicated"
+    )
+
+
+def _valid_name(name: str, field: str) -> None:
+    try:
+        check_endpoint_name(name, field)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
