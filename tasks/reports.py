@@ -144,11 +144,15 @@ def report_score(body: dict[str, Any], response: ScoreResponse, reply: str) -> N
 
 
 def emit(event: str, resource_name: str, workspace_kind: str, payload: dict[str, Any],
-         resource_kind: str = "endpoint") -> None:
-    """A Prefect event automations can match (resource id ``chatft.<kind>.<name>``)."""
+         resource_kind: str = "endpoint", labels: dict[str, str] | None = None) -> None:
+    """A Prefect event automations can match (resource id ``chatft.<kind>.<name>``).
+
+    ``labels`` adds resource labels (string values) an automation can also match on.
+    """
     emit_event(
         event=f"{EVENT_PREFIX}.{event}",
         resource={
+            **(labels or {}),
             "prefect.resource.id": f"{EVENT_PREFIX}.{resource_kind}.{resource_name}",
             "prefect.resource.name": resource_name,
             "chatft.workspace": workspace_kind,

@@ -9,7 +9,6 @@ JSON when it changes, so deployments and traffic take effect without a restart.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import socket
@@ -31,7 +30,14 @@ from workspaces.interface import (
     EndpointKeys,
     ScoreResponse,
 )
-from workspaces.local.state import locked, process_alive, read_json, stop_process, write_json
+from workspaces.local.state import (
+    child_env,
+    locked,
+    process_alive,
+    read_json,
+    stop_process,
+    write_json,
+)
 from workspaces.naming import check_endpoint_name
 
 SERVER_MODULE = "workspaces.local.endpoint_server"
@@ -121,7 +127,7 @@ class LocalEndpoints:
         self._require(name)
         if self._alive(name):
             return
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        env = child_env(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         with open(directory / "server.log", "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", SERVER_MODULE, str(directory)],
@@ -199,6 +205,16 @@ class LocalEndpoints:
         if state == "Creating" and status.get("state") in ("Succeeded", "Failed"):
             state = status["state"]
             error = status.get("error")
+        elif (
+            state == "Creating"
+            and time.time() - record["created_at"] > 15
+            and not self._alive(endpoint)
+        ):
+            state = "Failed"
+            error = "the endpoint's server is not running; last log lines:\n" + _tail(
+                self._dir(endpoint) / "server.log", 10
+            )
+        if state != record.get("provisioning_state", "Creating"):
             self._update(
                 endpoint,
                 lambda c: c["deployments"][name].update(provisioning_state=state, error=error),

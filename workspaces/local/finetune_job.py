@@ -44,6 +44,18 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise JobCanceled("the job received a cancel request")
 
 
+CANCEL_FILE = "cancel-requested"
+
+
+def check_cancel(job_dir: Path) -> None:
+    """Stop at the next step boundary once a cancel was asked for.
+
+    A file, not only SIGTERM: libraries loaded by the job may install their own handlers.
+    """
+    if (job_dir / CANCEL_FILE).exists():
+        raise JobCanceled("the job was canceled on request")
+
+
 class JobStatus:
     """Read-modify-write of status.json, the job's only channel to the outside."""
 
@@ -189,6 +201,7 @@ def run(job_dir: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(spec["weights"])
 
         # preprocess
+        check_cancel(job_dir)
         status.update(current_step="preprocess")
         max_len = settings["max_seq_length"]
         train_rows = read_jsonl(Path(spec["train_file"]))
@@ -199,6 +212,7 @@ def run(job_dir: Path) -> None:
         logger.info("preprocess: %d train and %d test conversations", len(train), len(test))
 
         # finetune
+        check_cancel(job_dir)
         status.update(current_step="finetune", progress=0.0)
         if settings["apply_lora"]:
             from peft import LoraConfig, get_peft_model
@@ -228,6 +242,7 @@ def run(job_dir: Path) -> None:
                         mlflow.log_metrics(numeric, step=state.global_step)
 
                 def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+                    check_cancel(job_dir)
                     if state.max_steps:
                         status.update(progress=round(state.global_step / state.max_steps, 4))
 
@@ -275,6 +290,7 @@ def run(job_dir: Path) -> None:
             status.update(train_metrics=summary, progress=1.0)
 
         # model_evaluation
+        check_cancel(job_dir)
         status.update(current_step="model_evaluation")
         with mlflow.start_run(
             experiment_id=experiment_id, run_name="evaluation", nested=True,
@@ -292,6 +308,7 @@ def run(job_dir: Path) -> None:
             status.update(eval_metrics=eval_metrics, evaluation_run_id=eval_run.info.run_id)
 
         # trained_model output: the merged model as an MLflow model folder
+        check_cancel(job_dir)
         status.update(current_step="save_model")
         merged = model.merge_and_unload() if settings["apply_lora"] else model
         output = job_dir / "outputs" / "trained_model"

@@ -7,7 +7,6 @@ run does not kill it and a re-run attaches to it by name.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -17,8 +16,15 @@ from typing import Any
 
 from workspaces.errors import InvalidRequest
 from workspaces.interface import TAG_REQUEST, TERMINAL_JOB_STATUSES, FinetuneJob, FinetuneJobSpec
-from workspaces.local.finetune_job import InvalidParameter, training_settings
-from workspaces.local.state import locked, process_alive, read_json, stop_process, write_json
+from workspaces.local.finetune_job import CANCEL_FILE, InvalidParameter, training_settings
+from workspaces.local.state import (
+    child_env,
+    locked,
+    process_alive,
+    read_json,
+    stop_process,
+    write_json,
+)
 
 JOB_MODULE = "workspaces.local.finetune_job"
 
@@ -61,10 +67,9 @@ class LocalJobs:
             )
             write_json(job_dir / "spec.json", record)
             write_json(job_dir / "status.json", {"status": "Queued", "updated_at": time.time()})
-            env = dict(os.environ)
+            env = child_env(TOKENIZERS_PARALLELISM="false")
             if spec.foundation_model.tags.get("stand_in") == "true":
                 env["HF_HUB_OFFLINE"] = "1"
-            env.setdefault("TOKENIZERS_PARALLELISM", "false")
             with open(job_dir / "job.log", "ab") as log:
                 process = subprocess.Popen(
                     [sys.executable, "-m", JOB_MODULE, str(job_dir)],
@@ -139,8 +144,22 @@ class LocalJobs:
         except (FileNotFoundError, ValueError):
             return None
 
-    def cancel(self, name: str) -> None:
-        stop_process(self._pid(name), str(self.job_dir(name)), timeout_s=30)
+    def cancel(self, name: str, wait_s: float = 30.0) -> None:
+        """Ask the job to stop at its next step; force it after ``wait_s`` seconds."""
+        job_dir = self.job_dir(name)
+        (job_dir / CANCEL_FILE).touch()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            job = self.get(name)
+            if job is None or job.is_terminal:
+                return
+            time.sleep(0.3)
+        stop_process(self._pid(name), str(job_dir), timeout_s=10)
+        status = self.status_record(name)
+        if status.get("status") not in TERMINAL_JOB_STATUSES:
+            status.update(status="Canceled", error="canceled on request (forced)",
+                          ended_at=time.time())
+            write_json(job_dir / "status.json", status)
 
     def status_record(self, name: str) -> dict[str, Any]:
         return read_json(self.job_dir(name) / "status.json") or {}

@@ -78,3 +78,15 @@ def stop_process(pid: int | None, marker: str, timeout_s: float = 10.0) -> bool:
     except psutil.NoSuchProcess:
         pass
     return True
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """Environment for a detached job or server: this project importable from any cwd."""
+    env = dict(os.environ)
+    paths = [str(PROJECT_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(os.path.abspath(p) for p in paths))
+    env.update(overrides)
+    return env

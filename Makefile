@@ -1,0 +1,41 @@
+# The front door: `make demo` and `make test` set everything up on a fresh clone.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test lint endpoints endpoints-delete bench clean
+
+install: $(STAMP)
+
+# torch first, pinned: this is the CPU build; a plain torch requirement pulls CUDA wheels.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m flows.finetune_and_deploy
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+endpoints: install
+	$(BIN)/chatft endpoints list
+
+endpoints-delete: install
+	$(BIN)/chatft endpoints delete --all
+
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_finetune_and_deploy.py
+
+clean:
+	rm -rf $(VENV) .workspace ultrachat_200k_dataset

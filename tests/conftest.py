@@ -1,0 +1,67 @@
+"""Shared fixtures: a Prefect test server, local workspaces, a servable model, endpoints.
+
+Endpoints started by a test are real server processes; the ``workspace`` fixture stops
+and deletes every one of them when the test ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from workspaces.local import LocalWorkspace  # noqa: E402
+from workspaces.local.catalog import STANDIN_NAME, STANDIN_VERSION, build_standin  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """One temporary Prefect server (SQLite) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def standin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in base model, built once per session."""
+    return build_standin(tmp_path_factory.mktemp("catalog") / STANDIN_NAME / STANDIN_VERSION)
+
+
+@pytest.fixture(scope="session")
+def standin_mlflow_model(standin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in saved as an MLflow transformers model, ready to deploy (no training)."""
+    import mlflow
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = tmp_path_factory.mktemp("mlflow-model") / "model"
+    mlflow.transformers.save_model(
+        transformers_model={
+            "model": AutoModelForCausalLM.from_pretrained(standin_dir),
+            "tokenizer": AutoTokenizer.from_pretrained(standin_dir),
+        },
+        path=str(target),
+        task="text-generation",
+        pip_requirements=["transformers", "torch", "mlflow"],
+    )
+    return target
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, standin_dir: Path) -> Iterator[LocalWorkspace]:
+    """A fresh local workspace sharing the session's stand-in; its endpoints die with it."""
+    ws = LocalWorkspace(tmp_path / "workspace")
+    target = ws.root / "catalog" / STANDIN_NAME / STANDIN_VERSION
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(standin_dir, target)
+    yield ws
+    for endpoint in ws.list_endpoints():
+        ws.begin_delete_endpoint(endpoint.name)

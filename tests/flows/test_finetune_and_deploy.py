@@ -1,0 +1,131 @@
+"""finetune_and_deploy end to end on the local workspace, under a real Prefect test server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from pydantic import ValidationError
+
+from flows.finetune_and_deploy import finetune_and_deploy
+from flows.parameters import FinetuneRequest, TrainingParameters
+
+QUICK = TrainingParameters(num_train_epochs=1)
+
+
+def _artifact_keys() -> set[str]:
+    with get_client(sync_client=True) as client:
+        return {a.key for a in client.read_artifacts() if a.key}
+
+
+@pytest.mark.slow
+def test_whole_flow_then_rerun_creates_nothing_new(prefect_server, workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
+    request = FinetuneRequest(training=QUICK, dataset_split_pc=3,
+                              download_dir=str(tmp_path / "ultrachat_200k_dataset"))
+    first = finetune_and_deploy(request=request)
+
+    assert not first.job_reused and not first.endpoint_reused
+    assert first.endpoint_name == f"ultrachat-completion-{first.suffix}"
+    assert first.model_name == "phi3-tiny-standin-ultrachat-200k"
+    assert first.model_version == first.suffix
+    assert isinstance(first.reply, str)
+    sample = json.loads((tmp_path / "ultrachat_200k_dataset" / "sample_score.json").read_text())
+    assert sample["input_data"]["parameters"] == {
+        "temperature": 0.6, "top_p": 0.9, "do_sample": True, "max_new_tokens": 200}
+    assert {"foundation-model", "train-sft-preview", "finetune-job", "finetune-metrics",
+            "registered-model", "endpoint", "sample-score"} <= _artifact_keys()
+
+    # the endpoint is real: key auth over HTTP
+    keys = workspace.get_endpoint_keys(first.endpoint_name)
+    body = json.dumps(sample)
+    no_key = httpx.post(first.scoring_uri, content=body, timeout=60)
+    assert no_key.status_code == 401
+    with_key = httpx.post(first.scoring_uri, content=body, timeout=60, headers={
+        "Authorization": f"Bearer {keys.primary.get_secret_value()}"})
+    assert with_key.status_code == 200 and "output" in with_key.json()
+    # and the key never reached an artifact
+    with get_client(sync_client=True) as client:
+        dumped = json.dumps([a.data for a in client.read_artifacts()], default=str)
+    assert keys.primary.get_secret_value() not in dumped
+
+    jobs_before = sorted(p.name for p in (workspace.root / "jobs").iterdir())
+    started = time.monotonic()
+    second = finetune_and_deploy(request=request)
+    rerun_seconds = time.monotonic() - started
+
+    assert second.job_reused and second.endpoint_reused
+    assert (second.job_name, second.model_version, second.endpoint_name) == (
+        first.job_name, first.model_version, first.endpoint_name)
+    assert sorted(p.name for p in (workspace.root / "jobs").iterdir()) == jobs_before
+    assert [e.name for e in workspace.list_endpoints()] == [first.endpoint_name]
+    from mlflow import MlflowClient
+    versions = MlflowClient(tracking_uri=workspace.tracking_uri).search_model_versions(
+        f"name='{first.model_name}'")
+    assert len(versions) == 1
+    assert rerun_seconds < 60
+
+
+def test_invalid_parameters_fail_before_anything_is_created():
+    with pytest.raises(ValidationError, match="dataset_split_pc"):
+        FinetuneRequest(dataset_split_pc=500)
+    with pytest.raises(ValidationError, match="endpoint_name"):
+        FinetuneRequest(endpoint_name="9-bad")
+    with pytest.raises(ValidationError, match="lr_scheduler_type"):
+        FinetuneRequest(training={"lr_scheduler_type": "wavy"})
+
+
+def test_instance_type_outside_allow_list_fails_preflight(prefect_server, workspace, monkeypatch):
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
+    from workspaces.errors import InvalidRequest
+    with pytest.raises(InvalidRequest, match="instance_type"):
+        finetune_and_deploy(request=FinetuneRequest(instance_type="Standard_DS1"))
+    assert not (workspace.root / "jobs").exists()
+    assert workspace.list_endpoints() == []
+
+
+RUN_FLOW = """
+import sys
+from flows.finetune_and_deploy import finetune_and_deploy
+from flows.parameters import FinetuneRequest
+finetune_and_deploy(request=FinetuneRequest.model_validate_json(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_killed_flow_rerun_attaches_to_the_running_job(prefect_server, workspace, tmp_path, monkeypatch):
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
+    request = FinetuneRequest(
+        training=TrainingParameters(num_train_epochs=15), dataset_split_pc=3,
+        download_dir=str(tmp_path / "dl"),
+    )
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    log = tmp_path / "flow.log"
+    flow_process = subprocess.Popen(
+        [sys.executable, "-c", RUN_FLOW, request.model_dump_json()], env=env,
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    request_id = request.request_id(workspace.cache_scope)
+    deadline = time.monotonic() + 240
+    while not (jobs := workspace.find_jobs(request_id)) or jobs[0].current_step != "finetune":
+        assert time.monotonic() < deadline, "the job never started training"
+        assert flow_process.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.5)
+    os.killpg(flow_process.pid, signal.SIGKILL)
+    flow_process.wait()
+    job_name = jobs[0].name
+    assert workspace.get_job(job_name).status == "Running"  # the job outlived its flow
+
+    result = finetune_and_deploy(request=request)
+    assert result.job_name == job_name
+    assert result.job_reused
+    assert [j.name for j in workspace.find_jobs(request_id)] == [job_name]

@@ -1,0 +1,138 @@
+"""Local endpoints: a real server process, key auth, the scoring contract, request log."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from tests.helpers import chat_body, register_model, serve
+from workspaces.errors import InvalidRequest, ResourceNotFound
+from workspaces.local.endpoint_server import BadRequest, parse_scoring_body
+
+
+@pytest.fixture
+def endpoint(workspace, standin_mlflow_model):
+    model = register_model(workspace, standin_mlflow_model)
+    return serve(workspace, model, "ep-contract")
+
+
+def _post(endpoint, body, key=None, headers=None):
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    if key:
+        sent["Authorization"] = f"Bearer {key}"
+    return httpx.post(endpoint.scoring_uri, content=body if isinstance(body, bytes)
+                      else json.dumps(body), headers=sent, timeout=30)
+
+
+@pytest.mark.slow
+def test_scoring_contract_and_key_auth(workspace, endpoint):
+    keys = workspace.get_endpoint_keys(endpoint.name)
+    primary, secondary = keys.primary.get_secret_value(), keys.secondary.get_secret_value()
+
+    ok = _post(endpoint, chat_body(), primary)
+    assert ok.status_code == 200
+    assert isinstance(ok.json()["output"], str)
+    assert ok.headers["azureml-model-deployment"] == "demo"
+    assert _post(endpoint, chat_body(), secondary).status_code == 200
+
+    missing = _post(endpoint, chat_body())
+    assert missing.status_code == 401
+    assert _post(endpoint, chat_body(), "not-the-key").status_code == 401
+
+    bad = _post(endpoint, {"input_data": {"input_string": [[{"role": "bot", "content": "x"}]]}}, primary)
+    assert bad.status_code == 400
+    assert "input_data.input_string[0][0].role" in bad.json()["error"]["message"]
+
+    big = _post(endpoint, b"{" + b" " * (1 << 20) + b"}", primary)
+    assert big.status_code == 413
+
+    unknown = _post(endpoint, chat_body(), primary, {"azureml-model-deployment": "blue"})
+    assert unknown.status_code == 404
+
+
+@pytest.mark.slow
+def test_generation_parameters_are_honoured(workspace, endpoint):
+    body = chat_body(max_new_tokens=1)
+    body["input_data"]["parameters"]["do_sample"] = False
+    first = workspace.invoke(endpoint.name, body)
+    second = workspace.invoke(endpoint.name, body)
+    assert first.status_code == 200
+    # greedy decoding is deterministic and one token is at most a few characters
+    assert first.body == second.body
+    assert len(json.loads(first.body)["output"]) <= 4
+
+
+@pytest.mark.slow
+def test_request_log_splits_own_traffic_from_organic(workspace, endpoint):
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    workspace.invoke(endpoint.name, chat_body(), caller="smoke-test")
+    workspace.invoke(endpoint.name, chat_body())
+    workspace.invoke(endpoint.name, chat_body())
+    _post(endpoint, chat_body(), "wrong")  # refused requests are not use
+    activity = workspace.get_endpoint_activity(endpoint.name, start, datetime.now(UTC) + timedelta(minutes=1))
+    assert activity.requests_by_caller == {"smoke-test": 1, "organic": 2}
+    assert activity.organic_requests == 2
+    assert activity.requests_by_deployment == {"demo": 3}
+    assert activity.last_organic_request_at is not None
+
+
+@pytest.mark.slow
+def test_dead_server_is_reported_and_restartable(workspace, endpoint):
+    assert workspace.endpoints.stop(endpoint.name)
+    listed = {e.name: e for e in workspace.list_endpoints()}
+    assert listed[endpoint.name].healthy is False
+    restarted = workspace.restart_endpoint(endpoint.name)
+    assert restarted.healthy is True
+    assert restarted.scoring_uri == endpoint.scoring_uri
+
+
+@pytest.mark.slow
+def test_delete_stops_the_server_and_forgets_the_endpoint(workspace, endpoint):
+    workspace.begin_delete_endpoint(endpoint.name)
+    assert workspace.get_endpoint(endpoint.name) is None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(endpoint.scoring_uri.replace("/score", "/health"), timeout=2)
+
+
+def test_names_traffic_and_sizes_are_checked(workspace):
+    with pytest.raises(ValueError, match="endpoint_name"):
+        workspace.begin_create_endpoint("1-bad", "d", {})
+    with pytest.raises(ResourceNotFound):
+        workspace.set_traffic("nope", {"demo": 100})
+    with pytest.raises(ResourceNotFound):
+        workspace.begin_create_deployment("nope", "demo", "models:/x/1", "Local_CPU", 1, {})
+
+
+def test_traffic_must_name_existing_deployments_and_sum_to_100(workspace, standin_mlflow_model):
+    model = register_model(workspace, standin_mlflow_model)
+    workspace.begin_create_endpoint("ep-traffic", "d", {})
+    with pytest.raises(InvalidRequest, match="instance_type 'Standard_NC6s_v3'"):
+        workspace.begin_create_deployment("ep-traffic", "demo", model.id, "Standard_NC6s_v3", 1, {})
+    workspace.begin_create_deployment("ep-traffic", "demo", model.id, "Local_CPU", 1, {})
+    with pytest.raises(InvalidRequest, match="do not exist: blue"):
+        workspace.set_traffic("ep-traffic", {"blue": 100})
+    with pytest.raises(InvalidRequest, match="add up to 100"):
+        workspace.set_traffic("ep-traffic", {"demo": 50})
+
+
+@pytest.mark.parametrize("body, message", [
+    ([], "JSON object"),
+    ({"input_data": {"input_string": []}}, "non-empty list"),
+    ({"input_data": {"input_string": [[], []]}}, "2 conversations"),
+    ({"input_data": {"input_string": [[{"role": "user", "content": "x"}]],
+                     "parameters": {"max_new_tokens": 0}}}, "max_new_tokens' is 0"),
+    ({"input_data": {"input_string": [[{"role": "user", "content": "x"}]],
+                     "parameters": {"beam_me_up": 1}}}, "not supported"),
+    ({"input_data": {"input_string": [[{"role": "user", "content": "x"}]],
+                     "parameters": {"do_sample": "yes"}}}, "true or false"),
+])
+def test_scoring_body_errors_name_the_field(body, message):
+    with pytest.raises(BadRequest, match=message):
+        parse_scoring_body(body)
+
+
+def test_flat_and_nested_conversations_are_both_accepted():
+    messages = [{"role": "user", "content": "x"}]
+    assert parse_scoring_body({"input_data": {"input_string": messages}})[0] == messages
+    assert parse_scoring_body({"input_data": {"input_string": [messages]}})[0] == messages

@@ -1,0 +1,81 @@
+"""Local fine-tune jobs: real training in a detached process, statuses, metrics, output."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from workspaces.errors import InvalidRequest
+from workspaces.interface import FinetuneJobSpec
+from workspaces.local.catalog import get_foundation_model
+from workspaces.ultrachat import prepare_dataset
+
+
+def spec_for(workspace, name: str, **params: str) -> FinetuneJobSpec:
+    data = prepare_dataset("sample", 2, workspace.root / "data")
+    workspace.create_compute("local-cpu", "Local_CPU", "Dedicated", 1)
+    parameters = {"num_train_epochs": "1", "learning_rate": "1e-3", "apply_lora": "true",
+                  "apply_deepspeed": "true", "max_seq_length": "128", **params}
+    return FinetuneJobSpec(
+        name=name, display_name=name, experiment_name="chat_completion_test",
+        foundation_model=get_foundation_model("phi3-tiny-standin"), compute="local-cpu",
+        train_file=data.files["train_sft"], test_file=data.files["test_sft"], gpus_per_node=1,
+        parameters=parameters, tags={"chatft-request": "req-1"},
+    )
+
+
+def wait(workspace, name, until, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = workspace.get_job(name)
+        if until(job):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {name} stuck at {workspace.get_job(name)}")
+
+
+@pytest.mark.slow
+def test_job_trains_logs_metrics_and_leaves_an_mlflow_model(workspace):
+    spec = spec_for(workspace, "job-ok")
+    submitted = workspace.submit_finetune_job(spec)
+    assert submitted.status in ("Queued", "Running")
+    # submitting again attaches to the same job
+    assert workspace.submit_finetune_job(spec).name == "job-ok"
+    job = wait(workspace, "job-ok", lambda j: j.is_terminal)
+    assert job.status == "Completed", job.error
+    assert workspace.find_jobs("req-1")[0].name == "job-ok"
+    metrics = workspace.get_job_metrics("job-ok")
+    assert metrics.finetune["train_loss"] > 0
+    assert metrics.finetune["train_tokens_per_second"] > 0
+    assert metrics.evaluation["perplexity"] >= 1
+    assert any(row["metric"] == "loss" for row in metrics.finetune_history)
+    output = workspace.root / "jobs" / "job-ok" / "outputs" / "trained_model"
+    assert (output / "MLmodel").exists()
+    log = (workspace.root / "jobs" / "job-ok" / "job.log").read_text()
+    assert "apply_deepspeed=true is not applicable on a CPU" in log
+
+
+def test_bad_parameter_is_refused_before_a_job_exists(workspace):
+    spec = spec_for(workspace, "job-bad", learning_rate="fast")
+    with pytest.raises(InvalidRequest, match="learning_rate='fast' is not a number"):
+        workspace.submit_finetune_job(spec)
+    assert workspace.get_job("job-bad") is None
+
+
+@pytest.mark.slow
+def test_cancel_and_killed_jobs_end_with_a_status(workspace):
+    long = {"num_train_epochs": "50"}
+    workspace.submit_finetune_job(spec_for(workspace, "job-cancel", **long))
+    wait(workspace, "job-cancel", lambda j: j.current_step == "finetune")
+    workspace.cancel_job("job-cancel")
+    assert wait(workspace, "job-cancel", lambda j: j.is_terminal).status == "Canceled"
+
+    workspace.submit_finetune_job(spec_for(workspace, "job-killed", **long))
+    wait(workspace, "job-killed", lambda j: j.current_step == "finetune")
+    pid = int(Path(workspace.root / "jobs" / "job-killed" / "pid").read_text())
+    os.killpg(pid, signal.SIGKILL)
+    job = wait(workspace, "job-killed", lambda j: j.is_terminal)
+    assert job.status == "Failed"
+    assert "ended without reporting" in job.error

@@ -1,0 +1,64 @@
+"""The data step: split percentages, shipped sample, folder source, row validation."""
+
+import json
+
+import pytest
+
+from workspaces.ultrachat import (
+    SPLITS,
+    DatasetError,
+    prepare_dataset,
+    prompt_id_for,
+    read_jsonl,
+)
+
+
+def test_sample_source_writes_every_split_at_the_percentage(tmp_path):
+    prepared = prepare_dataset("sample", 5, tmp_path / "dl")
+    assert set(prepared.files) == set(SPLITS)
+    assert prepared.rows == {"train_sft": 104, "test_sft": 12, "train_gen": 128, "test_gen": 15}
+    rows = read_jsonl(tmp_path / "dl" / "train_sft.jsonl")
+    assert len(rows) == 104
+    assert all(r["prompt_id"] == prompt_id_for(r["prompt"]) for r in rows)
+
+
+def test_same_input_gives_same_files(tmp_path):
+    a = prepare_dataset("sample", 2, tmp_path / "a")
+    b = prepare_dataset("sample", 2, tmp_path / "b")
+    assert a.sha256 == b.sha256
+
+
+def _row(**changes):
+    row = {"prompt": "hi", "prompt_id": prompt_id_for("hi"),
+           "messages": [{"content": "hi", "role": "user"}, {"content": "yo", "role": "assistant"}]}
+    row.update(changes)
+    return row
+
+
+@pytest.mark.parametrize("row, field", [
+    (_row(prompt_id="abc"), "prompt_id"),
+    (_row(messages=[{"content": "hi", "role": "robot"}]), "messages[0].role"),
+    ({"prompt": "hi", "messages": []}, "prompt_id"),
+    (_row(messages=[{"content": 3, "role": "user"}]), "messages[0].content"),
+])
+def test_bad_rows_name_file_line_and_field(tmp_path, row, field):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for split in SPLITS:
+        lines = [json.dumps(_row())] * 2 + ([json.dumps(row)] if split == "test_sft" else [])
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as info:
+        prepare_dataset(str(folder), 100, tmp_path / "out")
+    assert "test_sft.jsonl line 3" in str(info.value)
+    assert field in str(info.value)
+
+
+def test_split_pc_out_of_range_is_refused(tmp_path):
+    with pytest.raises(DatasetError, match="dataset_split_pc"):
+        prepare_dataset("sample", 0, tmp_path)
+
+
+def test_missing_split_file_is_named(tmp_path):
+    (tmp_path / "src").mkdir()
+    with pytest.raises(DatasetError, match="no train_sft.jsonl"):
+        prepare_dataset(str(tmp_path / "src"), 5, tmp_path / "out")
