@@ -105,7 +105,7 @@ def test_killed_flow_rerun_attaches_to_the_running_job(prefect_server, workspace
 
     monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
     request = FinetuneRequest(
-        training=TrainingParameters(num_train_epochs=15), dataset_split_pc=3,
+        training=TrainingParameters(num_train_epochs=10), dataset_split_pc=3,
         download_dir=str(tmp_path / "dl"),
     )
     env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
