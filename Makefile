@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint endpoints endpoints-delete bench clean
+.PHONY: install demo test lint endpoints endpoints-delete bench server-up server-down screenshots clean
 
 install: $(STAMP)
 
@@ -37,5 +37,14 @@ endpoints-delete: install
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_finetune_and_deploy.py
 
+server-up: install
+	$(BIN)/python scripts/local_server.py up
+
+server-down:
+	$(BIN)/python scripts/local_server.py down
+
+screenshots: install
+	$(BIN)/python scripts/screenshots.py
+
 clean:
-	rm -rf $(VENV) .workspace ultrachat_200k_dataset
+	rm -rf $(VENV) .workspace ultrachat_200k_dataset .prefect

@@ -102,7 +102,7 @@ def _rename_run(name: str) -> None:
     log_prints=True,
 )
 def finetune_and_deploy(
-    request: FinetuneRequest | None = None,
+    request: FinetuneRequest = FinetuneRequest(),  # noqa: B008 - Prefect shows it as the form
     workspace_block: str | None = None,
 ) -> FinetuneResult:
     """MISSION steps 1-8 (9 optional) on the workspace named by ``workspace_block``.
@@ -110,10 +110,9 @@ def finetune_and_deploy(
     Args:
         request: what to fine-tune and how to deploy it; empty fields take the
             workspace's defaults.
-        workspace_block: a block slug (``local-workspace/<name>`` or
-            ``azure-ml-workspace/<name>``); empty = local workspace in ./.workspace.
+        workspace_block: a block slug (local-workspace/<name> or
+            azure-ml-workspace/<name>); empty = local workspace in ./.workspace.
     """
-    request = request or FinetuneRequest()
     logger = get_run_logger()
     workspace = load_workspace(workspace_block)
     this_run = str(flow_run.get_id() or "local")

@@ -126,7 +126,8 @@ def report_endpoint(endpoint: Endpoint, deployment_name: str, reused: bool) -> N
     )
     if endpoint.scoring_uri:
         create_link_artifact(key="endpoint-link", link=endpoint.scoring_uri,
-                             link_text=f"{endpoint.name} scoring URI")
+                             link_text=f"{endpoint.name} scoring URI",
+                             description="Scoring URI (key auth; keys are not shown)")
 
 
 def report_score(body: dict[str, Any], response: ScoreResponse, reply: str) -> None:

@@ -1,0 +1,293 @@
+"""Run chat-finetune-flows from a Prefect server on this machine.
+
+``up`` starts a local Prefect server (SQLite in ``.prefect/``), waits until it is healthy,
+registers this project's block types, saves the ``local-workspace/default`` block, creates
+the ``chatft-process`` work pool, deploys every deployment of prefect.yaml whose flow file
+exists, and starts a process worker in the background. ``down`` stops the worker, then the
+server. Pid files and logs live next to the database in the Prefect home folder.
+
+    python scripts/local_server.py up        # UI at http://127.0.0.1:4200
+    python scripts/local_server.py status
+    python scripts/local_server.py down
+
+Endpoints started by flow runs keep serving after ``down`` (they belong to the workspace,
+not to the server); stop and delete them with ``make endpoints-delete``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+WORK_POOL = "chatft-process"
+BLOCK_NAME = "default"
+BLOCK_MODULES = ("blocks.local_workspace", "blocks.azure_credentials", "blocks.azure_ml_workspace")
+
+
+class Server:
+    """Where the server and worker of one Prefect home live, and how to reach them."""
+
+    def __init__(
+        self, home: Path, host: str, port: int, project_dir: Path = PROJECT_DIR,
+        extra_env: dict[str, str] | None = None,
+    ):
+        self.home = home.resolve()
+        self.extra_env = dict(extra_env or {})
+        self.host = host
+        self.port = port
+        self.project_dir = project_dir.resolve()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of every prefect command and process started for this server."""
+        env = dict(os.environ)
+        env.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_URL=self.api_url,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false",
+            PREFECT_CLI_PROMPT="false",
+            TOKENIZERS_PARALLELISM="false",
+        )
+        env.pop("PREFECT_API_KEY", None)  # a local server takes no key
+        env.update(self.extra_env)
+        env.update(extra)
+        return env
+
+    def pid_file(self, name: str) -> Path:
+        return self.home / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        return self.home / f"{name}.log"
+
+    def running_pid(self, name: str) -> int | None:
+        path = self.pid_file(name)
+        if not path.exists():
+            return None
+        pid = int(path.read_text().strip())
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink()
+            return None
+        return pid
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.api_url + "/health", timeout=2) as resp:  # noqa: S310
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def start_background(self, name: str, command: list[str], **extra_env: str) -> int:
+        """Start a process in its own session (so ``stop`` ends it and its children)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = self.log_file(name).open("ab")
+        proc = subprocess.Popen(
+            command, cwd=self.project_dir, env=self.env(**extra_env), stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        self.pid_file(name).write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, name: str, timeout_s: float = 30) -> bool:
+        """SIGTERM the process group we started, SIGKILL it after ``timeout_s``."""
+        pid = self.running_pid(name)
+        if pid is None:
+            return False
+        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not _alive(pid):
+                    break
+                time.sleep(0.2)
+            else:
+                continue
+            break
+        self.pid_file(name).unlink(missing_ok=True)
+        return True
+
+    def prefect(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a prefect CLI command against this server, from the project folder."""
+        result = subprocess.run(
+            [_prefect_executable(), *args], cwd=self.project_dir, env=self.env(),
+            capture_output=True, text=True,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"prefect {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
+        return result
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _prefect_executable() -> str:
+    candidate = Path(sys.executable).with_name("prefect")
+    return str(candidate) if candidate.exists() else "prefect"
+
+
+def deployments_in(project_dir: Path) -> list[dict]:
+    """The deployments of prefect.yaml, each with ``present`` = its flow file exists."""
+    config = yaml.safe_load((project_dir / "prefect.yaml").read_text())
+    found = []
+    for deployment in config.get("deployments") or []:
+        path = deployment["entrypoint"].split(":", 1)[0]
+        found.append({**deployment, "present": (project_dir / path).exists()})
+    return found
+
+
+def start_server(server: Server, timeout_s: float = 180) -> None:
+    if server.running_pid("server") and server.healthy():
+        print(f"Server already running at {server.ui_url}")
+        return
+    if server.healthy():
+        raise RuntimeError(f"something else already answers on {server.api_url}; pick --port")
+    print(f"Starting Prefect server at {server.ui_url} (home {server.home})")
+    server.start_background(
+        "server",
+        [_prefect_executable(), "server", "start", "--host", server.host,
+         "--port", str(server.port)],
+    )
+    deadline = time.monotonic() + timeout_s
+    while not server.healthy():
+        if server.running_pid("server") is None:
+            raise RuntimeError(f"server exited; see {server.log_file('server')}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"server not healthy after {timeout_s:.0f} s; see "
+                               f"{server.log_file('server')}")
+        time.sleep(0.5)
+
+
+def save_local_workspace_block(server: Server, state_dir: Path) -> None:
+    """Save ``local-workspace/default`` (in a child process, so it talks to this server)."""
+    code = (
+        "import sys; from blocks.local_workspace import LocalWorkspaceBlock; "
+        f"LocalWorkspaceBlock(state_dir=sys.argv[1]).save({BLOCK_NAME!r}, overwrite=True)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(state_dir.resolve())], cwd=server.project_dir,
+        env=server.env(), check=True,
+    )
+
+
+def configure(server: Server, state_dir: Path) -> list[str]:
+    """Blocks, the block document, the work pool and the deployments; returns those deployed."""
+    for module in BLOCK_MODULES:
+        server.prefect("block", "register", "-m", module)
+    save_local_workspace_block(server, state_dir)
+    print(f"Block local-workspace/{BLOCK_NAME}: state_dir {state_dir.resolve()}")
+    if server.prefect("work-pool", "inspect", WORK_POOL, check=False).returncode != 0:
+        server.prefect("work-pool", "create", WORK_POOL, "--type", "process")
+    deployed = []
+    for deployment in deployments_in(server.project_dir):
+        if not deployment["present"]:
+            print(f"Skipping deployment {deployment['name']}: "
+                  f"{deployment['entrypoint']} does not exist yet")
+            continue
+        server.prefect("--no-prompt", "deploy", "--name", deployment["name"])
+        deployed.append(deployment["name"])
+        print(f"Deployed {deployment['name']}")
+    return deployed
+
+
+def start_worker(server: Server, query_seconds: float | None = None) -> None:
+    if server.running_pid("worker"):
+        print("Worker already running")
+        return
+    extra = {"PREFECT_WORKER_QUERY_SECONDS": str(query_seconds)} if query_seconds else {}
+    server.start_background(
+        "worker",
+        [_prefect_executable(), "worker", "start", "--pool", WORK_POOL, "--type", "process",
+         "--name", "chatft-local-worker"],
+        **extra,
+    )
+    print(f"Worker started (pool {WORK_POOL}); log {server.log_file('worker')}")
+
+
+def up(server: Server, state_dir: Path, query_seconds: float | None = None) -> list[str]:
+    start_server(server)
+    deployed = configure(server, state_dir)
+    start_worker(server, query_seconds)
+    return deployed
+
+
+def down(server: Server) -> None:
+    for name in ("worker", "server"):
+        print(f"Stopped {name}" if server.stop(name) else f"No {name} running")
+
+
+def status(server: Server) -> dict[str, object]:
+    return {
+        "ui": server.ui_url,
+        "home": str(server.home),
+        "server_pid": server.running_pid("server"),
+        "healthy": server.healthy(),
+        "worker_pid": server.running_pid("worker"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    env = os.environ.get
+    parser.add_argument("--home", type=Path,
+                        default=Path(env("CHATFT_PREFECT_HOME", PROJECT_DIR / ".prefect")),
+                        help="PREFECT_HOME: database, pid files and logs (default ./.prefect)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(env("CHATFT_PREFECT_PORT", "4200")))
+    parser.add_argument("--state-dir", type=Path,
+                        default=Path(env("CHATFT_STATE_DIR", PROJECT_DIR / ".workspace")),
+                        help="state_dir of block local-workspace/default (default ./.workspace)")
+    parser.add_argument("--worker-query-seconds", type=float, default=None,
+                        help="how often the worker polls for runs (Prefect's default: 10)")
+    args = parser.parse_args()
+    server = Server(args.home, args.host, args.port)
+    if args.command == "up":
+        deployed = up(server, args.state_dir, args.worker_query_seconds)
+        print(f"\nPrefect UI: {server.ui_url}   deployments: {', '.join(deployed) or 'none'}")
+        print(f"Use it from this shell:  export PREFECT_API_URL={server.api_url}")
+        print("Stop it:                 python scripts/local_server.py down")
+    elif args.command == "down":
+        down(server)
+    else:
+        print(json.dumps(status(server), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Screenshots of the Prefect UI for docs/screenshots/ (headless Chromium, no network).
+
+Needs a running server with the deployments and at least one finished
+``finetune-and-deploy`` run (``python scripts/local_server.py up``, then one run), and
+Chromium (Debian: ``apt-get install -y chromium``).
+
+    python scripts/screenshots.py                       # server at http://127.0.0.1:4200
+    python scripts/screenshots.py --url http://127.0.0.1:4311 --out docs/screenshots
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars", "--window-size=1440,1000", "--virtual-time-budget=15000",
+]
+
+
+def api(url: str, path: str, body: dict | None = None) -> Any:
+    """GET (or POST ``body`` to) the server's REST API."""
+    if body is None:
+        response = httpx.get(f"{url}/api{path}", timeout=30)
+    else:
+        response = httpx.post(f"{url}/api{path}", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def pages(url: str) -> dict[str, str]:
+    """File name -> UI address of each page to capture."""
+    deployment = api(url, "/deployments/name/finetune-and-deploy/finetune-and-deploy")
+    runs = api(url, "/flow_runs/filter", {
+        "deployments": {"id": {"any_": [deployment["id"]]}},
+        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+        "sort": "END_TIME_DESC", "limit": 1,
+    })
+    if not runs:
+        raise SystemExit("no completed finetune-and-deploy run yet: start one and wait for it")
+    run_id = runs[0]["id"]
+    scores = api(url, "/artifacts/filter", {
+        "artifacts": {"key": {"any_": ["sample-score"]}, "flow_run_id": {"any_": [run_id]}},
+        "limit": 1,
+    })
+    # The V2 UI (served under /v2 by Prefect 3.8) opens the tab named in ?tab=; V1 does not.
+    ui = f"{url}/v2"
+    shots = {
+        "deployments.png": f"{ui}/deployments",
+        "finetune-run-form.png": f"{ui}/deployments/deployment/{deployment['id']}/run",
+        "finetune-run-artifacts.png": f"{ui}/runs/flow-run/{run_id}?tab=Artifacts",
+    }
+    if scores:
+        shots["sample-score-artifact.png"] = f"{ui}/artifacts/artifact/{scores[0]['id']}"
+    return shots
+
+
+def shoot(chromium: str, address: str, target: Path) -> None:
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+             f"--screenshot={target}", address],
+            check=True, capture_output=True, timeout=120,
+        )
+    shrink(target)
+
+
+def shrink(path: Path, colors: int = 128) -> None:
+    """Quantize the PNG (UI screenshots have few colours) so it stays small in git."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:4200", help="Prefect UI address")
+    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "docs" / "screenshots")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    args = parser.parse_args()
+    url = args.url.rstrip("/")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, address in pages(url).items():
+        shoot(args.chromium, address, args.out / name)
+        print(f"{args.out / name}  {(args.out / name).stat().st_size // 1024} KB  <- {address}")
+
+
+if __name__ == "__main__":
+    main()
