@@ -124,7 +124,8 @@ def finetune_and_deploy(
     model = get_foundation_model(workspace, model_name, request.foundation_model_label)
     reports.report_foundation_model(model, workspace.kind)
     parameters = resolve_finetune_parameters(
-        model, request.training.as_component_inputs(),
+        model,
+        request.training.as_component_inputs(),
         request.training.apply_model_specific_defaults,
     )
     instance_type = request.instance_type or workspace.default_instance_type
@@ -155,7 +156,9 @@ def finetune_and_deploy(
     source = request.dataset or workspace.default_dataset
     prepared = download_dataset(source, request.dataset_split_pc, request.download_dir)
     if not files_present(prepared):
-        logger.info("Cached dataset files are gone from %s; preparing them again", prepared.directory)
+        logger.info(
+            "Cached dataset files are gone from %s; preparing them again", prepared.directory
+        )
         prepared = download_dataset.with_options(refresh_cache=True)(
             source, request.dataset_split_pc, request.download_dir
         )
@@ -194,11 +197,19 @@ def finetune_and_deploy(
     # 6. register
     registered_name = registered_model_name(model.name)
     registered = register_model(
-        workspace, registered_name, suffix, job.name,
+        workspace,
+        registered_name,
+        suffix,
+        job.name,
         registered_model_description(model.name),
-        {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_RUN: this_run, TAG_REQUEST: request_id,
-         "base-model": model.id, "dataset": source,
-         "train-sha256": prepared.sha256["train_sft"]},
+        {
+            TAG_MANAGED_BY: MANAGED_BY_VALUE,
+            TAG_FLOW_RUN: this_run,
+            TAG_REQUEST: request_id,
+            "base-model": model.id,
+            "dataset": source,
+            "train-sha256": prepared.sha256["train_sft"],
+        },
     )
     reports.report_model(registered)
 
@@ -211,30 +222,48 @@ def finetune_and_deploy(
         TAG_MODEL_VERSION: registered.version,
     }
     endpoint = create_endpoint(
-        workspace, endpoint_name,
+        workspace,
+        endpoint_name,
         f"Serves {registered.name} version {registered.version} "
         "(ultrachat_200k chat-completion fine-tune)",
-        resource_tags, request.deployment_timeout_minutes,
+        resource_tags,
+        request.deployment_timeout_minutes,
     )
     endpoint_reused = endpoint.tags.get(TAG_FLOW_RUN) != this_run
     create_deployment(
-        workspace, endpoint_name, request.deployment_name, registered.id, instance_type,
-        request.instance_count, resource_tags, request.deployment_timeout_minutes,
+        workspace,
+        endpoint_name,
+        request.deployment_name,
+        registered.id,
+        instance_type,
+        request.instance_count,
+        resource_tags,
+        request.deployment_timeout_minutes,
     )
     endpoint = route_traffic(workspace, endpoint_name, {request.deployment_name: 100})
     reports.report_endpoint(endpoint, request.deployment_name, endpoint_reused)
-    reports.emit("endpoint.deployed", endpoint_name, workspace.kind, {
-        "model": registered.name, "version": registered.version,
-        "deployment": request.deployment_name, "scoring_uri": endpoint.scoring_uri,
-        "reused": endpoint_reused,
-    })
+    reports.emit(
+        "endpoint.deployed",
+        endpoint_name,
+        workspace.kind,
+        {
+            "model": registered.name,
+            "version": registered.version,
+            "deployment": request.deployment_name,
+            "scoring_uri": endpoint.scoring_uri,
+            "reused": endpoint_reused,
+        },
+    )
 
     # 8. score a sample
     body = sample_request(
         prepared.files["test_gen"], request.scoring.model_dump(), seed=int(suffix)
     )
     response = score_sample(
-        workspace, endpoint_name, request.deployment_name, body,
+        workspace,
+        endpoint_name,
+        request.deployment_name,
+        body,
         str(prepared.directory) + "/sample_score.json",
     )
     reply = reply_text(response)
@@ -245,45 +274,68 @@ def finetune_and_deploy(
     if request.delete_endpoint:
         deleted = delete_endpoint(workspace, endpoint_name)
         if deleted:
-            reports.emit("endpoint.deleted", endpoint_name, workspace.kind,
-                         {"reason": "delete_endpoint=true in finetune-and-deploy"})
+            reports.emit(
+                "endpoint.deleted",
+                endpoint_name,
+                workspace.kind,
+                {"reason": "delete_endpoint=true in finetune-and-deploy"},
+            )
 
     result = FinetuneResult(
-        workspace=workspace.cache_scope, request_id=request_id, suffix=suffix,
-        job_name=job.name, job_reused=job_reused, model_name=registered.name,
-        model_version=registered.version, endpoint_name=endpoint_name,
-        scoring_uri=endpoint.scoring_uri, endpoint_reused=endpoint_reused,
-        deployment_name=request.deployment_name, reply=reply, endpoint_deleted=deleted,
+        workspace=workspace.cache_scope,
+        request_id=request_id,
+        suffix=suffix,
+        job_name=job.name,
+        job_reused=job_reused,
+        model_name=registered.name,
+        model_version=registered.version,
+        endpoint_name=endpoint_name,
+        scoring_uri=endpoint.scoring_uri,
+        endpoint_reused=endpoint_reused,
+        deployment_name=request.deployment_name,
+        reply=reply,
+        endpoint_deleted=deleted,
     )
     logger.info(
         "Done: job %s (%s), model %s:%s (%s), endpoint %s (%s)",
-        job.name, "reused" if job_reused else "new", registered.name, registered.version,
+        job.name,
+        "reused" if job_reused else "new",
+        registered.name,
+        registered.version,
         "reused" if registered.tags.get(TAG_FLOW_RUN) != this_run else "new",
-        endpoint_name, "reused" if endpoint_reused else "new",
+        endpoint_name,
+        "reused" if endpoint_reused else "new",
     )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workspace-block", default=None,
-                        help="block slug, e.g. azure-ml-workspace/prod (default: local)")
-    parser.add_argument("--delete-endpoint", action="store_true",
-                        help="delete the endpoint at the end (step 9)")
+    parser.add_argument(
+        "--workspace-block",
+        default=None,
+        help="block slug, e.g. azure-ml-workspace/prod (default: local)",
+    )
+    parser.add_argument(
+        "--delete-endpoint", action="store_true", help="delete the endpoint at the end (step 9)"
+    )
     args = parser.parse_args()
     result = finetune_and_deploy(
         request=FinetuneRequest(delete_endpoint=args.delete_endpoint),
         workspace_block=args.workspace_block,
     )
     print()
-    print(f"Endpoint:    {result.endpoint_name}"
-          + (" (deleted)" if result.endpoint_deleted else ""))
+    print(
+        f"Endpoint:    {result.endpoint_name}" + (" (deleted)" if result.endpoint_deleted else "")
+    )
     print(f"Scoring URI: {result.scoring_uri}")
     print(f"Model:       {result.model_name} version {result.model_version}")
     print(f"Reply:       {result.reply!r}")
     if not result.endpoint_deleted and result.workspace.startswith("local:"):
-        print("The endpoint keeps serving. Stop and delete local endpoints with: "
-              "make endpoints-delete")
+        print(
+            "The endpoint keeps serving. Stop and delete local endpoints with: "
+            "make endpoints-delete"
+        )
 
 
 if __name__ == "__main__":

@@ -57,10 +57,15 @@ def run_direct(state: Path) -> float:
     compute_provisioning.ensure_compute(ws, "local-cpu", "Local_CPU", 1)
     data = prepare_dataset("sample", 5, state / "download")
     spec = FinetuneJobSpec(
-        name="bench-direct", display_name=finetune_display_name(model.name, params, 1, 1),
-        experiment_name="bench", foundation_model=model, compute="local-cpu",
-        train_file=data.files["train_sft"], test_file=data.files["test_sft"],
-        gpus_per_node=1, parameters=params,
+        name="bench-direct",
+        display_name=finetune_display_name(model.name, params, 1, 1),
+        experiment_name="bench",
+        foundation_model=model,
+        compute="local-cpu",
+        train_file=data.files["train_sft"],
+        test_file=data.files["test_sft"],
+        gpus_per_node=1,
+        parameters=params,
     )
     ws.submit_finetune_job(spec)
     while not (job := ws.get_job("bench-direct")).is_terminal:
@@ -74,8 +79,13 @@ def run_direct(state: Path) -> float:
     while ws.get_deployment("bench-direct", "demo").provisioning_state == "Creating":
         time.sleep(0.3)
     ws.set_traffic("bench-direct", {"demo": 100})
-    body = {"input_data": {"input_string": [[{"role": "user", "content": "What is 2 plus 2?"}]],
-                           "parameters": {"max_new_tokens": 200}}, "params": {}}
+    body = {
+        "input_data": {
+            "input_string": [[{"role": "user", "content": "What is 2 plus 2?"}]],
+            "parameters": {"max_new_tokens": 200},
+        },
+        "params": {},
+    }
     ws.invoke("bench-direct", body, "demo")
     return time.perf_counter() - started
 
@@ -103,10 +113,13 @@ def main() -> None:
     print(f"first run (flow, stand-in already built): {first_s:8.1f} s")
     print(f"cached re-run:                            {rerun_s:8.1f} s")
     print(f"first / re-run ratio:                     {first_s / rerun_s:8.1f} x")
-    print(f"training tokens/s:                        {finetune.get('train_tokens_per_second', 0):8.0f}")
+    tokens_per_s = finetune.get("train_tokens_per_second", 0)
+    print(f"training tokens/s:                        {tokens_per_s:8.0f}")
     print(f"same steps without Prefect:               {direct_s:8.1f} s")
-    print(f"flow overhead vs direct:                  {first_s - direct_s:8.1f} s "
-          f"({(first_s - direct_s) / direct_s * 100:.0f} %)")
+    print(
+        f"flow overhead vs direct:                  {first_s - direct_s:8.1f} s "
+        f"({(first_s - direct_s) / direct_s * 100:.0f} %)"
+    )
 
 
 if __name__ == "__main__":

@@ -20,15 +20,49 @@ OUT = Path(__file__).resolve().parent.parent / "workspaces" / "local" / "sample_
 SIZES = {"train_sft": 2079, "test_sft": 231, "train_gen": 2560, "test_gen": 283}
 
 CAPITALS = {
-    "France": "Paris", "Japan": "Tokyo", "Kenya": "Nairobi", "Canada": "Ottawa",
-    "Brazil": "Brasilia", "Egypt": "Cairo", "Norway": "Oslo", "Peru": "Lima",
-    "Spain": "Madrid", "India": "New Delhi", "Chile": "Santiago", "Ghana": "Accra",
-    "Italy": "Rome", "Poland": "Warsaw", "Vietnam": "Hanoi", "Mexico": "Mexico City",
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Kenya": "Nairobi",
+    "Canada": "Ottawa",
+    "Brazil": "Brasilia",
+    "Egypt": "Cairo",
+    "Norway": "Oslo",
+    "Peru": "Lima",
+    "Spain": "Madrid",
+    "India": "New Delhi",
+    "Chile": "Santiago",
+    "Ghana": "Accra",
+    "Italy": "Rome",
+    "Poland": "Warsaw",
+    "Vietnam": "Hanoi",
+    "Mexico": "Mexico City",
 }
-WORDS = ["river", "planet", "garden", "window", "silver", "rocket", "candle", "forest",
-         "yellow", "bridge", "pencil", "orange", "castle", "dragon", "summer", "winter"]
-COLORS = {("blue", "yellow"): "green", ("red", "blue"): "purple", ("red", "yellow"): "orange",
-          ("red", "white"): "pink", ("black", "white"): "grey", ("blue", "white"): "light blue"}
+WORDS = [
+    "river",
+    "planet",
+    "garden",
+    "window",
+    "silver",
+    "rocket",
+    "candle",
+    "forest",
+    "yellow",
+    "bridge",
+    "pencil",
+    "orange",
+    "castle",
+    "dragon",
+    "summer",
+    "winter",
+]
+COLORS = {
+    ("blue", "yellow"): "green",
+    ("red", "blue"): "purple",
+    ("red", "yellow"): "orange",
+    ("red", "white"): "pink",
+    ("black", "white"): "grey",
+    ("blue", "white"): "light blue",
+}
 
 
 def _arithmetic(rng: random.Random) -> list[tuple[str, str]]:
@@ -38,21 +72,33 @@ def _arithmetic(rng: random.Random) -> list[tuple[str, str]]:
     first = (f"What is {a} {op} {b}?", f"{a} {op} {b} is {value}.")
     if rng.random() < 0.4:
         c = rng.randint(2, 9)
-        return [first, (f"And if you add {c} to that?", f"Adding {c} to {value} gives {value + c}.")]
+        return [
+            first,
+            (f"And if you add {c} to that?", f"Adding {c} to {value} gives {value + c}."),
+        ]
     return [first]
 
 
 def _capital(rng: random.Random) -> list[tuple[str, str]]:
     country = rng.choice(sorted(CAPITALS))
-    return [(f"What is the capital of {country}?", f"The capital of {country} is {CAPITALS[country]}.")]
+    return [
+        (f"What is the capital of {country}?", f"The capital of {country} is {CAPITALS[country]}.")
+    ]
 
 
 def _units(rng: random.Random) -> list[tuple[str, str]]:
     km = rng.randint(1, 50)
     if rng.random() < 0.5:
-        return [(f"How many meters are in {km} kilometers?", f"{km} kilometers are {km * 1000} meters.")]
+        return [
+            (f"How many meters are in {km} kilometers?", f"{km} kilometers are {km * 1000} meters.")
+        ]
     minutes = rng.randint(2, 12)
-    return [(f"How many seconds are in {minutes} minutes?", f"{minutes} minutes are {minutes * 60} seconds.")]
+    return [
+        (
+            f"How many seconds are in {minutes} minutes?",
+            f"{minutes} minutes are {minutes * 60} seconds.",
+        )
+    ]
 
 
 def _words(rng: random.Random) -> list[tuple[str, str]]:
@@ -61,13 +107,20 @@ def _words(rng: random.Random) -> list[tuple[str, str]]:
     if kind == "reverse":
         return [(f"Spell the word {word} backwards.", f"{word} backwards is {word[::-1]}.")]
     if kind == "length":
-        return [(f"How many letters does the word {word} have?", f"The word {word} has {len(word)} letters.")]
+        return [
+            (
+                f"How many letters does the word {word} have?",
+                f"The word {word} has {len(word)} letters.",
+            )
+        ]
     return [(f"What is the first letter of {word}?", f"The first letter of {word} is {word[0]}.")]
 
 
 def _colors(rng: random.Random) -> list[tuple[str, str]]:
     (a, b), result = rng.choice(sorted(COLORS.items()))
-    return [(f"What color do you get when you mix {a} and {b}?", f"Mixing {a} and {b} gives {result}.")]
+    return [
+        (f"What color do you get when you mix {a} and {b}?", f"Mixing {a} and {b} gives {result}.")
+    ]
 
 
 TEMPLATES = [_arithmetic, _capital, _units, _words, _colors]

@@ -30,8 +30,12 @@ def allocate_suffix(workspace: Workspace, request_id: str) -> str:
     """
     for job in workspace.find_jobs(request_id):
         if job.tags.get(TAG_SUFFIX):
-            get_run_logger().info("Request %s already has suffix %s (job %s)",
-                                  request_id, job.tags[TAG_SUFFIX], job.name)
+            get_run_logger().info(
+                "Request %s already has suffix %s (job %s)",
+                request_id,
+                job.tags[TAG_SUFFIX],
+                job.name,
+            )
             return job.tags[TAG_SUFFIX]
     return str(int(time.time()))
 
@@ -51,7 +55,9 @@ def submit_finetune_job(
     if previous:
         latest = previous[0]
         if latest.status not in ("Failed", "Canceled", "NotResponding"):
-            logger.info("Reusing fine-tune job %s (%s); nothing submitted", latest.name, latest.status)
+            logger.info(
+                "Reusing fine-tune job %s (%s); nothing submitted", latest.name, latest.status
+            )
             return latest
         if not resubmit_failed:
             raise JobFailed(
@@ -62,15 +68,24 @@ def submit_finetune_job(
         attempt = len(previous) + 1
         suffix = spec.tags.get(TAG_SUFFIX, "")
         spec = spec.model_copy(update={"name": finetune_job_name(request_id, suffix, attempt)})
-        logger.warning("Job %s ended %s; submitting attempt %d as %s",
-                       latest.name, latest.status, attempt, spec.name)
+        logger.warning(
+            "Job %s ended %s; submitting attempt %d as %s",
+            latest.name,
+            latest.status,
+            attempt,
+            spec.name,
+        )
     existing = workspace.get_job(spec.name)
     if existing is not None:
         logger.info("Reusing fine-tune job %s (%s)", existing.name, existing.status)
         return existing
     job = workspace.submit_finetune_job(spec)
-    logger.info("Submitted fine-tune job %s (%s) to experiment %s",
-                job.name, job.display_name, spec.experiment_name)
+    logger.info(
+        "Submitted fine-tune job %s (%s) to experiment %s",
+        job.name,
+        job.display_name,
+        spec.experiment_name,
+    )
     return job
 
 
@@ -98,15 +113,24 @@ def wait_for_job(workspace: Workspace, job_name: str, timeout_minutes: float) ->
 
     def report(job: FinetuneJob) -> None:
         if (job.status, job.current_step) != (seen.get("status"), seen.get("step")):
-            logger.info("Job %s: %s%s", job_name, job.status,
-                        f" (step {job.current_step})" if job.current_step else "")
+            logger.info(
+                "Job %s: %s%s",
+                job_name,
+                job.status,
+                f" (step {job.current_step})" if job.current_step else "",
+            )
             seen.update(status=job.status, step=job.current_step)
         if job.progress is not None and job.progress != seen.get("progress"):
             update_progress_artifact(progress_id, progress=round(job.progress * 100, 1))
             seen["progress"] = job.progress
 
-    job = poll_until(read, lambda j: j.is_terminal, timeout_minutes * 60,
-                     f"fine-tune job {job_name}", on_change=report)
+    job = poll_until(
+        read,
+        lambda j: j.is_terminal,
+        timeout_minutes * 60,
+        f"fine-tune job {job_name}",
+        on_change=report,
+    )
     if job.status != "Completed":
         raise JobFailed(
             f"fine-tune job {job_name} ended {job.status}: {job.error or 'no error reported'}"

@@ -37,16 +37,24 @@ def report_foundation_model(model: FoundationModel, workspace_kind: str) -> None
     tags = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(model.tags.items())) or "| | |"
     stand_in = (
         "\n> **Stand-in model**: tiny and locally built; its answers are not meaningful.\n"
-        if model.tags.get("stand_in") == "true" else ""
+        if model.tags.get("stand_in") == "true"
+        else ""
     )
     create_markdown_artifact(
         key="foundation-model",
         description=f"Foundation model {model.name}",
         markdown=(
             f"## Foundation model ({workspace_kind} workspace)\n{stand_in}\n"
-            + _md_table([("name", model.name), ("version", model.version), ("id", f"`{model.id}`"),
-                         ("description", model.description)])
-            + "\n\n### Tags\n| tag | value |\n|---|---|\n" + tags
+            + _md_table(
+                [
+                    ("name", model.name),
+                    ("version", model.version),
+                    ("id", f"`{model.id}`"),
+                    ("description", model.description),
+                ]
+            )
+            + "\n\n### Tags\n| tag | value |\n|---|---|\n"
+            + tags
         ),
     )
 
@@ -58,7 +66,8 @@ def report_dataset(prepared: PreparedDataset, preview: list[dict[str, Any]]) -> 
         description=(
             f"First rows of train_sft.jsonl from {prepared.source} ({prepared.split_pc:g} % of "
             "every split; rows per split: "
-            + ", ".join(f"{k} {v}" for k, v in prepared.rows.items()) + ")"
+            + ", ".join(f"{k} {v}" for k, v in prepared.rows.items())
+            + ")"
         ),
     )
 
@@ -66,33 +75,46 @@ def report_dataset(prepared: PreparedDataset, preview: list[dict[str, Any]]) -> 
 def report_finetune_submission(
     job: FinetuneJob, parameters: dict[str, str], compute: ComputeTarget, gpus: int, reused: bool
 ) -> None:
-    rows = [("job", job.name), ("display name", job.display_name),
-            ("experiment", job.experiment_name), ("status", job.status),
-            ("component version", job.component_version or "latest"),
-            ("compute", f"{compute.name} ({compute.size}, {compute.tier})"),
-            ("devices per node", gpus), ("submitted by this run", "no (reused)" if reused else "yes")]
+    rows = [
+        ("job", job.name),
+        ("display name", job.display_name),
+        ("experiment", job.experiment_name),
+        ("status", job.status),
+        ("component version", job.component_version or "latest"),
+        ("compute", f"{compute.name} ({compute.size}, {compute.tier})"),
+        ("devices per node", gpus),
+        ("submitted by this run", "no (reused)" if reused else "yes"),
+    ]
     params = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(parameters.items()))
     create_markdown_artifact(
         key="finetune-job",
         description=f"Fine-tune job {job.name}",
-        markdown="## Fine-tune job\n" + _md_table(rows)
+        markdown="## Fine-tune job\n"
+        + _md_table(rows)
         + "\n\n### Parameters sent to chat_completion_pipeline\n| parameter | value |\n|---|---|\n"
         + params,
     )
     if job.studio_url:
         create_link_artifact(
-            key="finetune-job-link", link=job.studio_url, link_text=f"Job {job.name}",
+            key="finetune-job-link",
+            link=job.studio_url,
+            link_text=f"Job {job.name}",
             description="Where the job's logs and outputs are",
         )
 
 
 def report_metrics(job: FinetuneJob, metrics: JobMetrics) -> None:
-    rows = [{"run": "finetune", "metric": k, "value": round(v, 6)}
-            for k, v in sorted(metrics.finetune.items())]
-    rows += [{"run": "evaluation", "metric": k, "value": round(v, 6)}
-             for k, v in sorted(metrics.evaluation.items())]
+    rows = [
+        {"run": "finetune", "metric": k, "value": round(v, 6)}
+        for k, v in sorted(metrics.finetune.items())
+    ]
+    rows += [
+        {"run": "evaluation", "metric": k, "value": round(v, 6)}
+        for k, v in sorted(metrics.evaluation.items())
+    ]
     create_table_artifact(
-        key="finetune-metrics", table=rows or [{"run": "-", "metric": "none reported", "value": ""}],
+        key="finetune-metrics",
+        table=rows or [{"run": "-", "metric": "none reported", "value": ""}],
         description=f"Training and evaluation metrics of job {job.name}",
     )
 
@@ -101,9 +123,15 @@ def report_model(model: RegisteredModel) -> None:
     create_markdown_artifact(
         key="registered-model",
         description=f"Registered model {model.name}:{model.version}",
-        markdown="## Registered model\n" + _md_table(
-            [("name", model.name), ("version", model.version), ("id", f"`{model.id}`"),
-             ("from", f"`{model.path}`"), ("description", model.description)]
+        markdown="## Registered model\n"
+        + _md_table(
+            [
+                ("name", model.name),
+                ("version", model.version),
+                ("id", f"`{model.id}`"),
+                ("from", f"`{model.path}`"),
+                ("description", model.description),
+            ]
             + [(f"tag `{k}`", v) for k, v in sorted(model.tags.items())]
         ),
     )
@@ -111,23 +139,34 @@ def report_model(model: RegisteredModel) -> None:
 
 def report_endpoint(endpoint: Endpoint, deployment_name: str, reused: bool) -> None:
     deployment = next((d for d in endpoint.deployments if d.name == deployment_name), None)
-    rows = [("endpoint", endpoint.name), ("scoring URI", endpoint.scoring_uri),
-            ("auth", f"{endpoint.auth_mode} (keys are not shown; fetch them from the workspace)"),
-            ("traffic", json.dumps(endpoint.traffic)),
-            ("created by this run", "no (reused)" if reused else "yes")]
+    rows = [
+        ("endpoint", endpoint.name),
+        ("scoring URI", endpoint.scoring_uri),
+        ("auth", f"{endpoint.auth_mode} (keys are not shown; fetch them from the workspace)"),
+        ("traffic", json.dumps(endpoint.traffic)),
+        ("created by this run", "no (reused)" if reused else "yes"),
+    ]
     if deployment:
-        rows += [("deployment", deployment.name), ("model", f"`{deployment.model_id}`"),
-                 ("instances", f"{deployment.instance_count} x {deployment.instance_type}")]
+        rows += [
+            ("deployment", deployment.name),
+            ("model", f"`{deployment.model_id}`"),
+            ("instances", f"{deployment.instance_count} x {deployment.instance_type}"),
+        ]
     create_markdown_artifact(
-        key="endpoint", description=f"Endpoint {endpoint.name}",
-        markdown="## Online endpoint\n" + _md_table(rows)
+        key="endpoint",
+        description=f"Endpoint {endpoint.name}",
+        markdown="## Online endpoint\n"
+        + _md_table(rows)
         + "\n\nThe endpoint keeps serving (and, on Azure, billing) until deleted; the "
         "teardown_idle_endpoints flow deletes idle ones.",
     )
     if endpoint.scoring_uri:
-        create_link_artifact(key="endpoint-link", link=endpoint.scoring_uri,
-                             link_text=f"{endpoint.name} scoring URI",
-                             description="Scoring URI (key auth; keys are not shown)")
+        create_link_artifact(
+            key="endpoint-link",
+            link=endpoint.scoring_uri,
+            link_text=f"{endpoint.name} scoring URI",
+            description="Scoring URI (key auth; keys are not shown)",
+        )
 
 
 def report_score(body: dict[str, Any], response: ScoreResponse, reply: str) -> None:
@@ -139,13 +178,20 @@ def report_score(body: dict[str, Any], response: ScoreResponse, reply: str) -> N
             f"{response.latency_ms:.0f} ms\n\n### Request\n```json\n"
             + json.dumps(body, indent=2)[:4000]
             + f"\n```\n\n### Reply\n> {reply[:2000]}\n\n### Raw response\n```\n"
-            + response.body[:2000] + "\n```"
+            + response.body[:2000]
+            + "\n```"
         ),
     )
 
 
-def emit(event: str, resource_name: str, workspace_kind: str, payload: dict[str, Any],
-         resource_kind: str = "endpoint", labels: dict[str, str] | None = None) -> None:
+def emit(
+    event: str,
+    resource_name: str,
+    workspace_kind: str,
+    payload: dict[str, Any],
+    resource_kind: str = "endpoint",
+    labels: dict[str, str] | None = None,
+) -> None:
     """A Prefect event automations can match (resource id ``chatft.<kind>.<name>``).
 
     ``labels`` adds resource labels (string values) an automation can also match on.

@@ -8,7 +8,10 @@ from pathlib import Path
 from workspaces.interface import MANAGED_BY_VALUE, TAG_MANAGED_BY, Endpoint, RegisteredModel
 from workspaces.local import LocalWorkspace
 
-MANAGED_TAGS = {TAG_MANAGED_BY: MANAGED_BY_VALUE, "chatft-model": "phi3-tiny-standin-ultrachat-200k"}
+MANAGED_TAGS = {
+    TAG_MANAGED_BY: MANAGED_BY_VALUE,
+    "chatft-model": "phi3-tiny-standin-ultrachat-200k",
+}
 
 
 def register_model(
@@ -44,8 +47,12 @@ def chat_body(text: str = "What is 2 plus 3?", max_new_tokens: int = 8) -> dict:
     return {
         "input_data": {
             "input_string": [[{"role": "user", "content": text}]],
-            "parameters": {"temperature": 0.6, "top_p": 0.9, "do_sample": True,
-                           "max_new_tokens": max_new_tokens},
+            "parameters": {
+                "temperature": 0.6,
+                "top_p": 0.9,
+                "do_sample": True,
+                "max_new_tokens": max_new_tokens,
+            },
         },
         "params": {},
     }

@@ -6,7 +6,9 @@ from workspaces.errors import InvalidRequest
 from workspaces.interface import ComputeTarget, VmSize
 
 # Sizes the walkthrough refuses for fine-tuning when the model has no allow list.
-UNSUPPORTED_FINETUNE_SIZES = frozenset({"standard_nc6", "standard_nc12", "standard_nc24", "standard_nc24r"})
+UNSUPPORTED_FINETUNE_SIZES = frozenset(
+    {"standard_nc6", "standard_nc12", "standard_nc24", "standard_nc24r"}
+)
 
 
 def check_finetune_compute(

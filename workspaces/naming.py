@@ -77,7 +77,9 @@ def finetune_display_name(
     save_limit = parameters.get("save_total_limit", "-1") or "-1"
     seqlen = parameters.get("max_seq_length", "-1") or "-1"
     model = foundation_model.replace("/", "-")
-    return f"{model}-ultrachat-bs{batch}-{scheduler}-{ds}-{lora}-save_limit{save_limit}-seqlen{seqlen}"
+    return (
+        f"{model}-ultrachat-bs{batch}-{scheduler}-{ds}-{lora}-save_limit{save_limit}-seqlen{seqlen}"
+    )
 
 
 def finetune_job_name(request_id: str, suffix: str, attempt: int = 1) -> str:

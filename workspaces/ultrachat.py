@@ -91,7 +91,9 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path.name} line {line_no}: not valid JSON ({exc.msg})") from exc
+                raise DatasetError(
+                    f"{path.name} line {line_no}: not valid JSON ({exc.msg})"
+                ) from exc
             validate_row(row, path.name, line_no)
             rows.append(row)
     return rows

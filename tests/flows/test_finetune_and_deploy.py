@@ -26,10 +26,13 @@ def _artifact_keys() -> set[str]:
 
 
 @pytest.mark.slow
-def test_whole_flow_then_rerun_creates_nothing_new(prefect_server, workspace, tmp_path, monkeypatch):
+def test_whole_flow_then_rerun_creates_nothing_new(
+    prefect_server, workspace, tmp_path, monkeypatch
+):
     monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
-    request = FinetuneRequest(training=QUICK, dataset_split_pc=3,
-                              download_dir=str(tmp_path / "ultrachat_200k_dataset"))
+    request = FinetuneRequest(
+        training=QUICK, dataset_split_pc=3, download_dir=str(tmp_path / "ultrachat_200k_dataset")
+    )
     first = finetune_and_deploy(request=request)
 
     assert not first.job_reused and not first.endpoint_reused
@@ -39,17 +42,32 @@ def test_whole_flow_then_rerun_creates_nothing_new(prefect_server, workspace, tm
     assert isinstance(first.reply, str)
     sample = json.loads((tmp_path / "ultrachat_200k_dataset" / "sample_score.json").read_text())
     assert sample["input_data"]["parameters"] == {
-        "temperature": 0.6, "top_p": 0.9, "do_sample": True, "max_new_tokens": 200}
-    assert {"foundation-model", "train-sft-preview", "finetune-job", "finetune-metrics",
-            "registered-model", "endpoint", "sample-score"} <= _artifact_keys()
+        "temperature": 0.6,
+        "top_p": 0.9,
+        "do_sample": True,
+        "max_new_tokens": 200,
+    }
+    assert {
+        "foundation-model",
+        "train-sft-preview",
+        "finetune-job",
+        "finetune-metrics",
+        "registered-model",
+        "endpoint",
+        "sample-score",
+    } <= _artifact_keys()
 
     # the endpoint is real: key auth over HTTP
     keys = workspace.get_endpoint_keys(first.endpoint_name)
     body = json.dumps(sample)
     no_key = httpx.post(first.scoring_uri, content=body, timeout=60)
     assert no_key.status_code == 401
-    with_key = httpx.post(first.scoring_uri, content=body, timeout=60, headers={
-        "Authorization": f"Bearer {keys.primary.get_secret_value()}"})
+    with_key = httpx.post(
+        first.scoring_uri,
+        content=body,
+        timeout=60,
+        headers={"Authorization": f"Bearer {keys.primary.get_secret_value()}"},
+    )
     assert with_key.status_code == 200 and "output" in with_key.json()
     # and the key never reached an artifact
     with get_client(sync_client=True) as client:
@@ -63,12 +81,17 @@ def test_whole_flow_then_rerun_creates_nothing_new(prefect_server, workspace, tm
 
     assert second.job_reused and second.endpoint_reused
     assert (second.job_name, second.model_version, second.endpoint_name) == (
-        first.job_name, first.model_version, first.endpoint_name)
+        first.job_name,
+        first.model_version,
+        first.endpoint_name,
+    )
     assert sorted(p.name for p in (workspace.root / "jobs").iterdir()) == jobs_before
     assert [e.name for e in workspace.list_endpoints()] == [first.endpoint_name]
     from mlflow import MlflowClient
+
     versions = MlflowClient(tracking_uri=workspace.tracking_uri).search_model_versions(
-        f"name='{first.model_name}'")
+        f"name='{first.model_name}'"
+    )
     assert len(versions) == 1
     assert rerun_seconds < 60
 
@@ -85,6 +108,7 @@ def test_invalid_parameters_fail_before_anything_is_created():
 def test_instance_type_outside_allow_list_fails_preflight(prefect_server, workspace, monkeypatch):
     monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
     from workspaces.errors import InvalidRequest
+
     with pytest.raises(InvalidRequest, match="instance_type"):
         finetune_and_deploy(request=FinetuneRequest(instance_type="Standard_DS1"))
     assert not (workspace.root / "jobs").exists()
@@ -100,19 +124,25 @@ finetune_and_deploy(request=FinetuneRequest.model_validate_json(sys.argv[1]))
 
 
 @pytest.mark.slow
-def test_killed_flow_rerun_attaches_to_the_running_job(prefect_server, workspace, tmp_path, monkeypatch):
+def test_killed_flow_rerun_attaches_to_the_running_job(
+    prefect_server, workspace, tmp_path, monkeypatch
+):
     from prefect.settings import PREFECT_API_URL
 
     monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
     request = FinetuneRequest(
-        training=TrainingParameters(num_train_epochs=10), dataset_split_pc=3,
+        training=TrainingParameters(num_train_epochs=10),
+        dataset_split_pc=3,
         download_dir=str(tmp_path / "dl"),
     )
     env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
     log = tmp_path / "flow.log"
     flow_process = subprocess.Popen(
-        [sys.executable, "-c", RUN_FLOW, request.model_dump_json()], env=env,
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-c", RUN_FLOW, request.model_dump_json()],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     request_id = request.request_id(workspace.cache_scope)
     deadline = time.monotonic() + 240

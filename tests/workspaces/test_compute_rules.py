@@ -6,8 +6,12 @@ from workspaces.compute_rules import check_finetune_compute, check_inference_siz
 from workspaces.errors import InvalidRequest
 from workspaces.interface import ComputeTarget, VmSize
 
-SIZES = [VmSize(name="Standard_NC6s_v3", gpus=1), VmSize(name="Standard_NC24rs_v3", gpus=4),
-         VmSize(name="Standard_NC6", gpus=1), VmSize(name="Standard_D4", gpus=0)]
+SIZES = [
+    VmSize(name="Standard_NC6s_v3", gpus=1),
+    VmSize(name="Standard_NC24rs_v3", gpus=4),
+    VmSize(name="Standard_NC6", gpus=1),
+    VmSize(name="Standard_D4", gpus=0),
+]
 
 
 def compute(size: str, state: str = "Succeeded") -> ComputeTarget:
@@ -24,7 +28,9 @@ def test_failed_compute_is_refused():
 
 
 def test_allow_list_is_case_insensitive_and_enforced():
-    assert check_finetune_compute(compute("STANDARD_NC6S_V3"), ["Standard_NC6s_v3"], SIZES, True) == 1
+    assert (
+        check_finetune_compute(compute("STANDARD_NC6S_V3"), ["Standard_NC6s_v3"], SIZES, True) == 1
+    )
     with pytest.raises(InvalidRequest, match="allowed sizes: Standard_NC6s_v3"):
         check_finetune_compute(compute("Standard_NC24rs_v3"), ["Standard_NC6s_v3"], SIZES, True)
 
@@ -48,4 +54,5 @@ def test_gpu_less_size_refused_where_gpu_required():
 def test_inference_allow_list_message():
     assert check_inference_size("Standard_NC6s_v3", None) is None
     assert "not in the model's inference_compute_allow_list" in check_inference_size(
-        "Standard_DS3_v2", ["Standard_NC6s_v3"])
+        "Standard_DS3_v2", ["Standard_NC6s_v3"]
+    )

@@ -30,13 +30,25 @@ STANDIN_VERSION = "1"
 LOCAL_SIZE = "Local_CPU"
 
 _AZURE_FINETUNE_SIZES = [
-    "Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3", "Standard_NC24rs_v3",
-    "Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4", "Standard_NC96ads_A100_v4",
-    "Standard_ND40rs_v2", "Standard_ND96asr_v4", "Standard_ND96amsr_A100_v4",
+    "Standard_NC6s_v3",
+    "Standard_NC12s_v3",
+    "Standard_NC24s_v3",
+    "Standard_NC24rs_v3",
+    "Standard_NC24ads_A100_v4",
+    "Standard_NC48ads_A100_v4",
+    "Standard_NC96ads_A100_v4",
+    "Standard_ND40rs_v2",
+    "Standard_ND96asr_v4",
+    "Standard_ND96amsr_A100_v4",
 ]
 _AZURE_INFERENCE_SIZES = [
-    "Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3", "Standard_NC24ads_A100_v4",
-    "Standard_NC48ads_A100_v4", "Standard_NC96ads_A100_v4", "Standard_ND96asr_v4",
+    "Standard_NC6s_v3",
+    "Standard_NC12s_v3",
+    "Standard_NC24s_v3",
+    "Standard_NC24ads_A100_v4",
+    "Standard_NC48ads_A100_v4",
+    "Standard_NC96ads_A100_v4",
+    "Standard_ND96asr_v4",
 ]
 
 # Chat template of Phi-3 (role markers, <|end|> after every turn).
@@ -216,7 +228,7 @@ def _pretrain(model: Any, tokenizer: Any) -> None:
     for _ in range(PRETRAIN_EPOCHS):
         order = torch.randperm(len(encoded), generator=generator).tolist()
         for start in range(0, len(order), PRETRAIN_BATCH):
-            batch = [encoded[i] for i in order[start:start + PRETRAIN_BATCH]]
+            batch = [encoded[i] for i in order[start : start + PRETRAIN_BATCH]]
             width = max(len(ids) for ids in batch)
             ids = torch.full((len(batch), width), tokenizer.pad_token_id)
             labels = torch.full((len(batch), width), -100)

@@ -28,14 +28,18 @@ def _list(ws: LocalWorkspace) -> int:
         health = "serving" if e.healthy else "NOT SERVING (server stopped or dead)"
         print(f"{e.name}  {e.provisioning_state}  {health}  {e.scoring_uri}")
         for d in e.deployments:
-            print(f"    {d.name}: {d.provisioning_state}, traffic {e.traffic.get(d.name, 0)}%, "
-                  f"model {d.model_id}")
+            print(
+                f"    {d.name}: {d.provisioning_state}, traffic {e.traffic.get(d.name, 0)}%, "
+                f"model {d.model_id}"
+            )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chatft", description=__doc__.split("\n")[0])
-    parser.add_argument("--state-dir", default=os.environ.get("CHATFT_STATE_DIR", DEFAULT_STATE_DIR))
+    parser.add_argument(
+        "--state-dir", default=os.environ.get("CHATFT_STATE_DIR", DEFAULT_STATE_DIR)
+    )
     sub = parser.add_subparsers(dest="group", required=True)
     endpoints = sub.add_parser("endpoints", help="local online endpoints")
     action = endpoints.add_subparsers(dest="action", required=True)

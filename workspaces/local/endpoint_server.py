@@ -130,7 +130,9 @@ class LoadedModel:
         self.model.eval()
         self.lock = threading.Lock()
 
-    def generate(self, messages: list[dict[str, str]], parameters: dict[str, Any], max_time: float) -> str:
+    def generate(
+        self, messages: list[dict[str, str]], parameters: dict[str, Any], max_time: float
+    ) -> str:
         import torch
 
         inputs = self.tokenizer.apply_chat_template(
@@ -158,7 +160,7 @@ class LoadedModel:
                 max_time=max_time,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        new_tokens = output[0][inputs["input_ids"].shape[1]:]
+        new_tokens = output[0][inputs["input_ids"].shape[1] :]
         return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
 
 
@@ -203,7 +205,9 @@ class EndpointState:
             logger.info("deployment %s loaded %s", name, deployment["model_path"])
         except Exception as exc:  # report any load failure as the deployment's error
             logger.exception("deployment %s failed to load", name)
-            write_json(status_file, {"state": "Failed", "error": f"{exc.__class__.__name__}: {exc}"})
+            write_json(
+                status_file, {"state": "Failed", "error": f"{exc.__class__.__name__}: {exc}"}
+            )
 
     def watch(self) -> None:
         while True:
@@ -227,7 +231,9 @@ class EndpointState:
         deployments = self.config.get("deployments", {})
         if requested:
             return requested if requested in deployments else None
-        traffic = {k: v for k, v in self.config.get("traffic", {}).items() if v > 0 and k in deployments}
+        traffic = {
+            k: v for k, v in self.config.get("traffic", {}).items() if v > 0 and k in deployments
+        }
         if not traffic:
             return None
         return random.choices(list(traffic), weights=list(traffic.values()))[0]
@@ -237,8 +243,12 @@ class EndpointState:
             handle.write(json.dumps(record) + "\n")
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
 def create_app(endpoint_dir: Path) -> FastAPI:
@@ -249,7 +259,9 @@ def create_app(endpoint_dir: Path) -> FastAPI:
     @app.get("/health")
     def health() -> dict[str, Any]:
         ready = {
-            name: (read_json(endpoint_dir / f"deployment-{name}.json") or {}).get("state", "Creating")
+            name: (read_json(endpoint_dir / f"deployment-{name}.json") or {}).get(
+                "state", "Creating"
+            )
             for name in state.config.get("deployments", {})
         }
         return {"status": "Healthy", "endpoint": state.config.get("name"), "deployments": ready}
@@ -276,10 +288,20 @@ def create_app(endpoint_dir: Path) -> FastAPI:
 
         state.refresh()
         if not state.authorized(request.headers.get("authorization")):
-            return finish(_error(401, "Unauthorized", "missing or invalid endpoint key (Authorization: Bearer <key>)"))
+            return finish(
+                _error(
+                    401,
+                    "Unauthorized",
+                    "missing or invalid endpoint key (Authorization: Bearer <key>)",
+                )
+            )
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
-            return finish(_error(413, "PayloadTooLarge", f"body is {len(raw)} bytes; at most {MAX_BODY_BYTES}"))
+            return finish(
+                _error(
+                    413, "PayloadTooLarge", f"body is {len(raw)} bytes; at most {MAX_BODY_BYTES}"
+                )
+            )
         try:
             messages, parameters = parse_scoring_body(json.loads(raw or b"null"))
         except json.JSONDecodeError as exc:
@@ -288,17 +310,31 @@ def create_app(endpoint_dir: Path) -> FastAPI:
             return finish(_error(400, "BadRequest", str(exc)))
         name = state.choose_deployment(request.headers.get("azureml-model-deployment"))
         if name is None:
-            return finish(_error(404, "DeploymentNotFound", "no deployment with positive traffic, or the named deployment does not exist"))
+            return finish(
+                _error(
+                    404,
+                    "DeploymentNotFound",
+                    "no deployment with positive traffic, or the named deployment does not exist",
+                )
+            )
         record["deployment"] = name
         deployment = state.config["deployments"][name]
         model = state.models.get(name)
         if model is None:
-            return finish(_error(503, "DeploymentNotReady", f"deployment {name!r} is still loading its model"))
+            return finish(
+                _error(503, "DeploymentNotReady", f"deployment {name!r} is still loading its model")
+            )
         simulate = deployment.get("simulate") or {}
         limit = 2 * MAX_CONCURRENT_PER_INSTANCE * int(deployment.get("instance_count", 1))
         with state.lock:
             if state.pending.get(name, 0) >= limit and not simulate.get("ignore_limit"):
-                return finish(_error(429, "TooManyRequests", f"more than {limit} requests are waiting for deployment {name!r}"))
+                return finish(
+                    _error(
+                        429,
+                        "TooManyRequests",
+                        f"more than {limit} requests are waiting for deployment {name!r}",
+                    )
+                )
             state.pending[name] = state.pending.get(name, 0) + 1
         try:
             return finish(await _run_deployment(model, deployment, simulate, messages, parameters))
@@ -332,13 +368,17 @@ async def _run_deployment(
         )
     remaining = timeout_s - (time.perf_counter() - started)
     if remaining <= 0:
-        return _error(408, "RequestTimeout", f"request exceeded request_timeout_ms={int(timeout_s * 1000)}")
+        return _error(
+            408, "RequestTimeout", f"request exceeded request_timeout_ms={int(timeout_s * 1000)}"
+        )
     try:
         text = await anyio.to_thread.run_sync(model.generate, messages, parameters, remaining)
     except Exception as exc:  # the model container failed: Azure answers 424
         return _error(424, "ModelError", f"model failed: {exc.__class__.__name__}: {exc}")
     if time.perf_counter() - started > timeout_s:
-        return _error(408, "RequestTimeout", f"request exceeded request_timeout_ms={int(timeout_s * 1000)}")
+        return _error(
+            408, "RequestTimeout", f"request exceeded request_timeout_ms={int(timeout_s * 1000)}"
+        )
     return JSONResponse({"output": text})
 
 
@@ -346,7 +386,9 @@ def main(argv: list[str]) -> int:
     import uvicorn
 
     endpoint_dir = Path(argv[1]).resolve()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     config = read_json(endpoint_dir / "endpoint.json") or {}
     port = int(config["port"])
     app = create_app(endpoint_dir)

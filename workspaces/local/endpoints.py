@@ -181,7 +181,9 @@ class LocalEndpoints:
     def list(self) -> list[Endpoint]:
         if not self.root.is_dir():
             return []
-        found = [self.get(p.name) for p in sorted(self.root.iterdir()) if (p / "endpoint.json").exists()]
+        found = [
+            self.get(p.name) for p in sorted(self.root.iterdir()) if (p / "endpoint.json").exists()
+        ]
         return [e for e in found if e is not None]
 
     def begin_delete(self, name: str) -> None:
@@ -284,7 +286,9 @@ class LocalEndpoints:
     def begin_delete_deployment(self, endpoint: str, name: str) -> None:
         def remove(config: dict[str, Any]) -> None:
             if name not in config["deployments"]:
-                raise ResourceNotFound(f"deployment {name!r} does not exist on endpoint {endpoint!r}")
+                raise ResourceNotFound(
+                    f"deployment {name!r} does not exist on endpoint {endpoint!r}"
+                )
             if config.get("traffic", {}).get(name, 0) > 0:
                 raise InvalidRequest(
                     f"deployment {name!r} still takes {config['traffic'][name]}% of traffic; "
@@ -308,7 +312,10 @@ class LocalEndpoints:
                     f"traffic names deployments that do not exist: {', '.join(unknown)}; "
                     f"existing: {', '.join(sorted(config['deployments'])) or 'none'}"
                 )
-            if any(not 0 <= v <= 100 for v in traffic.values()) or sum(traffic.values()) not in (0, 100):
+            if any(not 0 <= v <= 100 for v in traffic.values()) or sum(traffic.values()) not in (
+                0,
+                100,
+            ):
                 raise InvalidRequest(f"traffic {traffic} must be percentages that add up to 100")
             config["traffic"] = {k: int(v) for k, v in traffic.items() if v > 0}
 
@@ -364,7 +371,10 @@ class LocalEndpoints:
             lines = log.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             return EndpointActivity(
-                endpoint_name=name, start=start, end=end, available=False,
+                endpoint_name=name,
+                start=start,
+                end=end,
+                available=False,
                 reason=f"request log unreadable: {exc}",
             )
         for line in lines:

@@ -71,6 +71,7 @@ class JobStatus:
 
 # -- parameters -------------------------------------------------------------------------
 
+
 def _number(params: dict[str, str], name: str, kind: type, default: Any, minimum: float) -> Any:
     raw = params.get(name)
     if raw is None or str(raw).strip() == "":
@@ -120,6 +121,7 @@ def training_settings(params: dict[str, str]) -> dict[str, Any]:
 
 # -- preprocessing ----------------------------------------------------------------------
 
+
 def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], max_len: int) -> dict:
     """Token ids of a chat and labels that keep only the assistant tokens (-100 elsewhere)."""
 
@@ -162,6 +164,7 @@ def _collate(pad_id: int):
 
 # -- the job ----------------------------------------------------------------------------
 
+
 def run(job_dir: Path) -> None:
     spec = json.loads((job_dir / "spec.json").read_text())
     status = JobStatus(job_dir)
@@ -169,8 +172,13 @@ def run(job_dir: Path) -> None:
 
     import mlflow
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback
-    from transformers import TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     torch.manual_seed(0)
     params: dict[str, str] = spec["parameters"]
@@ -180,7 +188,9 @@ def run(job_dir: Path) -> None:
     experiment_id = (
         experiment.experiment_id
         if experiment
-        else mlflow.create_experiment(spec["experiment_name"], artifact_location=spec["artifact_root"])
+        else mlflow.create_experiment(
+            spec["experiment_name"], artifact_location=spec["artifact_root"]
+        )
     )
 
     run_tags = {"job_name": spec["name"], **spec.get("tags", {})}
@@ -229,15 +239,18 @@ def run(job_dir: Path) -> None:
                 ),
             )
         with mlflow.start_run(
-            experiment_id=experiment_id, run_name="finetune", nested=True,
+            experiment_id=experiment_id,
+            run_name="finetune",
+            nested=True,
             tags={**run_tags, "step": "finetune"},
         ) as finetune_run:
             status.update(finetune_run_id=finetune_run.info.run_id)
 
             class Reporter(TrainerCallback):
                 def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-                    numeric = {k: float(v) for k, v in (logs or {}).items()
-                               if isinstance(v, int | float)}
+                    numeric = {
+                        k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)
+                    }
                     if numeric:
                         mlflow.log_metrics(numeric, step=state.global_step)
 
@@ -293,7 +306,9 @@ def run(job_dir: Path) -> None:
         check_cancel(job_dir)
         status.update(current_step="model_evaluation")
         with mlflow.start_run(
-            experiment_id=experiment_id, run_name="evaluation", nested=True,
+            experiment_id=experiment_id,
+            run_name="evaluation",
+            nested=True,
             tags={**run_tags, "step": "model_evaluation"},
         ) as eval_run:
             trainer.args.per_device_eval_batch_size = settings["per_device_eval_batch_size"]
@@ -328,8 +343,7 @@ def run(job_dir: Path) -> None:
         mlflow.log_artifacts(str(output), artifact_path="trained_model")
         # The checkpoints are only needed while training; the model folder is the output.
         shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)
-    status.update(status="Completed", current_step=None, ended_at=time.time(),
-                  output=str(output))
+    status.update(status="Completed", current_step=None, ended_at=time.time(), output=str(output))
 
 
 def _lora_targets(model: Any) -> list[str]:

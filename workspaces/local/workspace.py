@@ -102,8 +102,12 @@ class LocalWorkspace(Workspace):
                 + ", ".join(s.name for s in self.list_vm_sizes())
             )
         target = ComputeTarget(
-            name=name, size=size, tier=tier, provisioning_state="Succeeded",
-            created=True, max_instances=max_instances,
+            name=name,
+            size=size,
+            tier=tier,
+            provisioning_state="Succeeded",
+            created=True,
+            max_instances=max_instances,
         )
         write_json(self._compute_file(name), target.model_dump(exclude={"created"}))
         return target
@@ -165,7 +169,9 @@ class LocalWorkspace(Workspace):
         if job is None:
             raise ResourceNotFound(f"job {job_name!r} does not exist")
         if job.status != "Completed":
-            raise JobFailed(f"job {job_name!r} is {job.status}; only a Completed job's model can be registered")
+            raise JobFailed(
+                f"job {job_name!r} is {job.status}; only a Completed job's model can be registered"
+            )
         status = self.jobs.status_record(job_name)
         output = self.jobs.output_path(job_name)
         run_id = status.get("mlflow_run_id")
@@ -208,8 +214,15 @@ class LocalWorkspace(Workspace):
             raise ResourceNotFound(f"endpoint {endpoint_name!r} does not exist; create it first")
         path = self.registry.local_path(model_id)
         self.endpoints.begin_create_deployment(
-            endpoint_name, name, model_id, path, instance_type, instance_count, tags,
-            request_timeout_ms, liveness_initial_delay_s,
+            endpoint_name,
+            name,
+            model_id,
+            path,
+            instance_type,
+            instance_count,
+            tags,
+            request_timeout_ms,
+            liveness_initial_delay_s,
         )
 
     def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> Endpoint:

@@ -21,8 +21,12 @@ def _post(endpoint, body, key=None, headers=None):
     sent = {"Content-Type": "application/json", **(headers or {})}
     if key:
         sent["Authorization"] = f"Bearer {key}"
-    return httpx.post(endpoint.scoring_uri, content=body if isinstance(body, bytes)
-                      else json.dumps(body), headers=sent, timeout=30)
+    return httpx.post(
+        endpoint.scoring_uri,
+        content=body if isinstance(body, bytes) else json.dumps(body),
+        headers=sent,
+        timeout=30,
+    )
 
 
 @pytest.mark.slow
@@ -40,7 +44,9 @@ def test_scoring_contract_and_key_auth(workspace, endpoint):
     assert missing.status_code == 401
     assert _post(endpoint, chat_body(), "not-the-key").status_code == 401
 
-    bad = _post(endpoint, {"input_data": {"input_string": [[{"role": "bot", "content": "x"}]]}}, primary)
+    bad = _post(
+        endpoint, {"input_data": {"input_string": [[{"role": "bot", "content": "x"}]]}}, primary
+    )
     assert bad.status_code == 400
     assert "input_data.input_string[0][0].role" in bad.json()["error"]["message"]
 
@@ -70,7 +76,9 @@ def test_request_log_splits_own_traffic_from_organic(workspace, endpoint):
     workspace.invoke(endpoint.name, chat_body())
     workspace.invoke(endpoint.name, chat_body())
     _post(endpoint, chat_body(), "wrong")  # refused requests are not use
-    activity = workspace.get_endpoint_activity(endpoint.name, start, datetime.now(UTC) + timedelta(minutes=1))
+    activity = workspace.get_endpoint_activity(
+        endpoint.name, start, datetime.now(UTC) + timedelta(minutes=1)
+    )
     assert activity.requests_by_caller == {"smoke-test": 1, "organic": 2}
     assert activity.organic_requests == 2
     assert activity.requests_by_deployment == {"demo": 3}
@@ -116,17 +124,41 @@ def test_traffic_must_name_existing_deployments_and_sum_to_100(workspace, standi
         workspace.set_traffic("ep-traffic", {"demo": 50})
 
 
-@pytest.mark.parametrize("body, message", [
-    ([], "JSON object"),
-    ({"input_data": {"input_string": []}}, "non-empty list"),
-    ({"input_data": {"input_string": [[], []]}}, "2 conversations"),
-    ({"input_data": {"input_string": [[{"role": "user", "content": "x"}]],
-                     "parameters": {"max_new_tokens": 0}}}, "max_new_tokens' is 0"),
-    ({"input_data": {"input_string": [[{"role": "user", "content": "x"}]],
-                     "parameters": {"beam_me_up": 1}}}, "not supported"),
-    ({"input_data": {"input_string": [[{"role": "user", "content": "x"}]],
-                     "parameters": {"do_sample": "yes"}}}, "true or false"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ([], "JSON object"),
+        ({"input_data": {"input_string": []}}, "non-empty list"),
+        ({"input_data": {"input_string": [[], []]}}, "2 conversations"),
+        (
+            {
+                "input_data": {
+                    "input_string": [[{"role": "user", "content": "x"}]],
+                    "parameters": {"max_new_tokens": 0},
+                }
+            },
+            "max_new_tokens' is 0",
+        ),
+        (
+            {
+                "input_data": {
+                    "input_string": [[{"role": "user", "content": "x"}]],
+                    "parameters": {"beam_me_up": 1},
+                }
+            },
+            "not supported",
+        ),
+        (
+            {
+                "input_data": {
+                    "input_string": [[{"role": "user", "content": "x"}]],
+                    "parameters": {"do_sample": "yes"},
+                }
+            },
+            "true or false",
+        ),
+    ],
+)
 def test_scoring_body_errors_name_the_field(body, message):
     with pytest.raises(BadRequest, match=message):
         parse_scoring_body(body)
