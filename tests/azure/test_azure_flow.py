@@ -1,0 +1,100 @@
+"""finetune_and_deploy, unchanged, on Azure ML: the real SDK against the HTTPS fake.
+
+Includes crashes at two points (model registration, deployment) and the re-runs that
+carry on from where the crash left off without submitting, registering or creating twice.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import flows.finetune_and_deploy as flow_module
+from flows.finetune_and_deploy import finetune_and_deploy
+from flows.parameters import FinetuneRequest
+from tests.azure.conftest import make_workspace
+from tests.azure.fake_azureml.server import Fault
+from workspaces.interface import TAG_MANAGED_BY
+
+
+def _error(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+@pytest.fixture
+def azure_flow(fake, credential, prefect_server, monkeypatch):
+    workspace = make_workspace(fake, credential)
+    monkeypatch.setattr(flow_module, "load_workspace", lambda block: workspace)
+    monkeypatch.setenv("AZUREML_RUN_POLLING_INTERVAL_MIN", "0")
+    return workspace
+
+
+def test_whole_azure_path_with_crash_and_resume(fake, azure_flow, tmp_path):
+    request = FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl"))
+
+    # crash 1: the registry refuses the model version once
+    fake.server.inject(Fault("PUT", r"/models/[^/]+/versions/", 400,
+                             _error("BadArgument", "simulated crash at registration")))
+    with pytest.raises(Exception, match="simulated crash at registration"):
+        finetune_and_deploy(request=request)
+    assert len(fake.sent("PUT", r"/jobs/[^/]+$")) == 1
+    assert fake.models == {}
+
+    # crash 2: the deployment PUT is refused once
+    fake.server.inject(Fault("PUT", r"/deployments/demo$", 400,
+                             _error("BadArgument", "simulated crash at deployment")))
+    with pytest.raises(Exception, match="simulated crash at deployment"):
+        finetune_and_deploy(request=request)
+
+    result = finetune_and_deploy(request=request)
+    assert result.job_reused
+    assert result.model_name == "Phi-3-mini-4k-instruct-ultrachat-200k"
+    assert result.endpoint_name == f"ultrachat-completion-{result.suffix}"
+    assert result.reply
+
+    # exactly one job, one model version, one endpoint for the request
+    assert len(fake.sent("PUT", r"/jobs/[^/]+$")) == 1
+    assert [v for versions in fake.models.values() for v in versions] == [result.suffix]
+    assert list(fake.endpoints) == [result.endpoint_name]
+    endpoint = fake.endpoints[result.endpoint_name]
+    assert endpoint["tags"][TAG_MANAGED_BY] == "chat-finetune-flows"
+    assert endpoint["properties"]["traffic"] == {"demo": 100}
+
+    # the deployment carries the walkthrough's settings
+    deployment_puts = [r for r in fake.sent("PUT", r"/deployments/demo$") if r.json]
+    body = deployment_puts[-1].json
+    assert body["properties"]["instanceType"] == "Standard_NC6s_v3"
+    assert body["sku"]["capacity"] == 1
+    assert body["properties"]["livenessProbe"]["initialDelay"] == "PT10M"
+    assert body["properties"]["requestSettings"]["requestTimeout"] == "PT1M30S"
+
+    # one more run: everything found, nothing new sent
+    creating = r"/jobs/|/models/|/onlineEndpoints/|/computes/"
+    puts_before = len(fake.sent("PUT", creating))
+    again = finetune_and_deploy(request=request)
+    assert again.job_reused and again.endpoint_reused
+    assert len(fake.sent("PUT", creating)) == puts_before
+
+
+def test_no_secret_reaches_logs_artifacts_or_results(fake, credential, azure_flow, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    result = finetune_and_deploy(
+        request=FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl"))
+    )
+    keys = fake.keys[result.endpoint_name]
+    secrets = [keys["primaryKey"], keys["secondaryKey"], credential.get_token("x").token]
+    # the token's claims segment is shared by every token the fake hands out
+    secrets.append(credential.get_token("https://management.azure.com/.default").token)
+
+    with get_client(sync_client=True) as client:
+        seen = [log.message for log in client.read_logs()]
+        seen += [str(a.data) for a in client.read_artifacts()]
+        seen += [str(a.description) for a in client.read_artifacts()]
+    seen.append(result.model_dump_json())
+    storage = PREFECT_LOCAL_STORAGE_PATH.value()
+    seen += [p.read_bytes().decode("utf-8", "ignore") for p in storage.rglob("*") if p.is_file()]
+    blob = "\n".join(seen)
+    assert result.endpoint_name in blob  # we did read what the run wrote
+    for secret in secrets:
+        assert secret not in blob
