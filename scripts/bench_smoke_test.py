@@ -1,0 +1,132 @@
+"""Benchmark: wall time of one smoke-test run over 1, 10 and 100 endpoints.
+
+Every endpoint answers after an injected 1 s delay. The endpoints are fakes: one small
+FastAPI server on 127.0.0.1 that waits, then answers ``{"output": ...}``, behind a local
+workspace whose endpoint list holds N managed endpoints all pointing at it. The flow runs
+against a temporary Prefect server, so task runs, artifacts and events cost what they cost
+on a real one.
+
+Run it:
+    python scripts/bench_smoke_test.py                    # max_concurrency 4 (the default) and 32
+    python scripts/bench_smoke_test.py --max-concurrency 8 --delay-s 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+from workspaces.interface import (  # noqa: E402
+    MANAGED_BY_VALUE,
+    TAG_MANAGED_BY,
+    Deployment,
+    Endpoint,
+    ScoreResponse,
+)
+from workspaces.local import LocalWorkspace  # noqa: E402
+
+SIZES = (1, 10, 100)
+
+
+def start_slow_server(delay_s: float) -> str:
+    """A scoring server that answers every request after ``delay_s``; returns its URL."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/score")
+    async def score() -> dict[str, str]:
+        await asyncio.sleep(delay_s)
+        return {"output": "a reply after the injected delay"}
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}/score"
+
+
+class FleetWorkspace(LocalWorkspace):
+    """A local workspace that lists N managed endpoints, all served by the slow server."""
+
+    def __init__(self, state_dir: Path, url: str, count: int) -> None:
+        super().__init__(state_dir)
+        self.url = url
+        self.count = count
+
+    def _endpoint(self, name: str) -> Endpoint:
+        return Endpoint(
+            name=name, scoring_uri=self.url, provisioning_state="Succeeded",
+            traffic={"demo": 100}, tags={TAG_MANAGED_BY: MANAGED_BY_VALUE},
+            deployments=[Deployment(name="demo", endpoint_name=name, model_id="bench:1",
+                                    instance_type="Local_CPU", instance_count=1,
+                                    provisioning_state="Succeeded")],
+        )
+
+    def list_endpoints(self) -> list[Endpoint]:
+        return [self._endpoint(f"bench-{i:03d}") for i in range(self.count)]
+
+    def get_endpoint(self, name: str) -> Endpoint | None:
+        return self._endpoint(name)
+
+    def invoke(self, endpoint_name: str, body: dict[str, Any], deployment_name: str | None = None,
+               caller: str | None = None, timeout_s: float = 90.0) -> ScoreResponse:
+        started = time.perf_counter()
+        response = httpx.post(self.url, json=body, timeout=timeout_s)
+        return ScoreResponse(status_code=response.status_code, body=response.text,
+                             latency_ms=(time.perf_counter() - started) * 1000)
+
+
+def run_once(workspace: FleetWorkspace, max_concurrency: int, data_dir: Path) -> float:
+    import flows.smoke_test_endpoints as smoke
+
+    # The flow loads its workspace from a block slug; here it is the benchmark's fleet.
+    smoke.load_workspace = lambda block: workspace
+    started = time.perf_counter()
+    result = smoke.smoke_test_endpoints(max_concurrency=max_concurrency, seed=1,
+                                        download_dir=str(data_dir))
+    elapsed = time.perf_counter() - started
+    assert len(result.endpoints_tested) == workspace.count, result.endpoints_tested
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--max-concurrency", type=int, action="append")
+    parser.add_argument("--delay-s", type=float, default=1.0)
+    args = parser.parse_args()
+    from prefect.testing.utilities import prefect_test_harness
+
+    url = start_slow_server(args.delay_s)
+    with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=120):
+        data_dir = Path(tmp) / "data"
+        run_once(FleetWorkspace(Path(tmp) / "ws", url, 1), 4, data_dir)  # warm-up: imports, data
+        for concurrency in args.max_concurrency or [4, 32]:
+            times = {n: run_once(FleetWorkspace(Path(tmp) / "ws", url, n), concurrency, data_dir)
+                     for n in SIZES}
+            print(f"max_concurrency={concurrency}, reply delay {args.delay_s:g} s:")
+            for n, seconds in times.items():
+                print(f"  {n:>3} endpoint(s): {seconds:6.2f} s")
+            print(f"  ratio 100/1: {times[100] / times[1]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

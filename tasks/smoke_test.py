@@ -1,0 +1,332 @@
+"""Smoke tests of online endpoints: which to test, one probe per deployment, the verdicts.
+
+A probe sends real test_gen rows with the step-8 scoring contract and names what came
+back (``ok``, ``content_filtered``, ``throttled_429``, ``unreachable``, ...). Probes never
+raise: a dead or slow endpoint is a finding to report, not a reason to stop testing the
+others. Keys never leave the workspace; replies are cut to a short excerpt.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from tasks.policies import transient_retries
+from workspaces.interface import (
+    TAG_MODEL,
+    TAG_MODEL_VERSION,
+    TAG_NO_SMOKE_TEST,
+    Deployment,
+    Endpoint,
+    ScoreResponse,
+    Workspace,
+)
+
+# The caller marker of smoke-test requests: the teardown flow subtracts this traffic.
+SMOKE_TEST_CALLER = "smoke-test"
+OK = "ok"
+SKIPPED = "skipped"
+RESULTS_ARTIFACT_KEY = "smoke-test-results"
+EXCERPT_CHARS = 160
+
+# Why a status matters, in words the person on call can act on.
+REASONS = {
+    "content_filtered": "answered 200 with an empty object: the reply was content-filtered",
+    "timeout_408": "the deployment gave up before the model answered (408); raise "
+    "request_timeout_ms or use a faster instance",
+    "model_error_424": "the model container failed (424); read the deployment logs",
+    "throttled_429": "the deployment refused the request as too busy (429); add instances "
+    "or raise max_concurrent_requests_per_instance",
+    "unauthorized_401": "the endpoint refused the workspace's key (401); the key was "
+    "regenerated or the endpoint's auth changed",
+    "not_found": "the endpoint does not exist",
+}
+
+
+class SmokeTarget(BaseModel):
+    """One deployment to probe, with what the result table shows about it."""
+
+    endpoint: str
+    deployment: str
+    model: str = ""
+    version: str = ""
+
+
+class SkippedEndpoint(BaseModel):
+    """An endpoint not tested this run, and why."""
+
+    endpoint: str
+    reason: str
+
+
+class ProbeResult(BaseModel):
+    """The verdict on one scoring request."""
+
+    endpoint: str
+    deployment: str
+    model: str = ""
+    version: str = ""
+    status: str
+    http_status: int | None = None
+    latency_ms: float | None = None
+    reply_excerpt: str = ""
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+
+class SmokeTestPlan(BaseModel):
+    """What discovery found: deployments to probe, endpoints skipped or missing."""
+
+    targets: list[SmokeTarget] = Field(default_factory=list)
+    skipped: list[SkippedEndpoint] = Field(default_factory=list)
+    missing: list[str] = Field(default_factory=list)
+
+
+# -- discovery -------------------------------------------------------------------------
+def _skip_reason(endpoint: Endpoint) -> str | None:
+    if endpoint.tags.get(TAG_NO_SMOKE_TEST, "").lower() not in ("", "false", "0", "no"):
+        return f"tagged {TAG_NO_SMOKE_TEST}={endpoint.tags[TAG_NO_SMOKE_TEST]}"
+    if endpoint.provisioning_state != "Succeeded":
+        return f"still provisioning ({endpoint.provisioning_state})"
+    if not any(share > 0 for share in endpoint.traffic.values()):
+        return "no deployment takes traffic"
+    return None
+
+
+def _target(endpoint: Endpoint, deployment_name: str) -> SmokeTarget:
+    """Model and version come from the deployment's tags, else the endpoint's."""
+    deployment: Deployment | None = next(
+        (d for d in endpoint.deployments if d.name == deployment_name), None
+    )
+    tags = {**endpoint.tags, **(deployment.tags if deployment else {})}
+    return SmokeTarget(
+        endpoint=endpoint.name,
+        deployment=deployment_name,
+        model=tags.get(TAG_MODEL) or (deployment.model_id if deployment else ""),
+        version=tags.get(TAG_MODEL_VERSION, ""),
+    )
+
+
+def plan_from_endpoints(endpoints: list[Endpoint], missing: list[str]) -> SmokeTestPlan:
+    """Every deployment with traffic > 0 of every testable endpoint."""
+    plan = SmokeTestPlan(missing=missing)
+    for endpoint in sorted(endpoints, key=lambda e: e.name):
+        reason = _skip_reason(endpoint)
+        if reason:
+            plan.skipped.append(SkippedEndpoint(endpoint=endpoint.name, reason=reason))
+            continue
+        for name, share in sorted(endpoint.traffic.items()):
+            if share > 0:
+                plan.targets.append(_target(endpoint, name))
+    return plan
+
+
+@task(name="find-endpoints-to-test", cache_policy=NO_CACHE, **transient_retries())
+def find_endpoints_to_test(workspace: Workspace, endpoint_names: list[str] | None) -> SmokeTestPlan:
+    """The managed endpoints (or the named ones) and the deployments to probe on each."""
+    if endpoint_names:
+        # Named explicitly: tested even when not tagged managed-by; a missing one is a failure.
+        found = {name: workspace.get_endpoint(name) for name in dict.fromkeys(endpoint_names)}
+        endpoints = [e for e in found.values() if e is not None]
+        missing = [name for name, e in found.items() if e is None]
+    else:
+        endpoints = [e for e in workspace.list_endpoints() if e.managed]
+        missing = []
+    plan = plan_from_endpoints(endpoints, missing)
+    get_run_logger().info(
+        "%d deployment(s) on %d endpoint(s) to probe; %d skipped, %d missing",
+        len(plan.targets), len({t.endpoint for t in plan.targets}), len(plan.skipped),
+        len(plan.missing),
+    )
+    for skipped in plan.skipped:
+        get_run_logger().info("Skipping %s: %s", skipped.endpoint, skipped.reason)
+    return plan
+
+
+def up_to_last_question(body: dict[str, Any]) -> dict[str, Any]:
+    """The step-8 body with the conversation cut after its last user turn.
+
+    test_gen rows end with the reference answer; asking the model to answer the question
+    (not to continue after the answer) is what real callers do, and what must work.
+    """
+    [messages] = body["input_data"]["input_string"]
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None:
+        return body
+    data = {**body["input_data"], "input_string": [messages[: last_user + 1]]}
+    return {**body, "input_data": data}
+
+
+# -- verdicts --------------------------------------------------------------------------
+def _excerpt(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
+
+def _error_message(body: str) -> str:
+    """The message of an error body ({"error": {"message": ...}}), else the body."""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        return _excerpt(body)
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return _excerpt(error["message"])
+    return _excerpt(body)
+
+
+def classify_reply(response: ScoreResponse) -> tuple[str, str]:
+    """Name an HTTP answer: (status, reason); reason is empty when it is ok."""
+    code = response.status_code
+    if code != 200:
+        status = {408: "timeout_408", 424: "model_error_424", 429: "throttled_429",
+                  401: "unauthorized_401"}.get(code, f"http_{code}")
+        detail = _error_message(response.body)
+        return status, f"{REASONS.get(status, f'answered HTTP {code}')}: {detail}".rstrip(": ")
+    try:
+        data = json.loads(response.body)
+    except json.JSONDecodeError:
+        return "bad_reply", "200 but the body is not JSON"
+    if data == {}:
+        return "content_filtered", REASONS["content_filtered"]
+    if not isinstance(data, dict) or "output" not in data:
+        return "bad_reply", f"200 but no 'output' field (got {type(data).__name__})"
+    if not isinstance(data["output"], str):
+        return "bad_reply", f"200 but 'output' is a {type(data['output']).__name__}, not text"
+    if not data["output"].strip():
+        return "bad_reply", "200 but 'output' is empty"
+    return OK, ""
+
+
+def _exception_names(exc: BaseException) -> set[str]:
+    """Class names along the exception's chain (workspaces wrap transport errors)."""
+    names: set[str] = set()
+    seen: BaseException | None = exc
+    while seen is not None and len(names) < 100:
+        names.update(cls.__name__ for cls in type(seen).__mro__)
+        seen = seen.__cause__ or seen.__context__
+    return names
+
+
+def classify_exception(exc: BaseException, timeout_s: float) -> tuple[str, str]:
+    """Name a request that got no HTTP answer: (status, reason)."""
+    names = _exception_names(exc)
+    # Matched by class name so this works for httpx (local) and requests (Azure) alike,
+    # without importing either transport here.
+    if any("Connect" in n for n in names):  # refused, reset, or ConnectTimeout
+        return "unreachable", f"no connection to the endpoint ({type(exc).__name__})"
+    if any("Timeout" in n for n in names):
+        return "client_timeout", f"no answer within request_timeout_s={timeout_s:g}"
+    if any(n in names for n in ("TransportError", "RequestException", "OSError")):
+        return "unreachable", f"the connection failed ({type(exc).__name__})"
+    return "probe_error", f"{type(exc).__name__}: {_excerpt(str(exc))}"
+
+
+def _probe_once(
+    workspace: Workspace, target: SmokeTarget, body: dict[str, Any], timeout_s: float
+) -> ProbeResult:
+    started = time.perf_counter()
+    fields = target.model_dump()
+    try:
+        response = workspace.invoke(
+            target.endpoint, body, deployment_name=target.deployment,
+            caller=SMOKE_TEST_CALLER, timeout_s=timeout_s,
+        )
+    except Exception as exc:  # noqa: BLE001 - every failure to get an answer is a verdict
+        status, reason = classify_exception(exc, timeout_s)
+        return ProbeResult(**fields, status=status, reason=reason,
+                           latency_ms=round((time.perf_counter() - started) * 1000, 1))
+    status, reason = classify_reply(response)
+    excerpt = response.body if status != OK else json.loads(response.body)["output"]
+    return ProbeResult(
+        **fields, status=status, http_status=response.status_code, reason=reason,
+        latency_ms=round(response.latency_ms, 1), reply_excerpt=_excerpt(excerpt),
+    )
+
+
+# A measurement, so never cached; and never retried: a flaky answer is what we report.
+@task(
+    name="probe-deployment",
+    task_run_name="probe-{target.endpoint}-{target.deployment}",
+    cache_policy=NO_CACHE,
+)
+def probe_deployment(
+    workspace: Workspace, target: SmokeTarget, bodies: list[dict[str, Any]], timeout_s: float
+) -> list[ProbeResult]:
+    """Send each body to the deployment in turn; one verdict per request."""
+    logger = get_run_logger()
+    results = []
+    for body in bodies:
+        result = _probe_once(workspace, target, body, timeout_s)
+        logger.info("%s/%s: %s in %s ms %s", target.endpoint, target.deployment, result.status,
+                    result.latency_ms, result.reason)
+        results.append(result)
+    return results
+
+
+def missing_results(plan: SmokeTestPlan) -> list[ProbeResult]:
+    """Endpoints named explicitly that do not exist count as failed."""
+    return [ProbeResult(endpoint=name, deployment="-", status="not_found",
+                        reason=REASONS["not_found"]) for name in plan.missing]
+
+
+# -- report ----------------------------------------------------------------------------
+def result_rows(results: list[ProbeResult], skipped: list[SkippedEndpoint]) -> list[dict[str, Any]]:
+    """Table rows: failures first (what a reader looks for), then ok, then skipped."""
+    ordered = sorted(results, key=lambda r: (r.ok, r.endpoint, r.deployment))
+    rows = [
+        {"endpoint": r.endpoint, "deployment": r.deployment, "model": r.model,
+         "version": r.version, "status": r.status,
+         "latency_ms": "" if r.latency_ms is None else r.latency_ms,
+         "reply": r.reply_excerpt, "reason": r.reason}
+        for r in ordered
+    ]
+    rows += [
+        {"endpoint": s.endpoint, "deployment": "-", "model": "", "version": "",
+         "status": SKIPPED, "latency_ms": "", "reply": "", "reason": s.reason}
+        for s in skipped
+    ]
+    return rows
+
+
+def report_smoke_test(
+    results: list[ProbeResult], skipped: list[SkippedEndpoint], workspace_kind: str
+) -> None:
+    """The result table, under a stable key so the UI shows its history run by run."""
+    failed = sorted({r.endpoint for r in results if not r.ok})
+    tested = sorted({r.endpoint for r in results})
+    create_table_artifact(
+        key=RESULTS_ARTIFACT_KEY,
+        table=result_rows(results, skipped) or [{"endpoint": "-", "status": "nothing to test"}],
+        description=(
+            f"Smoke test ({workspace_kind} workspace): {len(tested)} endpoint(s) tested, "
+            f"{len(failed)} failed" + (f" ({', '.join(failed)})" if failed else "")
+            + f", {len(skipped)} skipped; {sum(r.ok for r in results)}/{len(results)} "
+            "requests ok"
+        ),
+    )
+
+
+def failure_summary(results: list[ProbeResult]) -> dict[str, list[ProbeResult]]:
+    """Failed requests grouped by endpoint."""
+    failed: dict[str, list[ProbeResult]] = {}
+    for result in results:
+        if not result.ok:
+            failed.setdefault(result.endpoint, []).append(result)
+    return failed
+
+
+def describe_failure(endpoint: str, failures: list[ProbeResult]) -> str:
+    """One line per endpoint for the flow's error message."""
+    parts = sorted({f"{f.deployment}: {f.status}" for f in failures})
+    return f"{endpoint} ({', '.join(parts)})"
+
