@@ -43,6 +43,7 @@ from tasks.foundation_model import (
     get_foundation_model,
     resolve_finetune_parameters,
 )
+from tasks.own_traffic import record_own_requests
 from tasks.registry import register_model
 from workspaces.compute_rules import check_inference_size
 from workspaces.errors import InvalidRequest
@@ -268,6 +269,7 @@ def finetune_and_deploy(
     )
     reply = reply_text(response)
     reports.report_score(body, response, reply)
+    record_own_requests(endpoint_name, workspace.kind, "finetune-and-deploy", 1)
 
     # 9. clean up (off by default: teardown_idle_endpoints owns clean-up)
     deleted = False

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,7 +40,9 @@ from flows.parameters import ScoringParameters
 from tasks import reports
 from tasks.data import download_dataset, files_present
 from tasks.endpoints import sample_request
+from tasks.own_traffic import record_own_requests
 from tasks.smoke_test import (
+    SMOKE_TEST_CALLER,
     ProbeResult,
     SkippedEndpoint,
     SmokeTarget,
@@ -192,6 +195,10 @@ def smoke_test_endpoints(
         bodies = request_bodies(workspace, dataset, dataset_split_pc, download_dir, scoring,
                                 requests_per_deployment, seed)
         results = probe_all(workspace, plan.targets, bodies, max_concurrency, request_timeout_s)
+        # Azure cannot see the caller marker: record what we sent so teardown subtracts it.
+        answered = Counter(r.endpoint for r in results if r.http_status is not None)
+        for endpoint, count in answered.items():
+            record_own_requests(endpoint, workspace.kind, SMOKE_TEST_CALLER, count)
     results += missing_results(plan)
 
     # Artifacts and events first: a failed run must still say what it saw.

@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 
 from blocks import load_workspace
 from tasks import reports
+from tasks.own_traffic import attribute_own_requests, count_own_requests
 from tasks.teardown import (
     PriceTable,
     delete_deployment_and_wait,
@@ -191,7 +192,18 @@ def read_activity(workspace: Workspace, endpoint: str, rules: TeardownRules) -> 
         workspace, endpoint, rules.window_start, rules.now, return_state=True
     )
     if state.is_completed():
-        return state.result()
+        activity: EndpointActivity = state.result()
+        if activity.available and not activity.callers_known:
+            # Azure counts every request; take off what our own flows recorded sending.
+            try:
+                own = count_own_requests(endpoint, workspace.kind, rules.window_start, rules.now)
+            except Exception as exc:  # unreadable records mean unreadable activity
+                return activity.model_copy(update={
+                    "available": False,
+                    "reason": f"the project's own requests could not be counted: {exc}"[:300],
+                })
+            activity = attribute_own_requests(activity, own)
+        return activity
     error = state.result(raise_on_failure=False)
     return EndpointActivity(
         endpoint_name=endpoint, start=rules.window_start, end=rules.now, available=False,

@@ -213,6 +213,12 @@ class EndpointActivity(BaseModel):
     end: datetime
     available: bool = True
     reason: str | None = None
+    callers_known: bool = Field(
+        default=True,
+        description="False when the workspace cannot see the caller marker (Azure Monitor): "
+        "requests are then 'unattributed' until the project's own recorded requests are "
+        "subtracted (tasks.own_traffic)",
+    )
     total_requests: int = 0
     requests_by_caller: dict[str, int] = Field(default_factory=dict)
     requests_by_deployment: dict[str, int] = Field(default_factory=dict)
@@ -221,8 +227,14 @@ class EndpointActivity(BaseModel):
 
     @property
     def organic_requests(self) -> int:
-        """Requests that did not come from this project's own flows."""
-        return self.requests_by_caller.get("organic", 0)
+        """Requests that did not come from this project's own flows.
+
+        Unattributed requests count as organic: an endpoint is never taken for idle
+        because the workspace could not tell who called it.
+        """
+        return self.requests_by_caller.get("organic", 0) + self.requests_by_caller.get(
+            "unattributed", 0
+        )
 
 
 class Workspace(ABC):

@@ -85,3 +85,37 @@ def test_teardown_pass_on_azure(fake, workspace, monkeypatch) -> None:
     assert len(per_endpoint["chatft-keep"]) == 1  # protected: listed, activity not read
     assert len(per_endpoint["chatft-used"]) == 2
     assert len(per_endpoint["chatft-idle"]) <= 6
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_recorded_smoke_tests_are_not_use_on_azure(fake, workspace, monkeypatch) -> None:
+    """Azure Monitor cannot see the caller marker: recorded own requests are subtracted."""
+    import time
+
+    from prefect.events.worker import EventsWorker
+
+    from tasks.own_traffic import count_own_requests, record_own_requests
+
+    workspace._test_fake = fake
+    _endpoint(workspace, "chatft-smoked", MANAGED)
+    _endpoint(workspace, "chatft-mixed", MANAGED)
+    now = datetime.now(UTC) + timedelta(hours=3)
+    stamp = (now - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fake.add_metric_point("chatft-smoked", "demo", 3, stamp)
+    fake.add_metric_point("chatft-mixed", "demo", 5, stamp)
+    for name in ("chatft-smoked", "chatft-mixed"):
+        record_own_requests(name, "azure", "smoke-test", 3)
+    EventsWorker.drain_all()
+    deadline = time.monotonic() + 30
+    while count_own_requests("chatft-mixed", "azure", now - timedelta(hours=24), now) < 3:
+        assert time.monotonic() < deadline, "recorded requests never reached the server"
+        time.sleep(0.5)
+    monkeypatch.setattr(teardown, "load_workspace", lambda block: workspace)
+
+    result = teardown.teardown_idle_endpoints(workspace_block="azure-ml-workspace/test", now=now)
+
+    decisions = {d.endpoint: d for d in result.decisions}
+    assert decisions["chatft-smoked"].outcome == "deleted"
+    assert "idle" in decisions["chatft-smoked"].reason
+    assert decisions["chatft-mixed"].outcome == "kept"
+    assert "2 organic request(s)" in decisions["chatft-mixed"].reason

@@ -1,8 +1,9 @@
 """Endpoint activity from Azure Monitor platform metrics (``RequestsPerMinute`` by deployment).
 
 Azure Monitor counts requests but cannot see request headers, so it cannot tell this
-project's own scoring calls (``CALLER_HEADER``) from real use: every request is counted as
-organic, which errs on the side of keeping an endpoint someone may be using.
+project's own scoring calls (``CALLER_HEADER``) from real use: requests come back
+``unattributed`` (``callers_known=False``). They count as organic unless the caller
+subtracts the requests the project recorded as its own (``tasks.own_traffic``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ NAMESPACE = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
 METRIC = "RequestsPerMinute"
 CALLER_NOTE = (
     "Azure Monitor metrics cannot tell this project's requests from others; "
-    "all requests are counted as organic"
+    "requests are unattributed"
 )
 
 
@@ -73,7 +74,8 @@ def _summarise(
         available=True,
         reason=CALLER_NOTE,
         total_requests=total,
-        requests_by_caller={"organic": total} if total else {},
+        callers_known=False,
+        requests_by_caller={"unattributed": total} if total else {},
         requests_by_deployment=by_deployment,
         last_request_at=last,
         last_organic_request_at=last,
