@@ -62,3 +62,21 @@ def test_missing_split_file_is_named(tmp_path):
     (tmp_path / "src").mkdir()
     with pytest.raises(DatasetError, match="no train_sft.jsonl"):
         prepare_dataset(str(tmp_path / "src"), 5, tmp_path / "out")
+
+
+def test_hub_loading_code_slices_splits_with_datasets(tmp_path):
+    """The `datasets` path (split[0%:N%]) run offline on a local dataset repo layout."""
+    from workspaces.ultrachat import SAMPLE_DIR, _download_hub_split
+
+    repo = tmp_path / "ultrachat_200k"
+    repo.mkdir()
+    configs = "\n".join(f"  - split: {s}\n    path: {s}.jsonl" for s in SPLITS)
+    (repo / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: default\n  data_files:\n{configs}\n---\n"
+    )
+    for split in SPLITS:
+        (repo / f"{split}.jsonl").write_text((SAMPLE_DIR / f"{split}.jsonl").read_text())
+    target = tmp_path / "train_sft.jsonl"
+    count = _download_hub_split(str(repo), "train_sft", 10, target)
+    assert count == 208  # 10 % of the 2079 shipped rows, as datasets rounds it
+    assert read_jsonl(target)[0]["prompt"] == read_jsonl(SAMPLE_DIR / "train_sft.jsonl")[0]["prompt"]
