@@ -12,8 +12,6 @@ import json
 import secrets
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,10 +29,10 @@ from workspaces.interface import (
     ScoreResponse,
 )
 from workspaces.local.state import (
-    child_env,
     locked,
     process_alive,
     read_json,
+    spawn_detached,
     stop_process,
     write_json,
 )
@@ -127,18 +125,10 @@ class LocalEndpoints:
         self._require(name)
         if self._alive(name):
             return
-        env = child_env(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        with open(directory / "server.log", "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", SERVER_MODULE, str(directory)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env=env,
-                cwd=directory,
-            )
-        (directory / "pid").write_text(str(process.pid))
+        spawn_detached(
+            SERVER_MODULE, directory, "server.log",
+            HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+        )
 
     def _health(self, config: dict[str, Any]) -> dict[str, Any] | None:
         try:

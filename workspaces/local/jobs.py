@@ -7,8 +7,6 @@ run does not kill it and a re-run attaches to it by name.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,10 +16,10 @@ from workspaces.errors import InvalidRequest
 from workspaces.interface import TAG_REQUEST, TERMINAL_JOB_STATUSES, FinetuneJob, FinetuneJobSpec
 from workspaces.local.finetune_job import CANCEL_FILE, InvalidParameter, training_settings
 from workspaces.local.state import (
-    child_env,
     locked,
     process_alive,
     read_json,
+    spawn_detached,
     stop_process,
     write_json,
 )
@@ -67,21 +65,12 @@ class LocalJobs:
             )
             write_json(job_dir / "spec.json", record)
             write_json(job_dir / "status.json", {"status": "Queued", "updated_at": time.time()})
-            env = child_env(TOKENIZERS_PARALLELISM="false")
-            if spec.foundation_model.tags.get("stand_in") == "true":
-                env["HF_HUB_OFFLINE"] = "1"
-            with open(job_dir / "job.log", "ab") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", JOB_MODULE, str(job_dir)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                    env=env,
-                    cwd=job_dir,
-                )
-            # A file of its own: status.json belongs to the job process once it runs.
-            (job_dir / "pid").write_text(str(process.pid))
+            # The stand-in needs no hub; a hub model id does.
+            offline = {"HF_HUB_OFFLINE": "1"} if spec.foundation_model.tags.get(
+                "stand_in") == "true" else {}
+            # The pid goes to a file of its own: status.json belongs to the job process.
+            spawn_detached(JOB_MODULE, job_dir, "job.log", TOKENIZERS_PARALLELISM="false",
+                           **offline)
         result = self.get(spec.name)
         assert result is not None
         return result

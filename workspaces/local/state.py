@@ -7,6 +7,8 @@ import fcntl
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,25 @@ def stop_process(pid: int | None, marker: str, timeout_s: float = 10.0) -> bool:
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn_detached(module: str, folder: Path, log_name: str, **env: str) -> int:
+    """Run ``python -m module folder`` in its own session, so it outlives its caller.
+
+    Output goes to ``folder/log_name``; the pid is written to ``folder/pid`` and returned.
+    """
+    with open(folder / log_name, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, str(folder)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=child_env(**env),
+            cwd=folder,
+        )
+    (folder / "pid").write_text(str(process.pid))
+    return process.pid
 
 
 def child_env(**overrides: str) -> dict[str, str]:
