@@ -191,7 +191,9 @@ def finetune_and_deploy(
     job = submit_finetune_job(workspace, spec, request_id, request.resubmit_failed_job)
     job_reused = job.tags.get(TAG_FLOW_RUN) != this_run
     reports.report_finetune_submission(job, parameters, compute, gpus, job_reused)
-    job = wait_for_job(workspace, job.name, request.job_timeout_minutes)
+    job = wait_for_job(
+        workspace, job.name, request.job_timeout_minutes, request.cancel_job_on_timeout
+    )
     metrics = get_job_metrics(workspace, job.name)
     reports.report_metrics(job, metrics)
 

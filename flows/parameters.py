@@ -107,6 +107,9 @@ class FinetuneRequest(BaseModel):
         False, description="Submit a new job when this request's last job failed"
     )
     job_timeout_minutes: float = Field(720, gt=0, le=10080)
+    cancel_job_on_timeout: bool = Field(
+        False, description="Cancel the fine-tune job when job_timeout_minutes passes"
+    )
     deployment_timeout_minutes: float = Field(90, gt=0, le=1440)
     delete_endpoint: bool = Field(
         False, description="Step 9: delete the endpoint at the end (teardown flow owns clean-up)"
@@ -128,7 +131,7 @@ class FinetuneRequest(BaseModel):
             mode="json",
             exclude={
                 "scoring", "delete_endpoint", "job_timeout_minutes",
-                "deployment_timeout_minutes", "resubmit_failed_job",
+                "deployment_timeout_minutes", "cancel_job_on_timeout", "resubmit_failed_job",
             },
         )
         blob = json.dumps({"workspace": workspace_scope, **identity}, sort_keys=True)

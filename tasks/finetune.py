@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.policies import WORKSPACE_INPUTS, WorkspaceInputs, transient_retries
 from tasks.waiting import poll_until
-from workspaces.errors import JobFailed
+from workspaces.errors import DeadlineExceeded, JobFailed
 from workspaces.interface import (
     TAG_SUFFIX,
     FinetuneJob,
@@ -91,13 +91,16 @@ def submit_finetune_job(
 
 @task(
     name="wait-for-job",
-    cache_policy=WorkspaceInputs(exclude=["timeout_minutes"]),
+    cache_policy=WorkspaceInputs(exclude=["timeout_minutes", "cancel_on_timeout"]),
     **transient_retries(),
 )
-def wait_for_job(workspace: Workspace, job_name: str, timeout_minutes: float) -> FinetuneJob:
+def wait_for_job(
+    workspace: Workspace, job_name: str, timeout_minutes: float, cancel_on_timeout: bool = False
+) -> FinetuneJob:
     """Poll the job with back-off until it ends; log status and step changes, show progress.
 
-    Only a Completed job returns (and is cached: a completed job never changes).
+    Only a Completed job returns (and is cached: a completed job never changes). Past the
+    deadline the task fails; the job goes on unless ``cancel_on_timeout`` is set.
     """
     logger = get_run_logger()
     progress_id = create_progress_artifact(
@@ -124,13 +127,22 @@ def wait_for_job(workspace: Workspace, job_name: str, timeout_minutes: float) ->
             update_progress_artifact(progress_id, progress=round(job.progress * 100, 1))
             seen["progress"] = job.progress
 
-    job = poll_until(
-        read,
-        lambda j: j.is_terminal,
-        timeout_minutes * 60,
-        f"fine-tune job {job_name}",
-        on_change=report,
-    )
+    try:
+        job = poll_until(
+            read,
+            lambda j: j.is_terminal,
+            timeout_minutes * 60,
+            f"fine-tune job {job_name}",
+            on_change=report,
+        )
+    except DeadlineExceeded as exc:
+        if cancel_on_timeout:
+            workspace.cancel_job(job_name)
+            raise DeadlineExceeded(f"{exc}; the job was asked to cancel") from exc
+        raise DeadlineExceeded(
+            f"{exc}; it keeps running: run again to attach to it, raise "
+            "job_timeout_minutes, or set cancel_job_on_timeout=true"
+        ) from exc
     if job.status != "Completed":
         raise JobFailed(
             f"fine-tune job {job_name} ended {job.status}: {job.error or 'no error reported'}"

@@ -79,3 +79,21 @@ def test_cancel_and_killed_jobs_end_with_a_status(workspace):
     job = wait(workspace, "job-killed", lambda j: j.is_terminal)
     assert job.status == "Failed"
     assert "ended without reporting" in job.error
+
+
+@pytest.mark.slow
+def test_wait_deadline_cancels_the_job_when_asked(prefect_server, workspace):
+    from prefect import flow
+
+    from tasks.finetune import wait_for_job
+    from workspaces.errors import DeadlineExceeded
+
+    workspace.submit_finetune_job(spec_for(workspace, "job-deadline", num_train_epochs="50"))
+
+    @flow
+    def waits() -> None:
+        wait_for_job(workspace, "job-deadline", timeout_minutes=0.05, cancel_on_timeout=True)
+
+    with pytest.raises(DeadlineExceeded, match="asked to cancel"):
+        waits()
+    assert wait(workspace, "job-deadline", lambda j: j.is_terminal).status == "Canceled"

@@ -1,0 +1,57 @@
+"""Retry and cache policies: only transient faults retry; caching really happens."""
+
+from __future__ import annotations
+
+import pytest
+from prefect import flow, task
+
+from tasks.data import download_dataset
+from tasks.foundation_model import get_foundation_model
+from tasks.policies import WorkspaceInputs, is_transient
+from workspaces.errors import InvalidRequest, TransientWorkspaceError
+from workspaces.local import LocalWorkspace
+
+
+def test_cache_key_uses_the_workspace_scope_not_the_object(tmp_path):
+    policy = WorkspaceInputs()
+    key = lambda ws: policy.compute_key(None, {"workspace": ws, "name": "m"}, {})  # noqa: E731
+    assert key(LocalWorkspace(tmp_path / "a")) == key(LocalWorkspace(tmp_path / "a"))
+    assert key(LocalWorkspace(tmp_path / "a")) != key(LocalWorkspace(tmp_path / "b"))
+
+
+def test_steps_with_unchanged_inputs_come_from_the_cache(prefect_server, workspace, tmp_path):
+    @flow
+    def twice() -> list[str]:
+        names = []
+        for _ in range(2):
+            names.append(get_foundation_model(
+                workspace, "phi3-tiny-standin", "latest", return_state=True).name)
+            names.append(download_dataset(
+                "sample", 1, str(tmp_path / "dl"), return_state=True).name)
+        return names
+
+    assert twice() == ["Completed", "Completed", "Cached", "Cached"]
+    # another flow run with the same inputs hits the same cache
+    assert twice() == ["Cached", "Cached", "Cached", "Cached"]
+
+
+@pytest.mark.parametrize("error, attempts", [
+    (TransientWorkspaceError("429 throttled"), 3),
+    (InvalidRequest("bad size"), 1),
+    (ValueError("a bug"), 1),
+])
+def test_only_transient_faults_are_retried(prefect_server, error, attempts):
+    calls = []
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=is_transient)
+    def step() -> None:
+        calls.append(1)
+        raise error
+
+    @flow
+    def run() -> None:
+        step()
+
+    with pytest.raises(type(error)):
+        run()
+    assert len(calls) == attempts
