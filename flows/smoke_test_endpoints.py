@@ -171,12 +171,12 @@ def smoke_test_endpoints(
     """Probe the managed endpoints (or ``endpoint_names``) of the workspace.
 
     Args:
-        workspace_block: a block slug (``local-workspace/<name>`` or
-            ``azure-ml-workspace/<name>``); empty = local workspace in ./.workspace.
+        workspace_block: a block slug (local-workspace/<name> or
+            azure-ml-workspace/<name>); empty = local workspace in ./.workspace.
         endpoint_names: test these endpoints (managed or not); empty = every managed one.
         requests_per_deployment: conversations sent to each deployment with traffic.
         max_concurrency: deployments probed at the same time.
-        request_timeout_s: a request with no answer by then counts as ``client_timeout``.
+        request_timeout_s: a request with no answer by then counts as client_timeout.
         dataset: where test_gen rows come from: 'sample' (shipped), a Hugging Face id or
             a folder of <split>.jsonl files.
         dataset_split_pc: percent of the dataset prepared (rows are drawn from it).

@@ -326,8 +326,8 @@ def teardown_idle_endpoints(
     """Delete idle managed endpoints and Failed deployments; report every decision.
 
     Args:
-        workspace_block: block slug (``local-workspace/<name>`` or
-            ``azure-ml-workspace/<name>``); empty = local workspace in ./.workspace.
+        workspace_block: block slug (local-workspace/<name> or
+            azure-ml-workspace/<name>); empty = local workspace in ./.workspace.
         idle_hours: an endpoint with no organic request in this many hours is idle.
         grace_minutes: endpoints younger than this are never deleted.
         max_deletions_per_run: deletions beyond this many are skipped until the next pass.
