@@ -17,7 +17,6 @@ or from a Prefect server: the ``finetune-and-deploy`` deployment in prefect.yaml
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -86,17 +85,6 @@ class FinetuneResult(BaseModel):
     endpoint_deleted: bool = False
 
 
-def _rename_run(name: str) -> None:
-    """Give the run a name that says what it made (model and endpoint)."""
-    run_id = flow_run.get_id()
-    if not run_id:
-        return
-    from prefect.client.orchestration import get_client
-
-    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
-        client.update_flow_run(flow_run_id=run_id, name=name)
-
-
 @flow(
     name="finetune-and-deploy",
     description="Fine-tune a chat model on ultrachat_200k, register, deploy and score it.",
@@ -142,7 +130,7 @@ def finetune_and_deploy(
     request_id = request.request_id(workspace.cache_scope)
     suffix = allocate_suffix(workspace, request_id)
     endpoint_name = request.endpoint_name or endpoint_name_for(suffix)
-    _rename_run(f"{model.name} -> {endpoint_name}")
+    reports.name_run(f"{model.name} -> {endpoint_name}")
 
     # 3. compute
     compute, gpus = ensure_compute(

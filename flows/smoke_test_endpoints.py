@@ -205,6 +205,11 @@ def smoke_test_endpoints(
     report_smoke_test(results, plan.skipped, workspace.kind)
     failed = emit_events(workspace, results, plan.skipped)
     tested = sorted({r.endpoint for r in results})
+    reports.name_run(
+        f"smoke-test: {len(tested)} endpoint(s), "
+        + (f"{len(failed)} failed" if failed else "all answered")
+        + (f", {len(plan.skipped)} skipped" if plan.skipped else "")
+    )
     if failed:
         raise SmokeTestFailed(
             f"{len(failed)} of {len(tested)} endpoint(s) failed the smoke test: "

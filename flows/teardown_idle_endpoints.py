@@ -26,6 +26,7 @@ or from a Prefect server: the ``teardown-idle-endpoints`` deployment in prefect.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
@@ -359,6 +360,12 @@ def teardown_idle_endpoints(
     summary = summary_text(result, rules, prices)
     report_decisions(table_rows(decisions, rules), summary)
     logger.info(summary)
+    counts = Counter(d.outcome for d in decisions)
+    reports.name_run(
+        "teardown" + (" (dry run)" if dry_run else "") + ": "
+        + (", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+           or "no managed endpoint")
+    )
     failed = result.named(DELETE_FAILED)
     if failed:
         raise WorkspaceError(f"deletion failed for {', '.join(failed)}; the others went ahead. "

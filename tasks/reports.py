@@ -184,6 +184,21 @@ def report_score(body: dict[str, Any], response: ScoreResponse, reply: str) -> N
     )
 
 
+def name_run(name: str) -> None:
+    """Rename the current flow run so run history says what it did."""
+    import contextlib
+
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    # A name is a courtesy: never fail a run because renaming it failed.
+    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run_id=run_id, name=name[:120])
+
+
 def emit(
     event: str,
     resource_name: str,

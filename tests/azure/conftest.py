@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,18 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAzureM
     finally:
         patcher.undo()
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _restore_azureml_cloud() -> Iterator[None]:
+    """MLClient(cloud=...) writes AZUREML_CURRENT_CLOUD into os.environ; undo it after each
+    test, or later subprocesses that import azure.ai.ml fail on the unknown fake cloud."""
+    before = os.environ.get("AZUREML_CURRENT_CLOUD")
+    yield
+    if before is None:
+        os.environ.pop("AZUREML_CURRENT_CLOUD", None)
+    else:
+        os.environ["AZUREML_CURRENT_CLOUD"] = before
 
 
 @pytest.fixture
