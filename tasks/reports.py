@@ -170,16 +170,21 @@ def report_endpoint(endpoint: Endpoint, deployment_name: str, reused: bool) -> N
 
 
 def report_score(body: dict[str, Any], response: ScoreResponse, reply: str) -> None:
+    messages = body["input_data"]["input_string"][0]
+    conversation = "\n".join(
+        f"- **{m['role']}**: {str(m['content'])[:300]}" for m in messages
+    )
     create_markdown_artifact(
         key="sample-score",
         description="The sample request and the endpoint's reply",
         markdown=(
             f"## Sample scoring request\nStatus **{response.status_code}** in "
-            f"{response.latency_ms:.0f} ms\n\n### Request\n```json\n"
-            + json.dumps(body, indent=2)[:4000]
-            + f"\n```\n\n### Reply\n> {reply[:2000]}\n\n### Raw response\n```\n"
-            + response.body[:2000]
-            + "\n```"
+            f"{response.latency_ms:.0f} ms\n\n### Reply\n> {reply[:2000] or '(empty)'}\n\n"
+            f"### Conversation sent\n{conversation}\n\n"
+            f"Parameters: `{json.dumps(body['input_data'].get('parameters', {}))}`\n\n"
+            "### Raw response\n```\n" + response.body[:2000] + "\n```\n\n"
+            "### Request body (sample_score.json)\n```json\n"
+            + json.dumps(body, indent=2)[:4000] + "\n```"
         ),
     )
 
