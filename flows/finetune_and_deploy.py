@@ -139,6 +139,7 @@ def finetune_and_deploy(
         request.compute_size or workspace.default_compute_size,
         request.compute_max_instances,
         model,
+        request.num_nodes_finetune,
     )
 
     # 4. data

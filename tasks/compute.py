@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.policies import transient_retries
 from workspaces import compute_provisioning
 from workspaces.compute_rules import check_finetune_compute
-from workspaces.errors import InvalidRequest
+from workspaces.errors import InvalidRequest, QuotaExceeded
 from workspaces.interface import ComputeTarget, FoundationModel, Workspace
 from workspaces.model_tags import FINETUNE_ALLOW_LIST, TagParseError, allow_list
 
@@ -16,10 +16,21 @@ from workspaces.model_tags import FINETUNE_ALLOW_LIST, TagParseError, allow_list
 # Not cached: a cluster can be deleted or fail between runs; looking it up is cheap.
 @task(name="ensure-compute", cache_policy=NO_CACHE, **transient_retries())
 def ensure_compute(
-    workspace: Workspace, name: str, size: str, max_instances: int, model: FoundationModel
+    workspace: Workspace,
+    name: str,
+    size: str,
+    max_instances: int,
+    model: FoundationModel,
+    nodes: int = 1,
 ) -> tuple[ComputeTarget, int]:
     """Reuse the cluster or create it (Dedicated, then LowPriority); return it and GPUs/node."""
     logger = get_run_logger()
+    existing = workspace.get_compute(name)
+    # Quota is checked before anything is created: a cluster that can never scale up
+    # would only surface as a job stuck in Queued.
+    problem = workspace.compute_quota_problem(existing.size if existing else size, nodes)
+    if problem:
+        raise QuotaExceeded(problem)
     compute = compute_provisioning.ensure_compute(workspace, name, size, max_instances)
     if compute.created:
         logger.info("Created compute %s of size %s, tier %s", name, compute.size, compute.tier)

@@ -74,6 +74,7 @@ class VmSize(BaseModel):
     gpus: int = 0
     vcpus: int | None = None
     memory_gb: float | None = None
+    family: str | None = Field(default=None, description="Quota family, e.g. standardNCSv3Family")
 
 
 class ComputeTarget(BaseModel):
@@ -279,6 +280,13 @@ class Workspace(ABC):
     @abstractmethod
     def list_vm_sizes(self) -> list[VmSize]:
         """Sizes the workspace offers, with their GPU counts."""
+
+    def compute_quota_problem(self, size: str, nodes: int) -> str | None:
+        """A sentence when the workspace reports too little quota for ``nodes`` of ``size``.
+
+        None when it fits, or when the workspace cannot tell (then nothing is refused).
+        """
+        return None
 
     # -- fine-tune jobs ------------------------------------------------------------------
     @abstractmethod

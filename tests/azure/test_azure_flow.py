@@ -98,3 +98,13 @@ def test_no_secret_reaches_logs_artifacts_or_results(fake, credential, azure_flo
     assert result.endpoint_name in blob  # we did read what the run wrote
     for secret in secrets:
         assert secret not in blob
+
+
+def test_quota_shortage_fails_preflight_before_anything_is_created(fake, azure_flow, tmp_path):
+    from workspaces.errors import QuotaExceeded
+
+    fake.quota["standardNCSv3Family"] = (44, 48)
+    with pytest.raises(QuotaExceeded, match="standardNCSv3Family"):
+        finetune_and_deploy(request=FinetuneRequest(dataset="sample",
+                                                    download_dir=str(tmp_path / "dl")))
+    assert fake.sent("PUT", r".") == []

@@ -151,3 +151,13 @@ def test_check_access_refused(fake, workspace):
     )
     with pytest.raises(AuthenticationFailed, match="AzureML Data Scientist"):
         workspace.check_access()
+
+
+def test_quota_is_read_from_the_region_usages(fake, workspace):
+    assert workspace.compute_quota_problem("Standard_NC6s_v3", nodes=2) is None
+    fake.quota["standardNCSv3Family"] = (40, 48)
+    problem = workspace.compute_quota_problem("Standard_NC12s_v3", nodes=1)
+    assert "needs 12 vCPUs of quota family standardNCSv3Family" in problem
+    assert "allows 48 and 40 are in use" in problem
+    [usages] = fake.sent("GET", r"/locations/eastus/usages$")[-1:]
+    assert usages.api_version == "2023-08-01-preview"

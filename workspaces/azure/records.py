@@ -73,6 +73,7 @@ def vm_size(size: Any) -> VmSize:
         gpus=int(size.gpus or 0),
         vcpus=raw.get("vCPUs") or raw.get("v_cp_us"),
         memory_gb=raw.get("memoryGB") or raw.get("memory_gb"),
+        family=getattr(size, "family", None) or raw.get("family"),
     )
 
 

@@ -183,6 +183,28 @@ class AzureMLWorkspace(Workspace):
             sizes = list(self._clients.ml.compute.list_sizes())
         return [records.vm_size(s) for s in sizes]
 
+    def compute_quota_problem(self, size: str, nodes: int) -> str | None:
+        match = next((s for s in self.list_vm_sizes() if s.name.lower() == size.lower()), None)
+        if match is None or not match.family or not match.vcpus:
+            return None
+        with azure_errors("reading the compute quota of the workspace's region"):
+            usages = list(self._clients.ml.compute.list_usage())
+        family = match.family.lower()
+        usage = next((u for u in usages if _usage_name(u).lower() == family), None)
+        if usage is None or usage.limit is None:
+            return None
+        # azure-ai-ml 1.35 leaves currentValue under its REST key (as with VM sizes).
+        used = int(usage.current_value or vars(usage).get("currentValue") or 0)
+        needed = match.vcpus * max(nodes, 1)
+        if usage.limit - used >= needed:
+            return None
+        return (
+            f"{size} needs {needed} vCPUs of quota family {match.family} for {nodes} node(s); "
+            f"the region allows {usage.limit} and {used} are in use. "
+            "Request more quota (Azure ML studio > Quota), pick another size from the "
+            "model's allow list, or lower num_nodes_finetune"
+        )
+
     # -- fine-tune jobs ----------------------------------------------------------------
     def find_jobs(self, request_id: str) -> list[FinetuneJob]:
         with azure_errors(f"listing jobs of request {request_id}"):
@@ -408,3 +430,11 @@ def _valid_name(name: str, field: str) -> None:
         check_endpoint_name(name, field)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
+
+
+def _usage_name(usage: Any) -> str:
+    # azure-ai-ml 1.35 hands the usage name back as a dict, older releases as UsageName.
+    name = usage.name
+    if isinstance(name, dict):
+        return str(name.get("value") or "")
+    return str(getattr(name, "value", "") or "")

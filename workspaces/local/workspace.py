@@ -122,6 +122,11 @@ class LocalWorkspace(Workspace):
             )
         ]
 
+    def compute_quota_problem(self, size: str, nodes: int) -> str | None:
+        if nodes > 1:
+            return f"the local workspace is one machine; num_nodes_finetune is {nodes}, allowed: 1"
+        return None
+
     # -- jobs ----------------------------------------------------------------------------
     def find_jobs(self, request_id: str) -> list[FinetuneJob]:
         return self.jobs.find(request_id)

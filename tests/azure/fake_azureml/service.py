@@ -66,6 +66,10 @@ class FakeAzureML:
     components: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     computes: dict[str, dict[str, Any]] = field(default_factory=dict)
     vm_sizes: list[dict[str, Any]] = field(default_factory=list)
+    # vCPU quota per VM family of the region: (in use, limit)
+    quota: dict[str, tuple[int, int]] = field(
+        default_factory=lambda: {"standardNCSv3Family": (0, 48), "standardDSv2Family": (8, 100)}
+    )
     jobs: dict[str, FakeJob] = field(default_factory=dict)
     job_progress: dict[str, tuple[str, ...]] = field(default_factory=dict)
     models: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -348,6 +352,21 @@ class FakeAzureML:
 
     def _vm_sizes(self, req: Recorded, location: str) -> Response:
         return Response(200, {"value": self.vm_sizes})
+
+    def _usages(self, req: Recorded, location: str) -> Response:
+        return Response(200, {"value": [
+            {
+                "id": f"/subscriptions/{self.subscription}/{MLS}/locations/"
+                f"{location}/usages/{family}",
+                "amlWorkspaceLocation": location,
+                "type": "Microsoft.MachineLearningServices/vmFamily",
+                "unit": "Count",
+                "currentValue": used,
+                "limit": limit,
+                "name": {"value": family, "localizedValue": f"{family} Cluster Dedicated vCPUs"},
+            }
+            for family, (used, limit) in self.quota.items()
+        ]})
 
     # -- datastore and blob upload ---------------------------------------------------------
     def _datastore(self, req: Recorded, name: str) -> Response:
@@ -835,6 +854,11 @@ _ROUTES: list[tuple[str, str]] = [
         r"/subscriptions/[^/]+/providers/Microsoft\.MachineLearningServices/locations/"
         r"(?P<location>[^/]+)/vmSizes",
         "_vm_sizes",
+    ),
+    (
+        r"/subscriptions/[^/]+/providers/Microsoft\.MachineLearningServices/locations/"
+        r"(?P<location>[^/]+)/usages",
+        "_usages",
     ),
     (r"{ws}/datastores", "_datastores"),
     (r"{ws}/datastores/(?P<name>[^/]+)", "_datastore"),
