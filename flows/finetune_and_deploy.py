@@ -26,7 +26,7 @@ from blocks import load_workspace
 from flows.parameters import FinetuneRequest
 from tasks import reports
 from tasks.compute import ensure_compute
-from tasks.data import download_dataset, files_present, first_rows
+from tasks.data import ensure_dataset, first_rows
 from tasks.endpoints import (
     create_deployment,
     create_endpoint,
@@ -144,14 +144,7 @@ def finetune_and_deploy(
 
     # 4. data
     source = request.dataset or workspace.default_dataset
-    prepared = download_dataset(source, request.dataset_split_pc, request.download_dir)
-    if not files_present(prepared):
-        logger.info(
-            "Cached dataset files are gone from %s; preparing them again", prepared.directory
-        )
-        prepared = download_dataset.with_options(refresh_cache=True)(
-            source, request.dataset_split_pc, request.download_dir
-        )
+    prepared = ensure_dataset(source, request.dataset_split_pc, request.download_dir)
     reports.report_dataset(prepared, first_rows(prepared))
 
     # 5. fine-tune job

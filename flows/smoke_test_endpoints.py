@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 from blocks import load_workspace
 from flows.parameters import ScoringParameters
 from tasks import reports
-from tasks.data import download_dataset, files_present
+from tasks.data import ensure_dataset
 from tasks.endpoints import sample_request
 from tasks.own_traffic import record_own_requests
 from tasks.smoke_test import (
@@ -89,9 +89,7 @@ def request_bodies(
 ) -> list[dict[str, Any]]:
     """``count`` step-8 bodies from test_gen rows; every deployment gets the same ones."""
     target = _dataset_dir(workspace, download_dir)
-    prepared = download_dataset(dataset, split_pc, target)
-    if not files_present(prepared):
-        prepared = download_dataset.with_options(refresh_cache=True)(dataset, split_pc, target)
+    prepared = ensure_dataset(dataset, split_pc, target)
     parameters = scoring.model_dump()
     return [
         up_to_last_question(sample_request(prepared.files["test_gen"], parameters, seed + i))

@@ -199,16 +199,15 @@ def read_activity(workspace: Workspace, endpoint: str, rules: TeardownRules) -> 
             try:
                 own = count_own_requests(endpoint, workspace.kind, rules.window_start, rules.now)
             except Exception as exc:  # unreadable records mean unreadable activity
-                return activity.model_copy(update={
-                    "available": False,
-                    "reason": f"the project's own requests could not be counted: {exc}"[:300],
-                })
+                return EndpointActivity.unreadable(
+                    endpoint, rules.window_start, rules.now,
+                    f"the project's own requests could not be counted: {exc}"[:300],
+                )
             activity = attribute_own_requests(activity, own)
         return activity
     error = state.result(raise_on_failure=False)
-    return EndpointActivity(
-        endpoint_name=endpoint, start=rules.window_start, end=rules.now, available=False,
-        reason=f"{error.__class__.__name__}: {str(error)[:300]}",
+    return EndpointActivity.unreadable(
+        endpoint, rules.window_start, rules.now, f"{error.__class__.__name__}: {str(error)[:300]}"
     )
 
 

@@ -30,6 +30,17 @@ def files_present(prepared: PreparedDataset) -> bool:
     return all(Path(p).is_file() for p in prepared.files.values())
 
 
+def ensure_dataset(source: str, split_pc: float, download_dir: str) -> PreparedDataset:
+    """The prepared splits, from the cache while their files exist, else prepared again."""
+    prepared = download_dataset(source, split_pc, download_dir)
+    if files_present(prepared):
+        return prepared
+    get_run_logger().info(
+        "Cached dataset files are gone from %s; preparing them again", prepared.directory
+    )
+    return download_dataset.with_options(refresh_cache=True)(source, split_pc, download_dir)
+
+
 def first_rows(prepared: PreparedDataset, split: str = "train_sft", n: int = 5) -> list[dict]:
     """The first rows of a split, flattened for a table (pandas is what the walkthrough uses)."""
     import pandas as pd

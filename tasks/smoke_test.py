@@ -17,6 +17,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from tasks.endpoints import reply_text
 from tasks.policies import transient_retries
 from workspaces.interface import (
     TAG_MODEL,
@@ -246,7 +247,7 @@ def _probe_once(
         return ProbeResult(**fields, status=status, reason=reason,
                            latency_ms=round((time.perf_counter() - started) * 1000, 1))
     status, reason = classify_reply(response)
-    excerpt = response.body if status != OK else json.loads(response.body)["output"]
+    excerpt = reply_text(response) if status == OK else response.body
     return ProbeResult(
         **fields, status=status, http_status=response.status_code, reason=reason,
         latency_ms=round(response.latency_ms, 1), reply_excerpt=_excerpt(excerpt),

@@ -226,6 +226,14 @@ class EndpointActivity(BaseModel):
     last_request_at: datetime | None = None
     last_organic_request_at: datetime | None = None
 
+    @classmethod
+    def unreadable(
+        cls, endpoint_name: str, start: datetime, end: datetime, reason: str
+    ) -> EndpointActivity:
+        """Activity that could not be read: the endpoint must be kept, never taken for idle."""
+        return cls(endpoint_name=endpoint_name, start=start, end=end, available=False,
+                   reason=reason)
+
     @property
     def organic_requests(self) -> int:
         """Requests that did not come from this project's own flows.

@@ -40,12 +40,9 @@ def read_activity(
             filter="deployment eq '*'",
         )
     except AzureError as exc:
-        return EndpointActivity(
-            endpoint_name=endpoint_name,
-            start=start,
-            end=end,
-            available=False,
-            reason=f"Azure Monitor metrics could not be read: {scrub(str(exc).splitlines()[0])}",
+        return EndpointActivity.unreadable(
+            endpoint_name, start, end,
+            f"Azure Monitor metrics could not be read: {scrub(str(exc).splitlines()[0])}",
         )
     return _summarise(results, endpoint_name, start, end)
 

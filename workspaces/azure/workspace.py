@@ -387,12 +387,9 @@ class AzureMLWorkspace(Workspace):
         try:
             client = self._metrics_client()
         except Exception as exc:  # noqa: BLE001 - unknown activity must never look like idle
-            return EndpointActivity(
-                endpoint_name=endpoint_name,
-                start=start,
-                end=end,
-                available=False,
-                reason=f"Azure Monitor client unavailable: {exc.__class__.__name__}",
+            return EndpointActivity.unreadable(
+                endpoint_name, start, end,
+                f"Azure Monitor client unavailable: {exc.__class__.__name__}",
             )
         return activity.read_activity(client, endpoint_id, endpoint_name, start, end)
 

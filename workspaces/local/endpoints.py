@@ -360,13 +360,7 @@ class LocalEndpoints:
         try:
             lines = log.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
-            return EndpointActivity(
-                endpoint_name=name,
-                start=start,
-                end=end,
-                available=False,
-                reason=f"request log unreadable: {exc}",
-            )
+            return EndpointActivity.unreadable(name, start, end, f"request log unreadable: {exc}")
         for line in lines:
             try:
                 record = json.loads(line)
