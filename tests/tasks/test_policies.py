@@ -55,3 +55,13 @@ def test_only_transient_faults_are_retried(prefect_server, error, attempts):
     with pytest.raises(type(error)):
         run()
     assert len(calls) == attempts
+
+
+def test_a_state_dir_made_again_is_a_new_cache_scope(tmp_path):
+    import shutil
+
+    first = LocalWorkspace(tmp_path / "ws").cache_scope
+    assert LocalWorkspace(tmp_path / "ws").cache_scope == first
+    shutil.rmtree(tmp_path / "ws")
+    # a deleted workspace's cached results (a Completed job, say) must not carry over
+    assert LocalWorkspace(tmp_path / "ws").cache_scope != first

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,23 @@ class LocalWorkspace(Workspace):
 
     @property
     def cache_scope(self) -> str:
-        return f"local:{self.root}"
+        # The path alone is not enough: a state dir deleted and made again at the same path
+        # is a new workspace, and cached results of the old one (a Completed job) must not
+        # be taken for it.
+        return f"local:{self.root}:{self._identity()}"
+
+    def _identity(self) -> str:
+        """A random id made once per state directory, kept in ``workspace-id``."""
+        marker = self.root / "workspace-id"
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return marker.read_text().strip()
+        identity = uuid.uuid4().hex
+        with os.fdopen(fd, "w") as handle:
+            handle.write(identity)
+        return identity
 
     def local_data_root(self) -> Path | None:
         return self.root / "data"
