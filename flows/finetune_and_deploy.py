@@ -17,6 +17,7 @@ or from a Prefect server: the ``finetune-and-deploy`` deployment in prefect.yaml
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -28,6 +29,7 @@ from tasks import reports
 from tasks.compute import ensure_compute
 from tasks.data import ensure_dataset, first_rows
 from tasks.endpoints import (
+    check_endpoint_ownership,
     create_deployment,
     create_endpoint,
     delete_endpoint,
@@ -132,7 +134,23 @@ def finetune_and_deploy(
     endpoint_name = request.endpoint_name or endpoint_name_for(suffix)
     reports.name_run(f"{model.name} -> {endpoint_name}")
 
-    # 3. compute
+    # 3. data, before any compute: a bad dataset must cost nothing. The splits are
+    # prepared and validated whole here, so the job only ever reads checked files.
+    source = request.dataset or workspace.default_dataset
+    # Local: inside the workspace's state (one folder per content); Azure: download_dir.
+    data_root = workspace.local_data_root() or request.download_dir
+    prepared = ensure_dataset(
+        source, request.dataset_split_pc, str(data_root), workspace.cache_scope
+    )
+    reports.report_dataset(prepared, first_rows(prepared))
+
+    # Names: an endpoint or deployment another request made is refused before training.
+    check_endpoint_ownership(
+        workspace, endpoint_name, request.deployment_name, request_id, request.take_over
+    )
+
+    # 4. compute: its rules (allow list, sizes, quota) are checked before it is created;
+    # the job below is the only step after it.
     compute, gpus = ensure_compute(
         workspace,
         request.compute_cluster or workspace.default_compute_name,
@@ -141,11 +159,6 @@ def finetune_and_deploy(
         model,
         request.num_nodes_finetune,
     )
-
-    # 4. data
-    source = request.dataset or workspace.default_dataset
-    prepared = ensure_dataset(source, request.dataset_split_pc, request.download_dir)
-    reports.report_dataset(prepared, first_rows(prepared))
 
     # 5. fine-tune job
     display_name = finetune_display_name(model.name, parameters, gpus, request.num_nodes_finetune)
@@ -249,7 +262,7 @@ def finetune_and_deploy(
         endpoint_name,
         request.deployment_name,
         body,
-        str(prepared.directory) + "/sample_score.json",
+        str(Path(request.download_dir) / "sample_score.json"),
     )
     reply = reply_text(response)
     reports.report_score(body, response, reply)

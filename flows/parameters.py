@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from workspaces.model_tags import api_string
 from workspaces.naming import check_endpoint_name
@@ -22,7 +22,11 @@ SchedulerType = Literal[
 
 
 class TrainingParameters(BaseModel):
-    """Fine-tune inputs of the chat_completion_pipeline component (MISSION step 5)."""
+    """Fine-tune inputs of the chat_completion_pipeline component (MISSION step 5).
+
+    Booleans are strict everywhere in a request: ``true``/``false`` only, never "yes" or 1,
+    whether the request comes from the UI, the API or a dict.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,15 +38,15 @@ class TrainingParameters(BaseModel):
     gradient_accumulation_steps: int | None = Field(None, ge=1, le=1024)
     max_seq_length: int | None = Field(None, ge=16, le=131072)
     save_total_limit: int | None = Field(None, ge=-1)
-    apply_lora: bool = Field(True, title="Apply LoRA")
-    apply_deepspeed: bool = Field(True, title="Apply DeepSpeed (ignored on CPU)")
+    apply_lora: StrictBool = Field(True, title="Apply LoRA")
+    apply_deepspeed: StrictBool = Field(True, title="Apply DeepSpeed (ignored on CPU)")
     deepspeed_stage: Literal[1, 2, 3] = Field(2, title="DeepSpeed stage")
     extra_parameters: dict[str, str] = Field(
         default_factory=dict,
         title="Other component inputs",
         description="Further chat_completion_pipeline inputs by name, values as strings",
     )
-    apply_model_specific_defaults: bool = Field(
+    apply_model_specific_defaults: StrictBool = Field(
         True,
         description="Let the model's model_specific_defaults tag override these values, "
         "as the walkthrough does",
@@ -63,7 +67,7 @@ class ScoringParameters(BaseModel):
 
     temperature: float = Field(0.6, ge=0, le=2)
     top_p: float = Field(0.9, gt=0, le=1)
-    do_sample: bool = True
+    do_sample: StrictBool = True
     max_new_tokens: int = Field(200, ge=1, le=2048)
 
 
@@ -103,16 +107,21 @@ class FinetuneRequest(BaseModel):
     instance_type: str | None = Field(None, description="Empty = workspace default")
     instance_count: int = Field(1, ge=1, le=50)
     scoring: ScoringParameters = Field(default_factory=ScoringParameters)
-    resubmit_failed_job: bool = Field(
+    resubmit_failed_job: StrictBool = Field(
         False, description="Submit a new job when this request's last job failed"
     )
     job_timeout_minutes: float = Field(720, gt=0, le=10080)
-    cancel_job_on_timeout: bool = Field(
+    cancel_job_on_timeout: StrictBool = Field(
         False, description="Cancel the fine-tune job when job_timeout_minutes passes"
     )
     deployment_timeout_minutes: float = Field(90, gt=0, le=1440)
-    delete_endpoint: bool = Field(
+    delete_endpoint: StrictBool = Field(
         False, description="Step 9: delete the endpoint at the end (teardown flow owns clean-up)"
+    )
+    take_over: StrictBool = Field(
+        False,
+        description="Use an endpoint or deployment that another request made (its traffic "
+        "moves to this request); without it such a name is refused before training",
     )
 
     @field_validator("endpoint_name")
@@ -132,6 +141,7 @@ class FinetuneRequest(BaseModel):
             exclude={
                 "scoring", "delete_endpoint", "job_timeout_minutes",
                 "deployment_timeout_minutes", "cancel_job_on_timeout", "resubmit_failed_job",
+                "take_over",
             },
         )
         blob = json.dumps({"workspace": workspace_scope, **identity}, sort_keys=True)

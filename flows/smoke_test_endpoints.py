@@ -89,7 +89,7 @@ def request_bodies(
 ) -> list[dict[str, Any]]:
     """``count`` step-8 bodies from test_gen rows; every deployment gets the same ones."""
     target = _dataset_dir(workspace, download_dir)
-    prepared = ensure_dataset(dataset, split_pc, target)
+    prepared = ensure_dataset(dataset, split_pc, target, workspace.cache_scope)
     parameters = scoring.model_dump()
     return [
         up_to_last_question(sample_request(prepared.files["test_gen"], parameters, seed + i))

@@ -26,22 +26,24 @@ def ensure_compute(
     """Reuse the cluster or create it (Dedicated, then LowPriority); return it and GPUs/node."""
     logger = get_run_logger()
     existing = workspace.get_compute(name)
-    # Quota is checked before anything is created: a cluster that can never scale up
-    # would only surface as a job stuck in Queued.
-    problem = workspace.compute_quota_problem(existing.size if existing else size, nodes)
+    # Everything is checked before anything is created: quota (a cluster that can never
+    # scale up would only surface as a job stuck in Queued), the model's allow list and the
+    # workspace's sizes, against the cluster as it would be.
+    planned = existing or ComputeTarget(name=name, size=size, provisioning_state="Planned")
+    problem = workspace.compute_quota_problem(planned.size, nodes)
     if problem:
         raise QuotaExceeded(problem)
+    try:
+        allowed = allow_list(model, FINETUNE_ALLOW_LIST)
+    except TagParseError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    sizes = workspace.list_vm_sizes()
+    check_finetune_compute(planned, allowed, sizes, workspace.requires_gpu)
     compute = compute_provisioning.ensure_compute(workspace, name, size, max_instances)
     if compute.created:
         logger.info("Created compute %s of size %s, tier %s", name, compute.size, compute.tier)
     else:
         logger.info("Reusing compute %s (%s, %s)", name, compute.size, compute.provisioning_state)
-    try:
-        allowed = allow_list(model, FINETUNE_ALLOW_LIST)
-    except TagParseError as exc:
-        raise InvalidRequest(str(exc)) from exc
-    gpus = check_finetune_compute(
-        compute, allowed, workspace.list_vm_sizes(), workspace.requires_gpu
-    )
+    gpus = check_finetune_compute(compute, allowed, sizes, workspace.requires_gpu)
     logger.info("Compute %s: %d device(s) per node", name, gpus)
     return compute, gpus

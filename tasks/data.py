@@ -1,4 +1,4 @@
-"""Step 4: the ultrachat_200k splits as <split>.jsonl files, validated."""
+"""The data step: the ultrachat_200k splits as <split>.jsonl files, validated whole."""
 
 from __future__ import annotations
 
@@ -8,37 +8,50 @@ from prefect import get_run_logger, task
 
 from tasks.policies import WORKSPACE_INPUTS, transient_retries
 from workspaces.errors import InvalidRequest
-from workspaces.ultrachat import DatasetError, PreparedDataset, prepare_dataset, read_jsonl
+from workspaces.ultrachat import (
+    DatasetError,
+    PreparedDataset,
+    prepare_dataset,
+    read_jsonl,
+    source_fingerprint,
+    verify_prepared,
+)
 
 
+# Cached on the source (with a fingerprint of a folder's files), the percentage, the
+# absolute root and the workspace: two state directories never share an entry, and a
+# cached result is used only while its files still match their recorded sha256.
 @task(name="download-dataset", cache_policy=WORKSPACE_INPUTS, **transient_retries())
-def download_dataset(source: str, split_pc: float, download_dir: str) -> PreparedDataset:
-    """Download (or copy) ``split_pc`` % of every split into ``download_dir``."""
+def download_dataset(
+    source: str, split_pc: float, root: str, fingerprint: str, scope: str
+) -> PreparedDataset:
+    """Prepare ``split_pc`` % of every split under ``root``, in a folder named by content."""
     try:
-        prepared = prepare_dataset(source, split_pc, Path(download_dir))
+        prepared = prepare_dataset(source, split_pc, Path(root))
     except DatasetError as exc:
         raise InvalidRequest(str(exc)) from exc
     get_run_logger().info(
-        "Prepared %s (%g %%): %s", source, split_pc,
+        "Prepared %s (%g %%) in %s: %s", source, split_pc, prepared.directory,
         ", ".join(f"{k}={v}" for k, v in prepared.rows.items()),
     )
     return prepared
 
 
-def files_present(prepared: PreparedDataset) -> bool:
-    """A cached result is only usable while its files are still on disk."""
-    return all(Path(p).is_file() for p in prepared.files.values())
+def ensure_dataset(
+    source: str, split_pc: float, root: str, scope: str = ""
+) -> PreparedDataset:
+    """The prepared splits: from the cache while its files match what it recorded.
 
-
-def ensure_dataset(source: str, split_pc: float, download_dir: str) -> PreparedDataset:
-    """The prepared splits, from the cache while their files exist, else prepared again."""
-    prepared = download_dataset(source, split_pc, download_dir)
-    if files_present(prepared):
+    ``scope`` names the workspace (its ``cache_scope``) so caches never cross workspaces.
+    """
+    absolute = str(Path(root).expanduser().resolve())
+    args = (source, split_pc, absolute, source_fingerprint(source), scope)
+    prepared = download_dataset(*args)
+    problem = verify_prepared(prepared)
+    if problem is None:
         return prepared
-    get_run_logger().info(
-        "Cached dataset files are gone from %s; preparing them again", prepared.directory
-    )
-    return download_dataset.with_options(refresh_cache=True)(source, split_pc, download_dir)
+    get_run_logger().info("Cached dataset is not usable (%s); preparing it again", problem)
+    return download_dataset.with_options(refresh_cache=True)(*args)
 
 
 def first_rows(prepared: PreparedDataset, split: str = "train_sft", n: int = 5) -> list[dict]:

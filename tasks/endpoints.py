@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.policies import transient_retries
 from tasks.waiting import poll_until
 from workspaces.errors import InvalidRequest, ResourceNotFound, WorkspaceError
-from workspaces.interface import Deployment, Endpoint, ScoreResponse, Workspace
+from workspaces.interface import TAG_REQUEST, Deployment, Endpoint, ScoreResponse, Workspace
 from workspaces.ultrachat import read_jsonl
 
 PROVISIONED = ("Succeeded", "Failed", "Canceled")
@@ -136,6 +136,7 @@ def score_sample(
     request_file: str,
 ) -> ScoreResponse:
     """Write the request to ``request_file`` and send it to the deployment with the key."""
+    Path(request_file).parent.mkdir(parents=True, exist_ok=True)
     Path(request_file).write_text(json.dumps(body, indent=2))
     response = workspace.invoke(
         endpoint_name, body, deployment_name=deployment_name, caller="finetune-and-deploy"
@@ -174,3 +175,41 @@ def reply_text(response: ScoreResponse) -> str:
     if isinstance(data, list) and data and isinstance(data[0], str):
         return data[0]
     return response.body
+
+
+# Not cached: who owns a name can change between runs (another request, a teardown).
+@task(name="check-endpoint-ownership", cache_policy=NO_CACHE, **transient_retries())
+def check_endpoint_ownership(
+    workspace: Workspace,
+    endpoint_name: str,
+    deployment_name: str,
+    request_id: str,
+    take_over: bool,
+) -> None:
+    """Refuse, before anything is trained, an endpoint or deployment another request owns.
+
+    The owner is the request tag a resource was made with; a resource without our tags is
+    not ours either. ``take_over`` lets this request use it anyway.
+    """
+    endpoint = workspace.get_endpoint(endpoint_name)
+    if endpoint is None:
+        return
+    owners = []
+    endpoint_owner = endpoint.tags.get(TAG_REQUEST)
+    if endpoint_owner != request_id:
+        owners.append(f"endpoint {endpoint_name} belongs to "
+                      + (f"request {endpoint_owner}" if endpoint_owner else "no request of ours"))
+    deployment = workspace.get_deployment(endpoint_name, deployment_name)
+    if deployment is not None and deployment.tags.get(TAG_REQUEST) != request_id:
+        owner = deployment.tags.get(TAG_REQUEST)
+        owners.append(f"deployment {deployment_name} on it belongs to "
+                      + (f"request {owner}" if owner else "no request of ours"))
+    if not owners:
+        return
+    if take_over:
+        get_run_logger().warning("Taking over (take_over=true): %s", "; ".join(owners))
+        return
+    raise InvalidRequest(
+        "; ".join(owners) + f" (this request is {request_id}). Choose another endpoint_name "
+        "or deployment_name, or set take_over=true to take it over"
+    )

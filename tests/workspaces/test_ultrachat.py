@@ -1,6 +1,7 @@
 """The data step: split percentages, shipped sample, folder source, row validation."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ def test_sample_source_writes_every_split_at_the_percentage(tmp_path):
     prepared = prepare_dataset("sample", 5, tmp_path / "dl")
     assert set(prepared.files) == set(SPLITS)
     assert prepared.rows == {"train_sft": 104, "test_sft": 12, "train_gen": 128, "test_gen": 15}
-    rows = read_jsonl(tmp_path / "dl" / "train_sft.jsonl")
+    rows = read_jsonl(Path(prepared.files["train_sft"]))
     assert len(rows) == 104
     assert all(r["prompt_id"] == prompt_id_for(r["prompt"]) for r in rows)
 
@@ -81,3 +82,70 @@ def test_hub_loading_code_slices_splits_with_datasets(tmp_path):
     assert count == 208  # 10 % of the 2079 shipped rows, as datasets rounds it
     first_shipped = read_jsonl(SAMPLE_DIR / "train_sft.jsonl", limit=1)[0]
     assert read_jsonl(target)[0]["prompt"] == first_shipped["prompt"]
+
+
+def _source(tmp_path, name, bad_split=None, empty_content_split=None):
+    folder = tmp_path / name
+    folder.mkdir()
+    for split in SPLITS:
+        rows = [json.dumps(_row())] * 3
+        if split == empty_content_split:
+            rows.append(json.dumps(_row(messages=[
+                {"content": "hi", "role": "user"}, {"content": "  ", "role": "assistant"}])))
+        if split == bad_split:
+            rows.append("{broken")
+        (folder / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_failed_validation_leaves_nothing_behind(tmp_path):
+    # Defect 1/5: a later split failing used to leave train_sft.jsonl overwritten.
+    root = tmp_path / "data"
+    good = prepare_dataset("sample", 5, root)
+    before = {p: Path(p).read_bytes() for p in good.files.values()}
+    with pytest.raises(DatasetError, match="test_gen.jsonl line 4"):
+        prepare_dataset(str(_source(tmp_path, "custom", bad_split="test_gen")), 100, root)
+    assert sorted(p.name for p in root.iterdir()) == [Path(good.directory).name]
+    assert {p: Path(p).read_bytes() for p in good.files.values()} == before
+
+
+def test_different_content_lives_in_different_folders(tmp_path):
+    root = tmp_path / "data"
+    sample = prepare_dataset("sample", 5, root)
+    custom = prepare_dataset(str(_source(tmp_path, "custom")), 100, root)
+    again = prepare_dataset("sample", 5, root)
+    assert sample.directory != custom.directory
+    assert again.directory == sample.directory and again.sha256 == sample.sha256
+    assert Path(sample.directory).parent == root
+    assert "5pc" in Path(sample.directory).name
+
+
+def test_verify_prepared_notices_changed_files(tmp_path):
+    from workspaces.ultrachat import verify_prepared
+
+    prepared = prepare_dataset("sample", 5, tmp_path / "data")
+    Path(prepared.files["train_sft"]).write_text(json.dumps(_row()) + "\n")
+    assert "differs" in verify_prepared(prepared)
+
+
+def test_empty_content_is_refused_with_file_line_and_field(tmp_path):
+    folder = _source(tmp_path, "custom", empty_content_split="train_sft")
+    with pytest.raises(DatasetError) as info:
+        prepare_dataset(str(folder), 100, tmp_path / "out")
+    assert "train_sft.jsonl line 4" in str(info.value)
+    assert "messages[1].content" in str(info.value)
+    assert not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("source", ["./no-such-folder", "/tmp/chatft-no-such/folder", "a/b/c"])
+def test_missing_folder_is_our_error(tmp_path, source):
+    with pytest.raises(DatasetError, match="no such folder"):
+        prepare_dataset(source, 5, tmp_path / "out")
+
+
+def test_missing_split_is_found_before_anything_is_written(tmp_path):
+    folder = _source(tmp_path, "custom")
+    (folder / "test_gen.jsonl").unlink()
+    with pytest.raises(DatasetError, match="no test_gen.jsonl"):
+        prepare_dataset(str(folder), 100, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
