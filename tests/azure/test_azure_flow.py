@@ -13,6 +13,7 @@ from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest
 from tests.azure.conftest import make_workspace
 from tests.azure.fake_azureml.server import Fault
+from tests.azure.fake_azureml.service import REGIONAL_LOW_PRIORITY, quota_row
 from workspaces.interface import TAG_MANAGED_BY
 
 
@@ -103,8 +104,21 @@ def test_no_secret_reaches_logs_artifacts_or_results(fake, credential, azure_flo
 def test_quota_shortage_fails_preflight_before_anything_is_created(fake, azure_flow, tmp_path):
     from workspaces.errors import QuotaExceeded
 
-    fake.quota["standardNCSv3Family"] = (44, 48)
-    with pytest.raises(QuotaExceeded, match="standardNCSv3Family"):
+    fake.quota[quota_row("standardNCSv3Family")] = (44, 48)
+    fake.quota[REGIONAL_LOW_PRIORITY] = (96, 100)
+    with pytest.raises(QuotaExceeded, match="Considered: Dedicated: .* LowPriority: ") as info:
         finetune_and_deploy(request=FinetuneRequest(dataset="sample",
                                                     download_dir=str(tmp_path / "dl")))
+    print(f"\nUser sees: {info.value}")
     assert fake.sent("PUT", r".") == []
+
+
+def test_no_dedicated_quota_runs_on_a_low_priority_cluster(fake, azure_flow, tmp_path):
+    fake.quota[quota_row("standardNCSv3Family")] = (0, 0)
+    result = finetune_and_deploy(
+        request=FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl"))
+    )
+    [put] = fake.sent("PUT", r"/computes/gpu-cluster-big$")
+    assert put.json["properties"]["properties"]["vmPriority"] == "LowPriority"
+    assert fake.jobs[result.job_name].status == "Completed"
+    assert result.reply

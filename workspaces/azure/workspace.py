@@ -23,7 +23,7 @@ from azure.ai.ml.entities import (
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import ResourceNotFoundError
 
-from workspaces.azure import activity, metrics, records, scoring
+from workspaces.azure import activity, metrics, quota, records, scoring
 from workspaces.azure.clients import Clients, WorkspaceAddress
 from workspaces.azure.errors import azure_errors
 from workspaces.azure.pipeline import COMPONENT_NAME, build_pipeline_job
@@ -39,6 +39,7 @@ from workspaces.interface import (
     FinetuneJobSpec,
     FoundationModel,
     JobMetrics,
+    QuotaCheck,
     RegisteredModel,
     ScoreResponse,
     VmSize,
@@ -183,26 +184,17 @@ class AzureMLWorkspace(Workspace):
             sizes = list(self._clients.ml.compute.list_sizes())
         return [records.vm_size(s) for s in sizes]
 
-    def compute_quota_problem(self, size: str, nodes: int) -> str | None:
+    def compute_quota(
+        self, size: str, nodes: int, existing: ComputeTarget | None = None
+    ) -> QuotaCheck:
         match = next((s for s in self.list_vm_sizes() if s.name.lower() == size.lower()), None)
         if match is None or not match.family or not match.vcpus:
-            return None
+            return super().compute_quota(size, nodes, existing)
         with azure_errors("reading the compute quota of the workspace's region"):
-            usages = list(self._clients.ml.compute.list_usage())
-        family = match.family.lower()
-        usage = next((u for u in usages if _usage_name(u).lower() == family), None)
-        if usage is None or usage.limit is None:
-            return None
-        # azure-ai-ml 1.35 leaves currentValue under its REST key (as with VM sizes).
-        used = int(usage.current_value or vars(usage).get("currentValue") or 0)
-        needed = match.vcpus * max(nodes, 1)
-        if usage.limit - used >= needed:
-            return None
-        return (
-            f"{size} needs {needed} vCPUs of quota family {match.family} for {nodes} node(s); "
-            f"the region allows {usage.limit} and {used} are in use. "
-            "Request more quota (Azure ML studio > Quota), pick another size from the "
-            "model's allow list, or lower num_nodes_finetune"
+            rows = quota.usage_rows(self._clients.ml.compute.list_usage())
+        return quota.check_quota(
+            rows, match.name, match.family, match.vcpus, nodes,
+            self.address.workspace_name, existing,
         )
 
     # -- fine-tune jobs ----------------------------------------------------------------
@@ -427,11 +419,3 @@ def _valid_name(name: str, field: str) -> None:
         check_endpoint_name(name, field)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
-
-
-def _usage_name(usage: Any) -> str:
-    # azure-ai-ml 1.35 hands the usage name back as a dict, older releases as UsageName.
-    name = usage.name
-    if isinstance(name, dict):
-        return str(name.get("value") or "")
-    return str(getattr(name, "value", "") or "")

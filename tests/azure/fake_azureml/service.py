@@ -25,6 +25,28 @@ METRIC = "RequestsPerMinute"
 STEPS = ("model_import", "preprocess", "finetune", "model_evaluation")
 
 
+REGIONAL_DEDICATED = "Total Cluster Dedicated Regional vCPUs"
+REGIONAL_LOW_PRIORITY = "Total Cluster LowPriority Regional vCPUs"
+
+
+def quota_row(family: str, tier: str = "Dedicated") -> str:
+    """The usage row of a VM family, as Azure names it: ``standardNCSv3Family``,
+    ``LowPriority`` -> ``Standard NCSv3 Family Cluster LowPriority vCPUs``."""
+    core = family.removeprefix("standard").removesuffix("Family")
+    return f"Standard {core} Family Cluster {tier} vCPUs"
+
+
+def default_quota() -> dict[str, tuple[int, int]]:
+    return {
+        REGIONAL_DEDICATED: (8, 148),
+        quota_row("standardNCSv3Family"): (0, 48),
+        quota_row("standardDSv2Family"): (8, 100),
+        REGIONAL_LOW_PRIORITY: (0, 100),
+        quota_row("standardNCSv3Family", "LowPriority"): (0, -1),
+        quota_row("standardDSv2Family", "LowPriority"): (0, -1),
+    }
+
+
 def example(name: str, status: str = "200") -> dict[str, Any]:
     """The response body of a REST example file."""
     data = json.loads((EXAMPLES / name).read_text())
@@ -67,10 +89,9 @@ class FakeAzureML:
     components: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     computes: dict[str, dict[str, Any]] = field(default_factory=dict)
     vm_sizes: list[dict[str, Any]] = field(default_factory=list)
-    # vCPU quota per VM family of the region: (in use, limit)
-    quota: dict[str, tuple[int, int]] = field(
-        default_factory=lambda: {"standardNCSv3Family": (0, 48), "standardDSv2Family": (8, 100)}
-    )
+    # vCPU quota of the region by usage row name, as Azure names the rows (Usage_list.json):
+    # (in use, limit); -1 = no limit of its own (per-family LowPriority rows).
+    quota: dict[str, tuple[int, int]] = field(default_factory=lambda: default_quota())
     jobs: dict[str, FakeJob] = field(default_factory=dict)
     job_progress: dict[str, tuple[str, ...]] = field(default_factory=dict)
     models: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -263,13 +284,22 @@ class FakeAzureML:
         self.components.setdefault(name, []).insert(0, body)
 
     def add_compute(
-        self, name: str, size: str, state: str = "Succeeded", priority: str = "Dedicated"
+        self,
+        name: str,
+        size: str,
+        state: str = "Succeeded",
+        priority: str = "Dedicated",
+        nodes: int = 0,
     ) -> dict[str, Any]:
+        """A cluster; ``nodes`` are its current nodes, which the usages answer counts."""
         body = example("Compute_get_AmlCompute.json")
         body.update(id=f"{self.ws_path}/computes/{name}", name=name, location=self.location)
         props = body["properties"]
         props["provisioningState"] = state
-        props["properties"].update(vmSize=size, vmPriority=priority, osType="Linux", subnet=None)
+        props["properties"].update(
+            vmSize=size, vmPriority=priority, osType="Linux", subnet=None,
+            currentNodeCount=nodes, targetNodeCount=nodes, allocationState="Steady",
+        )
         self.computes[name] = body
         return body
 
@@ -355,19 +385,42 @@ class FakeAzureML:
         return Response(200, {"value": self.vm_sizes})
 
     def _usages(self, req: Recorded, location: str) -> Response:
-        return Response(200, {"value": [
-            {
-                "id": f"/subscriptions/{self.subscription}/{MLS}/locations/"
-                f"{location}/usages/{family}",
-                "amlWorkspaceLocation": location,
-                "type": "Microsoft.MachineLearningServices/vmFamily",
-                "unit": "Count",
-                "currentValue": used,
-                "limit": limit,
-                "name": {"value": family, "localizedValue": f"{family} Cluster Dedicated vCPUs"},
-            }
-            for family, (used, limit) in self.quota.items()
-        ]})
+        """Rows shaped on Usage_list.json: subscription-level family rows and regional totals,
+        plus the workspace- and compute-scoped copies Azure also returns (a reader that sums
+        every row of a family counts it twice)."""
+        templates = {row["type"].rsplit("/", 2)[-2]: row for row in _usage_example()}
+        sub = f"/subscriptions/{self.subscription}/usages"
+
+        def row(kind: str, row_id: str, name: str, used: int, limit: int) -> dict[str, Any]:
+            body = copy.deepcopy(templates[kind])
+            body.update(id=row_id, currentValue=used, limit=limit,
+                        name={"value": name, "localizedValue": name})
+            return body
+
+        rows = [row("totalCores", sub, "Clusters", len(self.computes), 100)]
+        for name, (used, limit) in self.quota.items():
+            if name == REGIONAL_DEDICATED:
+                rows.append(row("dedicatedCores", sub, name, used, limit))
+            elif name == REGIONAL_LOW_PRIORITY:
+                rows.append(row("lowPriorityCores", sub, name, used, limit))
+            else:
+                suffix = name.replace(" ", "_")
+                rows.append(row("vmFamily", f"{sub}/{suffix}", name, used, limit))
+                if used:
+                    rows.append(row("workspaces", f"{self.ws_path}/usages/{suffix}",
+                                    name, used, limit))
+        for cluster, body in self.computes.items():
+            props = body["properties"]["properties"]
+            size = next((s for s in self.vm_sizes if s["name"] == props["vmSize"]), None)
+            if size is None or not props.get("currentNodeCount"):
+                continue
+            tier = "LowPriority" if "low" in str(props.get("vmPriority")).lower() else "Dedicated"
+            name = quota_row(size["family"], tier)
+            rows.append(row(
+                "computes", f"{self.ws_path}/computes/{cluster}/usages/{name.replace(' ', '_')}",
+                name, props["currentNodeCount"] * size["vCPUs"], self.quota.get(name, (0, -1))[1],
+            ))
+        return Response(200, {"value": rows})
 
     # -- datastore and blob upload ---------------------------------------------------------
     def _datastore(self, req: Recorded, name: str) -> Response:
@@ -805,6 +858,10 @@ class FakeAzureML:
                 }
             )
         return Response(200, {"values": values})
+
+
+def _usage_example() -> list[dict[str, Any]]:
+    return example("Usage_list.json")["value"]
 
 
 def _step_metrics(step: str) -> dict[str, list[tuple[int, float]]]:
