@@ -1,5 +1,5 @@
 """State and routes of the fake Azure ML (ARM, registry MFE, run history, MLflow, blob,
-scoring, Azure Monitor), shaped on the REST examples in /work/shared/azure-reference."""
+scoring, Azure Monitor), shaped on the official REST examples copied into ``examples/``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from typing import Any
 from tests.azure.fake_azureml.server import FakeServer, Recorded, Response
 
 MLS = "providers/Microsoft.MachineLearningServices"
-EXAMPLES = Path("/work/shared/azure-reference/examples")
+# Copied into the test tree: the tests read nothing outside the repository.
+EXAMPLES = Path(__file__).parent / "examples"
 JOB_PROGRESS = ("NotStarted", "Running", "Running", "Completed")
 FAILED_PROGRESS = ("NotStarted", "Running", "Failed")
 METRIC = "RequestsPerMinute"
