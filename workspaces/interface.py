@@ -194,6 +194,9 @@ class Endpoint(BaseModel):
     )
     url: str | None = Field(default=None, description="Human link (Azure ML studio or local URL)")
     deployments: list[Deployment] = Field(default_factory=list)
+    error: str | None = Field(
+        default=None, description="The service's error (code: message) when provisioning failed"
+    )
 
     @property
     def managed(self) -> bool:

@@ -21,11 +21,11 @@ from azure.ai.ml.entities import (
     ProbeSettings,
 )
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from workspaces.azure import activity, metrics, quota, records, scoring
 from workspaces.azure.clients import Clients, WorkspaceAddress
-from workspaces.azure.errors import azure_errors
+from workspaces.azure.errors import azure_errors, scrub
 from workspaces.azure.pipeline import COMPONENT_NAME, build_pipeline_job
 from workspaces.errors import InvalidRequest, ResourceNotFound
 from workspaces.interface import (
@@ -47,6 +47,8 @@ from workspaces.interface import (
 )
 from workspaces.naming import check_endpoint_name
 
+# How long a read of a Failed resource waits for its operation to report the error.
+OPERATION_GRACE_S = 10.0
 IN_PROGRESS = {
     "NotStarted",
     "Queued",
@@ -112,6 +114,9 @@ class AzureMLWorkspace(Workspace):
         self._metrics_endpoint = metrics_endpoint
         self._metrics_audience = metrics_audience
         self._workspace_entity: Any = None
+        # The long-running operation of each create/update we started, by resource: a
+        # failed operation's error (code, message) is only ever reported there.
+        self._operations: dict[str, Any] = {}
 
     # -- identity ----------------------------------------------------------------------
     @property
@@ -214,8 +219,29 @@ class AzureMLWorkspace(Workspace):
                 job = self._clients.ml.jobs.get(name)
             except ResourceNotFoundError:
                 return None
-        step = self._current_step(name) if records.status_text(job.status) in IN_PROGRESS else None
-        return records.finetune_job(job, current_step=step)
+        status = records.status_text(job.status)
+        step = self._current_step(name) if status in IN_PROGRESS else None
+        error = self._job_error(name) if status in ("Failed", "NotResponding") else None
+        return records.finetune_job(job, current_step=step, error=error)
+
+    def _job_error(self, name: str) -> str | None:
+        """The service's error text of a failed job: its failed steps' errors (the cause),
+        else the pipeline's own. Run history is the only place Azure keeps it; the SDK
+        reaches it through its run operations (not public API), so any surprise there
+        leaves the error unknown rather than hiding the failure itself."""
+        try:
+            runs = self._clients.ml.jobs._runs_operations
+            children = list(self._clients.ml.jobs.list(parent_job_name=name))
+            failed = [c for c in children
+                      if c is not None and records.status_text(c.status) == "Failed"]
+            texts = [
+                records.run_error(runs.get_run_details(c.name), c.display_name or c.name)
+                for c in failed
+            ]
+            texts = [t for t in texts if t] or [records.run_error(runs.get_run_details(name))]
+        except Exception:  # noqa: BLE001 - see docstring
+            return None
+        return scrub("; ".join(t for t in texts if t)) or None
 
     def _current_step(self, name: str) -> str | None:
         with azure_errors(f"listing the steps of job {name}"):
@@ -293,7 +319,23 @@ class AzureMLWorkspace(Workspace):
                 ep = self._clients.ml.online_endpoints.get(name)
             except ResourceNotFoundError:
                 return None
-        return records.endpoint(ep, self._deployments(name), self.address.arm_id)
+        endpoint = records.endpoint(ep, self._deployments(name), self.address.arm_id)
+        if endpoint.provisioning_state in ("Failed", "Canceled"):
+            endpoint.error = self._operation_error(name)
+        return endpoint
+
+    def _operation_error(self, resource: str) -> str | None:
+        """The error of the last create/update operation of ``resource`` this workspace
+        started, once it ended Failed; None when it did not fail or is not ours to see."""
+        poller = self._operations.get(resource)
+        if poller is None:
+            return None
+        try:
+            # The resource reads Failed only when the operation has (nearly) ended.
+            poller.wait(timeout=OPERATION_GRACE_S)
+        except HttpResponseError as exc:
+            return scrub(records.operation_error(exc))
+        return None
 
     def list_endpoints(self) -> list[Endpoint]:
         with azure_errors("listing online endpoints"):
@@ -309,7 +351,9 @@ class AzureMLWorkspace(Workspace):
             name=name, auth_mode="key", description=description, tags=tags
         )
         with azure_errors(f"creating endpoint {name}"):
-            self._clients.ml.online_endpoints.begin_create_or_update(endpoint)
+            self._operations[name] = self._clients.ml.online_endpoints.begin_create_or_update(
+                endpoint
+            )
 
     def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
         with azure_errors(f"getting deployment {name} of endpoint {endpoint_name}"):
@@ -317,7 +361,10 @@ class AzureMLWorkspace(Workspace):
                 dep = self._clients.ml.online_deployments.get(name, endpoint_name)
             except ResourceNotFoundError:
                 return None
-        return records.deployment(dep)
+        deployment = records.deployment(dep)
+        if deployment.provisioning_state in ("Failed", "Canceled"):
+            deployment.error = self._operation_error(f"{endpoint_name}/{name}")
+        return deployment
 
     def begin_create_deployment(
         self,
@@ -342,7 +389,9 @@ class AzureMLWorkspace(Workspace):
             tags=tags,
         )
         with azure_errors(f"creating deployment {name} on endpoint {endpoint_name}"):
-            self._clients.ml.online_deployments.begin_create_or_update(deployment)
+            self._operations[f"{endpoint_name}/{name}"] = (
+                self._clients.ml.online_deployments.begin_create_or_update(deployment)
+            )
 
     def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> Endpoint:
         with azure_errors(f"routing traffic of endpoint {endpoint_name}"):

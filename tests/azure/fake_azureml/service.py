@@ -94,6 +94,8 @@ class FakeAzureML:
     quota: dict[str, tuple[int, int]] = field(default_factory=lambda: default_quota())
     jobs: dict[str, FakeJob] = field(default_factory=dict)
     job_progress: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # job name -> error of its failing finetune step, as run history reports it
+    job_errors: dict[str, dict[str, str]] = field(default_factory=dict)
     models: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployments: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -105,7 +107,10 @@ class FakeAzureML:
     metric_points: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)
     scoring_requests: list[Recorded] = field(default_factory=list)
     deployment_logs: str = "Booting worker with pid: 42\nModel loaded."
+    # resource name -> error the next create/update operation of it ends Failed with
+    failing_operations: dict[str, dict[str, str]] = field(default_factory=dict)
     _operations: dict[str, str] = field(default_factory=dict)
+    _operation_errors: dict[str, dict[str, str]] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=itertools.count)
 
     # -- addresses -------------------------------------------------------------------
@@ -302,6 +307,12 @@ class FakeAzureML:
         )
         self.computes[name] = body
         return body
+
+    def fail_next_operation(self, resource: str, code: str, message: str) -> None:
+        """The next create/update of endpoint or deployment ``resource`` is accepted, then
+        its long-running operation ends Failed with this error (as Azure reports
+        OutOfQuota, ImageBuildFailure, ResourceNotReady, ...)."""
+        self.failing_operations[resource] = {"code": code, "message": message}
 
     def add_metric_point(
         self, endpoint: str, deployment: str, total: float, timestamp: str
@@ -606,6 +617,30 @@ class FakeAzureML:
             },
         )
 
+    def _run_details(self, req: Recorded, name: str) -> Response:
+        """Run history's details of a job or step: the only place a failure's text lives."""
+        run = self.runs.get(name)
+        if run is None:
+            return arm_error(404, "RunNotFound", f"run {name} not found")
+        details: dict[str, Any] = {"runId": name, "status": run["status"], "warnings": None,
+                                   "logFiles": {}, "services": {}}
+        if run["status"] == "Failed":
+            root = run["parent"] or name
+            if run["parent"]:
+                error = self.job_errors.get(root) or {
+                    "code": "SystemError", "message": f"step {run['name']} failed"}
+            else:
+                failed = [r["name"] for r in self.runs.values()
+                          if r["parent"] == name and r["status"] == "Failed"]
+                error = {
+                    "code": "UserError",
+                    "message": "Pipeline has failed child jobs. Failed nodes: "
+                    f"{', '.join('/' + f for f in failed)}. For more details and logs, please "
+                    "go to the job detail page and check the child jobs.",
+                }
+            details["error"] = {"error": {**error, "severity": None}, "time": _now()}
+        return Response(200, details)
+
     def _mlflow(self, req: Recorded, call: str) -> Response:
         if call == "experiments/get-by-name":
             name = req.query.get("experiment_name")
@@ -783,6 +818,9 @@ class FakeAzureML:
     def _async_started(self, body: dict[str, Any], resource_path: str) -> Response:
         op = f"op{next(self._ids)}"
         self._operations[op] = resource_path
+        error = self.failing_operations.pop(resource_path.rsplit("/", 1)[-1], None)
+        if error is not None:
+            self._operation_errors[op] = error
         return Response(
             201,
             body,
@@ -803,8 +841,11 @@ class FakeAzureML:
             return Response(200, None)
         path = self._operations.get(op, "")
         resource = self._find_resource(path)
+        error = self._operation_errors.get(op)
         if resource is not None:
-            resource["properties"]["provisioningState"] = "Succeeded"
+            resource["properties"]["provisioningState"] = "Failed" if error else "Succeeded"
+        if error:
+            return Response(200, {"status": "Failed", "name": op, "error": error})
         return Response(200, {"status": "Succeeded", "name": op})
 
     def _find_resource(self, path: str) -> dict[str, Any] | None:
@@ -925,6 +966,7 @@ _ROUTES: list[tuple[str, str]] = [
     (r"{ws}/jobs/(?P<name>[^/]+)", "_job"),
     (r"{ws}/jobs/(?P<name>[^/]+)/cancel", "_cancel_job"),
     (r"/history/v1\.0{ws}/runs/(?P<name>[^/]+)/children", "_children"),
+    (r"/history/v1\.0{ws}/runs/(?P<name>[^/]+)/details", "_run_details"),
     (r"/mlflow/v1\.0{ws}/api/2\.0/mlflow/(?P<call>.+)", "_mlflow"),
     (r"{ws}/models/(?P<name>[^/]+)/versions", "_model_versions"),
     (r"{ws}/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", "_model_version"),
