@@ -7,6 +7,7 @@ the request; the LRO poller is left to finish on its own and callers poll ``get_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,8 @@ class AzureMLWorkspace(Workspace):
             workspace location (``https://<location>.metrics.monitor.azure.com``).
         client_kwargs: passed to every ``MLClient`` (e.g. ``cloud``, ``cloud_metadata``,
             ``retry_total``).
+        credential_check: the credentials block's ``check(scope)``, used by the pre-flight
+            so a failure lists what the credential tried and the fix for its kind.
     """
 
     kind = "azure"
@@ -94,6 +97,7 @@ class AzureMLWorkspace(Workspace):
         metrics_endpoint: str | None = None,
         metrics_audience: str | None = None,
         client_kwargs: dict[str, Any] | None = None,
+        credential_check: Callable[[str], str] | None = None,
     ) -> None:
         if config_path is not None:
             address = WorkspaceAddress.from_config(config_path)
@@ -104,6 +108,7 @@ class AzureMLWorkspace(Workspace):
                 "give subscription_id, resource_group and workspace_name, or config_path"
             )
         self._credential = credential
+        self._credential_check = credential_check
         self._clients = Clients(
             credential=credential,
             address=address,
@@ -147,8 +152,11 @@ class AzureMLWorkspace(Workspace):
         return self._workspace_entity
 
     def check_access(self) -> str:
-        with azure_errors("getting a token for Azure Resource Manager"):
-            self._credential.get_token(self._clients.arm_scope)
+        if self._credential_check is not None:
+            self._credential_check(self._clients.arm_scope)
+        else:
+            with azure_errors("getting a token for Azure Resource Manager"):
+                self._credential.get_token(self._clients.arm_scope)
         ws = self._workspace()
         return (
             f"Azure ML workspace {ws.name} in {ws.location} "

@@ -331,6 +331,8 @@ class FakeAzureML:
             )
         if req.path.startswith("/operations/"):
             return self._operation(req)
+        if req.path == "/msi/token":
+            return self._managed_identity(req)
         auth = req.headers.get("authorization", "")
         if not re.fullmatch(r"Bearer [\w-]+\.[\w-]+\.[\w-]*", auth):
             return arm_error(401, "InvalidAuthenticationToken", "The access token is invalid.")
@@ -339,6 +341,16 @@ class FakeAzureML:
             if match:
                 return getattr(self, name)(req, **match.groupdict())
         return arm_error(404, "NotFound", f"fake has no route for {req.method} {req.path}")
+
+    # -- managed identity (App Service style: IDENTITY_ENDPOINT + IDENTITY_HEADER) --------
+    @property
+    def identity_endpoint(self) -> str:
+        return f"{self.base}/msi/token"
+
+    def _managed_identity(self, req: Recorded) -> Response:
+        # The machine has no identity assigned, as on a worker nobody set one up for.
+        return Response(400, {"statusCode": 400, "message": "Identity not found",
+                              "correlationId": str(uuid.uuid4())})
 
     # -- workspace, registry -------------------------------------------------------------
     def _workspace(self, req: Recorded) -> Response:
