@@ -16,6 +16,7 @@ from workspaces.model_tags import TagParseError, model_specific_defaults, retire
 @task(name="check-workspace-access", cache_policy=NO_CACHE, **transient_retries())
 def check_workspace_access(workspace: Workspace) -> str:
     """Fail early when the credential or workspace does not work."""
+    get_run_logger().info("Checking access to the %s workspace", workspace.kind)
     summary = workspace.check_access()
     get_run_logger().info("Workspace reachable: %s", summary)
     return summary
@@ -30,8 +31,9 @@ def check_workspace_access(workspace: Workspace) -> str:
 )
 def get_foundation_model(workspace: Workspace, name: str, label: str) -> FoundationModel:
     """Look the base model up by name and label, refusing retired models."""
-    model = workspace.get_foundation_model(name, label)
     logger = get_run_logger()
+    logger.info("Looking up foundation model %s (label %s)", name, label)
+    model = workspace.get_foundation_model(name, label)
     logger.info("Foundation model %s version %s (%s)", model.name, model.version, model.id)
     notice = retirement_notice(model)
     if notice:
