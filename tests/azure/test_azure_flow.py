@@ -122,3 +122,27 @@ def test_no_dedicated_quota_runs_on_a_low_priority_cluster(fake, azure_flow, tmp
     assert put.json["properties"]["properties"]["vmPriority"] == "LowPriority"
     assert fake.jobs[result.job_name].status == "Completed"
     assert result.reply
+
+
+def test_a_workspace_made_again_under_the_same_name_reuses_no_cached_result(
+    fake, credential, prefect_server, monkeypatch, tmp_path
+):
+    request = FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl"))
+    first = make_workspace(fake, credential)
+    monkeypatch.setattr(flow_module, "load_workspace", lambda block: first)
+    finetune_and_deploy(request=request)
+
+    # Deleted and created again: same subscription, resource group and name, nothing in it.
+    fake.reset()
+    again = make_workspace(fake, credential)
+    monkeypatch.setattr(flow_module, "load_workspace", lambda block: again)
+    result = finetune_and_deploy(request=request)
+
+    # The new job was waited for (the fake refuses to register an unfinished job's output).
+    assert fake.jobs[result.job_name].status == "Completed"
+    assert not result.job_reused
+    [put] = fake.sent("PUT", r"/models/[^/]+/versions/")
+    assert put.json["properties"]["modelUri"] == (
+        f"azureml://jobs/{result.job_name}/outputs/trained_model"
+    )
+    assert again.cache_scope == f"{first.address_scope}/{fake.workspace_id}" != first.cache_scope
