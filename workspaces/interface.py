@@ -151,6 +151,10 @@ class JobMetrics(BaseModel):
     finetune_history: list[dict[str, Any]] = Field(
         default_factory=list, description="Per-step rows: step, metric, value"
     )
+    unavailable: str | None = Field(
+        default=None,
+        description="Why the metrics could not be read (they are a report, not a gate)",
+    )
 
 
 class RegisteredModel(BaseModel):

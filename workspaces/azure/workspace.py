@@ -133,15 +133,35 @@ class AzureMLWorkspace(Workspace):
         return self._clients.registry_name
 
     @property
-    def cache_scope(self) -> str:
+    def address_scope(self) -> str:
+        """Where the workspace is (no request needed); not enough for cache keys."""
         a = self.address
         return (
             f"azure:/subscriptions/{a.subscription_id}/resourceGroups/{a.resource_group}"
             f"/workspaces/{a.workspace_name}"
         )
 
+    @property
+    def cache_scope(self) -> str:
+        # The address alone is not enough: a workspace deleted and made again under the
+        # same name is a new workspace, and cached results of the old one (a Completed job)
+        # must not be taken for it. Its immutable id (ARM properties.workspaceId) tells
+        # them apart; it is read once per workspace object.
+        return f"{self.address_scope}/{self._workspace_id()}"
+
+    def _workspace_id(self) -> str:
+        ws = self._workspace()
+        # azure-ai-ml keeps properties.workspaceId in a private attribute only.
+        workspace_id = getattr(ws, "_workspace_id", None) or vars(ws).get("workspace_id")
+        if not workspace_id:
+            raise InvalidRequest(
+                f"workspace {self.address.workspace_name} reported no workspaceId; cached "
+                "results could not be told apart from a deleted workspace of the same name"
+            )
+        return str(workspace_id)
+
     def __repr__(self) -> str:
-        return f"AzureMLWorkspace({self.cache_scope!r}, registry={self.registry_name!r})"
+        return f"AzureMLWorkspace({self.address_scope!r}, registry={self.registry_name!r})"
 
     def _workspace(self) -> Any:
         if self._workspace_entity is None:
@@ -284,7 +304,7 @@ class AzureMLWorkspace(Workspace):
     def get_job_metrics(self, name: str) -> JobMetrics:
         job = self.get_job(name)
         if job is None:
-            raise ResourceNotFound(f"job {name} does not exist in {self.cache_scope}")
+            raise ResourceNotFound(f"job {name} does not exist in {self.address_scope}")
         tracking_uri = self._workspace().mlflow_tracking_uri
         scope = self._clients.arm_scope
         store = metrics.make_store(tracking_uri, lambda: self._credential.get_token(scope).token)

@@ -84,6 +84,8 @@ class FakeAzureML:
     registry_subscription: str = "99999999-8888-7777-6666-555555555555"
     registry_resource_group: str = "registry-builtin-prod-eastus-01"
     storage_account: str = "fakestore"
+    # ARM properties.workspaceId: immutable, new whenever the workspace is made again
+    workspace_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     server: FakeServer | None = None
     registry_models: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     components: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -360,7 +362,7 @@ class FakeAzureML:
             discoveryUrl=f"{self.base}/discovery",
             mlFlowTrackingUri=f"azureml://localhost:{self.server.port}/mlflow/v1.0"
             f"{self.ws_path.replace('/providers/', '/providers/')}",
-            workspaceId="11111111-2222-3333-4444-555555555555",
+            workspaceId=self.workspace_id,
         )
         body["properties"].pop("encryption", None)
         return Response(200, body)
@@ -709,6 +711,9 @@ class FakeAzureML:
 
     def _model_version(self, req: Recorded, name: str, version: str) -> Response:
         if req.method == "PUT":
+            refusal = self._unfinished_job_output(req.json["properties"].get("modelUri", ""))
+            if refusal:
+                return arm_error(400, "UserError", refusal)
             body = example("ModelVersion_createOrUpdate.json")
             body.update(
                 id=f"{self.ws_path}/models/{name}/versions/{version}",
@@ -723,6 +728,14 @@ class FakeAzureML:
         if found is None:
             return arm_error(404, "ResourceNotFound", f"model {name}:{version} not found")
         return Response(200, found)
+
+    def _unfinished_job_output(self, uri: str) -> str | None:
+        # A job's outputs exist only once it Completed; the fake knows only its own jobs.
+        match = re.match(r"azureml://jobs/([^/]+)/outputs/", uri)
+        job = self.jobs.get(match.group(1)) if match else None
+        if job is None or job.status == "Completed":
+            return None
+        return f"Output of job {job.body['name']} is not available: the job is {job.status}."
 
     # -- endpoints and deployments -----------------------------------------------------
     def _endpoints(self, req: Recorded) -> Response:
