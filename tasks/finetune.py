@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.policies import WORKSPACE_INPUTS, WorkspaceInputs, transient_retries
 from tasks.waiting import poll_until
 from workspaces.errors import DeadlineExceeded, JobFailed
+from workspaces.failure_advice import with_advice
 from workspaces.interface import (
     TAG_SUFFIX,
     FinetuneJob,
@@ -60,10 +61,11 @@ def submit_finetune_job(
             )
             return latest
         if not resubmit_failed:
+            # The listing carries no error text; the job itself does.
+            latest = workspace.get_job(latest.name) or latest
             raise JobFailed(
-                f"fine-tune job {latest.name} for this request ended {latest.status}: "
-                f"{latest.error or 'no error reported'}. Fix the cause and run again with "
-                "resubmit_failed_job=true to submit a new job"
+                f"{job_failure(latest)} Fix the cause and run again with "
+                "resubmit_failed_job=true to submit a new job."
             )
         attempt = len(previous) + 1
         suffix = spec.tags.get(TAG_SUFFIX, "")
@@ -156,10 +158,7 @@ def wait_for_job(
             "job_timeout_minutes, or set cancel_job_on_timeout=true"
         ) from exc
     if job.status != "Completed":
-        raise JobFailed(
-            f"fine-tune job {job_name} ended {job.status}: {job.error or 'no error reported'}"
-            + (f" (details: {job.studio_url})" if job.studio_url else "")
-        )
+        raise JobFailed(job_failure(job))
     update_progress_artifact(progress_id, progress=100.0)
     return job
 
@@ -174,6 +173,15 @@ def training_line(training: dict[str, float]) -> str:
     if "loss" in training:
         parts.append(f"loss {training['loss']:.4f}")
     return ", ".join(parts)
+
+
+def job_failure(job: FinetuneJob) -> str:
+    """What a user reads about a job that did not complete: name and status once, the
+    service's error text, one sentence of advice when the failure class is known, the link."""
+    cause = job.error or "the service gave no error text"
+    message = with_advice(f"fine-tune job {job.name} ended {job.status}: {cause}", cause)
+    message = message if message.endswith(".") else f"{message}."
+    return f"{message} Logs: {job.studio_url}." if job.studio_url else message
 
 
 @task(name="get-job-metrics", cache_policy=WORKSPACE_INPUTS, **transient_retries())
