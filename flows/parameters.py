@@ -70,7 +70,7 @@ class ScoringParameters(BaseModel):
 class FinetuneRequest(BaseModel):
     """One fine-tune -> register -> deploy -> score request.
 
-    Fields left empty take the workspace's default (local: the stand-in model, the shipped
+    Fields left empty take the workspace's default (local: SmolLM2-135M-Instruct, the shipped
     sample and this machine; Azure: Phi-3-mini-4k-instruct, ultrachat_200k from the hub and
     the walkthrough's GPU sizes).
     """
