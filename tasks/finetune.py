@@ -10,7 +10,12 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.policies import WORKSPACE_INPUTS, WorkspaceInputs, transient_retries
 from tasks.waiting import poll_until
-from workspaces.errors import DeadlineExceeded, JobFailed
+from workspaces.errors import (
+    DeadlineExceeded,
+    JobFailed,
+    TransientWorkspaceError,
+    WorkspaceError,
+)
 from workspaces.failure_advice import with_advice
 from workspaces.interface import (
     TAG_SUFFIX,
@@ -81,6 +86,10 @@ def submit_finetune_job(
     if existing is not None:
         logger.info("Reusing fine-tune job %s (%s)", existing.name, existing.status)
         return existing
+    # Submitting prepares the job's inputs (locally: builds the base model's weights the
+    # first time), which can take minutes: say so before it starts.
+    logger.info("Submitting fine-tune job %s on compute %s (preparing its inputs can take "
+                "a few minutes)", spec.name, spec.compute)
     job = workspace.submit_finetune_job(spec)
     logger.info(
         "Submitted fine-tune job %s (%s) to experiment %s",
@@ -184,7 +193,22 @@ def job_failure(job: FinetuneJob) -> str:
     return f"{message} Logs: {job.studio_url}." if job.studio_url else message
 
 
-@task(name="get-job-metrics", cache_policy=WORKSPACE_INPUTS, **transient_retries())
+# Not cached: metrics are a report, not a gate. A read refused today (permission, missing
+# run) must be tried again on the next run, and a read is a handful of requests.
+@task(name="get-job-metrics", cache_policy=NO_CACHE, **transient_retries())
 def get_job_metrics(workspace: Workspace, job_name: str) -> JobMetrics:
-    """Training and evaluation metrics of the job's finetune and evaluation child runs."""
-    return workspace.get_job_metrics(job_name)
+    """Training and evaluation metrics of the job's finetune and evaluation child runs.
+
+    A Completed job whose metrics cannot be read still goes on to registration: the
+    result says why they are missing, and the run logs a warning. Transient faults retry.
+    """
+    try:
+        return workspace.get_job_metrics(job_name)
+    except TransientWorkspaceError:
+        raise
+    except WorkspaceError as exc:
+        get_run_logger().warning(
+            "Metrics of job %s could not be read; registering and deploying anyway: %s",
+            job_name, exc,
+        )
+        return JobMetrics(unavailable=str(exc))

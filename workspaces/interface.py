@@ -167,6 +167,10 @@ class JobMetrics(BaseModel):
         description="Held-out questions with the reference, the base and the tuned model's "
         "replies (messages, reference, base_reply, tuned_reply), when the job records them",
     )
+    unavailable: str | None = Field(
+        default=None,
+        description="Why the metrics could not be read (they are a report, not a gate)",
+    )
 
 
 class RegisteredModel(BaseModel):

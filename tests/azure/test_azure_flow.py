@@ -146,3 +146,37 @@ def test_a_workspace_made_again_under_the_same_name_reuses_no_cached_result(
         f"azureml://jobs/{result.job_name}/outputs/trained_model"
     )
     assert again.cache_scope == f"{first.address_scope}/{fake.workspace_id}" != first.cache_scope
+
+
+def test_metrics_that_cannot_be_read_do_not_stop_registration(fake, azure_flow, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    refusal = {"error_code": "PERMISSION_DENIED", "message": "caller lacks mlflow read access"}
+    fake.server.inject(Fault("GET", r"/mlflow/.*/experiments/get-by-name$", 403, refusal,
+                             times=50))
+    state = finetune_and_deploy(
+        request=FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl")),
+        return_state=True,
+    )
+    result = state.result()
+    assert result.reply and result.model_version == result.suffix
+    assert fake.models and fake.deployments[result.endpoint_name]["demo"]
+
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["finetune-metrics"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+        )
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    assert "PERMISSION_DENIED" in str(artifact.data) and "Not read:" in artifact.description
+    [warning] = [log for log in logs if "could not be read" in log.message]
+    assert warning.level == 30 and "PERMISSION_DENIED" in warning.message
