@@ -125,7 +125,7 @@ class ScoringParameters(FormModel):
 class FinetuneRequest(FormModel):
     """What to fine-tune, on which data and compute, and how to deploy and try it.
 
-    Fields left empty take the workspace's default (local: the stand-in model, the shipped
+    Fields left empty take the workspace's default (local: SmolLM2-135M-Instruct, the shipped
     sample and this machine; Azure: Phi-3-mini-4k-instruct, ultrachat_200k from the hub and
     the walkthrough's GPU sizes).
     """
