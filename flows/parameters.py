@@ -71,7 +71,7 @@ class TrainingParameters(FormModel):
         5e-6, gt=0, le=1, title="Learning rate",
         description="Step size of the optimiser. The model's own recommended settings replace "
         "this value when it names one and 'Use the model's recommended settings' is on "
-        "(the local stand-in model uses 1e-3)",
+        "(the local SmolLM2 model uses 2e-3)",
     )
     lr_scheduler_type: SchedulerType = Field("cosine", title="Learning-rate scheduler")
     gradient_accumulation_steps: int | None = Field(
