@@ -23,23 +23,31 @@ def ensure_compute(
     model: FoundationModel,
     nodes: int = 1,
 ) -> tuple[ComputeTarget, int]:
-    """Reuse the cluster or create it (Dedicated, then LowPriority); return it and GPUs/node."""
+    """Reuse the cluster or create it (Dedicated, then LowPriority, as quota allows); return
+    it and GPUs/node."""
     logger = get_run_logger()
+    logger.info("Checking compute %s (%s, up to %d node(s)) and its quota", name, size,
+                max_instances)
     existing = workspace.get_compute(name)
     # Everything is checked before anything is created: quota (a cluster that can never
-    # scale up would only surface as a job stuck in Queued), the model's allow list and the
-    # workspace's sizes, against the cluster as it would be.
+    # scale up would only surface as a job stuck in Queued; only tiers with room are
+    # tried), the model's allow list and the workspace's sizes, against the cluster as it
+    # would be.
     planned = existing or ComputeTarget(name=name, size=size, provisioning_state="Planned")
-    problem = workspace.compute_quota_problem(planned.size, nodes)
-    if problem:
-        raise QuotaExceeded(problem)
+    quota = workspace.compute_quota(planned.size, nodes, existing)
+    for note in quota.notes:
+        logger.info("Quota for %s: %s", name, note)
+    if quota.refusal:
+        raise QuotaExceeded(quota.refusal)
     try:
         allowed = allow_list(model, FINETUNE_ALLOW_LIST)
     except TagParseError as exc:
         raise InvalidRequest(str(exc)) from exc
     sizes = workspace.list_vm_sizes()
     check_finetune_compute(planned, allowed, sizes, workspace.requires_gpu)
-    compute = compute_provisioning.ensure_compute(workspace, name, size, max_instances)
+    compute = compute_provisioning.ensure_compute(
+        workspace, name, size, max_instances, tiers=quota.tiers
+    )
     if compute.created:
         logger.info("Created compute %s of size %s, tier %s", name, compute.size, compute.tier)
     else:

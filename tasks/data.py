@@ -26,6 +26,8 @@ def download_dataset(
     source: str, split_pc: float, root: str, fingerprint: str, scope: str
 ) -> PreparedDataset:
     """Prepare ``split_pc`` % of every split under ``root``, in a folder named by content."""
+    get_run_logger().info("Preparing %g %% of dataset %s in %s (a download can take minutes)",
+                          split_pc, source, root)
     try:
         prepared = prepare_dataset(source, split_pc, Path(root))
     except DatasetError as exc:

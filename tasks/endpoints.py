@@ -12,8 +12,10 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.policies import transient_retries
 from tasks.waiting import poll_until
-from workspaces.errors import InvalidRequest, ResourceNotFound, WorkspaceError
+from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound, WorkspaceError
+from workspaces.failure_advice import failure_class, with_advice
 from workspaces.interface import TAG_REQUEST, Deployment, Endpoint, ScoreResponse, Workspace
+from workspaces.scoring import build_body, read_reply, up_to_last_question
 from workspaces.ultrachat import read_jsonl
 
 PROVISIONED = ("Succeeded", "Failed", "Canceled")
@@ -45,8 +47,8 @@ def create_endpoint(
         f"endpoint {name} provisioning",
     )
     if endpoint.provisioning_state != "Succeeded":
-        raise WorkspaceError(
-            f"endpoint {name} ended {endpoint.provisioning_state}; delete it and run again"
+        raise provisioning_failure(
+            f"endpoint {name}", endpoint.provisioning_state, endpoint.error
         )
     return endpoint
 
@@ -73,6 +75,11 @@ def create_deployment(
     if deployment is not None and deployment.provisioning_state == "Succeeded":
         logger.info("Reusing deployment %s on %s", name, endpoint_name)
         return deployment
+    if deployment is not None and deployment.provisioning_state in ("Failed", "Canceled"):
+        # A failed deployment is replaced (create-or-update), not failed on again.
+        logger.warning("Deployment %s on %s is %s; replacing it", name, endpoint_name,
+                       deployment.provisioning_state)
+        deployment = None
     if deployment is None:
         workspace.begin_create_deployment(
             endpoint_name, name, model_id, instance_type, instance_count, tags,
@@ -96,12 +103,34 @@ def create_deployment(
         f"deployment {name} on {endpoint_name}",
     )
     if deployment.provisioning_state != "Succeeded":
-        logs = workspace.get_deployment_logs(endpoint_name, name, lines=20)
-        raise WorkspaceError(
-            f"deployment {name} on {endpoint_name} ended {deployment.provisioning_state}: "
-            f"{deployment.error or 'no error reported'}\nlast log lines:\n{logs}"
+        raise provisioning_failure(
+            f"deployment {name} on {endpoint_name}", deployment.provisioning_state,
+            deployment.error, _log_tail(workspace, endpoint_name, name),
         )
     return deployment
+
+
+def provisioning_failure(
+    what: str, state: str, error: str | None, logs: str = ""
+) -> WorkspaceError:
+    """The error for an endpoint or deployment that ended Failed/Canceled: the service's
+    code and message, one sentence of advice for a known class, then the log tail."""
+    cause = error or "the service gave no error text"
+    message = with_advice(f"{what} ended {state}: {cause}", cause)
+    message += " Run again to replace it." if "run again" not in message.lower() else ""
+    if logs.strip():
+        message += f"\nLast log lines:\n{logs.strip()}"
+    error_class = QuotaExceeded if failure_class(cause) in ("OutOfQuota", "quota") else (
+        WorkspaceError)
+    return error_class(message)
+
+
+def _log_tail(workspace: Workspace, endpoint_name: str, name: str) -> str:
+    # The logs help with a crash; their absence must not hide the failure itself.
+    try:
+        return workspace.get_deployment_logs(endpoint_name, name, lines=20)
+    except WorkspaceError:
+        return ""
 
 
 @task(name="route-traffic", cache_policy=NO_CACHE, **transient_retries())
@@ -117,13 +146,14 @@ def route_traffic(workspace: Workspace, endpoint_name: str, traffic: dict[str, i
 
 
 def sample_request(test_gen_file: str, parameters: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The step-8 body from one random test_gen row (seeded, so a re-run asks the same)."""
+    """The step-8 body from one random test_gen row (seeded, so a re-run asks the same).
+
+    The row's conversation is cut after its last question: test_gen rows end with the
+    reference answer, and the model is asked to give it.
+    """
     rows = read_jsonl(Path(test_gen_file))
     row = random.Random(seed).choice(rows)
-    return {
-        "input_data": {"input_string": [row["messages"]], "parameters": parameters},
-        "params": {},
-    }
+    return build_body(up_to_last_question(row["messages"]), parameters)
 
 
 # A measurement: done on every run.
@@ -136,6 +166,8 @@ def score_sample(
     request_file: str,
 ) -> ScoreResponse:
     """Write the request to ``request_file`` and send it to the deployment with the key."""
+    get_run_logger().info("Sending the sample conversation to %s/%s and waiting for the reply",
+                          endpoint_name, deployment_name)
     Path(request_file).parent.mkdir(parents=True, exist_ok=True)
     Path(request_file).write_text(json.dumps(body, indent=2))
     response = workspace.invoke(
@@ -157,6 +189,7 @@ def delete_endpoint(workspace: Workspace, name: str, timeout_minutes: float = 30
     """Delete the endpoint and wait until it is gone; False when it did not exist."""
     if workspace.get_endpoint(name) is None:
         return False
+    get_run_logger().info("Deleting endpoint %s and waiting until it is gone", name)
     workspace.begin_delete_endpoint(name)
     poll_until(lambda: workspace.get_endpoint(name), lambda e: e is None,
                timeout_minutes * 60, f"deletion of endpoint {name}")
@@ -165,16 +198,11 @@ def delete_endpoint(workspace: Workspace, name: str, timeout_minutes: float = 30
 
 
 def reply_text(response: ScoreResponse) -> str:
-    """The generated text of a chat-completion answer ({"output": ...})."""
-    try:
-        data = json.loads(response.body)
-    except json.JSONDecodeError:
-        return response.body
-    if isinstance(data, dict) and isinstance(data.get("output"), str):
-        return data["output"]
-    if isinstance(data, list) and data and isinstance(data[0], str):
-        return data[0]
-    return response.body
+    """The generated text of a 200 chat-completion answer (``{"output": ...}``).
+
+    Raises :class:`workspaces.scoring.BadReply` when the answer breaks the contract.
+    """
+    return read_reply(response.body)
 
 
 # Not cached: who owns a name can change between runs (another request, a teardown).

@@ -10,7 +10,13 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.policies import WORKSPACE_INPUTS, WorkspaceInputs, transient_retries
 from tasks.waiting import poll_until
-from workspaces.errors import DeadlineExceeded, JobFailed
+from workspaces.errors import (
+    DeadlineExceeded,
+    JobFailed,
+    TransientWorkspaceError,
+    WorkspaceError,
+)
+from workspaces.failure_advice import with_advice
 from workspaces.interface import (
     TAG_SUFFIX,
     FinetuneJob,
@@ -60,10 +66,11 @@ def submit_finetune_job(
             )
             return latest
         if not resubmit_failed:
+            # The listing carries no error text; the job itself does.
+            latest = workspace.get_job(latest.name) or latest
             raise JobFailed(
-                f"fine-tune job {latest.name} for this request ended {latest.status}: "
-                f"{latest.error or 'no error reported'}. Fix the cause and run again with "
-                "resubmit_failed_job=true to submit a new job"
+                f"{job_failure(latest)} Fix the cause and run again with "
+                "resubmit_failed_job=true to submit a new job."
             )
         attempt = len(previous) + 1
         suffix = spec.tags.get(TAG_SUFFIX, "")
@@ -79,6 +86,10 @@ def submit_finetune_job(
     if existing is not None:
         logger.info("Reusing fine-tune job %s (%s)", existing.name, existing.status)
         return existing
+    # Submitting prepares the job's inputs (locally: builds the base model's weights the
+    # first time), which can take minutes: say so before it starts.
+    logger.info("Submitting fine-tune job %s on compute %s (preparing its inputs can take "
+                "a few minutes)", spec.name, spec.compute)
     job = workspace.submit_finetune_job(spec)
     logger.info(
         "Submitted fine-tune job %s (%s) to experiment %s",
@@ -123,9 +134,19 @@ def wait_for_job(
                 f" (step {job.current_step})" if job.current_step else "",
             )
             seen.update(status=job.status, step=job.current_step)
-        if job.progress is not None and job.progress != seen.get("progress"):
-            update_progress_artifact(progress_id, progress=round(job.progress * 100, 1))
-            seen["progress"] = job.progress
+        line = training_line(job.training)
+        if line and line != seen.get("training"):
+            logger.info("Job %s: %s", job_name, line)
+            seen["training"] = line
+        if job.progress is not None and (job.progress, line) != (
+            seen.get("progress"), seen.get("reported")
+        ):
+            update_progress_artifact(
+                progress_id,
+                progress=round(job.progress * 100, 1),
+                description=f"Fine-tune job {job_name}" + (f": {line}" if line else ""),
+            )
+            seen.update(progress=job.progress, reported=line)
 
     try:
         job = poll_until(
@@ -134,6 +155,8 @@ def wait_for_job(
             timeout_minutes * 60,
             f"fine-tune job {job_name}",
             on_change=report,
+            # Training logs arrive every few seconds; a shorter cap keeps them visible live.
+            max_delay_s=15.0,
         )
     except DeadlineExceeded as exc:
         if cancel_on_timeout:
@@ -144,15 +167,48 @@ def wait_for_job(
             "job_timeout_minutes, or set cancel_job_on_timeout=true"
         ) from exc
     if job.status != "Completed":
-        raise JobFailed(
-            f"fine-tune job {job_name} ended {job.status}: {job.error or 'no error reported'}"
-            + (f" (details: {job.studio_url})" if job.studio_url else "")
-        )
+        raise JobFailed(job_failure(job))
     update_progress_artifact(progress_id, progress=100.0)
     return job
 
 
-@task(name="get-job-metrics", cache_policy=WORKSPACE_INPUTS, **transient_retries())
+def training_line(training: dict[str, float]) -> str:
+    """'step 12/39, epoch 0.92, loss 1.2345' from a job's latest training log, or ''."""
+    if not training or "step" not in training:
+        return ""
+    parts = [f"step {int(training['step'])}/{int(training.get('max_steps', 0)) or '?'}"]
+    if "epoch" in training:
+        parts.append(f"epoch {training['epoch']:.2f}")
+    if "loss" in training:
+        parts.append(f"loss {training['loss']:.4f}")
+    return ", ".join(parts)
+
+
+def job_failure(job: FinetuneJob) -> str:
+    """What a user reads about a job that did not complete: name and status once, the
+    service's error text, one sentence of advice when the failure class is known, the link."""
+    cause = job.error or "the service gave no error text"
+    message = with_advice(f"fine-tune job {job.name} ended {job.status}: {cause}", cause)
+    message = message if message.endswith(".") else f"{message}."
+    return f"{message} Logs: {job.studio_url}." if job.studio_url else message
+
+
+# Not cached: metrics are a report, not a gate. A read refused today (permission, missing
+# run) must be tried again on the next run, and a read is a handful of requests.
+@task(name="get-job-metrics", cache_policy=NO_CACHE, **transient_retries())
 def get_job_metrics(workspace: Workspace, job_name: str) -> JobMetrics:
-    """Training and evaluation metrics of the job's finetune and evaluation child runs."""
-    return workspace.get_job_metrics(job_name)
+    """Training and evaluation metrics of the job's finetune and evaluation child runs.
+
+    A Completed job whose metrics cannot be read still goes on to registration: the
+    result says why they are missing, and the run logs a warning. Transient faults retry.
+    """
+    try:
+        return workspace.get_job_metrics(job_name)
+    except TransientWorkspaceError:
+        raise
+    except WorkspaceError as exc:
+        get_run_logger().warning(
+            "Metrics of job %s could not be read; registering and deploying anyway: %s",
+            job_name, exc,
+        )
+        return JobMetrics(unavailable=str(exc))

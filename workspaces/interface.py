@@ -12,6 +12,7 @@ on both workspaces.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -88,6 +89,20 @@ class ComputeTarget(BaseModel):
     max_instances: int = 1
 
 
+class QuotaCheck(BaseModel):
+    """What the workspace's quota allows for the fine-tune cluster, tier by tier."""
+
+    tiers: list[str] = Field(
+        description="Tiers with room, in the order to try (Dedicated, then LowPriority)"
+    )
+    notes: list[str] = Field(
+        default_factory=list, description="One sentence per tier considered, with the figures"
+    )
+    refusal: str | None = Field(
+        default=None, description="Why no tier could run the job, with what to do; else None"
+    )
+
+
 class FinetuneJobSpec(BaseModel):
     """Everything needed to submit the fine-tune job (the chat_completion_pipeline call)."""
 
@@ -98,6 +113,11 @@ class FinetuneJobSpec(BaseModel):
     compute: str
     train_file: str = Field(description="Local path of train_sft.jsonl")
     test_file: str = Field(description="Local path of test_sft.jsonl")
+    test_gen_file: str | None = Field(
+        default=None,
+        description="Local path of test_gen.jsonl: held-out questions whose exact-answer rate "
+        "the job measures before and after tuning (local workspace; Azure ignores it)",
+    )
     gpus_per_node: int
     num_nodes: int = 1
     parameters: dict[str, str] = Field(
@@ -121,6 +141,11 @@ class FinetuneJob(BaseModel):
     component_version: str | None = None
     current_step: str | None = Field(default=None, description="Running child step, if known")
     progress: float | None = Field(default=None, description="0..1 when the workspace knows it")
+    training: dict[str, float] = Field(
+        default_factory=dict,
+        description="Latest training log (step, max_steps, epoch, loss) when the workspace "
+        "reports it while the job runs",
+    )
     error: str | None = None
     created_at: datetime | None = None
 
@@ -136,6 +161,15 @@ class JobMetrics(BaseModel):
     evaluation: dict[str, float] = Field(default_factory=dict)
     finetune_history: list[dict[str, Any]] = Field(
         default_factory=list, description="Per-step rows: step, metric, value"
+    )
+    samples: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Held-out questions with the reference, the base and the tuned model's "
+        "replies (messages, reference, base_reply, tuned_reply), when the job records them",
+    )
+    unavailable: str | None = Field(
+        default=None,
+        description="Why the metrics could not be read (they are a report, not a gate)",
     )
 
 
@@ -180,6 +214,9 @@ class Endpoint(BaseModel):
     )
     url: str | None = Field(default=None, description="Human link (Azure ML studio or local URL)")
     deployments: list[Deployment] = Field(default_factory=list)
+    error: str | None = Field(
+        default=None, description="The service's error (code: message) when provisioning failed"
+    )
 
     @property
     def managed(self) -> bool:
@@ -276,6 +313,16 @@ class Workspace(ABC):
     def get_foundation_model(self, name: str, label: str = "latest") -> FoundationModel:
         """Look a base model up by name and label (or version) in the model catalog."""
 
+    def prepare_foundation_model(
+        self, model: FoundationModel, log: Callable[[str], None]
+    ) -> str:
+        """Make the model's weights ready for training; return where they are.
+
+        A registry model (Azure) needs nothing. A catalog entry the workspace builds or
+        converts itself (local) is made here once, telling ``log`` how it goes.
+        """
+        return model.id
+
     # -- compute -------------------------------------------------------------------------
     @abstractmethod
     def get_compute(self, name: str) -> ComputeTarget | None:
@@ -289,12 +336,16 @@ class Workspace(ABC):
     def list_vm_sizes(self) -> list[VmSize]:
         """Sizes the workspace offers, with their GPU counts."""
 
-    def compute_quota_problem(self, size: str, nodes: int) -> str | None:
-        """A sentence when the workspace reports too little quota for ``nodes`` of ``size``.
+    def compute_quota(
+        self, size: str, nodes: int, existing: ComputeTarget | None = None
+    ) -> QuotaCheck:
+        """Which tiers have quota for ``nodes`` nodes of ``size``.
 
-        None when it fits, or when the workspace cannot tell (then nothing is refused).
+        ``existing`` is the cluster the job will use when it exists already: it keeps its
+        tier, and its own nodes are not counted against it. A workspace that cannot tell
+        allows every tier (nothing is refused).
         """
-        return None
+        return QuotaCheck(tiers=["Dedicated", "LowPriority"])
 
     # -- fine-tune jobs ------------------------------------------------------------------
     @abstractmethod

@@ -1,0 +1,291 @@
+"""Schedules fire on a server started the way ``make server-up`` starts it.
+
+``scripts/local_server.py up`` starts ``prefect server start`` (SQLite, its own
+PREFECT_HOME in tmp), deploys prefect.yaml and starts a process worker; nothing of the
+product is changed. Only the test's environment shortens the scheduler's loop, and the
+test adds a short interval schedule to ``smoke-test-endpoints`` through the API (as a
+person would in the UI), so a scheduled run falls due within seconds instead of at the
+top of the hour.
+
+Outcomes checked: the scheduler (not the test) creates the runs of the deployment's own
+hourly schedule; one scheduler-created run goes through the worker to Completed; the
+server's and the worker's logs hold no traceback and no ERROR line. A dependency that
+breaks the scheduler (SQLAlchemy 2.1 with Prefect 3.8.8) fails this test.
+
+Figures (time from server-up to the first scheduler-created run, and to its Completed
+state) are printed; run with ``-s`` to see them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import socket
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEPLOYMENT = "smoke-test-endpoints"
+# Lines that mean something went wrong in a Prefect server or worker log.
+TROUBLE = re.compile(r"Traceback \(most recent call last\)|\| ERROR |\bERROR\b\s*\|| ERROR:")
+
+
+def _load_local_server() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "local_server", PROJECT_DIR / "scripts" / "local_server.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+local_server = _load_local_server()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def trouble_in(path: Path) -> list[str]:
+    """The log's traceback and ERROR lines, each with the line after it for context."""
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    return [" / ".join(lines[i:i + 2]) for i, line in enumerate(lines) if TROUBLE.search(line)]
+
+
+class ServerUp:
+    def __init__(self, server: Any, started: float, deployed: list[str]):
+        from prefect.client.orchestration import SyncPrefectClient
+
+        self.server = server
+        self.started = started
+        self.up_s = time.monotonic() - started
+        self.deployed = deployed
+        self.client = SyncPrefectClient(server.api_url)
+        self.client.__enter__()
+
+    def deployment_id(self, name: str) -> Any:
+        return self.client.read_deployment_by_name(f"{name}/{name}").id
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {name} log (tail) ---\n" + (path.read_text()[-4000:] if path.exists() else "")
+            for name in ("server", "worker") for path in [self.server.log_file(name)]
+        )
+
+    def scheduled_runs(self, deployment_id: Any) -> list[Any]:
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        return self.client.read_flow_runs(deployment_filter=DeploymentFilter(
+            id=DeploymentFilterId(any_=[deployment_id])
+        ))
+
+
+@pytest.fixture(scope="module")
+def server_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUp]:
+    root = tmp_path_factory.mktemp("server-schedules")
+    server = local_server.Server(
+        root / "prefect-home", "127.0.0.1", _free_port(),
+        extra_env={
+            # The scheduler's pass every 2 s instead of 60 s, and a few runs per pass:
+            # settings of this test's server only.
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "5",
+            "HF_HUB_OFFLINE": "1",
+        },
+    )
+    running: ServerUp | None = None
+    started = time.monotonic()
+    try:
+        deployed = local_server.up(server, root / "workspace", query_seconds=2)
+        running = ServerUp(server, started, deployed)
+        yield running
+    finally:
+        if running is not None:
+            running.client.__exit__(None, None, None)
+        local_server.down(server)
+
+
+def test_scheduler_creates_runs_and_one_completes_through_the_worker(server_up: ServerUp) -> None:
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    assert DEPLOYMENT in server_up.deployed
+    deployment_id = server_up.deployment_id(DEPLOYMENT)
+
+    # 1. The deployment's own hourly schedule: the scheduler fills Upcoming by itself.
+    deadline = time.monotonic() + 120
+    while not (runs := server_up.scheduled_runs(deployment_id)):
+        assert time.monotonic() < deadline, (
+            f"the scheduler created no run of {DEPLOYMENT} in 120 s\n{server_up.logs()}"
+        )
+        time.sleep(1)
+    first_scheduled_s = time.monotonic() - server_up.started
+    # (an hourly run that fell due meanwhile may already be with the worker)
+    assert all(r.auto_scheduled for r in runs)
+    # the teardown cadence has a fixed anchor: it does not restart at every server-up
+    teardown = server_up.client.read_deployment(server_up.deployment_id("teardown-idle-endpoints"))
+    anchor = teardown.schedules[0].schedule.anchor_date
+    assert anchor.isoformat().startswith("2026-01-01T00:00:00")
+
+    # 2. A short interval added through the API, as a person would add one in the UI, so a
+    # scheduler-created run falls due now; the worker must take it to Completed.
+    server_up.client.create_deployment_schedules(
+        deployment_id, [(IntervalSchedule(interval=timedelta(seconds=20)), True)]
+    )
+    deadline = time.monotonic() + 300
+    while True:
+        runs = server_up.scheduled_runs(deployment_id)
+        done = [r for r in runs if r.auto_scheduled and r.state and r.state.is_completed()]
+        if done:
+            break
+        crashed = [r for r in runs if r.state and r.state.type.value in ("FAILED", "CRASHED")]
+        assert not crashed, f"{crashed[0].state_name}: {crashed[0].state.message}\n" \
+                            f"{server_up.logs()}"
+        assert time.monotonic() < deadline, (
+            f"no scheduled run of {DEPLOYMENT} completed in 300 s: "
+            f"{sorted({r.state_name for r in runs})}\n{server_up.logs()}"
+        )
+        time.sleep(2)
+    completed_s = time.monotonic() - server_up.started
+    # stop the short schedule so the worker goes quiet before the logs are read
+    server_up.client.pause_deployment(deployment_id)
+    print(f"\nserver-up took {server_up.up_s:.1f} s; from its start to the first "
+          f"scheduler-created run {first_scheduled_s:.1f} s, to a scheduled run Completed "
+          f"{completed_s:.1f} s")
+
+    problems = {name: trouble_in(server_up.server.log_file(name))
+                for name in ("server", "worker")}
+    assert problems == {"server": [], "worker": []}, server_up.logs()
+
+
+BAD_PARAMETERS = [
+    # (deployment, parameters, what the 409 must name)
+    ("finetune-and-deploy", {"request": {"endpoint_name": "1abc"}}, "request.endpoint_name"),
+    ("finetune-and-deploy", {"request": {"deployment_name": "Bad_Name!"}},
+     "request.deployment_name"),
+    ("finetune-and-deploy", {"request": {"dataset_split_pc": 500}}, "request.dataset_split_pc"),
+    ("finetune-and-deploy", {"request": {"training": {"epochs": 2}}}, "'epochs' was unexpected"),
+    ("finetune-and-deploy", {"delete_endpoint": True}, "'delete_endpoint' was unexpected"),
+    ("smoke-test-endpoints", {"request": {"endpoint_names": ["ok-name", "1abc"]}},
+     "request.endpoint_names[1]"),
+    ("smoke-test-endpoints", {"request": {"max_concurrency": 0}}, "request.max_concurrency"),
+    ("smoke-test-endpoints", {"request": {"bogus": 1}}, "'bogus' was unexpected"),
+    ("smoke-test-endpoints", {"endpoint_names": ["a-b-c"]}, "'endpoint_names' was unexpected"),
+    ("teardown-idle-endpoints", {"request": {"idle_hours": -5}}, "request.idle_hours"),
+    ("teardown-idle-endpoints", {"request": {"bogus": 1}}, "'bogus' was unexpected"),
+    # the test-only clock is gone from the form
+    ("teardown-idle-endpoints", {"now": "2030-01-01T00:00:00Z"}, "'now' was unexpected"),
+]
+
+
+def test_server_refuses_bad_values_naming_the_field(server_up: ServerUp) -> None:
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    answers = {}
+    for deployment, parameters, expected in BAD_PARAMETERS:
+        deployment_id = server_up.deployment_id(deployment)
+        try:
+            server_up.client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
+            answers[deployment, expected] = "201 Created"
+        except PrefectHTTPStatusError as refused:
+            text = refused.response.text
+            answers[deployment, expected] = (
+                "ok" if refused.response.status_code == 409 and expected in text else text
+            )
+        # nothing half-created: no run other than the scheduler's exists
+        manual = [r for r in server_up.scheduled_runs(deployment_id) if not r.auto_scheduled]
+        assert manual == [], f"{deployment} {parameters} created a run"
+    assert all(answer == "ok" for answer in answers.values()), answers
+
+
+class WebhookReceiver:
+    """A local webhook (127.0.0.1, free port) that keeps what it receives, with the time."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[tuple[float, dict[str, Any]]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append((time.time(), json.loads(body or b"{}")))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_failing_smoke_test_notifies_the_webhook(server_up: ServerUp) -> None:
+    import subprocess
+    import sys
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    receiver = WebhookReceiver()
+    try:
+        env = server_up.server.env()
+        # The user fills in the block's URL (here from Python, as the UI's Edit would).
+        save = ("import sys; from prefect.blocks.notifications import "
+                "CustomWebhookNotificationBlock as B; b = B.load('chatft-alerts'); "
+                "b.url = sys.argv[1]; b.save('chatft-alerts', overwrite=True)")
+        subprocess.run([sys.executable, "-c", save, receiver.url], env=env, check=True,
+                       cwd=PROJECT_DIR)
+        # server-up again: the automation is not duplicated and the URL is kept
+        local_server.ensure_alerts(server_up.server)
+        automations = server_up.client.read_automations_by_name("chatft smoke test failed")
+        assert len(automations) == 1 and automations[0].enabled
+
+        gone = "gone-endpoint"
+        flow_run = server_up.client.create_flow_run_from_deployment(
+            server_up.deployment_id(DEPLOYMENT),
+            parameters={"request": {"endpoint_names": [gone]}},
+        )
+        deadline = time.monotonic() + 300
+        while not (state := server_up.client.read_flow_run(flow_run.id).state).is_final():
+            assert time.monotonic() < deadline, server_up.logs()
+            time.sleep(1)
+        assert state.is_failed(), state.message
+        failed_at = state.timestamp.timestamp()
+
+        deadline = time.monotonic() + 60
+        while not receiver.received:
+            assert time.monotonic() < deadline, (
+                f"no notification within 60 s of the failed run\n{server_up.logs()}"
+            )
+            time.sleep(0.5)
+        arrived, message = receiver.received[0]
+        print(f"\nnotification latency: {arrived - failed_at:.1f} s after the run failed")
+        assert len(server_up.client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run.id])))) == 1
+        text = f"{message.get('subject')}\n{message.get('text')}"
+        assert gone in message["subject"]
+        assert "Failure class: not_found" in text
+        assert f"{server_up.server.ui_url}/runs/flow-run/{flow_run.id}" in text, text
+    finally:
+        receiver.close()
