@@ -97,3 +97,45 @@ def test_the_pinned_version_is_the_one_checked(fake, azure_flow, tmp_path):
         finetune_and_deploy(request=request)
     assert fake.sent("PUT", r".") == []
     assert len(fake.sent("GET", r"/components/chat_completion_pipeline/versions")) == 1
+
+
+def test_registry_interface_read_through_the_sdk(fake, workspace):
+    interface = workspace.get_pipeline_interface()
+    assert interface.label == "chat_completion_pipeline 0.0.57"
+    stage = interface.inputs["deepspeed_stage"]
+    assert (stage.type, stage.default, stage.enum, stage.optional) == ("string", "2",
+                                                                       ["2", "3"], True)
+    assert interface.inputs["num_train_epochs"].min == 1
+    assert interface.inputs["task_name"].optional is False
+    # pinned and latest share one registry read per version
+    assert workspace.get_pipeline_interface("0.0.57") == interface
+    assert len(fake.sent("GET", r"/components/")) == 1
+
+
+def test_what_passes_locally_passes_on_azure(fake, workspace):
+    from workspaces.local.pipeline_interface import local_interface
+    from workspaces.pipeline_inputs import interface_differences
+
+    azure, local = workspace.get_pipeline_interface(), local_interface()
+    assert local.mirrors == azure.label
+    # Same names, types, choices; where they differ the local pipeline is stricter
+    # (a minimum Azure does not declare) or only uses another default.
+    for difference in interface_differences(azure, local):
+        name, what = difference.split(": ", 1)
+        assert what.split(" ")[0] in ("min", "default"), difference
+        if what.startswith("min"):
+            assert (azure.inputs[name].min or float("-inf")) <= local.inputs[name].min
+
+
+def test_the_form_offers_only_what_the_component_takes(fake, workspace):
+    from typing import get_args
+
+    from flows.parameters import DeepSpeedStage, SchedulerType, TrainingParameters
+
+    inputs = workspace.get_pipeline_interface().inputs
+    assert list(get_args(SchedulerType)) == inputs["lr_scheduler_type"].enum
+    assert [str(v) for v in get_args(DeepSpeedStage)] == inputs["deepspeed_stage"].enum
+    schema = TrainingParameters.model_json_schema()["properties"]
+    for name in ("num_train_epochs", "per_device_train_batch_size",
+                 "per_device_eval_batch_size"):
+        assert schema[name]["minimum"] >= inputs[name].min
