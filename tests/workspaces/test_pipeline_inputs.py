@@ -94,7 +94,8 @@ def test_local_pipeline_reports_what_it_ignores_when_it_would_matter():
 
 
 def test_local_pipeline_refuses_what_it_would_fail_on_later():
-    result = check_inputs(local_interface(), _one("lora_r", "0", "training.extra_parameters.lora_r"))
+    planned = _one("lora_r", "0", "training.extra_parameters.lora_r")
+    result = check_inputs(local_interface(), planned)
     assert result.problems == [
         "training.extra_parameters.lora_r: 0 is below the minimum 1 of local-finetune-pipeline 1 "
         "(interface of chat_completion_pipeline 0.0.57)"
