@@ -10,19 +10,19 @@ same job when started again.
 
 Run it:
     python -m flows.finetune_and_deploy                 # local workspace, defaults
-    python -m flows.finetune_and_deploy --delete-endpoint
+    python -m flows.finetune_and_deploy --help          # every field of the request
+    python -m flows.finetune_and_deploy --training.num-train-epochs 1 --delete-endpoint
 or from a Prefect server: the ``finetune-and-deploy`` deployment in prefect.yaml.
 """
 
 from __future__ import annotations
-
-import argparse
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from blocks import load_workspace
+from flows.cli import parse_request
 from flows.parameters import FinetuneRequest
 from tasks import reports
 from tasks.component_check import check_finetune_inputs, get_pipeline_interface
@@ -186,10 +186,11 @@ def finetune_and_deploy(
     )
     job = submit_finetune_job(workspace, spec, request_id, request.resubmit_failed_job)
     job_reused = job.tags.get(TAG_FLOW_RUN) != this_run
-    reports.report_finetune_submission(job, parameters, compute, gpus, job_reused)
+    job_artifact = reports.report_finetune_submission(job, parameters, compute, gpus, job_reused)
     job = wait_for_job(
         workspace, job.name, request.job_timeout_minutes, request.cancel_job_on_timeout
     )
+    reports.report_finetune_outcome(job_artifact, job, parameters, compute, gpus, job_reused)
     metrics = get_job_metrics(workspace, job.name)
     reports.report_metrics(job, metrics)
 
@@ -309,21 +310,11 @@ def finetune_and_deploy(
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--workspace-block",
-        default=None,
-        help="block slug, e.g. azure-ml-workspace/prod (default: local)",
+def main(argv: list[str] | None = None) -> None:
+    request, workspace_block = parse_request(
+        FinetuneRequest, "python -m flows.finetune_and_deploy", argv
     )
-    parser.add_argument(
-        "--delete-endpoint", action="store_true", help="delete the endpoint at the end (step 9)"
-    )
-    args = parser.parse_args()
-    result = finetune_and_deploy(
-        request=FinetuneRequest(delete_endpoint=args.delete_endpoint),
-        workspace_block=args.workspace_block,
-    )
+    result = finetune_and_deploy(request=request, workspace_block=workspace_block)
     print()
     print(
         f"Endpoint:    {result.endpoint_name}" + (" (deleted)" if result.endpoint_deleted else "")

@@ -97,12 +97,13 @@ class FleetWorkspace(LocalWorkspace):
 
 def run_once(workspace: FleetWorkspace, max_concurrency: int, data_dir: Path) -> float:
     import flows.smoke_test_endpoints as smoke
+    from flows.parameters import SmokeTestRequest
 
     # The flow loads its workspace from a block slug; here it is the benchmark's fleet.
     smoke.load_workspace = lambda block: workspace
     started = time.perf_counter()
-    result = smoke.smoke_test_endpoints(max_concurrency=max_concurrency, seed=1,
-                                        download_dir=str(data_dir))
+    result = smoke.smoke_test_endpoints(SmokeTestRequest(
+        max_concurrency=max_concurrency, seed=1, download_dir=str(data_dir)))
     elapsed = time.perf_counter() - started
     assert len(result.endpoints_tested) == workspace.count, result.endpoints_tested
     return elapsed

@@ -164,6 +164,8 @@ def score_sample(
     request_file: str,
 ) -> ScoreResponse:
     """Write the request to ``request_file`` and send it to the deployment with the key."""
+    get_run_logger().info("Sending the sample conversation to %s/%s and waiting for the reply",
+                          endpoint_name, deployment_name)
     Path(request_file).write_text(json.dumps(body, indent=2))
     response = workspace.invoke(
         endpoint_name, body, deployment_name=deployment_name, caller="finetune-and-deploy"
@@ -184,6 +186,7 @@ def delete_endpoint(workspace: Workspace, name: str, timeout_minutes: float = 30
     """Delete the endpoint and wait until it is gone; False when it did not exist."""
     if workspace.get_endpoint(name) is None:
         return False
+    get_run_logger().info("Deleting endpoint %s and waiting until it is gone", name)
     workspace.begin_delete_endpoint(name)
     poll_until(lambda: workspace.get_endpoint(name), lambda e: e is None,
                timeout_minutes * 60, f"deletion of endpoint {name}")

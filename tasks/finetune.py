@@ -86,6 +86,10 @@ def submit_finetune_job(
     if existing is not None:
         logger.info("Reusing fine-tune job %s (%s)", existing.name, existing.status)
         return existing
+    # Submitting prepares the job's inputs (locally: builds the base model's weights the
+    # first time), which can take minutes: say so before it starts.
+    logger.info("Submitting fine-tune job %s on compute %s (preparing its inputs can take "
+                "a few minutes)", spec.name, spec.compute)
     job = workspace.submit_finetune_job(spec)
     logger.info(
         "Submitted fine-tune job %s (%s) to experiment %s",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote, urlparse
+from uuid import UUID
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
@@ -73,9 +75,22 @@ def report_dataset(prepared: PreparedDataset, preview: list[dict[str, Any]]) -> 
     )
 
 
-def report_finetune_submission(
+def is_web_link(url: str | None) -> bool:
+    """Whether a browser opens it from the UI (a file:// link does nothing there)."""
+    return bool(url) and urlparse(url).scheme in ("http", "https")
+
+
+def link_or_path(url: str | None) -> str:
+    """A web link as is; a file:// URI as the plain path it names."""
+    if not url or is_web_link(url):
+        return url or ""
+    parsed = urlparse(url)
+    return f"`{unquote(parsed.path)}`" if parsed.scheme == "file" else f"`{url}`"
+
+
+def _finetune_job_markdown(
     job: FinetuneJob, parameters: dict[str, str], compute: ComputeTarget, gpus: int, reused: bool
-) -> None:
+) -> str:
     rows = [
         ("job", job.name),
         ("display name", job.display_name),
@@ -86,22 +101,47 @@ def report_finetune_submission(
         ("devices per node", gpus),
         ("submitted by this run", "no (reused)" if reused else "yes"),
     ]
+    if job.studio_url:
+        rows.append(("logs and outputs", link_or_path(job.studio_url)))
     params = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(parameters.items()))
-    create_markdown_artifact(
-        key="finetune-job",
-        description=f"Fine-tune job {job.name}",
-        markdown="## Fine-tune job\n"
+    return (
+        "## Fine-tune job\n"
         + _md_table(rows)
         + "\n\n### Parameters sent to chat_completion_pipeline\n| parameter | value |\n|---|---|\n"
-        + params,
+        + params
     )
-    if job.studio_url:
+
+
+def report_finetune_submission(
+    job: FinetuneJob, parameters: dict[str, str], compute: ComputeTarget, gpus: int, reused: bool
+) -> UUID:
+    """The ``finetune-job`` artifact at submission; its id, for ``report_finetune_outcome``."""
+    artifact_id = create_markdown_artifact(
+        key="finetune-job",
+        description=f"Fine-tune job {job.name}",
+        markdown=_finetune_job_markdown(job, parameters, compute, gpus, reused),
+    )
+    if is_web_link(job.studio_url):
         create_link_artifact(
             key="finetune-job-link",
             link=job.studio_url,
             link_text=f"Job {job.name}",
             description="Where the job's logs and outputs are",
         )
+    return artifact_id
+
+
+def report_finetune_outcome(
+    artifact_id: UUID, job: FinetuneJob, parameters: dict[str, str], compute: ComputeTarget,
+    gpus: int, reused: bool,
+) -> None:
+    """Rewrite the ``finetune-job`` artifact with the job's final status (not "Queued")."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactUpdate
+
+    markdown = _finetune_job_markdown(job, parameters, compute, gpus, reused)
+    with get_client(sync_client=True) as client:
+        client.update_artifact(artifact_id, ArtifactUpdate(data=markdown))
 
 
 def report_metrics(job: FinetuneJob, metrics: JobMetrics) -> None:
@@ -164,7 +204,7 @@ def report_endpoint(endpoint: Endpoint, deployment_name: str, reused: bool) -> N
         + "\n\nThe endpoint keeps serving (and, on Azure, billing) until deleted; the "
         "teardown_idle_endpoints flow deletes idle ones.",
     )
-    if endpoint.scoring_uri:
+    if is_web_link(endpoint.scoring_uri):
         create_link_artifact(
             key="endpoint-link",
             link=endpoint.scoring_uri,
