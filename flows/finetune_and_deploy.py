@@ -41,6 +41,7 @@ from tasks.finetune import allocate_suffix, get_job_metrics, submit_finetune_job
 from tasks.foundation_model import (
     check_workspace_access,
     get_foundation_model,
+    prepare_foundation_model,
     resolve_finetune_parameters,
 )
 from tasks.own_traffic import record_own_requests
@@ -66,6 +67,7 @@ from workspaces.naming import (
     registered_model_description,
     registered_model_name,
 )
+from workspaces.scoring import BadReply
 
 
 class FinetuneResult(BaseModel):
@@ -83,6 +85,7 @@ class FinetuneResult(BaseModel):
     endpoint_reused: bool
     deployment_name: str
     reply: str
+    tuning_summary: str = ""
     endpoint_deleted: bool = False
 
 
@@ -160,7 +163,8 @@ def finetune_and_deploy(
     prepared = ensure_dataset(source, request.dataset_split_pc, request.download_dir)
     reports.report_dataset(prepared, first_rows(prepared))
 
-    # 5. fine-tune job
+    # 5. fine-tune job (a local catalog model is converted once, before its first job)
+    prepare_foundation_model(workspace, model)
     display_name = finetune_display_name(model.name, parameters, gpus, request.num_nodes_finetune)
     spec = FinetuneJobSpec(
         name=finetune_job_name(request_id, suffix),
@@ -170,6 +174,7 @@ def finetune_and_deploy(
         compute=compute.name,
         train_file=prepared.files["train_sft"],
         test_file=prepared.files["test_sft"],
+        test_gen_file=prepared.files.get("test_gen"),
         gpus_per_node=gpus,
         num_nodes=request.num_nodes_finetune,
         parameters=parameters,
@@ -192,7 +197,7 @@ def finetune_and_deploy(
     )
     reports.report_finetune_outcome(job_artifact, job, parameters, compute, gpus, job_reused)
     metrics = get_job_metrics(workspace, job.name)
-    reports.report_metrics(job, metrics)
+    tuning = reports.report_metrics(job, metrics)
 
     # 6. register
     registered_name = registered_model_name(model.name)
@@ -266,8 +271,13 @@ def finetune_and_deploy(
         body,
         str(prepared.directory) + "/sample_score.json",
     )
-    reply = reply_text(response)
-    reports.report_score(body, response, reply)
+    try:
+        reply = reply_text(response)
+    except BadReply as exc:
+        # The deployment answered, but not with a usable reply: say so, as the smoke test would.
+        logger.warning("The sample reply breaks the scoring contract (%s): %s", exc.kind, exc)
+        reply = ""
+    reports.report_score(body, response, reply, reports.base_reply_to(metrics, body))
     record_own_requests(endpoint_name, workspace.kind, "finetune-and-deploy", 1)
 
     # 9. clean up (off by default: teardown_idle_endpoints owns clean-up)
@@ -295,6 +305,7 @@ def finetune_and_deploy(
         endpoint_reused=endpoint_reused,
         deployment_name=request.deployment_name,
         reply=reply,
+        tuning_summary=tuning,
         endpoint_deleted=deleted,
     )
     logger.info(
@@ -307,6 +318,8 @@ def finetune_and_deploy(
         endpoint_name,
         "reused" if endpoint_reused else "new",
     )
+    logger.info("Reply of the tuned model: %r", reply)
+    logger.info(tuning)
     return result
 
 

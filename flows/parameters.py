@@ -86,7 +86,7 @@ class TrainingParameters(FormModel):
         5e-6, gt=0, le=1, title="Learning rate",
         description="Step size of the optimiser. The model's own recommended settings replace "
         "this value when it names one and 'Use the model's recommended settings' is on "
-        "(the local stand-in model uses 1e-3)",
+        "(the local SmolLM2 model uses 2e-3)",
     )
     lr_scheduler_type: SchedulerType = Field(
         "cosine", title="Learning-rate scheduler", description=_VERSIONS_NOTE
@@ -162,7 +162,7 @@ class ScoringParameters(FormModel):
 class FinetuneRequest(FormModel):
     """What to fine-tune, on which data and compute, and how to deploy and try it.
 
-    Fields left empty take the workspace's default (local: the stand-in model, the shipped
+    Fields left empty take the workspace's default (local: SmolLM2-135M-Instruct, the shipped
     sample and this machine; Azure: Phi-3-mini-4k-instruct, ultrachat_200k from the hub and
     the walkthrough's GPU sizes).
     """

@@ -45,6 +45,17 @@ def get_foundation_model(workspace: Workspace, name: str, label: str) -> Foundat
     return model
 
 
+# Not cached by Prefect: the workspace's catalog folder is the cache (a marker file says
+# the conversion finished), so a deleted workspace is rebuilt rather than trusted.
+@task(name="prepare-foundation-model", cache_policy=NO_CACHE, **transient_retries())
+def prepare_foundation_model(workspace: Workspace, model: FoundationModel) -> str:
+    """Have the model's weights ready: converted once on the local workspace, logged."""
+    logger = get_run_logger()
+    location = workspace.prepare_foundation_model(model, logger.info)
+    logger.info("Foundation model %s weights: %s", model.name, location)
+    return location
+
+
 @task(name="resolve-finetune-parameters", cache_policy=WORKSPACE_INPUTS)
 def resolve_finetune_parameters(
     model: FoundationModel, requested: dict[str, str], apply_model_defaults: bool

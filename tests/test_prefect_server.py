@@ -150,6 +150,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, standin_dir: Path) -> Iterat
 def finetune_run(stack: Stack) -> Any:
     flow_run = stack.run("finetune-and-deploy", {
         "request": {
+            "foundation_model": STANDIN_NAME,
             "download_dir": str(stack.data_dir / "ultrachat_200k_dataset"),
             "training": {"num_train_epochs": 1},
         },

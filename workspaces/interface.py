@@ -12,6 +12,7 @@ on both workspaces.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -112,6 +113,11 @@ class FinetuneJobSpec(BaseModel):
     compute: str
     train_file: str = Field(description="Local path of train_sft.jsonl")
     test_file: str = Field(description="Local path of test_sft.jsonl")
+    test_gen_file: str | None = Field(
+        default=None,
+        description="Local path of test_gen.jsonl: held-out questions whose exact-answer rate "
+        "the job measures before and after tuning (local workspace; Azure ignores it)",
+    )
     gpus_per_node: int
     num_nodes: int = 1
     parameters: dict[str, str] = Field(
@@ -174,6 +180,11 @@ class FinetuneJob(BaseModel):
     component_version: str | None = None
     current_step: str | None = Field(default=None, description="Running child step, if known")
     progress: float | None = Field(default=None, description="0..1 when the workspace knows it")
+    training: dict[str, float] = Field(
+        default_factory=dict,
+        description="Latest training log (step, max_steps, epoch, loss) when the workspace "
+        "reports it while the job runs",
+    )
     error: str | None = None
     created_at: datetime | None = None
 
@@ -189,6 +200,11 @@ class JobMetrics(BaseModel):
     evaluation: dict[str, float] = Field(default_factory=dict)
     finetune_history: list[dict[str, Any]] = Field(
         default_factory=list, description="Per-step rows: step, metric, value"
+    )
+    samples: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Held-out questions with the reference, the base and the tuned model's "
+        "replies (messages, reference, base_reply, tuned_reply), when the job records them",
     )
     unavailable: str | None = Field(
         default=None,
@@ -335,6 +351,16 @@ class Workspace(ABC):
     @abstractmethod
     def get_foundation_model(self, name: str, label: str = "latest") -> FoundationModel:
         """Look a base model up by name and label (or version) in the model catalog."""
+
+    def prepare_foundation_model(
+        self, model: FoundationModel, log: Callable[[str], None]
+    ) -> str:
+        """Make the model's weights ready for training; return where they are.
+
+        A registry model (Azure) needs nothing. A catalog entry the workspace builds or
+        converts itself (local) is made here once, telling ``log`` how it goes.
+        """
+        return model.id
 
     # -- compute -------------------------------------------------------------------------
     @abstractmethod
