@@ -275,16 +275,17 @@ def missing_results(plan: SmokeTestPlan) -> list[ProbeResult]:
 def result_rows(results: list[ProbeResult], skipped: list[SkippedEndpoint]) -> list[dict[str, Any]]:
     """Table rows: failures first (what a reader looks for), then ok, then skipped."""
     ordered = sorted(results, key=lambda r: (r.ok, r.endpoint, r.deployment))
+    # The reason right after the status: the UI does not wrap cells, so columns far to the
+    # right of a 1440 px page are cut off; model and version matter least, so they go last.
     rows = [
-        {"endpoint": r.endpoint, "deployment": r.deployment, "model": r.model,
-         "version": r.version, "status": r.status,
-         "latency_ms": "" if r.latency_ms is None else r.latency_ms,
-         "reply": r.reply_excerpt, "reason": r.reason}
+        {"endpoint": r.endpoint, "deployment": r.deployment, "status": r.status,
+         "reason": r.reason, "latency_ms": "" if r.latency_ms is None else r.latency_ms,
+         "reply": r.reply_excerpt, "model": r.model, "version": r.version}
         for r in ordered
     ]
     rows += [
-        {"endpoint": s.endpoint, "deployment": "-", "model": "", "version": "",
-         "status": SKIPPED, "latency_ms": "", "reply": "", "reason": s.reason}
+        {"endpoint": s.endpoint, "deployment": "-", "status": SKIPPED, "reason": s.reason,
+         "latency_ms": "", "reply": "", "model": "", "version": ""}
         for s in skipped
     ]
     return rows

@@ -129,6 +129,45 @@ class FinetuneJobSpec(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class PipelineInput(BaseModel):
+    """One input of the fine-tune pipeline as its component declares it.
+
+    Same shape on both workspaces: Azure reads it from the registry's component version,
+    the local workspace declares its own.
+    """
+
+    type: str = Field(description="string, integer, number, boolean, or an asset type "
+                      "(uri_file, mlflow_model, ...)")
+    optional: bool = True
+    default: str | None = None
+    enum: list[str] | None = None
+    min: float | None = None
+    max: float | None = None
+    ignored: str | None = Field(
+        default=None,
+        description="Why this workspace takes the input but does not use it (local: "
+        "DeepSpeed on a CPU); None when it is used",
+    )
+
+
+class PipelineInterface(BaseModel):
+    """The inputs of a resolved version of the fine-tune pipeline component."""
+
+    component: str
+    version: str
+    inputs: dict[str, PipelineInput]
+    mirrors: str | None = Field(
+        default=None,
+        description="Local only: the Azure component version whose interface it keeps",
+    )
+
+    @property
+    def label(self) -> str:
+        """How messages name it, e.g. ``chat_completion_pipeline 0.0.57``."""
+        name = f"{self.component} {self.version}"
+        return f"{name} (interface of {self.mirrors})" if self.mirrors else name
+
+
 class FinetuneJob(BaseModel):
     """State of a submitted fine-tune job."""
 
@@ -348,6 +387,14 @@ class Workspace(ABC):
         return QuotaCheck(tiers=["Dedicated", "LowPriority"])
 
     # -- fine-tune jobs ------------------------------------------------------------------
+    @abstractmethod
+    def get_pipeline_interface(self, version: str | None = None) -> PipelineInterface:
+        """The inputs of the fine-tune pipeline component, pinned ``version`` or latest.
+
+        The pre-flight checks every input a request would send against it, before
+        anything is created.
+        """
+
     @abstractmethod
     def find_jobs(self, request_id: str) -> list[FinetuneJob]:
         """Jobs this project submitted for a request (by tag), newest first."""
