@@ -16,7 +16,7 @@ from azure.core.exceptions import AzureError
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 
-from workspaces.azure.errors import scrub
+from workspaces.azure.errors import credential_failure
 from workspaces.errors import AuthenticationFailed
 
 ARM_SCOPE = "https://management.azure.com/.default"
@@ -112,16 +112,20 @@ class AzureMLCredentials(Block):
             )
         return identity.DefaultAzureCredential(exclude_interactive_browser_credential=True)
 
-    def check(self) -> str:
-        """Ask a token for Azure Resource Manager; raise AuthenticationFailed with the fix."""
+    def check(self, scope: str = ARM_SCOPE) -> str:
+        """Ask a token for Azure Resource Manager; raise AuthenticationFailed with the fix.
+
+        The message lists every credential the chain tried with its reason, in full, then
+        the fix for this kind; the secret never appears in it.
+        """
         secret = self.client_secret.get_secret_value() if self.client_secret else ""
         try:
-            self.get_credential().get_token(ARM_SCOPE)
+            self.get_credential().get_token(scope)
         except (AzureError, ValueError) as exc:
-            detail = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "", (secret,))
-            raise AuthenticationFailed(
-                f"Azure credential of kind {self.auth_kind!r} could not get a token for "
-                f"{ARM_SCOPE} ({exc.__class__.__name__}: {detail[:300]}). Fix: "
-                f"{FIXES[self.auth_kind]}."
-            ) from None
+            raise AuthenticationFailed(credential_failure(
+                exc,
+                f"Azure credential of kind {self.auth_kind!r} could not get a token for {scope}",
+                FIXES[self.auth_kind],
+                (secret,),
+            )) from None
         return f"Azure credential of kind {self.auth_kind!r} obtained a management token"

@@ -94,4 +94,6 @@ class AzureMLWorkspaceBlock(Block):
             config_path=self.config_path,
             registry_name=self.registry_name,
             client_kwargs=client_kwargs or None,
+            # The pre-flight asks the block itself, so its message fits the chosen kind.
+            credential_check=self.credentials.check,
         )

@@ -23,15 +23,20 @@ def ensure_compute(
     model: FoundationModel,
     nodes: int = 1,
 ) -> tuple[ComputeTarget, int]:
-    """Reuse the cluster or create it (Dedicated, then LowPriority); return it and GPUs/node."""
+    """Reuse the cluster or create it (Dedicated, then LowPriority, as quota allows); return
+    it and GPUs/node."""
     logger = get_run_logger()
     existing = workspace.get_compute(name)
     # Quota is checked before anything is created: a cluster that can never scale up
-    # would only surface as a job stuck in Queued.
-    problem = workspace.compute_quota_problem(existing.size if existing else size, nodes)
-    if problem:
-        raise QuotaExceeded(problem)
-    compute = compute_provisioning.ensure_compute(workspace, name, size, max_instances)
+    # would only surface as a job stuck in Queued. Only tiers with room are tried.
+    quota = workspace.compute_quota(existing.size if existing else size, nodes, existing)
+    for note in quota.notes:
+        logger.info("Quota for %s: %s", name, note)
+    if quota.refusal:
+        raise QuotaExceeded(quota.refusal)
+    compute = compute_provisioning.ensure_compute(
+        workspace, name, size, max_instances, tiers=quota.tiers
+    )
     if compute.created:
         logger.info("Created compute %s of size %s, tier %s", name, compute.size, compute.tier)
     else:

@@ -12,7 +12,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.policies import transient_retries
 from tasks.waiting import poll_until
-from workspaces.errors import InvalidRequest, ResourceNotFound, WorkspaceError
+from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound, WorkspaceError
+from workspaces.failure_advice import failure_class, with_advice
 from workspaces.interface import Deployment, Endpoint, ScoreResponse, Workspace
 from workspaces.ultrachat import read_jsonl
 
@@ -45,8 +46,8 @@ def create_endpoint(
         f"endpoint {name} provisioning",
     )
     if endpoint.provisioning_state != "Succeeded":
-        raise WorkspaceError(
-            f"endpoint {name} ended {endpoint.provisioning_state}; delete it and run again"
+        raise provisioning_failure(
+            f"endpoint {name}", endpoint.provisioning_state, endpoint.error
         )
     return endpoint
 
@@ -73,6 +74,11 @@ def create_deployment(
     if deployment is not None and deployment.provisioning_state == "Succeeded":
         logger.info("Reusing deployment %s on %s", name, endpoint_name)
         return deployment
+    if deployment is not None and deployment.provisioning_state in ("Failed", "Canceled"):
+        # A failed deployment is replaced (create-or-update), not failed on again.
+        logger.warning("Deployment %s on %s is %s; replacing it", name, endpoint_name,
+                       deployment.provisioning_state)
+        deployment = None
     if deployment is None:
         workspace.begin_create_deployment(
             endpoint_name, name, model_id, instance_type, instance_count, tags,
@@ -96,12 +102,34 @@ def create_deployment(
         f"deployment {name} on {endpoint_name}",
     )
     if deployment.provisioning_state != "Succeeded":
-        logs = workspace.get_deployment_logs(endpoint_name, name, lines=20)
-        raise WorkspaceError(
-            f"deployment {name} on {endpoint_name} ended {deployment.provisioning_state}: "
-            f"{deployment.error or 'no error reported'}\nlast log lines:\n{logs}"
+        raise provisioning_failure(
+            f"deployment {name} on {endpoint_name}", deployment.provisioning_state,
+            deployment.error, _log_tail(workspace, endpoint_name, name),
         )
     return deployment
+
+
+def provisioning_failure(
+    what: str, state: str, error: str | None, logs: str = ""
+) -> WorkspaceError:
+    """The error for an endpoint or deployment that ended Failed/Canceled: the service's
+    code and message, one sentence of advice for a known class, then the log tail."""
+    cause = error or "the service gave no error text"
+    message = with_advice(f"{what} ended {state}: {cause}", cause)
+    message += " Run again to replace it." if "run again" not in message.lower() else ""
+    if logs.strip():
+        message += f"\nLast log lines:\n{logs.strip()}"
+    error_class = QuotaExceeded if failure_class(cause) in ("OutOfQuota", "quota") else (
+        WorkspaceError)
+    return error_class(message)
+
+
+def _log_tail(workspace: Workspace, endpoint_name: str, name: str) -> str:
+    # The logs help with a crash; their absence must not hide the failure itself.
+    try:
+        return workspace.get_deployment_logs(endpoint_name, name, lines=20)
+    except WorkspaceError:
+        return ""
 
 
 @task(name="route-traffic", cache_policy=NO_CACHE, **transient_retries())

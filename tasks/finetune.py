@@ -10,7 +10,13 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.policies import WORKSPACE_INPUTS, WorkspaceInputs, transient_retries
 from tasks.waiting import poll_until
-from workspaces.errors import DeadlineExceeded, JobFailed
+from workspaces.errors import (
+    DeadlineExceeded,
+    JobFailed,
+    TransientWorkspaceError,
+    WorkspaceError,
+)
+from workspaces.failure_advice import with_advice
 from workspaces.interface import (
     TAG_SUFFIX,
     FinetuneJob,
@@ -60,10 +66,11 @@ def submit_finetune_job(
             )
             return latest
         if not resubmit_failed:
+            # The listing carries no error text; the job itself does.
+            latest = workspace.get_job(latest.name) or latest
             raise JobFailed(
-                f"fine-tune job {latest.name} for this request ended {latest.status}: "
-                f"{latest.error or 'no error reported'}. Fix the cause and run again with "
-                "resubmit_failed_job=true to submit a new job"
+                f"{job_failure(latest)} Fix the cause and run again with "
+                "resubmit_failed_job=true to submit a new job."
             )
         attempt = len(previous) + 1
         suffix = spec.tags.get(TAG_SUFFIX, "")
@@ -144,15 +151,36 @@ def wait_for_job(
             "job_timeout_minutes, or set cancel_job_on_timeout=true"
         ) from exc
     if job.status != "Completed":
-        raise JobFailed(
-            f"fine-tune job {job_name} ended {job.status}: {job.error or 'no error reported'}"
-            + (f" (details: {job.studio_url})" if job.studio_url else "")
-        )
+        raise JobFailed(job_failure(job))
     update_progress_artifact(progress_id, progress=100.0)
     return job
 
 
-@task(name="get-job-metrics", cache_policy=WORKSPACE_INPUTS, **transient_retries())
+def job_failure(job: FinetuneJob) -> str:
+    """What a user reads about a job that did not complete: name and status once, the
+    service's error text, one sentence of advice when the failure class is known, the link."""
+    cause = job.error or "the service gave no error text"
+    message = with_advice(f"fine-tune job {job.name} ended {job.status}: {cause}", cause)
+    message = message if message.endswith(".") else f"{message}."
+    return f"{message} Logs: {job.studio_url}." if job.studio_url else message
+
+
+# Not cached: metrics are a report, not a gate. A read refused today (permission, missing
+# run) must be tried again on the next run, and a read is a handful of requests.
+@task(name="get-job-metrics", cache_policy=NO_CACHE, **transient_retries())
 def get_job_metrics(workspace: Workspace, job_name: str) -> JobMetrics:
-    """Training and evaluation metrics of the job's finetune and evaluation child runs."""
-    return workspace.get_job_metrics(job_name)
+    """Training and evaluation metrics of the job's finetune and evaluation child runs.
+
+    A Completed job whose metrics cannot be read still goes on to registration: the
+    result says why they are missing, and the run logs a warning. Transient faults retry.
+    """
+    try:
+        return workspace.get_job_metrics(job_name)
+    except TransientWorkspaceError:
+        raise
+    except WorkspaceError as exc:
+        get_run_logger().warning(
+            "Metrics of job %s could not be read; registering and deploying anyway: %s",
+            job_name, exc,
+        )
+        return JobMetrics(unavailable=str(exc))

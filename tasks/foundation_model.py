@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.policies import WORKSPACE_INPUTS, transient_retries
 from workspaces.errors import InvalidRequest
 from workspaces.interface import FoundationModel, Workspace
-from workspaces.model_tags import TagParseError, model_specific_defaults, retirement_notice
+from workspaces.model_tags import TagParseError, model_specific_defaults, retirement_status
 
 
 @task(name="check-workspace-access", cache_policy=NO_CACHE, **transient_retries())
@@ -29,13 +29,17 @@ def check_workspace_access(workspace: Workspace) -> str:
     **transient_retries(),
 )
 def get_foundation_model(workspace: Workspace, name: str, label: str) -> FoundationModel:
-    """Look the base model up by name and label, refusing retired models."""
+    """Look the base model up by name and label, refusing retired models (true-ish
+    retired/deprecated tag, or a retirement/deprecation date that has passed); a date
+    still ahead only warns."""
     model = workspace.get_foundation_model(name, label)
     logger = get_run_logger()
     logger.info("Foundation model %s version %s (%s)", model.name, model.version, model.id)
-    notice = retirement_notice(model)
-    if notice:
-        raise InvalidRequest(f"{notice}; choose another foundation_model or version")
+    refusal, warnings = retirement_status(model)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    if refusal:
+        raise InvalidRequest(f"{refusal}; choose another foundation_model or version")
     return model
 
 

@@ -112,10 +112,13 @@ def report_metrics(job: FinetuneJob, metrics: JobMetrics) -> None:
         {"run": "evaluation", "metric": k, "value": round(v, 6)}
         for k, v in sorted(metrics.evaluation.items())
     ]
+    if metrics.unavailable:
+        rows = [{"run": "-", "metric": "unavailable", "value": metrics.unavailable}]
     create_table_artifact(
         key="finetune-metrics",
         table=rows or [{"run": "-", "metric": "none reported", "value": ""}],
-        description=f"Training and evaluation metrics of job {job.name}",
+        description=f"Training and evaluation metrics of job {job.name}"
+        + (f". Not read: {metrics.unavailable}" if metrics.unavailable else ""),
     )
 
 

@@ -13,24 +13,29 @@ TIERS = ("Dedicated", "LowPriority")
 
 
 def ensure_compute(
-    workspace: Workspace, name: str, size: str, max_instances: int = 1
+    workspace: Workspace,
+    name: str,
+    size: str,
+    max_instances: int = 1,
+    tiers: tuple[str, ...] | list[str] = TIERS,
 ) -> ComputeTarget:
     """The existing compute ``name``, or a new one of ``size``; raises with the fix if neither.
 
-    Transient and authentication errors propagate at once: only a refusal of the size or
-    quota moves on to the next tier.
+    ``tiers`` are the tiers to try, in order (the quota check leaves out those without
+    room). Transient and authentication errors propagate at once: only a refusal of the
+    size or quota moves on to the next tier.
     """
     existing = workspace.get_compute(name)
     if existing is not None:
         return existing
     refusals: list[str] = []
-    for tier in TIERS:
+    for tier in tiers:
         try:
             return workspace.create_compute(name, size, tier, max_instances)
         except (InvalidRequest, QuotaExceeded) as exc:
             refusals.append(f"{tier}: {exc}")
     raise QuotaExceeded(
         f"compute size not available in workspace: {size} could not be created as "
-        f"{' or '.join(TIERS)} ({'; '.join(refusals)}). Pick another size from the model's "
+        f"{' or '.join(tiers)} ({'; '.join(refusals)}). Pick another size from the model's "
         "allow list, request quota for this VM family, or name an existing cluster."
     )

@@ -88,6 +88,20 @@ class ComputeTarget(BaseModel):
     max_instances: int = 1
 
 
+class QuotaCheck(BaseModel):
+    """What the workspace's quota allows for the fine-tune cluster, tier by tier."""
+
+    tiers: list[str] = Field(
+        description="Tiers with room, in the order to try (Dedicated, then LowPriority)"
+    )
+    notes: list[str] = Field(
+        default_factory=list, description="One sentence per tier considered, with the figures"
+    )
+    refusal: str | None = Field(
+        default=None, description="Why no tier could run the job, with what to do; else None"
+    )
+
+
 class FinetuneJobSpec(BaseModel):
     """Everything needed to submit the fine-tune job (the chat_completion_pipeline call)."""
 
@@ -137,6 +151,10 @@ class JobMetrics(BaseModel):
     finetune_history: list[dict[str, Any]] = Field(
         default_factory=list, description="Per-step rows: step, metric, value"
     )
+    unavailable: str | None = Field(
+        default=None,
+        description="Why the metrics could not be read (they are a report, not a gate)",
+    )
 
 
 class RegisteredModel(BaseModel):
@@ -180,6 +198,9 @@ class Endpoint(BaseModel):
     )
     url: str | None = Field(default=None, description="Human link (Azure ML studio or local URL)")
     deployments: list[Deployment] = Field(default_factory=list)
+    error: str | None = Field(
+        default=None, description="The service's error (code: message) when provisioning failed"
+    )
 
     @property
     def managed(self) -> bool:
@@ -289,12 +310,16 @@ class Workspace(ABC):
     def list_vm_sizes(self) -> list[VmSize]:
         """Sizes the workspace offers, with their GPU counts."""
 
-    def compute_quota_problem(self, size: str, nodes: int) -> str | None:
-        """A sentence when the workspace reports too little quota for ``nodes`` of ``size``.
+    def compute_quota(
+        self, size: str, nodes: int, existing: ComputeTarget | None = None
+    ) -> QuotaCheck:
+        """Which tiers have quota for ``nodes`` nodes of ``size``.
 
-        None when it fits, or when the workspace cannot tell (then nothing is refused).
+        ``existing`` is the cluster the job will use when it exists already: it keeps its
+        tier, and its own nodes are not counted against it. A workspace that cannot tell
+        allows every tier (nothing is refused).
         """
-        return None
+        return QuotaCheck(tiers=["Dedicated", "LowPriority"])
 
     # -- fine-tune jobs ------------------------------------------------------------------
     @abstractmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import logging
+from datetime import UTC, date, datetime
 from typing import Any
 
 from workspaces.interface import FoundationModel
@@ -70,10 +71,62 @@ def api_string(value: Any) -> str:
     return str(value)
 
 
+TRUE_VALUES = frozenset({"true", "yes", "y", "1", "on"})
+FALSE_VALUES = frozenset({"false", "no", "n", "0", "off", "none", "null"})
+DATE_TAGS = ("retirement_date", "deprecation_date")
+
+
+def _tag_date(value: str) -> date | None:
+    text = value.strip()
+    for parse in (
+        lambda t: datetime.fromisoformat(t.replace("Z", "+00:00")).date(),
+        lambda t: datetime.strptime(t, "%m/%d/%Y").date(),
+        lambda t: datetime.strptime(t, "%d %B %Y").date(),
+        lambda t: datetime.strptime(t, "%B %d, %Y").date(),
+    ):
+        try:
+            return parse(text)
+        except ValueError:
+            continue
+    return None
+
+
+def retirement_status(
+    model: FoundationModel, today: date | None = None
+) -> tuple[str | None, list[str]]:
+    """``(refusal, warnings)`` from the model's retirement tags.
+
+    ``retired``/``deprecated`` refuse when true-ish (``true``, ``yes``, ``1``);
+    ``retirement_date``/``deprecation_date`` refuse when the date has come. ``false``, a
+    date still ahead and values that are neither only warn, with the date.
+    """
+    today = today or datetime.now(UTC).date()
+    what = f"model {model.name} version {model.version}"
+    refusals: list[str] = []
+    warnings: list[str] = []
+    for key, raw in sorted(model.tags.items()):
+        name, value = key.lower(), str(raw).strip()
+        if name not in RETIREMENT_TAGS or not value:
+            continue
+        if name in DATE_TAGS:
+            when = _tag_date(value)
+            if when is None:
+                warnings.append(f"{what} has tag {key}={value!r}, which is not a date")
+            elif when <= today:
+                refusals.append(f"{key} {when.isoformat()} has passed")
+            else:
+                warnings.append(f"{what} has {key} {when.isoformat()}: choose a successor "
+                                "before then")
+        elif value.lower() in TRUE_VALUES:
+            refusals.append(f"{key}={value}")
+        elif value.lower() in FALSE_VALUES:
+            warnings.append(f"{what} has tag {key}={value!r}; not taken as retired")
+        else:
+            warnings.append(f"{what} has tag {key}={value!r}, which is neither true nor false")
+    refusal = f"{what} is retired ({'; '.join(refusals)})" if refusals else None
+    return refusal, warnings
+
+
 def retirement_notice(model: FoundationModel) -> str | None:
-    """A sentence when the model is marked retired or deprecated, else None."""
-    found = {k: v for k, v in model.tags.items() if k.lower() in RETIREMENT_TAGS and v}
-    if not found:
-        return None
-    detail = ", ".join(f"{k}={v}" for k, v in sorted(found.items()))
-    return f"model {model.name} version {model.version} is marked for retirement ({detail})"
+    """A sentence when the model is retired (true-ish tag or a date that has passed)."""
+    return retirement_status(model)[0]

@@ -106,7 +106,9 @@ def test_round_trip_through_prefect_server(prefect_server, caplog):
     assert isinstance(loaded, WorkspaceBlock)
     workspace = loaded.get_workspace()
     assert workspace.kind == "azure"
-    assert workspace.cache_scope == "azure:/subscriptions/sub-1/resourceGroups/rg-1/workspaces/ws-1"
+    assert workspace.address_scope == (
+        "azure:/subscriptions/sub-1/resourceGroups/rg-1/workspaces/ws-1"
+    )
     assert SECRET not in repr(workspace)
 
 
@@ -116,4 +118,4 @@ def test_config_path_block_reads_config_json(tmp_path):
         json.dumps({"subscription_id": "s", "resource_group": "r", "workspace_name": "w"})
     )
     workspace = AzureMLWorkspaceBlock(config_path=str(config)).get_workspace()
-    assert workspace.cache_scope == "azure:/subscriptions/s/resourceGroups/r/workspaces/w"
+    assert workspace.address_scope == "azure:/subscriptions/s/resourceGroups/r/workspaces/w"

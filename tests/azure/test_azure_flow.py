@@ -13,6 +13,7 @@ from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest
 from tests.azure.conftest import make_workspace
 from tests.azure.fake_azureml.server import Fault
+from tests.azure.fake_azureml.service import REGIONAL_LOW_PRIORITY, quota_row
 from workspaces.interface import TAG_MANAGED_BY
 
 
@@ -103,8 +104,79 @@ def test_no_secret_reaches_logs_artifacts_or_results(fake, credential, azure_flo
 def test_quota_shortage_fails_preflight_before_anything_is_created(fake, azure_flow, tmp_path):
     from workspaces.errors import QuotaExceeded
 
-    fake.quota["standardNCSv3Family"] = (44, 48)
-    with pytest.raises(QuotaExceeded, match="standardNCSv3Family"):
+    fake.quota[quota_row("standardNCSv3Family")] = (44, 48)
+    fake.quota[REGIONAL_LOW_PRIORITY] = (96, 100)
+    with pytest.raises(QuotaExceeded, match="Considered: Dedicated: .* LowPriority: ") as info:
         finetune_and_deploy(request=FinetuneRequest(dataset="sample",
                                                     download_dir=str(tmp_path / "dl")))
+    print(f"\nUser sees: {info.value}")
     assert fake.sent("PUT", r".") == []
+
+
+def test_no_dedicated_quota_runs_on_a_low_priority_cluster(fake, azure_flow, tmp_path):
+    fake.quota[quota_row("standardNCSv3Family")] = (0, 0)
+    result = finetune_and_deploy(
+        request=FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl"))
+    )
+    [put] = fake.sent("PUT", r"/computes/gpu-cluster-big$")
+    assert put.json["properties"]["properties"]["vmPriority"] == "LowPriority"
+    assert fake.jobs[result.job_name].status == "Completed"
+    assert result.reply
+
+
+def test_a_workspace_made_again_under_the_same_name_reuses_no_cached_result(
+    fake, credential, prefect_server, monkeypatch, tmp_path
+):
+    request = FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl"))
+    first = make_workspace(fake, credential)
+    monkeypatch.setattr(flow_module, "load_workspace", lambda block: first)
+    finetune_and_deploy(request=request)
+
+    # Deleted and created again: same subscription, resource group and name, nothing in it.
+    fake.reset()
+    again = make_workspace(fake, credential)
+    monkeypatch.setattr(flow_module, "load_workspace", lambda block: again)
+    result = finetune_and_deploy(request=request)
+
+    # The new job was waited for (the fake refuses to register an unfinished job's output).
+    assert fake.jobs[result.job_name].status == "Completed"
+    assert not result.job_reused
+    [put] = fake.sent("PUT", r"/models/[^/]+/versions/")
+    assert put.json["properties"]["modelUri"] == (
+        f"azureml://jobs/{result.job_name}/outputs/trained_model"
+    )
+    assert again.cache_scope == f"{first.address_scope}/{fake.workspace_id}" != first.cache_scope
+
+
+def test_metrics_that_cannot_be_read_do_not_stop_registration(fake, azure_flow, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    refusal = {"error_code": "PERMISSION_DENIED", "message": "caller lacks mlflow read access"}
+    fake.server.inject(Fault("GET", r"/mlflow/.*/experiments/get-by-name$", 403, refusal,
+                             times=50))
+    state = finetune_and_deploy(
+        request=FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl")),
+        return_state=True,
+    )
+    result = state.result()
+    assert result.reply and result.model_version == result.suffix
+    assert fake.models and fake.deployments[result.endpoint_name]["demo"]
+
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["finetune-metrics"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+        )
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    assert "PERMISSION_DENIED" in str(artifact.data) and "Not read:" in artifact.description
+    [warning] = [log for log in logs if "could not be read" in log.message]
+    assert warning.level == 30 and "PERMISSION_DENIED" in warning.message

@@ -121,13 +121,15 @@ def test_job_progress_studio_url_and_current_step(fake, workspace, spec):
     assert workspace.get_job("no-such-job") is None
 
 
-def test_failed_job_reports_error(fake, workspace, spec):
+def test_failed_job_reports_the_failed_steps_error_from_run_history(fake, workspace, spec):
     fake.job_progress[spec.name] = FAILED_PROGRESS
+    fake.job_errors[spec.name] = {"code": "UserError", "message": "train_file_path is empty"}
     workspace.submit_finetune_job(spec)
     while not (job := workspace.get_job(spec.name)).is_terminal:
         pass
     assert job.status == "Failed"
-    assert "ended Failed" in job.error and job.studio_url in job.error
+    assert job.error == "step finetune: UserError: train_file_path is empty"
+    assert fake.sent("GET", rf"/runs/{spec.name}_finetune/details$")[0].api_version == "v1.0"
 
 
 def test_find_jobs_by_request_tag(fake, workspace, spec):

@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 
 from tests.azure.fake_azureml import Fault
+from tests.azure.fake_azureml.service import (
+    REGIONAL_DEDICATED,
+    REGIONAL_LOW_PRIORITY,
+    quota_row,
+)
 from workspaces.compute_provisioning import ensure_compute
 from workspaces.compute_rules import check_finetune_compute
 from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound
@@ -153,11 +158,63 @@ def test_check_access_refused(fake, workspace):
         workspace.check_access()
 
 
-def test_quota_is_read_from_the_region_usages(fake, workspace):
-    assert workspace.compute_quota_problem("Standard_NC6s_v3", nodes=2) is None
-    fake.quota["standardNCSv3Family"] = (40, 48)
-    problem = workspace.compute_quota_problem("Standard_NC12s_v3", nodes=1)
-    assert "needs 12 vCPUs of quota family standardNCSv3Family" in problem
-    assert "allows 48 and 40 are in use" in problem
-    [usages] = fake.sent("GET", r"/locations/eastus/usages$")[-1:]
+def test_quota_is_read_from_the_rows_azure_names_in_words(fake, workspace):
+    fits = workspace.compute_quota("Standard_NC6s_v3", nodes=2)
+    assert fits.tiers == ["Dedicated", "LowPriority"] and fits.refusal is None
+    [usages] = fake.sent("GET", r"/locations/eastus/usages$")
     assert usages.api_version == "2023-08-01-preview"
+
+    # The family row has room, the regional dedicated total does not; workspace-scoped
+    # copies of the family row are not added on top (that would count 40 twice).
+    fake.quota[quota_row("standardNCSv3Family")] = (40, 60)
+    fake.quota[REGIONAL_DEDICATED] = (40, 48)
+    check = workspace.compute_quota("Standard_NC12s_v3", nodes=1)
+    assert check.tiers == ["LowPriority"]
+    assert "Dedicated: 12 vCPUs needed, family NCSv3 20 of 60 free; region 8 of 48 free" in (
+        check.notes[0]
+    )
+
+
+def test_dedicated_quota_zero_tries_only_low_priority(fake, workspace):
+    fake.quota[quota_row("standardNCSv3Family")] = (0, 0)
+    check = workspace.compute_quota("Standard_NC6s_v3", nodes=1)
+    assert check.tiers == ["LowPriority"]
+    compute = ensure_compute(workspace, "gpu-cluster-big", "Standard_NC6s_v3", tiers=check.tiers)
+    [put] = fake.sent("PUT", COMPUTES)
+    assert put.json["properties"]["properties"]["vmPriority"] == "LowPriority"
+    assert compute.tier == "LowPriority"
+
+
+def test_no_tier_with_room_is_refused_naming_the_tiers(fake, workspace):
+    fake.quota[quota_row("standardNCSv3Family")] = (0, 0)
+    fake.quota[REGIONAL_LOW_PRIORITY] = (98, 100)
+    check = workspace.compute_quota("Standard_NC6s_v3", nodes=1)
+    assert check.tiers == []
+    assert check.refusal.startswith(
+        "no tier has quota for 1 node(s) of Standard_NC6s_v3 (6 vCPUs each). Considered: "
+        "Dedicated: 6 vCPUs needed, family NCSv3 0 of 0 free; region 140 of 148 free. "
+        "LowPriority: 6 vCPUs needed, region 2 of 100 free. Request more quota"
+    )
+
+
+def test_an_existing_cluster_keeps_its_tier_and_its_own_nodes_are_not_counted(fake, workspace):
+    # Two busy nodes of the cluster itself use the whole family quota.
+    fake.add_compute("gpu-cluster-big", "Standard_NC6s_v3", nodes=2)
+    fake.quota[quota_row("standardNCSv3Family")] = (12, 12)
+    existing = workspace.get_compute("gpu-cluster-big")
+    check = workspace.compute_quota("Standard_NC6s_v3", 2, existing)
+    assert check.tiers == ["Dedicated"], check.notes
+    assert "not counting the cluster's own 12" in check.notes[0]
+    # A third node would need 6 more.
+    assert workspace.compute_quota("Standard_NC6s_v3", 3, existing).refusal
+
+    # A LowPriority cluster is judged on low-priority quota, not the dedicated rows.
+    fake.add_compute("spot", "Standard_NC6s_v3", priority="LowPriority")
+    fake.quota[quota_row("standardNCSv3Family")] = (0, 0)
+    spot = workspace.get_compute("spot")
+    assert spot.tier == "LowPriority"
+    check = workspace.compute_quota("Standard_NC6s_v3", 1, spot)
+    assert check.tiers == ["LowPriority"] and check.refusal is None
+    assert check.notes == [
+        "LowPriority (cluster spot is LowPriority): 6 vCPUs needed, region 100 of 100 free"
+    ]

@@ -37,6 +37,10 @@ _SECRET_PATTERNS = [
         r"password|x-azureml-token)(['\"]?\s*[:=]\s*['\"]?)[^\s'\",;&]+"
     ),
 ]
+DEFAULT_FIX = (
+    "check the credentials block (tenant id, client id and secret, or managed/workload "
+    "identity), or run 'az login' for the default chain"
+)
 ROLE_HINT = (
     "give the identity the 'AzureML Data Scientist' role (or Contributor) on the workspace, "
     "and 'Reader' on the registry"
@@ -64,7 +68,49 @@ def _summary(exc: BaseException) -> str:
     message = str(getattr(exc, "message", None) or exc or exc.__class__.__name__)
     message = _ADVICE.split(_ANSI.sub("", message))[0]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return " ".join(lines)[:600] or exc.__class__.__name__
+    # Never cut: the part that says what is missing is often at the end.
+    return " ".join(lines) or exc.__class__.__name__
+
+
+_ATTEMPT = re.compile(r"^\t(\w+):\s?(.*)$")
+
+
+def credential_attempts(text: str) -> list[tuple[str, str]]:
+    """Each credential a chain (DefaultAzureCredential) tried, with its reason, in full.
+
+    azure-identity lists them after "Attempted credentials:", one per tab-indented line;
+    a reason may go on over further lines until the next credential or the closing
+    "To mitigate" advice.
+    """
+    if "Attempted credentials:" not in text:
+        return []
+    attempts: list[tuple[str, str]] = []
+    for line in text.split("Attempted credentials:", 1)[1].splitlines():
+        if line.startswith("To mitigate this issue"):
+            break
+        match = _ATTEMPT.match(line)
+        if match:
+            attempts.append((match.group(1), match.group(2).strip()))
+        elif attempts and line.strip():
+            name, reason = attempts[-1]
+            attempts[-1] = (name, f"{reason} {line.strip()}")
+    return attempts
+
+
+def credential_failure(
+    exc: BaseException, subject: str, fix: str, secrets: tuple[str, ...] = ()
+) -> str:
+    """The whole story of a failed token request: ``subject`` (which credential, for which
+    scope), each credential tried with its reason, never cut, then ``fix``. Scrubbed."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    attempts = credential_attempts(text)
+    if attempts:
+        body = "Credentials tried, in order:\n" + "\n".join(
+            f"- {name}: {reason}" for name, reason in attempts
+        )
+    else:
+        body = f"{exc.__class__.__name__}: {' '.join(text.split()) or 'no detail given'}"
+    return scrub(f"{subject}.\n{body}\nFix: {fix}.", secrets)
 
 
 def _status(exc: BaseException) -> int | None:
@@ -93,6 +139,11 @@ def map_azure_error(
             f"Azure ML refused {action} for lack of quota ({detail}). Request more quota for "
             "this VM family in the region, pick another size, or free capacity."
         )
+    if isinstance(exc, ClientAuthenticationError) and status is None:
+        # The credential itself failed (no HTTP answer from Azure ML): say what it tried.
+        return AuthenticationFailed(credential_failure(
+            exc, f"No Azure credential could get a token while {action}", DEFAULT_FIX, secrets
+        ))
     if status == 401 or (isinstance(exc, ClientAuthenticationError) and status in (None, 401)):
         return AuthenticationFailed(
             f"Azure rejected the credential while {action} ({detail}). Check the credentials "

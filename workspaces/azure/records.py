@@ -77,18 +77,17 @@ def vm_size(size: Any) -> VmSize:
     )
 
 
-def finetune_job(job: Any, current_step: str | None = None) -> FinetuneJob:
+def finetune_job(
+    job: Any, current_step: str | None = None, error: str | None = None
+) -> FinetuneJob:
+    """``error`` is the service's own text of a failure (run history), never a summary."""
     services = getattr(job, "services", None) or {}
     studio = services.get("Studio")
     studio_url = getattr(studio, "endpoint", None) or job.studio_url
     tags = _tags(job.tags)
-    status = status_text(job.status)
-    error = None
-    if status in ("Failed", "Canceled", "NotResponding"):
-        error = f"job {job.name} ended {status}; read its logs in Azure ML studio: {studio_url}"
     return FinetuneJob(
         name=job.name,
-        status=status,
+        status=status_text(job.status),
         display_name=job.display_name or "",
         experiment_name=job.experiment_name or "",
         studio_url=studio_url,
@@ -137,3 +136,22 @@ def endpoint(ep: Any, deployments: list[Deployment], workspace_arm_id: str) -> E
         url=f"{STUDIO}/endpoints/realtime/{quote(ep.name)}/detail?wsid={workspace_arm_id}",
         deployments=deployments,
     )
+
+
+def operation_error(exc: Any) -> str:
+    """``code: message`` of a failed long-running operation, as the service reported it."""
+    error = getattr(exc, "error", None)
+    code = str(getattr(error, "code", "") or "")
+    message = str(getattr(error, "message", "") or "").strip()
+    if not message:
+        message = str(getattr(exc, "message", "") or exc).strip()
+    return f"{code}: {message}" if code and code not in message[: len(code) + 2] else message
+
+
+def run_error(details: Any, step: str | None = None) -> str | None:
+    """``[step <name>: ]code: message`` of a run-history RunDetails that carries an error."""
+    root = getattr(getattr(details, "error", None), "error", None)
+    if root is None or not (root.message or root.code):
+        return None
+    text = f"{root.code}: {root.message}" if root.code else str(root.message)
+    return f"step {step}: {text}" if step else text

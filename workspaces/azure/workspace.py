@@ -7,6 +7,7 @@ the request; the LRO poller is left to finish on its own and callers poll ``get_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,11 @@ from azure.ai.ml.entities import (
     ProbeSettings,
 )
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from workspaces.azure import activity, metrics, records, scoring
+from workspaces.azure import activity, metrics, quota, records, scoring
 from workspaces.azure.clients import Clients, WorkspaceAddress
-from workspaces.azure.errors import azure_errors
+from workspaces.azure.errors import azure_errors, scrub
 from workspaces.azure.pipeline import COMPONENT_NAME, build_pipeline_job
 from workspaces.errors import InvalidRequest, ResourceNotFound
 from workspaces.interface import (
@@ -39,6 +40,7 @@ from workspaces.interface import (
     FinetuneJobSpec,
     FoundationModel,
     JobMetrics,
+    QuotaCheck,
     RegisteredModel,
     ScoreResponse,
     VmSize,
@@ -46,6 +48,8 @@ from workspaces.interface import (
 )
 from workspaces.naming import check_endpoint_name
 
+# How long a read of a Failed resource waits for its operation to report the error.
+OPERATION_GRACE_S = 10.0
 IN_PROGRESS = {
     "NotStarted",
     "Queued",
@@ -69,6 +73,8 @@ class AzureMLWorkspace(Workspace):
             workspace location (``https://<location>.metrics.monitor.azure.com``).
         client_kwargs: passed to every ``MLClient`` (e.g. ``cloud``, ``cloud_metadata``,
             ``retry_total``).
+        credential_check: the credentials block's ``check(scope)``, used by the pre-flight
+            so a failure lists what the credential tried and the fix for its kind.
     """
 
     kind = "azure"
@@ -91,6 +97,7 @@ class AzureMLWorkspace(Workspace):
         metrics_endpoint: str | None = None,
         metrics_audience: str | None = None,
         client_kwargs: dict[str, Any] | None = None,
+        credential_check: Callable[[str], str] | None = None,
     ) -> None:
         if config_path is not None:
             address = WorkspaceAddress.from_config(config_path)
@@ -101,6 +108,7 @@ class AzureMLWorkspace(Workspace):
                 "give subscription_id, resource_group and workspace_name, or config_path"
             )
         self._credential = credential
+        self._credential_check = credential_check
         self._clients = Clients(
             credential=credential,
             address=address,
@@ -114,6 +122,9 @@ class AzureMLWorkspace(Workspace):
         self._vm_sizes: list[VmSize] | None = None
         # Deletions started here, by (endpoint, deployment or None): their LRO pollers.
         self._deletions: dict[tuple[str, str | None], Any] = {}
+        # The long-running operation of each create/update we started, by resource: a
+        # failed operation's error (code, message) is only ever reported there.
+        self._operations: dict[str, Any] = {}
 
     # -- identity ----------------------------------------------------------------------
     @property
@@ -125,15 +136,35 @@ class AzureMLWorkspace(Workspace):
         return self._clients.registry_name
 
     @property
-    def cache_scope(self) -> str:
+    def address_scope(self) -> str:
+        """Where the workspace is (no request needed); not enough for cache keys."""
         a = self.address
         return (
             f"azure:/subscriptions/{a.subscription_id}/resourceGroups/{a.resource_group}"
             f"/workspaces/{a.workspace_name}"
         )
 
+    @property
+    def cache_scope(self) -> str:
+        # The address alone is not enough: a workspace deleted and made again under the
+        # same name is a new workspace, and cached results of the old one (a Completed job)
+        # must not be taken for it. Its immutable id (ARM properties.workspaceId) tells
+        # them apart; it is read once per workspace object.
+        return f"{self.address_scope}/{self._workspace_id()}"
+
+    def _workspace_id(self) -> str:
+        ws = self._workspace()
+        # azure-ai-ml keeps properties.workspaceId in a private attribute only.
+        workspace_id = getattr(ws, "_workspace_id", None) or vars(ws).get("workspace_id")
+        if not workspace_id:
+            raise InvalidRequest(
+                f"workspace {self.address.workspace_name} reported no workspaceId; cached "
+                "results could not be told apart from a deleted workspace of the same name"
+            )
+        return str(workspace_id)
+
     def __repr__(self) -> str:
-        return f"AzureMLWorkspace({self.cache_scope!r}, registry={self.registry_name!r})"
+        return f"AzureMLWorkspace({self.address_scope!r}, registry={self.registry_name!r})"
 
     def _workspace(self) -> Any:
         if self._workspace_entity is None:
@@ -144,8 +175,11 @@ class AzureMLWorkspace(Workspace):
         return self._workspace_entity
 
     def check_access(self) -> str:
-        with azure_errors("getting a token for Azure Resource Manager"):
-            self._credential.get_token(self._clients.arm_scope)
+        if self._credential_check is not None:
+            self._credential_check(self._clients.arm_scope)
+        else:
+            with azure_errors("getting a token for Azure Resource Manager"):
+                self._credential.get_token(self._clients.arm_scope)
         ws = self._workspace()
         return (
             f"Azure ML workspace {ws.name} in {ws.location} "
@@ -194,26 +228,18 @@ class AzureMLWorkspace(Workspace):
         # Given to the SDK where it would otherwise read the workspace again to learn it.
         return str(self._workspace().location)
 
-    def compute_quota_problem(self, size: str, nodes: int) -> str | None:
+    def compute_quota(
+        self, size: str, nodes: int, existing: ComputeTarget | None = None
+    ) -> QuotaCheck:
         match = next((s for s in self.list_vm_sizes() if s.name.lower() == size.lower()), None)
         if match is None or not match.family or not match.vcpus:
-            return None
+            return super().compute_quota(size, nodes, existing)
         with azure_errors("reading the compute quota of the workspace's region"):
-            usages = list(self._clients.ml.compute.list_usage(location=self._location()))
-        family = match.family.lower()
-        usage = next((u for u in usages if _usage_name(u).lower() == family), None)
-        if usage is None or usage.limit is None:
-            return None
-        # azure-ai-ml 1.35 leaves currentValue under its REST key (as with VM sizes).
-        used = int(usage.current_value or vars(usage).get("currentValue") or 0)
-        needed = match.vcpus * max(nodes, 1)
-        if usage.limit - used >= needed:
-            return None
-        return (
-            f"{size} needs {needed} vCPUs of quota family {match.family} for {nodes} node(s); "
-            f"the region allows {usage.limit} and {used} are in use. "
-            "Request more quota (Azure ML studio > Quota), pick another size from the "
-            "model's allow list, or lower num_nodes_finetune"
+            rows = quota.usage_rows(
+                self._clients.ml.compute.list_usage(location=self._location()))
+        return quota.check_quota(
+            rows, match.name, match.family, match.vcpus, nodes,
+            self.address.workspace_name, existing,
         )
 
     # -- fine-tune jobs ----------------------------------------------------------------
@@ -233,8 +259,29 @@ class AzureMLWorkspace(Workspace):
                 job = self._clients.ml.jobs.get(name)
             except ResourceNotFoundError:
                 return None
-        step = self._current_step(name) if records.status_text(job.status) in IN_PROGRESS else None
-        return records.finetune_job(job, current_step=step)
+        status = records.status_text(job.status)
+        step = self._current_step(name) if status in IN_PROGRESS else None
+        error = self._job_error(name) if status in ("Failed", "NotResponding") else None
+        return records.finetune_job(job, current_step=step, error=error)
+
+    def _job_error(self, name: str) -> str | None:
+        """The service's error text of a failed job: its failed steps' errors (the cause),
+        else the pipeline's own. Run history is the only place Azure keeps it; the SDK
+        reaches it through its run operations (not public API), so any surprise there
+        leaves the error unknown rather than hiding the failure itself."""
+        try:
+            runs = self._clients.ml.jobs._runs_operations
+            children = list(self._clients.ml.jobs.list(parent_job_name=name))
+            failed = [c for c in children
+                      if c is not None and records.status_text(c.status) == "Failed"]
+            texts = [
+                records.run_error(runs.get_run_details(c.name), c.display_name or c.name)
+                for c in failed
+            ]
+            texts = [t for t in texts if t] or [records.run_error(runs.get_run_details(name))]
+        except Exception:  # noqa: BLE001 - see docstring
+            return None
+        return scrub("; ".join(t for t in texts if t)) or None
 
     def _current_step(self, name: str) -> str | None:
         with azure_errors(f"listing the steps of job {name}"):
@@ -269,7 +316,7 @@ class AzureMLWorkspace(Workspace):
     def get_job_metrics(self, name: str) -> JobMetrics:
         job = self.get_job(name)
         if job is None:
-            raise ResourceNotFound(f"job {name} does not exist in {self.cache_scope}")
+            raise ResourceNotFound(f"job {name} does not exist in {self.address_scope}")
         tracking_uri = self._workspace().mlflow_tracking_uri
         scope = self._clients.arm_scope
         store = metrics.make_store(tracking_uri, lambda: self._credential.get_token(scope).token)
@@ -312,7 +359,23 @@ class AzureMLWorkspace(Workspace):
                 ep = self._clients.ml.online_endpoints.get(name)
             except ResourceNotFoundError:
                 return None
-        return records.endpoint(ep, self._deployments(name), self.address.arm_id)
+        endpoint = records.endpoint(ep, self._deployments(name), self.address.arm_id)
+        if endpoint.provisioning_state in ("Failed", "Canceled"):
+            endpoint.error = self._operation_error(name)
+        return endpoint
+
+    def _operation_error(self, resource: str) -> str | None:
+        """The error of the last create/update operation of ``resource`` this workspace
+        started, once it ended Failed; None when it did not fail or is not ours to see."""
+        poller = self._operations.get(resource)
+        if poller is None:
+            return None
+        try:
+            # The resource reads Failed only when the operation has (nearly) ended.
+            poller.wait(timeout=OPERATION_GRACE_S)
+        except HttpResponseError as exc:
+            return scrub(records.operation_error(exc))
+        return None
 
     def list_endpoints(self) -> list[Endpoint]:
         with azure_errors("listing online endpoints"):
@@ -328,7 +391,9 @@ class AzureMLWorkspace(Workspace):
             name=name, auth_mode="key", description=description, tags=tags
         )
         with azure_errors(f"creating endpoint {name}"):
-            self._clients.ml.online_endpoints.begin_create_or_update(endpoint)
+            self._operations[name] = self._clients.ml.online_endpoints.begin_create_or_update(
+                endpoint
+            )
 
     def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
         with azure_errors(f"getting deployment {name} of endpoint {endpoint_name}"):
@@ -336,7 +401,10 @@ class AzureMLWorkspace(Workspace):
                 dep = self._clients.ml.online_deployments.get(name, endpoint_name)
             except ResourceNotFoundError:
                 return None
-        return records.deployment(dep)
+        deployment = records.deployment(dep)
+        if deployment.provisioning_state in ("Failed", "Canceled"):
+            deployment.error = self._operation_error(f"{endpoint_name}/{name}")
+        return deployment
 
     def begin_create_deployment(
         self,
@@ -361,7 +429,9 @@ class AzureMLWorkspace(Workspace):
             tags=tags,
         )
         with azure_errors(f"creating deployment {name} on endpoint {endpoint_name}"):
-            self._clients.ml.online_deployments.begin_create_or_update(deployment)
+            self._operations[f"{endpoint_name}/{name}"] = (
+                self._clients.ml.online_deployments.begin_create_or_update(deployment)
+            )
 
     def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> Endpoint:
         with azure_errors(f"routing traffic of endpoint {endpoint_name}"):
@@ -470,11 +540,3 @@ def _valid_name(name: str, field: str) -> None:
         check_endpoint_name(name, field)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
-
-
-def _usage_name(usage: Any) -> str:
-    # azure-ai-ml 1.35 hands the usage name back as a dict, older releases as UsageName.
-    name = usage.name
-    if isinstance(name, dict):
-        return str(name.get("value") or "")
-    return str(getattr(name, "value", "") or "")

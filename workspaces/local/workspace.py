@@ -27,6 +27,7 @@ from workspaces.interface import (
     FinetuneJobSpec,
     FoundationModel,
     JobMetrics,
+    QuotaCheck,
     RegisteredModel,
     ScoreResponse,
     VmSize,
@@ -139,10 +140,16 @@ class LocalWorkspace(Workspace):
             )
         ]
 
-    def compute_quota_problem(self, size: str, nodes: int) -> str | None:
+    def compute_quota(
+        self, size: str, nodes: int, existing: ComputeTarget | None = None
+    ) -> QuotaCheck:
         if nodes > 1:
-            return f"the local workspace is one machine; num_nodes_finetune is {nodes}, allowed: 1"
-        return None
+            return QuotaCheck(
+                tiers=[],
+                refusal=f"the local workspace is one machine; num_nodes_finetune is {nodes}, "
+                "allowed: 1",
+            )
+        return QuotaCheck(tiers=["Dedicated"], notes=["one local machine"])
 
     # -- jobs ----------------------------------------------------------------------------
     def find_jobs(self, request_id: str) -> list[FinetuneJob]:

@@ -2,7 +2,7 @@
 
 It speaks HTTPS with a certificate made at test time, keeps state (jobs progress over
 polls, endpoints, deployments, models, blobs), records every request, and can inject
-faults. Response shapes follow the REST examples in /work/shared/azure-reference.
+faults. Response shapes follow the official REST examples copied into ``examples/``.
 """
 
 from tests.azure.fake_azureml.server import FakeServer, Fault, Recorded

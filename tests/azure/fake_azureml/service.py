@@ -1,5 +1,5 @@
 """State and routes of the fake Azure ML (ARM, registry MFE, run history, MLflow, blob,
-scoring, Azure Monitor), shaped on the REST examples in /work/shared/azure-reference."""
+scoring, Azure Monitor), shaped on the official REST examples copied into ``examples/``."""
 
 from __future__ import annotations
 
@@ -19,11 +19,34 @@ from typing import Any
 from tests.azure.fake_azureml.server import FakeServer, Recorded, Response
 
 MLS = "providers/Microsoft.MachineLearningServices"
-EXAMPLES = Path("/work/shared/azure-reference/examples")
+# Copied into the test tree: the tests read nothing outside the repository.
+EXAMPLES = Path(__file__).parent / "examples"
 JOB_PROGRESS = ("NotStarted", "Running", "Running", "Completed")
 FAILED_PROGRESS = ("NotStarted", "Running", "Failed")
 METRIC = "RequestsPerMinute"
 STEPS = ("model_import", "preprocess", "finetune", "model_evaluation")
+
+
+REGIONAL_DEDICATED = "Total Cluster Dedicated Regional vCPUs"
+REGIONAL_LOW_PRIORITY = "Total Cluster LowPriority Regional vCPUs"
+
+
+def quota_row(family: str, tier: str = "Dedicated") -> str:
+    """The usage row of a VM family, as Azure names it: ``standardNCSv3Family``,
+    ``LowPriority`` -> ``Standard NCSv3 Family Cluster LowPriority vCPUs``."""
+    core = family.removeprefix("standard").removesuffix("Family")
+    return f"Standard {core} Family Cluster {tier} vCPUs"
+
+
+def default_quota() -> dict[str, tuple[int, int]]:
+    return {
+        REGIONAL_DEDICATED: (8, 148),
+        quota_row("standardNCSv3Family"): (0, 48),
+        quota_row("standardDSv2Family"): (8, 100),
+        REGIONAL_LOW_PRIORITY: (0, 100),
+        quota_row("standardNCSv3Family", "LowPriority"): (0, -1),
+        quota_row("standardDSv2Family", "LowPriority"): (0, -1),
+    }
 
 
 def example(name: str, status: str = "200") -> dict[str, Any]:
@@ -63,17 +86,20 @@ class FakeAzureML:
     registry_subscription: str = "99999999-8888-7777-6666-555555555555"
     registry_resource_group: str = "registry-builtin-prod-eastus-01"
     storage_account: str = "fakestore"
+    # ARM properties.workspaceId: immutable, new whenever the workspace is made again
+    workspace_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     server: FakeServer | None = None
     registry_models: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     components: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     computes: dict[str, dict[str, Any]] = field(default_factory=dict)
     vm_sizes: list[dict[str, Any]] = field(default_factory=list)
-    # vCPU quota per VM family of the region: (in use, limit)
-    quota: dict[str, tuple[int, int]] = field(
-        default_factory=lambda: {"standardNCSv3Family": (0, 48), "standardDSv2Family": (8, 100)}
-    )
+    # vCPU quota of the region by usage row name, as Azure names the rows (Usage_list.json):
+    # (in use, limit); -1 = no limit of its own (per-family LowPriority rows).
+    quota: dict[str, tuple[int, int]] = field(default_factory=lambda: default_quota())
     jobs: dict[str, FakeJob] = field(default_factory=dict)
     job_progress: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # job name -> error of its failing finetune step, as run history reports it
+    job_errors: dict[str, dict[str, str]] = field(default_factory=dict)
     models: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployments: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -96,7 +122,10 @@ class FakeAzureML:
     delete_polls: int = 0
     delete_retry_after_s: str = "1"
     _delete_polls_left: dict[str, int] = field(default_factory=dict)
+    # resource name -> error the next create/update operation of it ends Failed with
+    failing_operations: dict[str, dict[str, str]] = field(default_factory=dict)
     _operations: dict[str, str] = field(default_factory=dict)
+    _operation_errors: dict[str, dict[str, str]] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=itertools.count)
 
     # -- addresses -------------------------------------------------------------------
@@ -275,13 +304,22 @@ class FakeAzureML:
         self.components.setdefault(name, []).insert(0, body)
 
     def add_compute(
-        self, name: str, size: str, state: str = "Succeeded", priority: str = "Dedicated"
+        self,
+        name: str,
+        size: str,
+        state: str = "Succeeded",
+        priority: str = "Dedicated",
+        nodes: int = 0,
     ) -> dict[str, Any]:
+        """A cluster; ``nodes`` are its current nodes, which the usages answer counts."""
         body = example("Compute_get_AmlCompute.json")
         body.update(id=f"{self.ws_path}/computes/{name}", name=name, location=self.location)
         props = body["properties"]
         props["provisioningState"] = state
-        props["properties"].update(vmSize=size, vmPriority=priority, osType="Linux", subnet=None)
+        props["properties"].update(
+            vmSize=size, vmPriority=priority, osType="Linux", subnet=None,
+            currentNodeCount=nodes, targetNodeCount=nodes, allocationState="Steady",
+        )
         self.computes[name] = body
         return body
 
@@ -311,6 +349,11 @@ class FakeAzureML:
                                                        "requestTimeout": "PT1M30S"}}}
             self._deployment(_seed_request("PUT", json.dumps(sent)), name, dep)
             self.deployments[name][dep]["properties"]["provisioningState"] = "Succeeded"
+    def fail_next_operation(self, resource: str, code: str, message: str) -> None:
+        """The next create/update of endpoint or deployment ``resource`` is accepted, then
+        its long-running operation ends Failed with this error (as Azure reports
+        OutOfQuota, ImageBuildFailure, ResourceNotReady, ...)."""
+        self.failing_operations[resource] = {"code": code, "message": message}
 
     def add_metric_point(
         self, endpoint: str, deployment: str, total: float, timestamp: str
@@ -329,6 +372,8 @@ class FakeAzureML:
             )
         if req.path.startswith("/operations/"):
             return self._operation(req)
+        if req.path == "/msi/token":
+            return self._managed_identity(req)
         auth = req.headers.get("authorization", "")
         if not re.fullmatch(r"Bearer [\w-]+\.[\w-]+\.[\w-]*", auth):
             return arm_error(401, "InvalidAuthenticationToken", "The access token is invalid.")
@@ -338,6 +383,16 @@ class FakeAzureML:
                 return getattr(self, name)(req, **match.groupdict())
         return arm_error(404, "NotFound", f"fake has no route for {req.method} {req.path}")
 
+    # -- managed identity (App Service style: IDENTITY_ENDPOINT + IDENTITY_HEADER) --------
+    @property
+    def identity_endpoint(self) -> str:
+        return f"{self.base}/msi/token"
+
+    def _managed_identity(self, req: Recorded) -> Response:
+        # The machine has no identity assigned, as on a worker nobody set one up for.
+        return Response(400, {"statusCode": 400, "message": "Identity not found",
+                              "correlationId": str(uuid.uuid4())})
+
     # -- workspace, registry -------------------------------------------------------------
     def _workspace(self, req: Recorded) -> Response:
         body = example("Workspace_get.json")
@@ -346,7 +401,7 @@ class FakeAzureML:
             discoveryUrl=f"{self.base}/discovery",
             mlFlowTrackingUri=f"azureml://localhost:{self.server.port}/mlflow/v1.0"
             f"{self.ws_path.replace('/providers/', '/providers/')}",
-            workspaceId="11111111-2222-3333-4444-555555555555",
+            workspaceId=self.workspace_id,
         )
         body["properties"].pop("encryption", None)
         return Response(200, body)
@@ -394,19 +449,42 @@ class FakeAzureML:
         return Response(200, {"value": self.vm_sizes})
 
     def _usages(self, req: Recorded, location: str) -> Response:
-        return Response(200, {"value": [
-            {
-                "id": f"/subscriptions/{self.subscription}/{MLS}/locations/"
-                f"{location}/usages/{family}",
-                "amlWorkspaceLocation": location,
-                "type": "Microsoft.MachineLearningServices/vmFamily",
-                "unit": "Count",
-                "currentValue": used,
-                "limit": limit,
-                "name": {"value": family, "localizedValue": f"{family} Cluster Dedicated vCPUs"},
-            }
-            for family, (used, limit) in self.quota.items()
-        ]})
+        """Rows shaped on Usage_list.json: subscription-level family rows and regional totals,
+        plus the workspace- and compute-scoped copies Azure also returns (a reader that sums
+        every row of a family counts it twice)."""
+        templates = {row["type"].rsplit("/", 2)[-2]: row for row in _usage_example()}
+        sub = f"/subscriptions/{self.subscription}/usages"
+
+        def row(kind: str, row_id: str, name: str, used: int, limit: int) -> dict[str, Any]:
+            body = copy.deepcopy(templates[kind])
+            body.update(id=row_id, currentValue=used, limit=limit,
+                        name={"value": name, "localizedValue": name})
+            return body
+
+        rows = [row("totalCores", sub, "Clusters", len(self.computes), 100)]
+        for name, (used, limit) in self.quota.items():
+            if name == REGIONAL_DEDICATED:
+                rows.append(row("dedicatedCores", sub, name, used, limit))
+            elif name == REGIONAL_LOW_PRIORITY:
+                rows.append(row("lowPriorityCores", sub, name, used, limit))
+            else:
+                suffix = name.replace(" ", "_")
+                rows.append(row("vmFamily", f"{sub}/{suffix}", name, used, limit))
+                if used:
+                    rows.append(row("workspaces", f"{self.ws_path}/usages/{suffix}",
+                                    name, used, limit))
+        for cluster, body in self.computes.items():
+            props = body["properties"]["properties"]
+            size = next((s for s in self.vm_sizes if s["name"] == props["vmSize"]), None)
+            if size is None or not props.get("currentNodeCount"):
+                continue
+            tier = "LowPriority" if "low" in str(props.get("vmPriority")).lower() else "Dedicated"
+            name = quota_row(size["family"], tier)
+            rows.append(row(
+                "computes", f"{self.ws_path}/computes/{cluster}/usages/{name.replace(' ', '_')}",
+                name, props["currentNodeCount"] * size["vCPUs"], self.quota.get(name, (0, -1))[1],
+            ))
+        return Response(200, {"value": rows})
 
     # -- datastore and blob upload ---------------------------------------------------------
     def _datastore(self, req: Recorded, name: str) -> Response:
@@ -592,6 +670,30 @@ class FakeAzureML:
             },
         )
 
+    def _run_details(self, req: Recorded, name: str) -> Response:
+        """Run history's details of a job or step: the only place a failure's text lives."""
+        run = self.runs.get(name)
+        if run is None:
+            return arm_error(404, "RunNotFound", f"run {name} not found")
+        details: dict[str, Any] = {"runId": name, "status": run["status"], "warnings": None,
+                                   "logFiles": {}, "services": {}}
+        if run["status"] == "Failed":
+            root = run["parent"] or name
+            if run["parent"]:
+                error = self.job_errors.get(root) or {
+                    "code": "SystemError", "message": f"step {run['name']} failed"}
+            else:
+                failed = [r["name"] for r in self.runs.values()
+                          if r["parent"] == name and r["status"] == "Failed"]
+                error = {
+                    "code": "UserError",
+                    "message": "Pipeline has failed child jobs. Failed nodes: "
+                    f"{', '.join('/' + f for f in failed)}. For more details and logs, please "
+                    "go to the job detail page and check the child jobs.",
+                }
+            details["error"] = {"error": {**error, "severity": None}, "time": _now()}
+        return Response(200, details)
+
     def _mlflow(self, req: Recorded, call: str) -> Response:
         if call == "experiments/get-by-name":
             name = req.query.get("experiment_name")
@@ -648,6 +750,9 @@ class FakeAzureML:
 
     def _model_version(self, req: Recorded, name: str, version: str) -> Response:
         if req.method == "PUT":
+            refusal = self._unfinished_job_output(req.json["properties"].get("modelUri", ""))
+            if refusal:
+                return arm_error(400, "UserError", refusal)
             body = example("ModelVersion_createOrUpdate.json")
             body.update(
                 id=f"{self.ws_path}/models/{name}/versions/{version}",
@@ -662,6 +767,14 @@ class FakeAzureML:
         if found is None:
             return arm_error(404, "ResourceNotFound", f"model {name}:{version} not found")
         return Response(200, found)
+
+    def _unfinished_job_output(self, uri: str) -> str | None:
+        # A job's outputs exist only once it Completed; the fake knows only its own jobs.
+        match = re.match(r"azureml://jobs/([^/]+)/outputs/", uri)
+        job = self.jobs.get(match.group(1)) if match else None
+        if job is None or job.status == "Completed":
+            return None
+        return f"Output of job {job.body['name']} is not available: the job is {job.status}."
 
     # -- endpoints and deployments -----------------------------------------------------
     def _endpoints(self, req: Recorded) -> Response:
@@ -782,6 +895,9 @@ class FakeAzureML:
     def _async_started(self, body: dict[str, Any], resource_path: str) -> Response:
         op = f"op{next(self._ids)}"
         self._operations[op] = resource_path
+        error = self.failing_operations.pop(resource_path.rsplit("/", 1)[-1], None)
+        if error is not None:
+            self._operation_errors[op] = error
         return Response(
             201,
             body,
@@ -808,8 +924,11 @@ class FakeAzureML:
             return Response(200, None)
         path = self._operations.get(op, "")
         resource = self._find_resource(path)
+        error = self._operation_errors.get(op)
         if resource is not None:
-            resource["properties"]["provisioningState"] = "Succeeded"
+            resource["properties"]["provisioningState"] = "Failed" if error else "Succeeded"
+        if error:
+            return Response(200, {"status": "Failed", "name": op, "error": error})
         return Response(200, {"status": "Succeeded", "name": op})
 
     def _find_resource(self, path: str) -> dict[str, Any] | None:
@@ -868,6 +987,8 @@ class FakeAzureML:
 def _seed_request(method: str, body: str) -> Recorded:
     return Recorded(method=method, host="seed", path="", query={}, headers={},
                     raw_body=body.encode())
+def _usage_example() -> list[dict[str, Any]]:
+    return example("Usage_list.json")["value"]
 
 
 def _step_metrics(step: str) -> dict[str, list[tuple[int, float]]]:
@@ -931,6 +1052,7 @@ _ROUTES: list[tuple[str, str]] = [
     (r"{ws}/jobs/(?P<name>[^/]+)", "_job"),
     (r"{ws}/jobs/(?P<name>[^/]+)/cancel", "_cancel_job"),
     (r"/history/v1\.0{ws}/runs/(?P<name>[^/]+)/children", "_children"),
+    (r"/history/v1\.0{ws}/runs/(?P<name>[^/]+)/details", "_run_details"),
     (r"/mlflow/v1\.0{ws}/api/2\.0/mlflow/(?P<call>.+)", "_mlflow"),
     (r"{ws}/models/(?P<name>[^/]+)/versions", "_model_versions"),
     (r"{ws}/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", "_model_version"),

@@ -1,0 +1,121 @@
+"""Failures carry the service's words: a failed operation's code and message reach the user
+once, with one sentence of advice for a known class, and a re-run replaces what failed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import flows.finetune_and_deploy as flow_module
+from flows.finetune_and_deploy import finetune_and_deploy
+from flows.parameters import FinetuneRequest
+from tests.azure.conftest import make_workspace
+from tests.azure.fake_azureml.service import FAILED_PROGRESS
+from workspaces.errors import JobFailed, QuotaExceeded
+
+EP = "ultrachat-completion-1700000000"
+OUT_OF_QUOTA = (
+    "Not enough cluster CPU quota. The amount of additional CPU quota requested is 8, "
+    "and you are currently using 14. Your amount of maximum quota is 20."
+)
+
+
+@pytest.fixture
+def azure_flow(fake, credential, prefect_server, monkeypatch):
+    workspace = make_workspace(fake, credential)
+    monkeypatch.setattr(flow_module, "load_workspace", lambda block: workspace)
+    return workspace
+
+
+def _settled(read):
+    for _ in range(100):
+        value = read()
+        if value.provisioning_state in ("Succeeded", "Failed", "Canceled"):
+            return value
+        time.sleep(0.1)
+    raise AssertionError("never settled")
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "advice"),
+    [
+        ("OutOfQuota", OUT_OF_QUOTA, "Request more quota for this VM family"),
+        ("OutOfCapacity", "No capacity for Standard_NC6s_v3 in eastus.", "no free machines"),
+        ("ImageBuildFailure", "Image build failed: conda env.", "serving image did not build"),
+        ("ResourceNotReady", "User container has crashed or terminated: liveness probe "
+         "failed.", "failed its liveness probe"),
+    ],
+)
+def test_a_failed_deployment_keeps_the_operations_code_and_message(
+    fake, workspace, code, message, advice
+):
+    model = workspace.register_model("m", "1", "chatft-job", "d", {})
+    workspace.begin_create_endpoint(EP, "", {})
+    fake.fail_next_operation("demo", code, message)
+    workspace.begin_create_deployment(EP, "demo", model.id, "Standard_NC6s_v3", 1, {})
+
+    from tasks.endpoints import provisioning_failure
+
+    dep = _settled(lambda: workspace.get_deployment(EP, "demo"))
+    assert dep.provisioning_state == "Failed"
+    assert dep.error == f"{code}: {message}"
+    text = str(provisioning_failure("deployment demo", "Failed", dep.error))
+    assert text.count(message) == 1 and advice in text
+
+
+def test_a_failed_endpoint_operation_keeps_its_error(fake, workspace):
+    fake.fail_next_operation(EP, "BadArgument", "Endpoint name is taken in this region.")
+    workspace.begin_create_endpoint(EP, "", {})
+    endpoint = _settled(lambda: workspace.get_endpoint(EP))
+    assert endpoint.error == "BadArgument: Endpoint name is taken in this region."
+
+
+def test_out_of_quota_deployment_then_a_rerun_replaces_it(fake, azure_flow, tmp_path):
+    request = FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl"))
+    fake.fail_next_operation("demo", "OutOfQuota", OUT_OF_QUOTA)
+    with pytest.raises(QuotaExceeded) as info:
+        finetune_and_deploy(request=request)
+    text = str(info.value)
+    print(f"\nUser sees: {text}")
+    assert text.startswith("deployment demo on ultrachat-completion-")
+    assert f"ended Failed: OutOfQuota: {OUT_OF_QUOTA}" in text
+    assert "Request more quota for this VM family" in text
+
+    # The quota was freed: the re-run replaces the failed deployment and completes.
+    result = finetune_and_deploy(request=request)
+    assert result.reply
+    [endpoint] = fake.deployments
+    assert fake.deployments[endpoint]["demo"]["properties"]["provisioningState"] == "Succeeded"
+    assert len([r for r in fake.sent("PUT", r"/deployments/demo$") if r.json]) == 2
+
+
+def test_a_failed_job_says_the_services_words_once(fake, azure_flow, tmp_path, monkeypatch):
+    request = FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl"))
+    monkeypatch.setattr(fake, "job_progress", _AllJobs(FAILED_PROGRESS))
+    monkeypatch.setattr(fake, "job_errors", _AllJobs({
+        "code": "UserError",
+        "message": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    }))
+    with pytest.raises(JobFailed) as info:
+        finetune_and_deploy(request=request)
+    text = str(info.value)
+    print(f"\nUser sees: {text}")
+    [job] = fake.jobs
+    assert text.count(job) == 2  # the name, and inside the studio link
+    assert text.count("Failed") == 1
+    assert text.count("https://ml.azure.com/runs/") == 1
+    assert ("step finetune: UserError: torch.OutOfMemoryError: CUDA out of memory. "
+            "Tried to allocate 2.00 GiB") in text
+    assert "Pipeline has failed child jobs" not in text  # the cause, not the summary
+
+
+class _AllJobs(dict):
+    """A fake setting that applies to every job name."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def get(self, key, default=None):
+        return self.value
