@@ -420,9 +420,21 @@ class Workspace(ABC):
 
         The default reads them one by one; a workspace whose service answers many in one
         request (Azure Monitor's batch metrics query) overrides it. An endpoint whose
-        activity could not be read is in the answer as ``EndpointActivity.unreadable``.
+        activity could not be read is in the answer as ``EndpointActivity.unreadable``;
+        a transient fault is raised, so the caller's retries read them all again.
         """
-        return {name: self.get_endpoint_activity(name, start, end) for name in endpoint_names}
+        from workspaces.errors import TransientWorkspaceError
+
+        found = {}
+        for name in endpoint_names:
+            try:
+                found[name] = self.get_endpoint_activity(name, start, end)
+            except TransientWorkspaceError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one endpoint's fault is its own
+                found[name] = EndpointActivity.unreadable(
+                    name, start, end, f"{exc.__class__.__name__}: {str(exc)[:300]}")
+        return found
 
     @abstractmethod
     def get_deployment_logs(self, endpoint_name: str, name: str, lines: int = 50) -> str:
