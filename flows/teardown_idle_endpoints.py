@@ -20,12 +20,12 @@ docs/teardown-rules.md lists the rules.
 Run it:
     python -m flows.teardown_idle_endpoints --dry-run      # local workspace, report only
     python -m flows.teardown_idle_endpoints --workspace-block azure-ml-workspace/prod
+    python -m flows.teardown_idle_endpoints --help         # every rule of the pass
 or from a Prefect server: the ``teardown-idle-endpoints`` deployment in prefect.yaml.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +34,8 @@ from prefect.states import State
 from pydantic import BaseModel, Field
 
 from blocks import load_workspace
+from flows.cli import parse_request
+from flows.parameters import TeardownRequest
 from tasks import reports
 from tasks.own_traffic import attribute_own_requests, count_own_requests_by_endpoint
 from tasks.teardown import (
@@ -46,7 +48,7 @@ from tasks.teardown import (
     read_endpoints_activity,
     report_decisions,
 )
-from workspaces.errors import InvalidRequest, WorkspaceError
+from workspaces.errors import WorkspaceError
 from workspaces.interface import TAG_PROTECTED, Endpoint, EndpointActivity, Workspace
 
 # Tag values that switch protection off; any other value (even empty) protects.
@@ -325,43 +327,34 @@ def summary_text(result: TeardownResult, rules: TeardownRules, prices: PriceTabl
 
 
 # -- the flow ----------------------------------------------------------------------------
+def utc_now() -> datetime:
+    """The pass's clock. Tests replace this function; it is not a run parameter."""
+    return datetime.now(UTC)
+
+
 @flow(
     name="teardown-idle-endpoints",
     description="Delete managed online endpoints that had no organic requests in a window.",
     log_prints=True,
 )
 def teardown_idle_endpoints(
+    request: TeardownRequest = TeardownRequest(),  # noqa: B008 - Prefect shows it as the form
     workspace_block: str | None = None,
-    idle_hours: float = 24,
-    grace_minutes: float = 60,
-    max_deletions_per_run: int = 5,
-    dry_run: bool = False,
-    now: datetime | None = None,
-    delete_timeout_minutes: float = 30,
-    price_file: str | None = None,
 ) -> TeardownResult:
     """Delete idle managed endpoints and Failed deployments; report every decision.
 
     Args:
+        request: the pass's rules (idle hours, grace period, cap, dry run).
         workspace_block: block slug (local-workspace/<name> or
             azure-ml-workspace/<name>); empty = local workspace in ./.workspace.
-        idle_hours: an endpoint with no organic request in this many hours is idle.
-        grace_minutes: endpoints younger than this are never deleted.
-        max_deletions_per_run: deletions beyond this many are skipped until the next pass.
-        dry_run: report what would be deleted; delete nothing.
-        now: the pass's clock (UTC); empty = the current time. Tests set it.
-        delete_timeout_minutes: how long to wait for each deletion to finish.
-        price_file: CSV of hourly prices; empty = data/vm_prices.csv.
     """
-    if idle_hours <= 0 or grace_minutes < 0 or max_deletions_per_run < 0:
-        raise InvalidRequest("idle_hours must be > 0, grace_minutes and "
-                             "max_deletions_per_run >= 0")
     logger = get_run_logger()
-    rules = TeardownRules(now=_utc(now or datetime.now(UTC)), idle_hours=idle_hours,
-                          grace_minutes=grace_minutes, max_deletions=max_deletions_per_run,
-                          dry_run=dry_run)
+    dry_run = request.dry_run
+    rules = TeardownRules(now=_utc(utc_now()), idle_hours=request.idle_hours,
+                          grace_minutes=request.grace_minutes,
+                          max_deletions=request.max_deletions_per_run, dry_run=dry_run)
     workspace = load_workspace(workspace_block)
-    prices = load_prices(price_file)
+    prices = load_prices(request.price_file)
 
     everything = list_endpoints(workspace)
     managed = sorted((e for e in everything if e.managed), key=_age_key)
@@ -373,7 +366,7 @@ def teardown_idle_endpoints(
     decisions = [row for e in managed
                  for row in judge_endpoint(e, rules, prices, activities.get(e.name))]
     apply_cap(decisions, rules.max_deletions)
-    carry_out(workspace, decisions, rules, delete_timeout_minutes)
+    carry_out(workspace, decisions, rules, request.delete_timeout_minutes)
 
     result = TeardownResult(now=rules.now, dry_run=dry_run, decisions=decisions)
     summary = summary_text(result, rules, prices)
@@ -423,20 +416,11 @@ def _activity_text(activity: EndpointActivity) -> str:
     return ", ".join(parts) or "none"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workspace-block", default=None,
-                        help="block slug, e.g. azure-ml-workspace/prod (default: local)")
-    parser.add_argument("--dry-run", action="store_true", help="report only, delete nothing")
-    parser.add_argument("--idle-hours", type=float, default=24)
-    parser.add_argument("--grace-minutes", type=float, default=60)
-    parser.add_argument("--max-deletions", type=int, default=5)
-    args = parser.parse_args()
-    result = teardown_idle_endpoints(
-        workspace_block=args.workspace_block, idle_hours=args.idle_hours,
-        grace_minutes=args.grace_minutes, max_deletions_per_run=args.max_deletions,
-        dry_run=args.dry_run,
+def main(argv: list[str] | None = None) -> None:
+    request, workspace_block = parse_request(
+        TeardownRequest, "python -m flows.teardown_idle_endpoints", argv
     )
+    result = teardown_idle_endpoints(request=request, workspace_block=workspace_block)
     for d in result.decisions:
         print(f"{d.outcome:13} {d.resource:40} {d.reason}")
 

@@ -1,7 +1,9 @@
 """Benchmark finetune_and_deploy on the local workspace; prints figures, asserts nothing.
 
 Prints: first-run time, cached re-run time and their ratio, training tokens/s, and the
-flow's overhead against calling the same workspace steps directly without Prefect.
+flow's overhead against calling the same workspace steps directly without Prefect. It
+runs the 2-layer stand-in, so the figures are about the procedure, not the model
+(``scripts/bench_training.py`` and ``scripts/bench_serving.py`` measure SmolLM2).
 Each measurement uses a fresh state directory under a temporary folder; endpoints it
 starts are deleted at the end.
 
@@ -18,6 +20,8 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from workspaces.local.catalog import STANDIN_NAME  # noqa: E402
+
 
 def run_flow(state: Path) -> tuple[float, float, dict]:
     from prefect.testing.utilities import prefect_test_harness
@@ -26,7 +30,7 @@ def run_flow(state: Path) -> tuple[float, float, dict]:
     from flows.parameters import FinetuneRequest
 
     os.environ["CHATFT_STATE_DIR"] = str(state)
-    request = FinetuneRequest(download_dir=str(state / "download"))
+    request = FinetuneRequest(foundation_model=STANDIN_NAME, download_dir=str(state / "download"))
     with prefect_test_harness(server_startup_timeout=120):
         started = time.perf_counter()
         first = finetune_and_deploy(request=request)
@@ -52,7 +56,7 @@ def run_direct(state: Path) -> float:
 
     started = time.perf_counter()
     ws = LocalWorkspace(state)
-    model = ws.get_foundation_model(ws.default_foundation_model)
+    model = ws.get_foundation_model(STANDIN_NAME)
     params = {**FinetuneRequest().training.as_component_inputs(), **model_specific_defaults(model)}
     compute_provisioning.ensure_compute(ws, "local-cpu", "Local_CPU", 1)
     data = prepare_dataset("sample", 5, state / "download")

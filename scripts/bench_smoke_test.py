@@ -104,12 +104,14 @@ class FleetWorkspace(LocalWorkspace):
 
 def run_once(workspace: FleetWorkspace, max_concurrency: int | None, data_dir: Path) -> float:
     import flows.smoke_test_endpoints as smoke
+    from flows.parameters import SmokeTestRequest
 
     # The flow loads its workspace from a block slug; here it is the benchmark's fleet.
     smoke.load_workspace = lambda block: workspace
     knobs = {} if max_concurrency is None else {"max_concurrency": max_concurrency}
     started = time.perf_counter()
-    result = smoke.smoke_test_endpoints(seed=1, download_dir=str(data_dir), **knobs)
+    result = smoke.smoke_test_endpoints(SmokeTestRequest(
+        seed=1, download_dir=str(data_dir), **knobs))
     elapsed = time.perf_counter() - started
     assert len(result.endpoints_tested) == workspace.count, result.endpoints_tested
     return elapsed

@@ -43,6 +43,7 @@ def start_fake(tmp: Path):  # noqa: ANN201 - the fake's own types live under tes
 
 def one_pass(fake, size: int, used: bool) -> dict[str, float]:  # noqa: ANN001
     import flows.teardown_idle_endpoints as teardown
+    from flows.parameters import TeardownRequest
     from tasks import reports
     from tests.azure.conftest import make_workspace
     from tests.azure.fake_azureml.credential import FakeCredential
@@ -62,8 +63,8 @@ def one_pass(fake, size: int, used: bool) -> dict[str, float]:  # noqa: ANN001
     teardown.load_workspace = lambda block: workspace
     reports.emit = lambda *a, **k: None  # events are not what is measured here
     fake.requests.clear()
-    result = teardown.teardown_idle_endpoints(workspace_block="azure-ml-workspace/bench",
-                                              max_deletions_per_run=size)
+    result = teardown.teardown_idle_endpoints(
+        TeardownRequest(max_deletions_per_run=size), workspace_block="azure-ml-workspace/bench")
     outcome = "kept" if used else "deleted"
     assert sorted(result.named(outcome)) == names, result.decisions
 

@@ -1,9 +1,11 @@
 """Run chat-finetune-flows from a Prefect server on this machine.
 
 ``up`` starts a local Prefect server (SQLite in ``.prefect/``), waits until it is healthy,
-registers this project's block types, saves the ``local-workspace/default`` block, creates
-the ``chatft-process`` work pool, deploys every deployment of prefect.yaml whose flow file
-exists, and starts a process worker in the background. ``down`` stops the worker, then the
+registers this project's block types, saves the ``local-workspace/default`` block, makes
+sure the smoke-test notification exists (block ``custom-webhook/chatft-alerts`` and its
+automation, see blocks/alerts.py), creates the ``chatft-process`` work pool, deploys every
+deployment of prefect.yaml whose flow file exists, and starts a process worker in the
+background. ``down`` stops the worker, then the
 server. Pid files and logs live next to the database in the Prefect home folder.
 
     python scripts/local_server.py up        # UI at http://127.0.0.1:4200
@@ -206,12 +208,52 @@ def save_local_workspace_block(server: Server, state_dir: Path) -> None:
     )
 
 
+def api(server: Server, method: str, path: str, body: object = None) -> object:
+    """One call of the server's REST API; the parsed JSON answer (None when empty)."""
+    request = urllib.request.Request(  # noqa: S310 - our own server's http URL
+        server.api_url + path, method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - our own server
+        text = resp.read()
+    return json.loads(text) if text else None
+
+
+def refuse_unknown_parameters(server: Server, deployment: dict) -> None:
+    """Make the server refuse a run whose parameters hold a name the flow does not take.
+
+    Prefect builds the schema from the flow's signature without ``additionalProperties``,
+    so ``{"dry_run": true}`` (a field of ``request``, misplaced) would be accepted and
+    fail only when the run starts. The request models refuse unknown fields themselves.
+    """
+    flow_name = deployment["entrypoint"].rsplit(":", 1)[1].replace("_", "-")
+    found = api(server, "GET", f"/deployments/name/{flow_name}/{deployment['name']}")
+    schema = dict(found["parameter_openapi_schema"] or {})
+    if schema.get("properties") and schema.get("additionalProperties") is not False:
+        schema["additionalProperties"] = False
+        api(server, "PATCH", f"/deployments/{found['id']}",
+            {"parameter_openapi_schema": schema})
+
+
+def ensure_alerts(server: Server) -> None:
+    """Block custom-webhook/chatft-alerts and the automation on chatft.smoke-test.failed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "blocks.alerts"], cwd=server.project_dir, env=server.env(),
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"setting up the smoke-test notification failed:\n{result.stderr}")
+    print(result.stdout.strip())
+
+
 def configure(server: Server, state_dir: Path) -> list[str]:
     """Blocks, the block document, the work pool and the deployments; returns those deployed."""
     for module in BLOCK_MODULES:
         server.prefect("block", "register", "-m", module)
     save_local_workspace_block(server, state_dir)
     print(f"Block local-workspace/{BLOCK_NAME}: state_dir {state_dir.resolve()}")
+    ensure_alerts(server)
     if server.prefect("work-pool", "inspect", WORK_POOL, check=False).returncode != 0:
         server.prefect("work-pool", "create", WORK_POOL, "--type", "process")
     deployed = []
@@ -221,6 +263,7 @@ def configure(server: Server, state_dir: Path) -> list[str]:
                   f"{deployment['entrypoint']} does not exist yet")
             continue
         server.prefect("--no-prompt", "deploy", "--name", deployment["name"])
+        refuse_unknown_parameters(server, deployment)
         deployed.append(deployment["name"])
         print(f"Deployed {deployment['name']}")
     return deployed
@@ -247,9 +290,29 @@ def up(server: Server, state_dir: Path, query_seconds: float | None = None) -> l
     return deployed
 
 
-def down(server: Server) -> None:
+def down(server: Server, state_dir: Path | None = None) -> None:
     for name in ("worker", "server"):
         print(f"Stopped {name}" if server.stop(name) else f"No {name} running")
+    if state_dir is not None:
+        report_endpoints(server, state_dir)
+
+
+def report_endpoints(server: Server, state_dir: Path) -> None:
+    """Endpoints are processes of the workspace, not of the server: say which keep serving."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "workspaces.local.cli", "--state-dir", str(state_dir.resolve()),
+         "endpoints", "list"],
+        cwd=server.project_dir, env=server.env(), capture_output=True, text=True,
+    )
+    text = listing.stdout.strip()
+    if listing.returncode != 0 or not text or text.startswith("no local endpoints"):
+        print(f"No local endpoint in {state_dir}" if listing.returncode == 0
+              else f"Could not list local endpoints: {listing.stderr.strip()[-300:]}")
+        return
+    print("\nThese local endpoints keep serving (they belong to the workspace, not to the "
+          "server):\n" + text)
+    print("Stop one and keep it:   chatft endpoints stop NAME   (later: chatft endpoints "
+          "restart NAME)\nStop and delete them:   make endpoints-delete")
 
 
 def status(server: Server) -> dict[str, object]:
@@ -284,7 +347,7 @@ def main() -> None:
         print(f"Use it from this shell:  export PREFECT_API_URL={server.api_url}")
         print("Stop it:                 python scripts/local_server.py down")
     elif args.command == "down":
-        down(server)
+        down(server, args.state_dir)
     else:
         print(json.dumps(status(server), indent=2))
 

@@ -2,7 +2,8 @@
 
 Needs a running server with the deployments and at least one finished
 ``finetune-and-deploy`` run (``python scripts/local_server.py up``, then one run), and
-Chromium (Debian: ``apt-get install -y chromium``).
+Chromium (Debian: ``apt-get install -y chromium``). The smoke-test deployment's Upcoming
+tab shows the runs the scheduler created from its hourly schedule.
 
     python scripts/screenshots.py                       # server at http://127.0.0.1:4200
     python scripts/screenshots.py --url http://127.0.0.1:4311 --out docs/screenshots
@@ -40,6 +41,7 @@ def api(url: str, path: str, body: dict | None = None) -> Any:
 def pages(url: str) -> dict[str, str]:
     """File name -> UI address of each page to capture."""
     deployment = api(url, "/deployments/name/finetune-and-deploy/finetune-and-deploy")
+    smoke = api(url, "/deployments/name/smoke-test-endpoints/smoke-test-endpoints")
     runs = api(url, "/flow_runs/filter", {
         "deployments": {"id": {"any_": [deployment["id"]]}},
         "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
@@ -58,6 +60,7 @@ def pages(url: str) -> dict[str, str]:
         "deployments.png": f"{ui}/deployments",
         "finetune-run-form.png": f"{ui}/deployments/deployment/{deployment['id']}/run",
         "finetune-run-artifacts.png": f"{ui}/runs/flow-run/{run_id}?tab=Artifacts",
+        "smoke-test-upcoming.png": f"{ui}/deployments/deployment/{smoke['id']}?tab=Upcoming",
     }
     if scores:
         shots["sample-score-artifact.png"] = f"{ui}/artifacts/artifact/{scores[0]['id']}"

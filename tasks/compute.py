@@ -26,6 +26,8 @@ def ensure_compute(
     """Reuse the cluster or create it (Dedicated, then LowPriority, as quota allows); return
     it and GPUs/node."""
     logger = get_run_logger()
+    logger.info("Checking compute %s (%s, up to %d node(s)) and its quota", name, size,
+                max_instances)
     existing = workspace.get_compute(name)
     # Quota is checked before anything is created: a cluster that can never scale up
     # would only surface as a job stuck in Queued. Only tiers with room are tried.

@@ -14,6 +14,8 @@ from workspaces.ultrachat import DatasetError, PreparedDataset, prepare_dataset,
 @task(name="download-dataset", cache_policy=WORKSPACE_INPUTS, **transient_retries())
 def download_dataset(source: str, split_pc: float, download_dir: str) -> PreparedDataset:
     """Download (or copy) ``split_pc`` % of every split into ``download_dir``."""
+    get_run_logger().info("Preparing %g %% of dataset %s in %s (a download can take minutes)",
+                          split_pc, source, download_dir)
     try:
         prepared = prepare_dataset(source, split_pc, Path(download_dir))
     except DatasetError as exc:

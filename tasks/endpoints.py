@@ -15,6 +15,7 @@ from tasks.waiting import poll_until
 from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound, WorkspaceError
 from workspaces.failure_advice import failure_class, with_advice
 from workspaces.interface import Deployment, Endpoint, ScoreResponse, Workspace
+from workspaces.scoring import build_body, read_reply, up_to_last_question
 from workspaces.ultrachat import read_jsonl
 
 PROVISIONED = ("Succeeded", "Failed", "Canceled")
@@ -145,13 +146,14 @@ def route_traffic(workspace: Workspace, endpoint_name: str, traffic: dict[str, i
 
 
 def sample_request(test_gen_file: str, parameters: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The step-8 body from one random test_gen row (seeded, so a re-run asks the same)."""
+    """The step-8 body from one random test_gen row (seeded, so a re-run asks the same).
+
+    The row's conversation is cut after its last question: test_gen rows end with the
+    reference answer, and the model is asked to give it.
+    """
     rows = read_jsonl(Path(test_gen_file))
     row = random.Random(seed).choice(rows)
-    return {
-        "input_data": {"input_string": [row["messages"]], "parameters": parameters},
-        "params": {},
-    }
+    return build_body(up_to_last_question(row["messages"]), parameters)
 
 
 # A measurement: done on every run.
@@ -164,6 +166,8 @@ def score_sample(
     request_file: str,
 ) -> ScoreResponse:
     """Write the request to ``request_file`` and send it to the deployment with the key."""
+    get_run_logger().info("Sending the sample conversation to %s/%s and waiting for the reply",
+                          endpoint_name, deployment_name)
     Path(request_file).write_text(json.dumps(body, indent=2))
     response = workspace.invoke(
         endpoint_name, body, deployment_name=deployment_name, caller="finetune-and-deploy"
@@ -184,6 +188,7 @@ def delete_endpoint(workspace: Workspace, name: str, timeout_minutes: float = 30
     """Delete the endpoint and wait until it is gone; False when it did not exist."""
     if workspace.get_endpoint(name) is None:
         return False
+    get_run_logger().info("Deleting endpoint %s and waiting until it is gone", name)
     workspace.begin_delete_endpoint(name)
     poll_until(lambda: workspace.get_endpoint(name), lambda e: e is None,
                timeout_minutes * 60, f"deletion of endpoint {name}")
@@ -192,13 +197,8 @@ def delete_endpoint(workspace: Workspace, name: str, timeout_minutes: float = 30
 
 
 def reply_text(response: ScoreResponse) -> str:
-    """The generated text of a chat-completion answer ({"output": ...})."""
-    try:
-        data = json.loads(response.body)
-    except json.JSONDecodeError:
-        return response.body
-    if isinstance(data, dict) and isinstance(data.get("output"), str):
-        return data["output"]
-    if isinstance(data, list) and data and isinstance(data[0], str):
-        return data[0]
-    return response.body
+    """The generated text of a 200 chat-completion answer (``{"output": ...}``).
+
+    Raises :class:`workspaces.scoring.BadReply` when the answer breaks the contract.
+    """
+    return read_reply(response.body)

@@ -86,6 +86,10 @@ def submit_finetune_job(
     if existing is not None:
         logger.info("Reusing fine-tune job %s (%s)", existing.name, existing.status)
         return existing
+    # Submitting prepares the job's inputs (locally: builds the base model's weights the
+    # first time), which can take minutes: say so before it starts.
+    logger.info("Submitting fine-tune job %s on compute %s (preparing its inputs can take "
+                "a few minutes)", spec.name, spec.compute)
     job = workspace.submit_finetune_job(spec)
     logger.info(
         "Submitted fine-tune job %s (%s) to experiment %s",
@@ -130,9 +134,19 @@ def wait_for_job(
                 f" (step {job.current_step})" if job.current_step else "",
             )
             seen.update(status=job.status, step=job.current_step)
-        if job.progress is not None and job.progress != seen.get("progress"):
-            update_progress_artifact(progress_id, progress=round(job.progress * 100, 1))
-            seen["progress"] = job.progress
+        line = training_line(job.training)
+        if line and line != seen.get("training"):
+            logger.info("Job %s: %s", job_name, line)
+            seen["training"] = line
+        if job.progress is not None and (job.progress, line) != (
+            seen.get("progress"), seen.get("reported")
+        ):
+            update_progress_artifact(
+                progress_id,
+                progress=round(job.progress * 100, 1),
+                description=f"Fine-tune job {job_name}" + (f": {line}" if line else ""),
+            )
+            seen.update(progress=job.progress, reported=line)
 
     try:
         job = poll_until(
@@ -141,6 +155,8 @@ def wait_for_job(
             timeout_minutes * 60,
             f"fine-tune job {job_name}",
             on_change=report,
+            # Training logs arrive every few seconds; a shorter cap keeps them visible live.
+            max_delay_s=15.0,
         )
     except DeadlineExceeded as exc:
         if cancel_on_timeout:
@@ -154,6 +170,18 @@ def wait_for_job(
         raise JobFailed(job_failure(job))
     update_progress_artifact(progress_id, progress=100.0)
     return job
+
+
+def training_line(training: dict[str, float]) -> str:
+    """'step 12/39, epoch 0.92, loss 1.2345' from a job's latest training log, or ''."""
+    if not training or "step" not in training:
+        return ""
+    parts = [f"step {int(training['step'])}/{int(training.get('max_steps', 0)) or '?'}"]
+    if "epoch" in training:
+        parts.append(f"epoch {training['epoch']:.2f}")
+    if "loss" in training:
+        parts.append(f"loss {training['loss']:.4f}")
+    return ", ".join(parts)
 
 
 def job_failure(job: FinetuneJob) -> str:

@@ -16,6 +16,7 @@ from workspaces.model_tags import TagParseError, model_specific_defaults, retire
 @task(name="check-workspace-access", cache_policy=NO_CACHE, **transient_retries())
 def check_workspace_access(workspace: Workspace) -> str:
     """Fail early when the credential or workspace does not work."""
+    get_run_logger().info("Checking access to the %s workspace", workspace.kind)
     summary = workspace.check_access()
     get_run_logger().info("Workspace reachable: %s", summary)
     return summary
@@ -32,8 +33,9 @@ def get_foundation_model(workspace: Workspace, name: str, label: str) -> Foundat
     """Look the base model up by name and label, refusing retired models (true-ish
     retired/deprecated tag, or a retirement/deprecation date that has passed); a date
     still ahead only warns."""
-    model = workspace.get_foundation_model(name, label)
     logger = get_run_logger()
+    logger.info("Looking up foundation model %s (label %s)", name, label)
+    model = workspace.get_foundation_model(name, label)
     logger.info("Foundation model %s version %s (%s)", model.name, model.version, model.id)
     refusal, warnings = retirement_status(model)
     for warning in warnings:
@@ -41,6 +43,17 @@ def get_foundation_model(workspace: Workspace, name: str, label: str) -> Foundat
     if refusal:
         raise InvalidRequest(f"{refusal}; choose another foundation_model or version")
     return model
+
+
+# Not cached by Prefect: the workspace's catalog folder is the cache (a marker file says
+# the conversion finished), so a deleted workspace is rebuilt rather than trusted.
+@task(name="prepare-foundation-model", cache_policy=NO_CACHE, **transient_retries())
+def prepare_foundation_model(workspace: Workspace, model: FoundationModel) -> str:
+    """Have the model's weights ready: converted once on the local workspace, logged."""
+    logger = get_run_logger()
+    location = workspace.prepare_foundation_model(model, logger.info)
+    logger.info("Foundation model %s weights: %s", model.name, location)
+    return location
 
 
 @task(name="resolve-finetune-parameters", cache_policy=WORKSPACE_INPUTS)

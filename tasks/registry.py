@@ -25,6 +25,8 @@ def register_model(
     if existing is not None:
         logger.info("Reusing registered model %s version %s", name, version)
         return existing
+    logger.info("Registering the output of job %s as model %s version %s (copies the "
+                "weights)", job_name, name, version)
     model = workspace.register_model(name, version, job_name, description, tags)
     logger.info("Registered model %s version %s from job %s", name, version, job_name)
     return model

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote, urlparse
+from uuid import UUID
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
@@ -22,6 +24,8 @@ from workspaces.interface import (
     RegisteredModel,
     ScoreResponse,
 )
+from workspaces.pipeline_inputs import InputCheck
+from workspaces.scoring import conversation
 from workspaces.ultrachat import PreparedDataset
 
 EVENT_PREFIX = "chatft"
@@ -36,7 +40,8 @@ def _md_table(rows: list[tuple[str, Any]]) -> str:
 def report_foundation_model(model: FoundationModel, workspace_kind: str) -> None:
     tags = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(model.tags.items())) or "| | |"
     stand_in = (
-        "\n> **Stand-in model**: tiny and locally built; its answers are not meaningful.\n"
+        "\n> **Stand-in model** (for fast tests): tiny and locally built; its answers are not "
+        "meaningful.\n"
         if model.tags.get("stand_in") == "true"
         else ""
     )
@@ -72,9 +77,22 @@ def report_dataset(prepared: PreparedDataset, preview: list[dict[str, Any]]) -> 
     )
 
 
-def report_finetune_submission(
+def is_web_link(url: str | None) -> bool:
+    """Whether a browser opens it from the UI (a file:// link does nothing there)."""
+    return bool(url) and urlparse(url).scheme in ("http", "https")
+
+
+def link_or_path(url: str | None) -> str:
+    """A web link as is; a file:// URI as the plain path it names."""
+    if not url or is_web_link(url):
+        return url or ""
+    parsed = urlparse(url)
+    return f"`{unquote(parsed.path)}`" if parsed.scheme == "file" else f"`{url}`"
+
+
+def _finetune_job_markdown(
     job: FinetuneJob, parameters: dict[str, str], compute: ComputeTarget, gpus: int, reused: bool
-) -> None:
+) -> str:
     rows = [
         ("job", job.name),
         ("display name", job.display_name),
@@ -85,41 +103,120 @@ def report_finetune_submission(
         ("devices per node", gpus),
         ("submitted by this run", "no (reused)" if reused else "yes"),
     ]
+    if job.studio_url:
+        rows.append(("logs and outputs", link_or_path(job.studio_url)))
     params = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(parameters.items()))
-    create_markdown_artifact(
-        key="finetune-job",
-        description=f"Fine-tune job {job.name}",
-        markdown="## Fine-tune job\n"
+    return (
+        "## Fine-tune job\n"
         + _md_table(rows)
         + "\n\n### Parameters sent to chat_completion_pipeline\n| parameter | value |\n|---|---|\n"
-        + params,
+        + params
     )
-    if job.studio_url:
+
+
+def report_finetune_submission(
+    job: FinetuneJob, parameters: dict[str, str], compute: ComputeTarget, gpus: int, reused: bool
+) -> UUID:
+    """The ``finetune-job`` artifact at submission; its id, for ``report_finetune_outcome``."""
+    artifact_id = create_markdown_artifact(
+        key="finetune-job",
+        description=f"Fine-tune job {job.name}",
+        markdown=_finetune_job_markdown(job, parameters, compute, gpus, reused),
+    )
+    if is_web_link(job.studio_url):
         create_link_artifact(
             key="finetune-job-link",
             link=job.studio_url,
             link_text=f"Job {job.name}",
             description="Where the job's logs and outputs are",
         )
+    return artifact_id
 
 
-def report_metrics(job: FinetuneJob, metrics: JobMetrics) -> None:
-    rows = [
-        {"run": "finetune", "metric": k, "value": round(v, 6)}
-        for k, v in sorted(metrics.finetune.items())
-    ]
-    rows += [
-        {"run": "evaluation", "metric": k, "value": round(v, 6)}
-        for k, v in sorted(metrics.evaluation.items())
-    ]
-    if metrics.unavailable:
-        rows = [{"run": "-", "metric": "unavailable", "value": metrics.unavailable}]
-    create_table_artifact(
-        key="finetune-metrics",
-        table=rows or [{"run": "-", "metric": "none reported", "value": ""}],
-        description=f"Training and evaluation metrics of job {job.name}"
-        + (f". Not read: {metrics.unavailable}" if metrics.unavailable else ""),
+def report_finetune_outcome(
+    artifact_id: UUID, job: FinetuneJob, parameters: dict[str, str], compute: ComputeTarget,
+    gpus: int, reused: bool,
+) -> None:
+    """Rewrite the ``finetune-job`` artifact with the job's final status (not "Queued")."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactUpdate
+
+    markdown = _finetune_job_markdown(job, parameters, compute, gpus, reused)
+    with get_client(sync_client=True) as client:
+        client.update_artifact(artifact_id, ArtifactUpdate(data=markdown))
+
+
+# Evaluation metrics shown side by side for the base and the tuned model.
+COMPARED = (
+    ("eval_loss", "test_sft loss"),
+    ("perplexity", "test_sft perplexity"),
+    ("exact_answer_rate", "exact-answer rate (held-out test_gen)"),
+)
+
+
+def tuning_summary(metrics: JobMetrics) -> str:
+    """One sentence saying what tuning changed, from the job's before/after evaluation."""
+    evaluation = metrics.evaluation
+    if "eval_loss" not in evaluation:
+        return "The job reported no evaluation, so what tuning changed is not known."
+    if "base_eval_loss" not in evaluation:
+        return f"After tuning, test_sft loss is {evaluation['eval_loss']:.3f} (no base figure)."
+    sentence = (
+        f"Tuning changed test_sft loss from {evaluation['base_eval_loss']:.3f} to "
+        f"{evaluation['eval_loss']:.3f} (perplexity {evaluation['base_perplexity']:.1f} -> "
+        f"{evaluation['perplexity']:.1f})"
     )
+    questions = int(evaluation.get("generation_questions", 0))
+    if questions:
+        sentence += (
+            f" and the exact-answer rate on {questions} held-out test_gen questions from "
+            f"{evaluation['base_exact_answer_rate']:.0%} to {evaluation['exact_answer_rate']:.0%}"
+        )
+    return sentence + "."
+
+
+def report_metrics(job: FinetuneJob, metrics: JobMetrics) -> str:
+    """The finetune-metrics artifact (base and tuned columns); returns the summary sentence."""
+    evaluation = metrics.evaluation
+    compared = [
+        f"| {label} | {_figure(evaluation.get('base_' + key))} | {_figure(evaluation.get(key))} |"
+        for key, label in COMPARED
+        if key in evaluation
+    ]
+    training = [f"| `{k}` | {_figure(v)} |" for k, v in sorted(metrics.finetune.items())]
+    summary = tuning_summary(metrics)
+    if metrics.unavailable:
+        summary = f"The job's metrics could not be read ({metrics.unavailable})."
+    examples = [
+        f"| {str(s['messages'][-1]['content'])[:80]} | {s['reference'][:80]} | "
+        f"{s['base_reply'][:120]} | {s['tuned_reply'][:120]} |".replace("\n", " ")
+        for s in metrics.samples[:5]
+    ]
+    markdown = f"## Evaluation of job {job.name}\n\n**{summary}**\n\n"
+    if compared:
+        markdown += "| metric | base model | tuned model |\n|---|---|---|\n"
+        markdown += "\n".join(compared) + "\n\n"
+    if examples:
+        markdown += (
+            "### Held-out questions (greedy replies)\n"
+            "| question | reference | base model | tuned model |\n|---|---|---|---|\n"
+            + "\n".join(examples) + "\n\n"
+        )
+    markdown += "### Training\n| metric | value |\n|---|---|\n" + (
+        "\n".join(training) or "| none reported | |"
+    )
+    create_markdown_artifact(
+        key="finetune-metrics",
+        markdown=markdown,
+        description=f"Base against tuned model, and training metrics, of job {job.name}",
+    )
+    return summary
+
+
+def _figure(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
 
 
 def report_model(model: RegisteredModel) -> None:
@@ -163,7 +260,7 @@ def report_endpoint(endpoint: Endpoint, deployment_name: str, reused: bool) -> N
         + "\n\nThe endpoint keeps serving (and, on Azure, billing) until deleted; the "
         "teardown_idle_endpoints flow deletes idle ones.",
     )
-    if endpoint.scoring_uri:
+    if is_web_link(endpoint.scoring_uri):
         create_link_artifact(
             key="endpoint-link",
             link=endpoint.scoring_uri,
@@ -172,18 +269,38 @@ def report_endpoint(endpoint: Endpoint, deployment_name: str, reused: bool) -> N
         )
 
 
-def report_score(body: dict[str, Any], response: ScoreResponse, reply: str) -> None:
-    messages = body["input_data"]["input_string"][0]
-    conversation = "\n".join(
-        f"- **{m['role']}**: {str(m['content'])[:300]}" for m in messages
+def base_reply_to(metrics: JobMetrics, body: dict[str, Any]) -> str | None:
+    """The base model's reply to the body's conversation, from the job's evaluation."""
+    messages = conversation(body)
+    for sample in metrics.samples:
+        if sample.get("messages") == messages:
+            return sample.get("base_reply")
+    return None
+
+
+def report_score(
+    body: dict[str, Any], response: ScoreResponse, reply: str, base_reply: str | None = None
+) -> None:
+    messages = conversation(body)
+    question = messages[-1]["content"] if messages else ""
+    earlier = "\n".join(
+        f"- **{m['role']}**: {str(m['content'])[:300]}" for m in messages[:-1]
+    )
+    base = (
+        f"> {base_reply[:2000] or '(empty)'}\n\n(greedy, from the job's evaluation of the "
+        "base model on the same question)"
+        if base_reply is not None
+        else "(not recorded: the job did not ask the base model this question)"
     )
     create_markdown_artifact(
         key="sample-score",
-        description="The sample request and the endpoint's reply",
+        description="The sample question, the tuned model's reply and the base model's",
         markdown=(
-            f"## Sample scoring request\nStatus **{response.status_code}** in "
-            f"{response.latency_ms:.0f} ms\n\n### Reply\n> {reply[:2000] or '(empty)'}\n\n"
-            f"### Conversation sent\n{conversation}\n\n"
+            f"## Sample scoring request\n\n### Question\n> {question[:1000]}\n\n"
+            + (f"Earlier turns:\n{earlier}\n\n" if earlier else "")
+            + f"### Tuned model (the endpoint), status **{response.status_code}** in "
+            f"{response.latency_ms:.0f} ms\n> {reply[:2000] or '(empty)'}\n\n"
+            f"### Base model\n{base}\n\n"
             f"Parameters: `{json.dumps(body['input_data'].get('parameters', {}))}`\n\n"
             "### Raw response\n```\n" + response.body[:2000] + "\n```\n\n"
             "### Request body (sample_score.json)\n```json\n"
@@ -228,4 +345,30 @@ def emit(
             "chatft.workspace": workspace_kind,
         },
         payload=payload,
+    )
+
+
+def report_pipeline_inputs(result: InputCheck) -> None:
+    """What the fine-tune job will send, checked against the component's interface."""
+    refused = {p.split(":", 1)[0] for p in result.problems}
+    rows = []
+    for item in result.checked:
+        if item.field in refused:
+            verdict = "refused"
+        elif item.name in result.ignored:
+            verdict = "ignored: " + result.ignored[item.name]
+        else:
+            verdict = "ok"
+        value = "(after compute)" if item.value is None else f"`{item.value}`".replace("|", "\\|")
+        rows.append(f"| `{item.name}` | {value} | {item.field} | {verdict} |")
+    problems = "".join(f"\n- {p}" for p in result.problems)
+    create_markdown_artifact(
+        key="pipeline-inputs",
+        description=f"Fine-tune inputs checked against {result.interface}",
+        markdown=(
+            f"## Fine-tune inputs checked against {result.interface}\n"
+            + (f"\n**Refused:**{problems}\n" if problems else "\nAll inputs fit.\n")
+            + "\n| input | value | set by | verdict |\n|---|---|---|---|\n"
+            + "\n".join(rows)
+        ),
     )

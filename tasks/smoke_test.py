@@ -37,8 +37,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks.endpoints import reply_text
 from tasks.policies import transient_retries
+from workspaces import scoring
 from workspaces.interface import (
     TAG_MODEL,
     TAG_MODEL_VERSION,
@@ -48,6 +48,7 @@ from workspaces.interface import (
     ScoreResponse,
     Workspace,
 )
+from workspaces.scoring import CONTENT_FILTERED, BadReply, build_body, parse_body, read_reply
 
 # Deployments probed at once by default; see the module docstring.
 DEFAULT_MAX_CONCURRENCY = 64
@@ -182,12 +183,8 @@ def up_to_last_question(body: dict[str, Any]) -> dict[str, Any]:
     test_gen rows end with the reference answer; asking the model to answer the question
     (not to continue after the answer) is what real callers do, and what must work.
     """
-    [messages] = body["input_data"]["input_string"]
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
-    if last_user is None:
-        return body
-    data = {**body["input_data"], "input_string": [messages[: last_user + 1]]}
-    return {**body, "input_data": data}
+    messages, parameters = parse_body(body)
+    return build_body(scoring.up_to_last_question(messages), parameters)
 
 
 # -- verdicts --------------------------------------------------------------------------
@@ -217,17 +214,11 @@ def classify_reply(response: ScoreResponse) -> tuple[str, str]:
         detail = _error_message(response.body)
         return status, f"{REASONS.get(status, f'answered HTTP {code}')}: {detail}".rstrip(": ")
     try:
-        data = json.loads(response.body)
-    except json.JSONDecodeError:
-        return "bad_reply", "200 but the body is not JSON"
-    if data == {}:
-        return "content_filtered", REASONS["content_filtered"]
-    if not isinstance(data, dict) or "output" not in data:
-        return "bad_reply", f"200 but no 'output' field (got {type(data).__name__})"
-    if not isinstance(data["output"], str):
-        return "bad_reply", f"200 but 'output' is a {type(data['output']).__name__}, not text"
-    if not data["output"].strip():
-        return "bad_reply", "200 but 'output' is empty"
+        read_reply(response.body)
+    except BadReply as exc:
+        if exc.kind == CONTENT_FILTERED:
+            return exc.kind, REASONS[CONTENT_FILTERED]
+        return exc.kind, str(exc)
     return OK, ""
 
 
@@ -270,7 +261,7 @@ def _probe_once(
         return ProbeResult(**fields, status=status, reason=reason,
                            latency_ms=round((time.perf_counter() - started) * 1000, 1))
     status, reason = classify_reply(response)
-    excerpt = reply_text(response) if status == OK else response.body
+    excerpt = read_reply(response.body) if status == OK else response.body
     return ProbeResult(
         **fields, status=status, http_status=response.status_code, reason=reason,
         latency_ms=round(response.latency_ms, 1), reply_excerpt=_excerpt(excerpt),
@@ -336,16 +327,17 @@ def missing_results(plan: SmokeTestPlan) -> list[ProbeResult]:
 def result_rows(results: list[ProbeResult], skipped: list[SkippedEndpoint]) -> list[dict[str, Any]]:
     """Table rows: failures first (what a reader looks for), then ok, then skipped."""
     ordered = sorted(results, key=lambda r: (r.ok, r.endpoint, r.deployment))
+    # The reason right after the status: the UI does not wrap cells, so columns far to the
+    # right of a 1440 px page are cut off; model and version matter least, so they go last.
     rows = [
-        {"endpoint": r.endpoint, "deployment": r.deployment, "model": r.model,
-         "version": r.version, "status": r.status,
-         "latency_ms": "" if r.latency_ms is None else r.latency_ms,
-         "reply": r.reply_excerpt, "reason": r.reason}
+        {"endpoint": r.endpoint, "deployment": r.deployment, "status": r.status,
+         "reason": r.reason, "latency_ms": "" if r.latency_ms is None else r.latency_ms,
+         "reply": r.reply_excerpt, "model": r.model, "version": r.version}
         for r in ordered
     ]
     rows += [
-        {"endpoint": s.endpoint, "deployment": "-", "model": "", "version": "",
-         "status": SKIPPED, "latency_ms": "", "reply": "", "reason": s.reason}
+        {"endpoint": s.endpoint, "deployment": "-", "status": SKIPPED, "reason": s.reason,
+         "latency_ms": "", "reply": "", "model": "", "version": ""}
         for s in skipped
     ]
     return rows

@@ -91,13 +91,15 @@ class Stack:
         path = self.server.log_file("worker")
         return "worker log:\n" + (path.read_text()[-chars:] if path.exists() else "(none)")
 
-    def artifact_keys(self, flow_run_id: UUID) -> set[str]:
+    def artifacts(self, flow_run_id: UUID) -> list[Any]:
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-        artifacts = self.client.read_artifacts(
+        return self.client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
-        return {a.key for a in artifacts if a.key}
+
+    def artifact_keys(self, flow_run_id: UUID) -> set[str]:
+        return {a.key for a in self.artifacts(flow_run_id) if a.key}
 
     def events(self, name: str, timeout_s: float = 30) -> list[dict[str, Any]]:
         """Events named ``name`` as the server stored them (the persister lags a little)."""
@@ -148,6 +150,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, standin_dir: Path) -> Iterat
 def finetune_run(stack: Stack) -> Any:
     flow_run = stack.run("finetune-and-deploy", {
         "request": {
+            "foundation_model": STANDIN_NAME,
             "download_dir": str(stack.data_dir / "ultrachat_200k_dataset"),
             "training": {"num_train_epochs": 1},
         },
@@ -201,6 +204,12 @@ def test_finetune_run_leaves_history_artifacts_and_events(stack: Stack, finetune
     keys = stack.artifact_keys(finetune_run.id)
     assert {"foundation-model", "train-sft-preview", "finetune-job", "finetune-metrics",
             "registered-model", "endpoint", "sample-score"} <= keys
+    artifacts = stack.artifacts(finetune_run.id)
+    # the job's final status, not the "Queued" it had at submission
+    job_artifact = next(a for a in artifacts if a.key == "finetune-job")
+    assert "| status | Completed |" in job_artifact.data
+    # every link the UI shows opens in a browser; local paths are shown as text
+    assert not [a.key for a in artifacts if "file://" in str(a.data)]
 
     deployed = stack.events("chatft.endpoint.deployed")
     assert [e["resource"]["prefect.resource.name"] for e in deployed] == [endpoint_name]
@@ -213,17 +222,17 @@ def test_finetune_run_leaves_history_artifacts_and_events(stack: Stack, finetune
 def test_smoke_test_then_teardown_dry_run(stack: Stack, finetune_run: Any) -> None:
     endpoint_name = finetune_run.name.split(" -> ")[1]
 
-    smoke = stack.run("smoke-test-endpoints", {
+    smoke = stack.run("smoke-test-endpoints", {"request": {
         "endpoint_names": [endpoint_name],
         "download_dir": str(stack.data_dir / "smoke"),
         "request_timeout_s": 120,
-    })
+    }})
     assert smoke.state.is_completed(), f"{smoke.state.message}\n{stack.worker_log()}"
     assert "smoke-test-results" in stack.artifact_keys(smoke.id)
     completed = stack.events("chatft.smoke-test.completed")
     assert completed and endpoint_name in completed[0]["payload"]["endpoints_tested"]
 
-    teardown = stack.run("teardown-idle-endpoints", {"dry_run": True})
+    teardown = stack.run("teardown-idle-endpoints", {"request": {"dry_run": True}})
     assert teardown.state.is_completed(), f"{teardown.state.message}\n{stack.worker_log()}"
     assert "teardown-decisions" in stack.artifact_keys(teardown.id)
     # a dry run deletes nothing

@@ -133,7 +133,12 @@ def test_scheduler_creates_runs_and_one_completes_through_the_worker(server_up: 
         )
         time.sleep(1)
     first_scheduled_s = time.monotonic() - server_up.started
-    assert all(r.auto_scheduled and r.state_name == "Scheduled" for r in runs)
+    # (an hourly run that fell due meanwhile may already be with the worker)
+    assert all(r.auto_scheduled for r in runs)
+    # the teardown cadence has a fixed anchor: it does not restart at every server-up
+    teardown = server_up.client.read_deployment(server_up.deployment_id("teardown-idle-endpoints"))
+    anchor = teardown.schedules[0].schedule.anchor_date
+    assert anchor.isoformat().startswith("2026-01-01T00:00:00")
 
     # 2. A short interval added through the API, as a person would add one in the UI, so a
     # scheduler-created run falls due now; the worker must take it to Completed.
@@ -164,3 +169,126 @@ def test_scheduler_creates_runs_and_one_completes_through_the_worker(server_up: 
     problems = {name: trouble_in(server_up.server.log_file(name))
                 for name in ("server", "worker")}
     assert problems == {"server": [], "worker": []}, server_up.logs()
+
+
+BAD_PARAMETERS = [
+    # (deployment, parameters, what the 409 must name)
+    ("finetune-and-deploy", {"request": {"endpoint_name": "1abc"}}, "request.endpoint_name"),
+    ("finetune-and-deploy", {"request": {"deployment_name": "Bad_Name!"}},
+     "request.deployment_name"),
+    ("finetune-and-deploy", {"request": {"dataset_split_pc": 500}}, "request.dataset_split_pc"),
+    ("finetune-and-deploy", {"request": {"training": {"epochs": 2}}}, "'epochs' was unexpected"),
+    ("finetune-and-deploy", {"delete_endpoint": True}, "'delete_endpoint' was unexpected"),
+    ("smoke-test-endpoints", {"request": {"endpoint_names": ["ok-name", "1abc"]}},
+     "request.endpoint_names[1]"),
+    ("smoke-test-endpoints", {"request": {"max_concurrency": 0}}, "request.max_concurrency"),
+    ("smoke-test-endpoints", {"request": {"bogus": 1}}, "'bogus' was unexpected"),
+    ("smoke-test-endpoints", {"endpoint_names": ["a-b-c"]}, "'endpoint_names' was unexpected"),
+    ("teardown-idle-endpoints", {"request": {"idle_hours": -5}}, "request.idle_hours"),
+    ("teardown-idle-endpoints", {"request": {"bogus": 1}}, "'bogus' was unexpected"),
+    # the test-only clock is gone from the form
+    ("teardown-idle-endpoints", {"now": "2030-01-01T00:00:00Z"}, "'now' was unexpected"),
+]
+
+
+def test_server_refuses_bad_values_naming_the_field(server_up: ServerUp) -> None:
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    answers = {}
+    for deployment, parameters, expected in BAD_PARAMETERS:
+        deployment_id = server_up.deployment_id(deployment)
+        try:
+            server_up.client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
+            answers[deployment, expected] = "201 Created"
+        except PrefectHTTPStatusError as refused:
+            text = refused.response.text
+            answers[deployment, expected] = (
+                "ok" if refused.response.status_code == 409 and expected in text else text
+            )
+        # nothing half-created: no run other than the scheduler's exists
+        manual = [r for r in server_up.scheduled_runs(deployment_id) if not r.auto_scheduled]
+        assert manual == [], f"{deployment} {parameters} created a run"
+    assert all(answer == "ok" for answer in answers.values()), answers
+
+
+class WebhookReceiver:
+    """A local webhook (127.0.0.1, free port) that keeps what it receives, with the time."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[tuple[float, dict[str, Any]]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append((time.time(), json.loads(body or b"{}")))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_failing_smoke_test_notifies_the_webhook(server_up: ServerUp) -> None:
+    import subprocess
+    import sys
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    receiver = WebhookReceiver()
+    try:
+        # until the user gives a URL, the automation waits disabled (no failed deliveries)
+        automations = server_up.client.read_automations_by_name("chatft smoke test failed")
+        assert len(automations) == 1 and not automations[0].enabled
+        env = server_up.server.env()
+        # The user fills in the block's URL (here from Python, as the UI's Edit would).
+        save = ("import sys; from prefect.blocks.notifications import "
+                "CustomWebhookNotificationBlock as B; b = B.load('chatft-alerts'); "
+                "b.url = sys.argv[1]; b.save('chatft-alerts', overwrite=True)")
+        subprocess.run([sys.executable, "-c", save, receiver.url], env=env, check=True,
+                       cwd=PROJECT_DIR)
+        # server-up again: the automation is enabled, not duplicated, and the URL is kept
+        local_server.ensure_alerts(server_up.server)
+        automations = server_up.client.read_automations_by_name("chatft smoke test failed")
+        assert len(automations) == 1 and automations[0].enabled
+
+        gone = "gone-endpoint"
+        flow_run = server_up.client.create_flow_run_from_deployment(
+            server_up.deployment_id(DEPLOYMENT),
+            parameters={"request": {"endpoint_names": [gone]}},
+        )
+        deadline = time.monotonic() + 300
+        while not (state := server_up.client.read_flow_run(flow_run.id).state).is_final():
+            assert time.monotonic() < deadline, server_up.logs()
+            time.sleep(1)
+        assert state.is_failed(), state.message
+        failed_at = state.timestamp.timestamp()
+
+        deadline = time.monotonic() + 60
+        while not receiver.received:
+            assert time.monotonic() < deadline, (
+                f"no notification within 60 s of the failed run\n{server_up.logs()}"
+            )
+            time.sleep(0.5)
+        arrived, message = receiver.received[0]
+        print(f"\nnotification latency: {arrived - failed_at:.1f} s after the run failed")
+        assert len(server_up.client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run.id])))) == 1
+        text = f"{message.get('subject')}\n{message.get('text')}"
+        assert gone in message["subject"]
+        assert "Failure class: not_found" in text
+        assert f"{server_up.server.ui_url}/runs/flow-run/{flow_run.id}" in text, text
+    finally:
+        receiver.close()

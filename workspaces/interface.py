@@ -12,6 +12,7 @@ on both workspaces.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -112,6 +113,11 @@ class FinetuneJobSpec(BaseModel):
     compute: str
     train_file: str = Field(description="Local path of train_sft.jsonl")
     test_file: str = Field(description="Local path of test_sft.jsonl")
+    test_gen_file: str | None = Field(
+        default=None,
+        description="Local path of test_gen.jsonl: held-out questions whose exact-answer rate "
+        "the job measures before and after tuning (local workspace; Azure ignores it)",
+    )
     gpus_per_node: int
     num_nodes: int = 1
     parameters: dict[str, str] = Field(
@@ -121,6 +127,45 @@ class FinetuneJobSpec(BaseModel):
         default=None, description="Pinned chat_completion_pipeline version; None means latest"
     )
     tags: dict[str, str] = Field(default_factory=dict)
+
+
+class PipelineInput(BaseModel):
+    """One input of the fine-tune pipeline as its component declares it.
+
+    Same shape on both workspaces: Azure reads it from the registry's component version,
+    the local workspace declares its own.
+    """
+
+    type: str = Field(description="string, integer, number, boolean, or an asset type "
+                      "(uri_file, mlflow_model, ...)")
+    optional: bool = True
+    default: str | None = None
+    enum: list[str] | None = None
+    min: float | None = None
+    max: float | None = None
+    ignored: str | None = Field(
+        default=None,
+        description="Why this workspace takes the input but does not use it (local: "
+        "DeepSpeed on a CPU); None when it is used",
+    )
+
+
+class PipelineInterface(BaseModel):
+    """The inputs of a resolved version of the fine-tune pipeline component."""
+
+    component: str
+    version: str
+    inputs: dict[str, PipelineInput]
+    mirrors: str | None = Field(
+        default=None,
+        description="Local only: the Azure component version whose interface it keeps",
+    )
+
+    @property
+    def label(self) -> str:
+        """How messages name it, e.g. ``chat_completion_pipeline 0.0.57``."""
+        name = f"{self.component} {self.version}"
+        return f"{name} (interface of {self.mirrors})" if self.mirrors else name
 
 
 class FinetuneJob(BaseModel):
@@ -135,6 +180,11 @@ class FinetuneJob(BaseModel):
     component_version: str | None = None
     current_step: str | None = Field(default=None, description="Running child step, if known")
     progress: float | None = Field(default=None, description="0..1 when the workspace knows it")
+    training: dict[str, float] = Field(
+        default_factory=dict,
+        description="Latest training log (step, max_steps, epoch, loss) when the workspace "
+        "reports it while the job runs",
+    )
     error: str | None = None
     created_at: datetime | None = None
 
@@ -150,6 +200,11 @@ class JobMetrics(BaseModel):
     evaluation: dict[str, float] = Field(default_factory=dict)
     finetune_history: list[dict[str, Any]] = Field(
         default_factory=list, description="Per-step rows: step, metric, value"
+    )
+    samples: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Held-out questions with the reference, the base and the tuned model's "
+        "replies (messages, reference, base_reply, tuned_reply), when the job records them",
     )
     unavailable: str | None = Field(
         default=None,
@@ -297,6 +352,16 @@ class Workspace(ABC):
     def get_foundation_model(self, name: str, label: str = "latest") -> FoundationModel:
         """Look a base model up by name and label (or version) in the model catalog."""
 
+    def prepare_foundation_model(
+        self, model: FoundationModel, log: Callable[[str], None]
+    ) -> str:
+        """Make the model's weights ready for training; return where they are.
+
+        A registry model (Azure) needs nothing. A catalog entry the workspace builds or
+        converts itself (local) is made here once, telling ``log`` how it goes.
+        """
+        return model.id
+
     # -- compute -------------------------------------------------------------------------
     @abstractmethod
     def get_compute(self, name: str) -> ComputeTarget | None:
@@ -322,6 +387,14 @@ class Workspace(ABC):
         return QuotaCheck(tiers=["Dedicated", "LowPriority"])
 
     # -- fine-tune jobs ------------------------------------------------------------------
+    @abstractmethod
+    def get_pipeline_interface(self, version: str | None = None) -> PipelineInterface:
+        """The inputs of the fine-tune pipeline component, pinned ``version`` or latest.
+
+        The pre-flight checks every input a request would send against it, before
+        anything is created.
+        """
+
     @abstractmethod
     def find_jobs(self, request_id: str) -> list[FinetuneJob]:
         """Jobs this project submitted for a request (by tag), newest first."""

@@ -180,3 +180,25 @@ def test_metrics_that_cannot_be_read_do_not_stop_registration(fake, azure_flow, 
     assert "PERMISSION_DENIED" in str(artifact.data) and "Not read:" in artifact.description
     [warning] = [log for log in logs if "could not be read" in log.message]
     assert warning.level == 30 and "PERMISSION_DENIED" in warning.message
+
+
+def test_the_readme_azure_command_runs_as_written(
+    fake, azure_flow, tmp_path, monkeypatch, capsys
+):
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(flow_module.__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## On Azure Machine Learning", 1)[1].split("\n## ", 1)[0]
+    [command] = re.findall(r"^\s*(python -m flows\.finetune_and_deploy .+)$", section, re.M)
+    argv = shlex.split(command)[3:]
+    slugs = []
+    monkeypatch.setattr(
+        flow_module, "load_workspace", lambda slug: slugs.append(slug) or azure_flow
+    )
+    monkeypatch.chdir(tmp_path)  # the default download folder is relative
+
+    flow_module.main(argv)
+    assert slugs == ["azure-ml-workspace/prod"]
+    assert "Reply:       'Sure! Here is a short answer.'" in capsys.readouterr().out

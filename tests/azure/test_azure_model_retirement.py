@@ -9,7 +9,6 @@ import pytest
 
 from tasks.foundation_model import get_foundation_model
 from workspaces.errors import InvalidRequest
-from workspaces.model_tags import retirement_status
 
 TODAY = datetime.now(UTC).date()
 AHEAD = (TODAY + timedelta(days=90)).isoformat()
@@ -28,6 +27,8 @@ def test_false_and_future_dates_warn_and_go_on(fake, workspace, prefect_server, 
     fake.add_registry_model("Phi-3-mini-4k-instruct", "8", tags=tags)
     model = get_foundation_model(workspace, "Phi-3-mini-4k-instruct", "latest")
     assert model.version == "8"
+    from workspaces.model_tags import retirement_status
+
     refusal, warnings = retirement_status(model)
     assert refusal is None and any(warning in w for w in warnings)
 

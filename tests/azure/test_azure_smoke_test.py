@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 import flows.smoke_test_endpoints as smoke
+from flows.parameters import SmokeTestRequest
 from tasks import reports
 from tests.azure.fake_azureml.server import Fault
 from workspaces.interface import CALLER_HEADER, MANAGED_BY_VALUE, TAG_MANAGED_BY, TAG_MODEL
@@ -38,8 +39,8 @@ def test_smoke_test_on_azure(fake, workspace, monkeypatch, tmp_path) -> None:
     fake.requests.clear()
 
     state = smoke.smoke_test_endpoints(
-        workspace_block="azure-ml-workspace/test", download_dir=str(tmp_path / "data"),
-        request_timeout_s=5, return_state=True,
+        SmokeTestRequest(download_dir=str(tmp_path / "data"), request_timeout_s=5),
+        workspace_block="azure-ml-workspace/test", return_state=True,
     )
 
     assert state.is_failed()
@@ -90,8 +91,9 @@ def test_probes_fan_out_one_request_per_endpoint_at_a_time(fake, workspace, monk
     monkeypatch.setattr(smoke, "load_workspace", lambda block: workspace)
 
     state = smoke.smoke_test_endpoints(
-        workspace_block="azure-ml-workspace/test", download_dir=str(tmp_path / "data"),
-        request_timeout_s=3, requests_per_deployment=2, return_state=True,
+        SmokeTestRequest(download_dir=str(tmp_path / "data"), request_timeout_s=3,
+                         requests_per_deployment=2),
+        workspace_block="azure-ml-workspace/test", return_state=True,
     )
 
     assert state.is_failed()

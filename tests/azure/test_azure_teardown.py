@@ -58,7 +58,8 @@ def test_teardown_pass_on_azure(fake, workspace, monkeypatch) -> None:
     monkeypatch.setattr(teardown, "load_workspace", lambda block: workspace)
     fake.requests.clear()
 
-    result = teardown.teardown_idle_endpoints(workspace_block="azure-ml-workspace/test", now=now)
+    monkeypatch.setattr(teardown, "utc_now", lambda: now)
+    result = teardown.teardown_idle_endpoints(workspace_block="azure-ml-workspace/test")
 
     outcomes = {d.resource: d.outcome for d in result.decisions}
     assert outcomes == {"chatft-used": "kept", "chatft-idle": "deleted", "chatft-keep": "kept"}
@@ -113,7 +114,8 @@ def test_recorded_smoke_tests_are_not_use_on_azure(fake, workspace, monkeypatch)
         time.sleep(0.5)
     monkeypatch.setattr(teardown, "load_workspace", lambda block: workspace)
 
-    result = teardown.teardown_idle_endpoints(workspace_block="azure-ml-workspace/test", now=now)
+    monkeypatch.setattr(teardown, "utc_now", lambda: now)
+    result = teardown.teardown_idle_endpoints(workspace_block="azure-ml-workspace/test")
 
     decisions = {d.endpoint: d for d in result.decisions}
     assert decisions["chatft-smoked"].outcome == "deleted"

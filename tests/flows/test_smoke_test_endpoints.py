@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
-from flows.parameters import ScoringParameters
+from flows.parameters import ScoringParameters, SmokeTestRequest
 from flows.smoke_test_endpoints import smoke_test_endpoints
 from tasks.smoke_test import (
     RESULTS_ARTIFACT_KEY,
@@ -115,8 +115,9 @@ def _set_drills(ws: LocalWorkspace, drills: dict[str, tuple[dict | None, str]]) 
 
 def _run(ws: LocalWorkspace, monkeypatch: pytest.MonkeyPatch, **parameters):
     monkeypatch.setenv("CHATFT_STATE_DIR", str(ws.root))
-    return smoke_test_endpoints(request_timeout_s=TIMEOUT_S, seed=1, return_state=True,
-                                scoring=ScoringParameters(max_new_tokens=8), **parameters)
+    request = SmokeTestRequest(request_timeout_s=TIMEOUT_S, seed=1,
+                               scoring=ScoringParameters(max_new_tokens=8), **parameters)
+    return smoke_test_endpoints(request, return_state=True)
 
 
 def _artifact_rows(flow_run_id) -> list[dict]:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import flows.teardown_idle_endpoints as teardown
+from flows.parameters import TeardownRequest
 from flows.teardown_idle_endpoints import teardown_idle_endpoints
 from tasks import reports
 from tasks.teardown import DECISIONS_ARTIFACT
@@ -73,9 +74,13 @@ def local(tmp_path: Path) -> Iterator[LocalWorkspace]:
 def run(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """Run the flow against a given workspace object (in place of a block)."""
 
-    def _run(ws: LocalWorkspace, **params: Any) -> Any:
+    def _run(ws: LocalWorkspace, now: datetime | None = None, return_state: bool = False,
+             **rules: Any) -> Any:
         monkeypatch.setattr(teardown, "load_workspace", lambda block: ws)
-        return teardown_idle_endpoints(**params)
+        # the pass's clock is the module's utc_now(), not a run parameter
+        if now is not None:
+            monkeypatch.setattr(teardown, "utc_now", lambda: now)
+        return teardown_idle_endpoints(TeardownRequest(**rules), return_state=return_state)
 
     return _run
 

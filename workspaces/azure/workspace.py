@@ -40,6 +40,7 @@ from workspaces.interface import (
     FinetuneJobSpec,
     FoundationModel,
     JobMetrics,
+    PipelineInterface,
     QuotaCheck,
     RegisteredModel,
     ScoreResponse,
@@ -122,6 +123,9 @@ class AzureMLWorkspace(Workspace):
         self._vm_sizes: list[VmSize] | None = None
         # Deletions started here, by (endpoint, deployment or None): their LRO pollers.
         self._deletions: dict[tuple[str, str | None], Any] = {}
+        # Component versions read this session, by version and by "latest" (None): the
+        # pre-flight and the submission then use the very same component.
+        self._components: dict[str | None, Any] = {}
         # The long-running operation of each create/update we started, by resource: a
         # failed operation's error (code, message) is only ever reported there.
         self._operations: dict[str, Any] = {}
@@ -299,15 +303,24 @@ class AzureMLWorkspace(Workspace):
         existing = self.get_job(spec.name)
         if existing is not None:
             return existing  # a re-run after a crash must not submit twice
-        by = {"version": spec.component_version} if spec.component_version else {"label": "latest"}
-        with azure_errors(f"getting component {COMPONENT_NAME} from registry {self.registry_name}"):
-            component = self._clients.registry.components.get(name=COMPONENT_NAME, **by)
-        job = build_pipeline_job(spec, component)
+        job = build_pipeline_job(spec, self._component(spec.component_version))
         with azure_errors(f"submitting fine-tune job {spec.name}"):
             submitted = self._clients.ml.jobs.create_or_update(
                 job, experiment_name=spec.experiment_name
             )
         return records.finetune_job(submitted)
+
+    def _component(self, version: str | None) -> Any:
+        if version not in self._components:
+            by = {"version": version} if version else {"label": "latest"}
+            what = f"getting component {COMPONENT_NAME} ({version or 'latest'}) from registry "
+            with azure_errors(what + self.registry_name):
+                component = self._clients.registry.components.get(name=COMPONENT_NAME, **by)
+            self._components[version] = self._components[str(component.version)] = component
+        return self._components[version]
+
+    def get_pipeline_interface(self, version: str | None = None) -> PipelineInterface:
+        return records.pipeline_interface(self._component(version))
 
     def cancel_job(self, name: str) -> None:
         with azure_errors(f"cancelling job {name}"):

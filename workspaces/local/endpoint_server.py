@@ -36,86 +36,26 @@ from fastapi.responses import JSONResponse
 
 from workspaces.interface import CALLER_HEADER
 from workspaces.local.state import read_json, write_json
+from workspaces.scoring import BadScoringBody, parse_body, reply_body
 
 MAX_BODY_BYTES = 1 << 20
 MAX_CONCURRENT_PER_INSTANCE = 1
-GENERATION_PARAMETERS = {
-    "temperature": (float, 0.0, 2.0),
-    "top_p": (float, 0.0, 1.0),
-    "top_k": (int, 0, 1000),
-    "max_new_tokens": (int, 1, 2048),
-    "repetition_penalty": (float, 0.0, 10.0),
-    "do_sample": (bool, None, None),
-}
-ROLES = ("system", "user", "assistant")
 
 logger = logging.getLogger("endpoint_server")
 
 
-class BadRequest(ValueError):
-    """The scoring body breaks the contract; the message names the field."""
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Tokens that end an assistant turn: the model's eos ids, and Phi-3's ``<|end|>``.
 
-
-def parse_scoring_body(body: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    """Validate a scoring body; return the conversation and the generation parameters."""
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object with an 'input_data' field")
-    data = body.get("input_data")
-    if not isinstance(data, dict):
-        raise BadRequest("field 'input_data' is missing or not an object")
-    conversations = data.get("input_string")
-    if not isinstance(conversations, list) or not conversations:
-        raise BadRequest("field 'input_data.input_string' must be a non-empty list")
-    # Both the notebook's nested form [[messages]] and the flat form [messages] are accepted.
-    if all(isinstance(item, list) for item in conversations):
-        if len(conversations) != 1:
-            raise BadRequest(
-                f"field 'input_data.input_string' holds {len(conversations)} conversations; "
-                "chat-completion scores one conversation per request"
-            )
-        messages = conversations[0]
-        prefix = "input_data.input_string[0]"
-    else:
-        messages = conversations
-        prefix = "input_data.input_string"
-    if not messages:
-        raise BadRequest(f"field '{prefix}' holds no message")
-    for i, message in enumerate(messages):
-        where = f"{prefix}[{i}]"
-        if not isinstance(message, dict):
-            raise BadRequest(f"field '{where}' must be an object with 'role' and 'content'")
-        if message.get("role") not in ROLES:
-            raise BadRequest(
-                f"field '{where}.role' is {message.get('role')!r}; allowed: {', '.join(ROLES)}"
-            )
-        if not isinstance(message.get("content"), str):
-            raise BadRequest(f"field '{where}.content' must be a string")
-    raw_parameters = data.get("parameters") or {}
-    if not isinstance(raw_parameters, dict):
-        raise BadRequest("field 'input_data.parameters' must be an object")
-    parameters: dict[str, Any] = {}
-    for key, value in raw_parameters.items():
-        if key not in GENERATION_PARAMETERS:
-            raise BadRequest(
-                f"field 'input_data.parameters.{key}' is not supported; allowed: "
-                + ", ".join(sorted(GENERATION_PARAMETERS))
-            )
-        kind, low, high = GENERATION_PARAMETERS[key]
-        if kind is bool:
-            if not isinstance(value, bool):
-                raise BadRequest(f"field 'input_data.parameters.{key}' must be true or false")
-            parameters[key] = value
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise BadRequest(f"field 'input_data.parameters.{key}' must be a number")
-        if kind is int and int(value) != value:
-            raise BadRequest(f"field 'input_data.parameters.{key}' must be a whole number")
-        if not low <= value <= high:
-            raise BadRequest(
-                f"field 'input_data.parameters.{key}' is {value}; allowed: {low} to {high}"
-            )
-        parameters[key] = kind(value)
-    return messages, parameters
+    SmolLM2 ends a turn with ``<|im_end|>`` (its eos); the Phi-3 stand-in with ``<|end|>``.
+    """
+    configured = model.generation_config.eos_token_id
+    ids = list(configured) if isinstance(configured, list | tuple) else [configured]
+    ids.append(tokenizer.eos_token_id)
+    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    if isinstance(end_id, int) and end_id != tokenizer.unk_token_id:
+        ids.append(end_id)
+    return sorted({i for i in ids if isinstance(i, int)})
 
 
 class LoadedModel:
@@ -129,6 +69,7 @@ class LoadedModel:
         self.tokenizer = components["tokenizer"]
         self.model.eval()
         self.lock = threading.Lock()
+        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
 
     def generate(
         self, messages: list[dict[str, str]], parameters: dict[str, Any], max_time: float
@@ -147,16 +88,11 @@ class LoadedModel:
         elif kwargs.get("temperature") == 0:
             kwargs["do_sample"] = False
             kwargs.pop("temperature")
-        # Chat models end a turn with <|end|>; stop there as Phi-3's generation config does.
-        stop_ids = [self.tokenizer.eos_token_id]
-        end_id = self.tokenizer.convert_tokens_to_ids("<|end|>")
-        if isinstance(end_id, int) and end_id != self.tokenizer.unk_token_id:
-            stop_ids.append(end_id)
         with self.lock, torch.no_grad():
             output = self.model.generate(
                 **inputs,
                 **kwargs,
-                eos_token_id=stop_ids,
+                eos_token_id=self.stop_ids,
                 max_time=max_time,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
@@ -303,10 +239,10 @@ def create_app(endpoint_dir: Path) -> FastAPI:
                 )
             )
         try:
-            messages, parameters = parse_scoring_body(json.loads(raw or b"null"))
+            messages, parameters = parse_body(json.loads(raw or b"null"))
         except json.JSONDecodeError as exc:
             return finish(_error(400, "BadRequest", f"body is not valid JSON: {exc.msg}"))
-        except BadRequest as exc:
+        except BadScoringBody as exc:
             return finish(_error(400, "BadRequest", str(exc)))
         name = state.choose_deployment(request.headers.get("azureml-model-deployment"))
         if name is None:
@@ -379,7 +315,7 @@ async def _run_deployment(
         return _error(
             408, "RequestTimeout", f"request exceeded request_timeout_ms={int(timeout_s * 1000)}"
         )
-    return JSONResponse({"output": text})
+    return JSONResponse(reply_body(text))
 
 
 def main(argv: list[str]) -> int:

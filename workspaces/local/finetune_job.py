@@ -162,7 +162,119 @@ def _collate(pad_id: int):
     return collate
 
 
+# -- evaluation -------------------------------------------------------------------------
+
+# Held-out questions asked of the base and the tuned model; bounded so evaluation stays short.
+GENERATION_EVAL_LIMIT = 50
+GENERATION_EVAL_TOKENS = 32
+
+
+def normalize_answer(text: str) -> str:
+    """An answer compared loosely: case, spacing and a final full stop do not count."""
+    return " ".join(text.lower().split()).rstrip(".").strip()
+
+
+def question_and_answer(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """A test_gen row as (conversation up to its last question, the reference answer)."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return list(messages[:last]), messages[last]["content"]
+
+
+def mean_token_loss(model: Any, rows: list[dict], pad_id: int, batch_size: int) -> float:
+    """Cross-entropy per assistant token over ``rows`` (token-weighted, not batch-weighted)."""
+    import torch
+
+    collate = _collate(pad_id)
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = collate(rows[start : start + batch_size])
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits[:, :-1]
+            labels = batch["labels"][:, 1:]
+            losses = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(),
+                labels.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            total += float(losses)
+            count += int((labels != -100).sum())
+    return total / max(count, 1)
+
+
+def generate_replies(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], batch_size: int = 16
+) -> list[str]:
+    """Greedy replies to each conversation, with the model's chat template (left-padded)."""
+    import torch
+
+    replies: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    model.eval()
+    try:
+        for start in range(0, len(conversations), batch_size):
+            inputs = tokenizer.apply_chat_template(
+                conversations[start : start + batch_size],
+                add_generation_prompt=True,
+                padding=True,
+                return_tensors="pt",
+                return_dict=True,
+            )
+            with torch.no_grad():
+                output = model.generate(
+                    **inputs,
+                    max_new_tokens=GENERATION_EVAL_TOKENS,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new = output[:, inputs["input_ids"].shape[1] :]
+            replies += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+    return replies
+
+
+def evaluate(
+    model: Any, tokenizer: Any, test: list[dict], questions: list[tuple], batch_size: int
+) -> tuple[dict[str, float], list[str]]:
+    """test_sft loss and perplexity, and the exact-answer rate on held-out questions."""
+    loss = mean_token_loss(model, test, tokenizer.pad_token_id, batch_size)
+    replies = generate_replies(model, tokenizer, [q for q, _ in questions])
+    exact = sum(normalize_answer(r) == normalize_answer(a) for r, (_, a) in zip(
+        replies, questions, strict=True))
+    metrics = {
+        "eval_loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "exact_answer_rate": exact / len(questions) if questions else 0.0,
+        "exact_answers": float(exact),
+        "eval_samples": float(len(test)),
+        "generation_questions": float(len(questions)),
+    }
+    return metrics, replies
+
+
 # -- the job ----------------------------------------------------------------------------
+
+
+def input_hashes(spec: dict[str, Any]) -> dict[str, str]:
+    """sha256 of the files this job trains and evaluates on, as lineage tags."""
+    from workspaces.local.model_files import sha256_of
+
+    hashes = {
+        "train-sha256": sha256_of(Path(spec["train_file"])),
+        "test-sha256": sha256_of(Path(spec["test_file"])),
+    }
+    if spec.get("test_gen_file"):
+        hashes["test-gen-sha256"] = sha256_of(Path(spec["test_gen_file"]))
+    weights = Path(spec["weights"])
+    build = read_json(weights / "BUILD.json") if weights.is_dir() else None
+    if build and build.get("sha256"):
+        hashes["base-weights-sha256"] = build["sha256"]
+    return hashes
 
 
 def run(job_dir: Path) -> None:
@@ -177,7 +289,6 @@ def run(job_dir: Path) -> None:
         AutoTokenizer,
         Trainer,
         TrainerCallback,
-        TrainingArguments,
     )
 
     torch.manual_seed(0)
@@ -208,18 +319,34 @@ def run(job_dir: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(spec["weights"])
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(spec["weights"])
+        model = AutoModelForCausalLM.from_pretrained(spec["weights"], dtype=torch.float32)
 
-        # preprocess
+        # preprocess: the files hashed here are the files trained on (lineage)
         check_cancel(job_dir)
         status.update(current_step="preprocess")
+        hashes = input_hashes(spec)
+        status.update(inputs_sha256=hashes)
+        mlflow.set_tags(hashes)
         max_len = settings["max_seq_length"]
         train_rows = read_jsonl(Path(spec["train_file"]))
         test_rows = read_jsonl(Path(spec["test_file"]))
+        gen_rows = read_jsonl(Path(spec["test_gen_file"])) if spec.get("test_gen_file") else []
         train = [tokenize_conversation(tokenizer, r["messages"], max_len) for r in train_rows]
         test = [tokenize_conversation(tokenizer, r["messages"], max_len) for r in test_rows]
+        questions = [question_and_answer(r["messages"]) for r in gen_rows[:GENERATION_EVAL_LIMIT]]
         train_tokens = sum(len(x["input_ids"]) for x in train)
-        logger.info("preprocess: %d train and %d test conversations", len(train), len(test))
+        logger.info(
+            "preprocess: %d train and %d test conversations, %d held-out questions",
+            len(train), len(test), len(questions),
+        )
+
+        # the base model, measured the same way as the tuned one will be
+        check_cancel(job_dir)
+        status.update(current_step="baseline_evaluation")
+        eval_batch = settings["per_device_eval_batch_size"]
+        base_metrics, base_replies = evaluate(model, tokenizer, test, questions, eval_batch)
+        logger.info("baseline_evaluation: %s", _rounded(base_metrics))
+        status.update(base_metrics=base_metrics)
 
         # finetune
         check_cancel(job_dir)
@@ -247,40 +374,35 @@ def run(job_dir: Path) -> None:
             status.update(finetune_run_id=finetune_run.info.run_id)
 
             class Reporter(TrainerCallback):
+                """Training logs to MLflow and to status.json, where the flow reads them."""
+
                 def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
                     numeric = {
                         k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)
                     }
                     if numeric:
                         mlflow.log_metrics(numeric, step=state.global_step)
+                    if "loss" in numeric:
+                        status.update(
+                            training={
+                                "step": state.global_step,
+                                "max_steps": state.max_steps,
+                                "epoch": round(float(state.epoch or 0.0), 3),
+                                "loss": round(numeric["loss"], 4),
+                            }
+                        )
+                        logger.info(
+                            "finetune: step %d/%d epoch %.2f loss %.4f",
+                            state.global_step, state.max_steps, state.epoch or 0.0,
+                            numeric["loss"],
+                        )
 
                 def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
                     check_cancel(job_dir)
                     if state.max_steps:
                         status.update(progress=round(state.global_step / state.max_steps, 4))
 
-            save = settings["save_total_limit"]
-            arguments = TrainingArguments(
-                output_dir=str(job_dir / "checkpoints"),
-                num_train_epochs=settings["num_train_epochs"],
-                max_steps=settings["max_steps"],
-                per_device_train_batch_size=settings["per_device_train_batch_size"],
-                per_device_eval_batch_size=settings["per_device_eval_batch_size"],
-                gradient_accumulation_steps=settings["gradient_accumulation_steps"],
-                learning_rate=settings["learning_rate"],
-                lr_scheduler_type=settings["lr_scheduler_type"],
-                warmup_steps=settings["warmup_steps"],
-                weight_decay=settings["weight_decay"],
-                seed=settings["seed"],
-                logging_steps=5,
-                save_strategy="no" if save == 0 else "epoch",
-                save_total_limit=save if save else None,
-                eval_strategy="no",
-                report_to=[],
-                use_cpu=True,
-                disable_tqdm=True,
-                dataloader_num_workers=0,
-            )
+            arguments = training_arguments(settings, job_dir / "checkpoints", len(train))
             trainer = Trainer(
                 model=model,
                 args=arguments,
@@ -302,7 +424,7 @@ def run(job_dir: Path) -> None:
             mlflow.log_metrics(summary)
             status.update(train_metrics=summary, progress=1.0)
 
-        # model_evaluation
+        # model_evaluation: the tuned model against the base model, same data, same code
         check_cancel(job_dir)
         status.update(current_step="model_evaluation")
         with mlflow.start_run(
@@ -311,18 +433,28 @@ def run(job_dir: Path) -> None:
             nested=True,
             tags={**run_tags, "step": "model_evaluation"},
         ) as eval_run:
-            trainer.args.per_device_eval_batch_size = settings["per_device_eval_batch_size"]
-            evaluation = trainer.evaluate(eval_dataset=test)
-            eval_loss = float(evaluation["eval_loss"])
+            tuned_metrics, tuned_replies = evaluate(model, tokenizer, test, questions, eval_batch)
+            logger.info("model_evaluation: %s", _rounded(tuned_metrics))
             eval_metrics = {
-                "eval_loss": eval_loss,
-                "perplexity": math.exp(min(eval_loss, 50.0)),
-                "eval_samples": float(len(test)),
+                **tuned_metrics,
+                **{f"base_{k}": v for k, v in base_metrics.items()},
             }
             mlflow.log_metrics(eval_metrics)
+            samples = [
+                {
+                    "messages": q,
+                    "reference": a,
+                    "base_reply": b,
+                    "tuned_reply": t,
+                }
+                for (q, a), b, t in zip(questions, base_replies, tuned_replies, strict=True)
+            ]
+            evaluation_file = job_dir / "outputs" / "evaluation.json"
+            write_json(evaluation_file, {"metrics": eval_metrics, "samples": samples})
+            mlflow.log_artifact(str(evaluation_file))
             status.update(eval_metrics=eval_metrics, evaluation_run_id=eval_run.info.run_id)
 
-        # trained_model output: the merged model as an MLflow model folder
+        # trained_model output: base + adapter merged, as an MLflow model folder
         check_cancel(job_dir)
         status.update(current_step="save_model")
         merged = model.merge_and_unload() if settings["apply_lora"] else model
@@ -338,12 +470,50 @@ def run(job_dir: Path) -> None:
                 "base_model": spec["foundation_model"]["id"],
                 "job_name": spec["name"],
                 "stand_in": spec["foundation_model"]["tags"].get("stand_in", "false"),
+                **hashes,
             },
         )
         mlflow.log_artifacts(str(output), artifact_path="trained_model")
         # The checkpoints are only needed while training; the model folder is the output.
         shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)
     status.update(status="Completed", current_step=None, ended_at=time.time(), output=str(output))
+
+
+def training_arguments(settings: dict[str, Any], output_dir: Path, rows: int) -> Any:
+    """The Trainer's arguments for these settings (the benchmark uses the same)."""
+    from transformers import TrainingArguments
+
+    per_step = settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"]
+    steps = settings["max_steps"]
+    if steps <= 0:
+        steps = math.ceil(settings["num_train_epochs"] * math.ceil(rows / per_step))
+    save = settings["save_total_limit"]
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=settings["num_train_epochs"],
+        max_steps=settings["max_steps"],
+        per_device_train_batch_size=settings["per_device_train_batch_size"],
+        per_device_eval_batch_size=settings["per_device_eval_batch_size"],
+        gradient_accumulation_steps=settings["gradient_accumulation_steps"],
+        learning_rate=settings["learning_rate"],
+        lr_scheduler_type=settings["lr_scheduler_type"],
+        warmup_steps=settings["warmup_steps"],
+        weight_decay=settings["weight_decay"],
+        seed=settings["seed"],
+        # About 50 progress lines per job, whatever its length.
+        logging_steps=max(1, steps // 50),
+        save_strategy="no" if save == 0 else "epoch",
+        save_total_limit=save if save else None,
+        eval_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in metrics.items()}
 
 
 def _lora_targets(model: Any) -> list[str]:

@@ -55,6 +55,10 @@ class LocalJobs:
             train.write_bytes(Path(spec.train_file).read_bytes())
             test.write_bytes(Path(spec.test_file).read_bytes())
             record = spec.model_dump(mode="json")
+            if spec.test_gen_file:
+                test_gen = inputs / "test_gen.jsonl"
+                test_gen.write_bytes(Path(spec.test_gen_file).read_bytes())
+                record["test_gen_file"] = str(test_gen)
             record.update(
                 train_file=str(train),
                 test_file=str(test),
@@ -65,9 +69,8 @@ class LocalJobs:
             )
             write_json(job_dir / "spec.json", record)
             write_json(job_dir / "status.json", {"status": "Queued", "updated_at": time.time()})
-            # The stand-in needs no hub; a hub model id does.
-            offline = {"HF_HUB_OFFLINE": "1"} if spec.foundation_model.tags.get(
-                "stand_in") == "true" else {}
+            # Catalog models made on this machine need no hub; a hub model id does.
+            offline = {"HF_HUB_OFFLINE": "1"} if Path(weights).is_dir() else {}
             # The pid goes to a file of its own: status.json belongs to the job process.
             spawn_detached(JOB_MODULE, job_dir, "job.log", TOKENIZERS_PARALLELISM="false",
                            **offline)
@@ -111,6 +114,7 @@ class LocalJobs:
             component_version="local",
             current_step=status.get("current_step"),
             progress=status.get("progress"),
+            training=status.get("training") or {},
             error=error,
             created_at=datetime.fromtimestamp(spec["submitted_at"], UTC),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from workspaces.interface import (
     FinetuneJobSpec,
     FoundationModel,
     JobMetrics,
+    PipelineInterface,
     QuotaCheck,
     RegisteredModel,
     ScoreResponse,
@@ -36,6 +38,7 @@ from workspaces.interface import (
 from workspaces.local import catalog
 from workspaces.local.endpoints import LocalEndpoints
 from workspaces.local.jobs import LocalJobs
+from workspaces.local.pipeline_interface import local_interface
 from workspaces.local.registry import LocalRegistry
 from workspaces.local.state import read_json, write_json
 from workspaces.ultrachat import SAMPLE_SOURCE
@@ -47,7 +50,7 @@ class LocalWorkspace(Workspace):
     """The embedded workspace; all state under ``state_dir`` (default ``./.workspace``)."""
 
     kind = "local"
-    default_foundation_model = catalog.STANDIN_NAME
+    default_foundation_model = catalog.SMOLLM2_NAME
     default_dataset = SAMPLE_SOURCE
     default_compute_name = "local-cpu"
     default_compute_size = catalog.LOCAL_SIZE
@@ -105,6 +108,11 @@ class LocalWorkspace(Workspace):
     def get_foundation_model(self, name: str, label: str = "latest") -> FoundationModel:
         return catalog.get_foundation_model(name, label)
 
+    def prepare_foundation_model(
+        self, model: FoundationModel, log: Callable[[str], None]
+    ) -> str:
+        return catalog.weights_location(model, self.root / "catalog", log)
+
     # -- compute -------------------------------------------------------------------------
     def _compute_file(self, name: str) -> Path:
         return self.root / "computes" / f"{name}.json"
@@ -129,6 +137,11 @@ class LocalWorkspace(Workspace):
         )
         write_json(self._compute_file(name), target.model_dump(exclude={"created"}))
         return target
+
+    # -- fine-tune pipeline ----------------------------------------------------------------
+    def get_pipeline_interface(self, version: str | None = None) -> PipelineInterface:
+        # One local pipeline: a pinned Azure version does not change what runs here.
+        return local_interface()
 
     def list_vm_sizes(self) -> list[VmSize]:
         return [
@@ -185,6 +198,8 @@ class LocalWorkspace(Workspace):
                     )
         if status.get("evaluation_run_id"):
             metrics.evaluation = dict(client.get_run(status["evaluation_run_id"]).data.metrics)
+        evaluation = read_json(self.jobs.job_dir(name) / "outputs" / "evaluation.json") or {}
+        metrics.samples = evaluation.get("samples", [])
         return metrics
 
     # -- registry ------------------------------------------------------------------------
@@ -210,7 +225,12 @@ class LocalWorkspace(Workspace):
 
             run = MlflowClient(tracking_uri=self.tracking_uri).get_run(run_id)
             source = f"{run.info.artifact_uri}/trained_model"
-        lineage = {"job-name": job_name, "job-output": f"jobs/{job_name}/outputs/trained_model"}
+        # Lineage from the job's own record of the files it trained on, not from the caller.
+        lineage = {
+            **status.get("inputs_sha256", {}),
+            "job-name": job_name,
+            "job-output": f"jobs/{job_name}/outputs/trained_model",
+        }
         return self.registry.register(
             name, version, source, run_id, description, {**tags, **lineage}
         )

@@ -21,6 +21,11 @@ from tests.azure.fake_azureml.server import FakeServer, Recorded, Response
 MLS = "providers/Microsoft.MachineLearningServices"
 # Copied into the test tree: the tests read nothing outside the repository.
 EXAMPLES = Path(__file__).parent / "examples"
+# The inputs of chat_completion_pipeline 0.0.57 as its spec declares them (Azure/azureml-assets
+# assets/training/finetune_acft_hf_nlp/components/pipeline_components/chat_completion/
+# spec.yaml, commit 034b4c47): type, default, optional, enum, min; descriptions and the
+# pipeline's jobs left out. The registry serves this as the component version's spec.
+COMPONENT_SPEC = Path(__file__).parent / "chat_completion_pipeline_0.0.57.json"
 JOB_PROGRESS = ("NotStarted", "Running", "Running", "Completed")
 FAILED_PROGRESS = ("NotStarted", "Running", "Failed")
 METRIC = "RequestsPerMinute"
@@ -189,7 +194,7 @@ class FakeAzureML:
                 "model_specific_defaults": "{'apply_lora': 'true', 'precision': '16'}",
             },
         )
-        self.add_component("chat_completion_pipeline", "0.0.65")
+        self.add_component("chat_completion_pipeline", "0.0.57")
         self.vm_sizes = [
             {
                 "name": "Standard_NC6s_v3",
@@ -246,41 +251,15 @@ class FakeAzureML:
         )
         self.registry_models.setdefault(name, []).insert(0, body)
 
-    def add_component(self, name: str, version: str) -> None:
-        spec_inputs = {
-            "mlflow_model_path": {"type": "mlflow_model", "optional": True},
-            "train_file_path": {"type": "uri_file", "optional": True},
-            "test_file_path": {"type": "uri_file", "optional": True},
-            **{
-                f"compute_{s}": {"type": "string", "optional": True}
-                for s in ("model_import", "preprocess", "finetune", "model_evaluation")
-            },
-            **{
-                p: {"type": "integer", "optional": True}
-                for p in (
-                    "number_of_gpu_to_use_finetuning",
-                    "num_nodes_finetune",
-                    "num_train_epochs",
-                    "per_device_train_batch_size",
-                    "per_device_eval_batch_size",
-                    "gradient_accumulation_steps",
-                    "save_total_limit",
-                    "max_seq_length",
-                )
-            },
-            "learning_rate": {"type": "number", "optional": True},
-            # The real component takes these switches as strings "true"/"false".
-            **{
-                p: {"type": "string", "optional": True}
-                for p in (
-                    "lr_scheduler_type",
-                    "apply_lora",
-                    "apply_deepspeed",
-                    "deepspeed_stage",
-                    "precision",
-                )
-            },
-        }
+    def add_component(
+        self, name: str, version: str, inputs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A registry component version; its spec (inputs with type, default, optional,
+        enum, min) is chat_completion_pipeline 0.0.57's unless ``inputs`` replaces them."""
+        component_spec = json.loads(COMPONENT_SPEC.read_text())
+        component_spec.update(name=name, version=version)
+        if inputs is not None:
+            component_spec["inputs"] = inputs
         body = example("Registry_ComponentVersion_get.json")
         body.update(
             id=f"azureml://registries/{self.registry}/components/{name}/versions/{version}",
@@ -290,18 +269,10 @@ class FakeAzureML:
             description="chat completion fine-tune pipeline",
             tags={},
             properties={},
-            componentSpec={
-                "$schema": "https://azuremlschemas.azureedge.net/latest/pipelineComponent.schema.json",
-                "name": name,
-                "version": version,
-                "type": "pipeline",
-                "display_name": "Chat Completion Pipeline",
-                "inputs": spec_inputs,
-                "outputs": {"mlflow_model_folder": {"type": "mlflow_model"}},
-                "jobs": {},
-            },
+            componentSpec=component_spec,
         )
         self.components.setdefault(name, []).insert(0, body)
+        return component_spec
 
     def add_compute(
         self,

@@ -8,7 +8,6 @@ import pytest
 
 from tests.helpers import chat_body, register_model, serve
 from workspaces.errors import InvalidRequest, ResourceNotFound
-from workspaces.local.endpoint_server import BadRequest, parse_scoring_body
 
 
 @pytest.fixture
@@ -122,49 +121,3 @@ def test_traffic_must_name_existing_deployments_and_sum_to_100(workspace, standi
         workspace.set_traffic("ep-traffic", {"blue": 100})
     with pytest.raises(InvalidRequest, match="add up to 100"):
         workspace.set_traffic("ep-traffic", {"demo": 50})
-
-
-@pytest.mark.parametrize(
-    "body, message",
-    [
-        ([], "JSON object"),
-        ({"input_data": {"input_string": []}}, "non-empty list"),
-        ({"input_data": {"input_string": [[], []]}}, "2 conversations"),
-        (
-            {
-                "input_data": {
-                    "input_string": [[{"role": "user", "content": "x"}]],
-                    "parameters": {"max_new_tokens": 0},
-                }
-            },
-            "max_new_tokens' is 0",
-        ),
-        (
-            {
-                "input_data": {
-                    "input_string": [[{"role": "user", "content": "x"}]],
-                    "parameters": {"beam_me_up": 1},
-                }
-            },
-            "not supported",
-        ),
-        (
-            {
-                "input_data": {
-                    "input_string": [[{"role": "user", "content": "x"}]],
-                    "parameters": {"do_sample": "yes"},
-                }
-            },
-            "true or false",
-        ),
-    ],
-)
-def test_scoring_body_errors_name_the_field(body, message):
-    with pytest.raises(BadRequest, match=message):
-        parse_scoring_body(body)
-
-
-def test_flat_and_nested_conversations_are_both_accepted():
-    messages = [{"role": "user", "content": "x"}]
-    assert parse_scoring_body({"input_data": {"input_string": messages}})[0] == messages
-    assert parse_scoring_body({"input_data": {"input_string": [messages]}})[0] == messages
