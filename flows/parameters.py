@@ -281,7 +281,8 @@ class SmokeTestRequest(FormModel):
         1, ge=1, le=50, title="Conversations per deployment",
         description="Conversations sent to each deployment with traffic"
     )
-    max_concurrency: int = Field(4, ge=1, le=64, title="Deployments probed at once")
+    # tasks/smoke_test.py (DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY_LIMIT) says why 64.
+    max_concurrency: int = Field(64, ge=1, le=256, title="Deployments probed at once")
     request_timeout_s: float = Field(
         60, gt=0, le=600, title="Request time limit (seconds)",
         description="Seconds without an answer after which a request counts as timed out",

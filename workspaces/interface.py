@@ -486,6 +486,29 @@ class Workspace(ABC):
     ) -> EndpointActivity:
         """Requests served in [start, end), split into the project's own and organic."""
 
+    def get_endpoints_activity(
+        self, endpoint_names: list[str], start: datetime, end: datetime
+    ) -> dict[str, EndpointActivity]:
+        """Activity of several endpoints over one window, keyed by endpoint name.
+
+        The default reads them one by one; a workspace whose service answers many in one
+        request (Azure Monitor's batch metrics query) overrides it. An endpoint whose
+        activity could not be read is in the answer as ``EndpointActivity.unreadable``;
+        a transient fault is raised, so the caller's retries read them all again.
+        """
+        from workspaces.errors import TransientWorkspaceError
+
+        found = {}
+        for name in endpoint_names:
+            try:
+                found[name] = self.get_endpoint_activity(name, start, end)
+            except TransientWorkspaceError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one endpoint's fault is its own
+                found[name] = EndpointActivity.unreadable(
+                    name, start, end, f"{exc.__class__.__name__}: {str(exc)[:300]}")
+        return found
+
     @abstractmethod
     def get_deployment_logs(self, endpoint_name: str, name: str, lines: int = 50) -> str:
         """Tail of a deployment's serving log."""
@@ -496,7 +519,19 @@ class Workspace(ABC):
 
     @abstractmethod
     def begin_delete_endpoint(self, name: str) -> None:
-        """Start deleting an endpoint and its deployments; poll get_endpoint until None."""
+        """Start deleting an endpoint and its deployments; poll deletion_finished until True."""
+
+    def deletion_finished(self, endpoint_name: str, deployment_name: str | None = None) -> bool:
+        """Whether the deletion started by ``begin_delete_*`` is over (raises if it failed).
+
+        The default reads the resource (one request per call) until it is gone. A workspace
+        that follows the service's own deletion operation (Azure: the LRO poller, which
+        polls at the interval the service's ``Retry-After`` asks for) answers from that,
+        without a request of its own.
+        """
+        if deployment_name is None:
+            return self.get_endpoint(endpoint_name) is None
+        return self.get_deployment(endpoint_name, deployment_name) is None
 
     # -- data ----------------------------------------------------------------------------
     def local_data_root(self) -> Path | None:
