@@ -10,7 +10,10 @@ the Prefect server has
 - the automation ``chatft smoke test failed``: on every ``chatft.smoke-test.failed``
   event (one per failing endpoint) it sends the block a message naming the endpoint, the
   failure class of each deployment and a link to the smoke-test run. Kept in step with
-  this file: an automation of that name is updated, never duplicated.
+  this file: an automation of that name is updated, never duplicated. It is enabled once
+  the block holds a real URL (while it holds the placeholder, every failed smoke test
+  would end in a failed delivery and a traceback in the server log): after filling in
+  the URL, enable it in the UI or run ``make server-up`` again.
 
 Any other notification block works too: point the automation's action at it in the UI.
 
@@ -46,8 +49,9 @@ Smoke-test run: {{ flow_run|ui_url }}
 """
 
 
-def ensure_webhook_block(url: str | None = None) -> UUID:
-    """The block's id; created with ``url`` (or the placeholder) when missing."""
+def ensure_webhook_block(url: str | None = None) -> tuple[UUID, bool]:
+    """(the block's id, whether its URL is filled in); created with ``url`` (or the
+    placeholder) when missing."""
     try:
         block = CustomWebhookNotificationBlock.load(BLOCK_NAME)
         if url and block.url != url:
@@ -62,16 +66,16 @@ def ensure_webhook_block(url: str | None = None) -> UUID:
         )
         block.save(BLOCK_NAME)
     assert block._block_document_id is not None
-    return block._block_document_id
+    return block._block_document_id, block.url != PLACEHOLDER_URL
 
 
-def smoke_test_automation(block_id: UUID) -> Automation:
+def smoke_test_automation(block_id: UUID, enabled: bool = True) -> Automation:
     return Automation(
         name=AUTOMATION_NAME,
         description="An endpoint managed by chat-finetune-flows did not answer its smoke "
         "test. Created by make server-up (blocks/alerts.py); edit block chatft-alerts to "
         "choose where the message goes.",
-        enabled=True,
+        enabled=enabled,
         trigger=EventTrigger(
             expect={"chatft.smoke-test.failed"},
             match={"prefect.resource.id": "chatft.endpoint.*"},
@@ -84,20 +88,23 @@ def smoke_test_automation(block_id: UUID) -> Automation:
     )
 
 
-def ensure_smoke_test_alert(url: str | None = None) -> tuple[UUID, UUID]:
-    """(block id, automation id), creating or updating each as needed."""
-    block_id = ensure_webhook_block(url)
-    wanted = smoke_test_automation(block_id)
+def ensure_smoke_test_alert(url: str | None = None) -> tuple[UUID, UUID, bool]:
+    """(block id, automation id, enabled), creating or updating each as needed."""
+    block_id, url_set = ensure_webhook_block(url)
+    wanted = smoke_test_automation(block_id, enabled=url_set)
     try:
         existing = Automation.read(name=AUTOMATION_NAME)
     except ValueError:  # none yet
-        return block_id, wanted.create().id
+        return block_id, wanted.create().id, url_set
     wanted.id = existing.id
     wanted.update()
-    return block_id, existing.id
+    return block_id, existing.id, url_set
 
 
 if __name__ == "__main__":
-    block, automation = ensure_smoke_test_alert(os.environ.get(URL_ENV) or None)
-    print(f"Notification block custom-webhook/{BLOCK_NAME} ({block}); "
-          f"automation {AUTOMATION_NAME!r} ({automation})")
+    block, automation, enabled = ensure_smoke_test_alert(os.environ.get(URL_ENV) or None)
+    print(f"Notification block custom-webhook/{BLOCK_NAME} ({block}); automation "
+          f"{AUTOMATION_NAME!r} ({automation}) "
+          + ("enabled" if enabled else
+             "created disabled: fill in the block's URL (UI: Blocks -> chatft-alerts), then "
+             f"enable the automation or run server-up again (or set {URL_ENV})"))

@@ -27,6 +27,7 @@ from blocks import load_workspace
 from flows.cli import parse_request
 from flows.parameters import FinetuneRequest
 from tasks import reports
+from tasks.component_check import check_finetune_inputs, get_pipeline_interface
 from tasks.compute import ensure_compute
 from tasks.data import ensure_dataset, first_rows
 from tasks.endpoints import (
@@ -123,6 +124,18 @@ def finetune_and_deploy(
         request.training.as_component_inputs(),
         request.training.apply_model_specific_defaults,
     )
+    # The request against the component version that will run: every input's name, type,
+    # choice and minimum, before any compute exists.
+    pipeline = get_pipeline_interface(workspace, request.component_version)
+    check_finetune_inputs(
+        pipeline,
+        model,
+        parameters,
+        request.training.input_fields(),
+        request.training.apply_model_specific_defaults,
+        request.num_nodes_finetune,
+        request.compute_cluster or workspace.default_compute_name,
+    )
     instance_type = request.instance_type or workspace.default_instance_type
     try:
         inference_problem = check_inference_size(
@@ -179,7 +192,8 @@ def finetune_and_deploy(
         gpus_per_node=gpus,
         num_nodes=request.num_nodes_finetune,
         parameters=parameters,
-        component_version=request.component_version,
+        # the version the pre-flight checked, so "latest" cannot move under the job
+        component_version=pipeline.version,
         tags={
             TAG_MANAGED_BY: MANAGED_BY_VALUE,
             TAG_FLOW_RUN: this_run,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 from workspaces.model_tags import api_string
 from workspaces.naming import check_endpoint_name
@@ -57,14 +57,29 @@ class FormModel(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_plain_optional_fields)
 
 
+# Choices and bounds follow chat_completion_pipeline 0.0.57 (the component's spec.yaml), so
+# the form offers nothing Azure refuses. Values only some component versions take go in
+# extra_parameters: the pre-flight checks them against the version that will run.
+FORM_COMPONENT = "chat_completion_pipeline 0.0.57"
 SchedulerType = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-    "constant_with_warmup", "inverse_sqrt",
+    "constant_with_warmup",
 ]
+DeepSpeedStage = Literal[2, 3]
+_CHOICES = {"lr_scheduler_type": SchedulerType, "deepspeed_stage": DeepSpeedStage}
+_VERSIONS_NOTE = (
+    f"Choices of {FORM_COMPONENT}; a value only another component version takes goes in "
+    "extra_parameters, checked against the version that runs"
+)
+ExtraValue = bool | int | float | str
 
 
 class TrainingParameters(FormModel):
-    """How the model is trained (inputs of the chat_completion_pipeline component)."""
+    """How the model is trained (inputs of the chat_completion_pipeline component).
+
+    Choices and bounds are those of chat_completion_pipeline 0.0.57; the pre-flight checks
+    every input again against the component version that will run.
+    """
 
     model_config = ConfigDict(title="Training")
 
@@ -77,7 +92,9 @@ class TrainingParameters(FormModel):
         "this value when it names one and 'Use the model's recommended settings' is on "
         "(the local SmolLM2 model uses 2e-3)",
     )
-    lr_scheduler_type: SchedulerType = Field("cosine", title="Learning-rate scheduler")
+    lr_scheduler_type: SchedulerType = Field(
+        "cosine", title="Learning-rate scheduler", description=_VERSIONS_NOTE
+    )
     gradient_accumulation_steps: int | None = Field(
         None, ge=1, le=1024, title="Gradient accumulation steps",
         description="Batches added up before each update; empty = the component's default",
@@ -92,11 +109,14 @@ class TrainingParameters(FormModel):
     )
     apply_lora: StrictBool = Field(True, title="Apply LoRA")
     apply_deepspeed: StrictBool = Field(True, title="Apply DeepSpeed (ignored on CPU)")
-    deepspeed_stage: Literal[1, 2, 3] = Field(2, title="DeepSpeed stage")
-    extra_parameters: dict[str, str] = Field(
+    deepspeed_stage: DeepSpeedStage = Field(
+        2, title="DeepSpeed stage", description=_VERSIONS_NOTE
+    )
+    extra_parameters: dict[str, ExtraValue] = Field(
         default_factory=dict,
         title="Other component inputs",
-        description="Further chat_completion_pipeline inputs by name, values as strings",
+        description="Further chat_completion_pipeline inputs by name; the pre-flight checks "
+        "each name, type, choice and minimum against the component version that will run",
     )
     apply_model_specific_defaults: StrictBool = Field(
         True, title="Use the model's recommended settings",
@@ -104,12 +124,29 @@ class TrainingParameters(FormModel):
         "the ones above where it names them, as the walkthrough does",
     )
 
+    @field_validator(*_CHOICES, mode="before")
+    @classmethod
+    def _component_choice(cls, value: object, info: ValidationInfo) -> object:
+        # Say what the component allows, in the pre-flight's words; "2" is taken for 2.
+        allowed = get_args(_CHOICES[info.field_name])
+        for choice in allowed:
+            if value == choice or api_string(value) == api_string(choice):
+                return choice
+        shown = ", ".join(f'"{c}"' for c in allowed)
+        raise ValueError(f"{value} is not allowed by {FORM_COMPONENT}; allowed: {shown}")
+
     def as_component_inputs(self) -> dict[str, str]:
         """The values as the component takes them: strings, booleans as "true"/"false"."""
         values = self.model_dump(exclude={"extra_parameters", "apply_model_specific_defaults"})
         inputs = {k: api_string(v) for k, v in values.items() if v is not None}
-        inputs.update(self.extra_parameters)
+        inputs.update({k: api_string(v) for k, v in self.extra_parameters.items()})
         return inputs
+
+    def input_fields(self) -> dict[str, str]:
+        """The request field behind each component input, for the pre-flight's messages."""
+        fields = {k: f"training.{k}" for k in self.as_component_inputs()}
+        fields.update({k: f"training.extra_parameters.{k}" for k in self.extra_parameters})
+        return fields
 
 
 class ScoringParameters(FormModel):
@@ -254,7 +291,8 @@ class SmokeTestRequest(FormModel):
         1, ge=1, le=50, title="Conversations per deployment",
         description="Conversations sent to each deployment with traffic"
     )
-    max_concurrency: int = Field(4, ge=1, le=64, title="Deployments probed at once")
+    # tasks/smoke_test.py (DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY_LIMIT) says why 64.
+    max_concurrency: int = Field(64, ge=1, le=256, title="Deployments probed at once")
     request_timeout_s: float = Field(
         60, gt=0, le=600, title="Request time limit (seconds)",
         description="Seconds without an answer after which a request counts as timed out",

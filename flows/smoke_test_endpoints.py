@@ -8,12 +8,13 @@ test_gen conversations with the step-8 scoring contract. Each reply gets a verdi
 ``throttled_429``, ``unauthorized_401``, ``unreachable``, ``client_timeout``,
 ``http_<code>``) and a latency.
 
-Probes run at most ``max_concurrency`` at a time and never wait on each other, so one
-slow or dead endpoint does not hold up the rest. The run writes the table artifact
-``smoke-test-results``, emits ``chatft.smoke-test.failed`` per failing endpoint and one
-``chatft.smoke-test.completed``, then ends Failed when anything failed, so automations
-and notifications fire. Requests carry the caller marker ``smoke-test``, so the teardown
-flow does not count them as use.
+Probes run at most ``max_concurrency`` deployments at a time, one request in flight per
+deployment, and never wait on each other, so one slow or dead endpoint does not hold up
+the rest (tasks/smoke_test.py says why a thread pool inside one task). The run writes
+the table artifact ``smoke-test-results``, emits ``chatft.smoke-test.failed`` per
+failing endpoint and one ``chatft.smoke-test.completed``, then ends Failed when anything
+failed, so automations and notifications fire. Requests carry the caller marker
+``smoke-test``, so the teardown flow does not count them as use.
 
 Run it:
     python -m flows.smoke_test_endpoints                    # local workspace
@@ -30,9 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from blocks import load_workspace
@@ -51,7 +50,7 @@ from tasks.smoke_test import (
     failure_summary,
     find_endpoints_to_test,
     missing_results,
-    probe_deployment,
+    probe_deployments,
     report_smoke_test,
     up_to_last_question,
 )
@@ -95,28 +94,19 @@ def request_bodies(
     ]
 
 
-def _collect(future: PrefectFuture[list[ProbeResult]], target: SmokeTarget) -> list[ProbeResult]:
-    """A probe that crashed still yields a row, so it is reported and not lost."""
-    outcome = future.result(raise_on_failure=False)
-    if isinstance(outcome, list):
-        return outcome
-    reason = f"the probe itself failed: {type(outcome).__name__}: {outcome}"
-    return [ProbeResult(**target.model_dump(), status="probe_error", reason=reason[:300])]
-
-
 def probe_all(
     workspace: Workspace, targets: list[SmokeTarget], bodies: list[dict[str, Any]],
     max_concurrency: int, timeout_s: float,
 ) -> list[ProbeResult]:
-    """Probe every deployment, at most ``max_concurrency`` at once."""
-    # A runner of our own: the bound is a run parameter, which a decorator cannot take.
-    with ThreadPoolTaskRunner(max_workers=max_concurrency) as runner:
-        futures = [
-            (runner.submit(probe_deployment, {"workspace": workspace, "target": target,
-                                              "bodies": bodies, "timeout_s": timeout_s}), target)
-            for target in targets
-        ]
-        return [result for future, target in futures for result in _collect(future, target)]
+    """Probe every deployment, at most ``max_concurrency`` at once (one task run)."""
+    state = probe_deployments(workspace, targets, bodies, timeout_s, max_concurrency,
+                              return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, list):
+        return outcome
+    # The probes never raise; if the task itself broke, every target still gets a row.
+    reason = f"the probe itself failed: {type(outcome).__name__}: {outcome}"[:300]
+    return [ProbeResult(**t.model_dump(), status="probe_error", reason=reason) for t in targets]
 
 
 def emit_events(

@@ -37,7 +37,7 @@ from blocks import load_workspace
 from flows.cli import parse_request
 from flows.parameters import TeardownRequest
 from tasks import reports
-from tasks.own_traffic import attribute_own_requests, count_own_requests
+from tasks.own_traffic import attribute_own_requests, count_own_requests_by_endpoint
 from tasks.teardown import (
     PriceTable,
     delete_deployment_and_wait,
@@ -45,7 +45,7 @@ from tasks.teardown import (
     format_usd,
     list_endpoints,
     load_prices,
-    read_endpoint_activity,
+    read_endpoints_activity,
     report_decisions,
 )
 from workspaces.errors import WorkspaceError
@@ -189,34 +189,52 @@ def apply_cap(decisions: list[Decision], cap: int) -> None:
 
 
 # -- steps -------------------------------------------------------------------------------
-def read_activity(workspace: Workspace, endpoint: str, rules: TeardownRules) -> EndpointActivity:
-    """The activity task's reading; any error (after transient retries) means unreadable."""
-    state: State = read_endpoint_activity(
-        workspace, endpoint, rules.window_start, rules.now, return_state=True
-    )
-    if state.is_completed():
-        activity: EndpointActivity = state.result()
-        if activity.available and not activity.callers_known:
-            # Azure counts every request; take off what our own flows recorded sending.
-            try:
-                own = count_own_requests(endpoint, workspace.kind, rules.window_start, rules.now)
-            except Exception as exc:  # unreadable records mean unreadable activity
-                return EndpointActivity.unreadable(
-                    endpoint, rules.window_start, rules.now,
-                    f"the project's own requests could not be counted: {exc}"[:300],
-                )
-            activity = attribute_own_requests(activity, own)
-        return activity
-    error = state.result(raise_on_failure=False)
-    return EndpointActivity.unreadable(
-        endpoint, rules.window_start, rules.now, f"{error.__class__.__name__}: {str(error)[:300]}"
-    )
+def read_activities(
+    workspace: Workspace, endpoints: list[str], rules: TeardownRules
+) -> dict[str, EndpointActivity]:
+    """Every endpoint's activity in the window, in one task; any error means unreadable.
+
+    The workspace batches the reads (Azure: one Azure Monitor query per 50 endpoints), and
+    the project's own recorded requests are counted in one events query for all of them.
+    """
+    if not endpoints:
+        return {}
+    start, end = rules.window_start, rules.now
+    state: State = read_endpoints_activity(workspace, endpoints, start, end, return_state=True)
+    if not state.is_completed():
+        error = state.result(raise_on_failure=False)
+        reason = f"{error.__class__.__name__}: {str(error)[:300]}"
+        return {name: EndpointActivity.unreadable(name, start, end, reason) for name in endpoints}
+    read: dict[str, EndpointActivity] = state.result()
+    activities = {
+        name: read.get(name) or EndpointActivity.unreadable(
+            name, start, end, "the workspace returned no activity for this endpoint")
+        for name in endpoints
+    }
+    # Azure counts every request; take off what our own flows recorded sending.
+    unattributed = [n for n, a in activities.items() if a.available and not a.callers_known]
+    if unattributed:
+        try:
+            own = count_own_requests_by_endpoint(unattributed, workspace.kind, start, end)
+        except Exception as exc:  # unreadable records mean unreadable activity
+            reason = f"the project's own requests could not be counted: {exc}"[:300]
+            own = None
+        for name in unattributed:
+            activities[name] = (
+                attribute_own_requests(activities[name], own[name]) if own is not None
+                else EndpointActivity.unreadable(name, start, end, reason)
+            )
+    return activities
 
 
 def judge_endpoint(
-    workspace: Workspace, endpoint: Endpoint, rules: TeardownRules, prices: PriceTable
+    endpoint: Endpoint, rules: TeardownRules, prices: PriceTable,
+    activity: EndpointActivity | None,
 ) -> list[Decision]:
-    """The endpoint's row, followed by rows for Failed deployments when the endpoint stays."""
+    """The endpoint's row, followed by rows for Failed deployments when the endpoint stays.
+
+    ``activity`` is None for an endpoint held without reading it (``hold_reason``).
+    """
     row = Decision(
         endpoint=endpoint.name, delete=False, reason="", created_at=endpoint.created_at,
         instances=", ".join(f"{d.name}: {d.instance_type} x {d.instance_count}"
@@ -224,10 +242,9 @@ def judge_endpoint(
         usd_per_hour=prices.endpoint_cost(endpoint),
     )
     held = hold_reason(endpoint, rules)
-    if held:
-        row.reason = held
+    if held or activity is None:
+        row.reason = held or "activity not read"
         return [row]
-    activity = read_activity(workspace, endpoint.name, rules)
     row.activity = _activity_text(activity)
     row.last_organic_request_at = activity.last_organic_request_at
     row.delete, row.reason = activity_verdict(endpoint, activity, rules)
@@ -344,7 +361,10 @@ def teardown_idle_endpoints(
     logger.info("%d managed endpoint(s) to judge; %d other endpoint(s) are not ours and "
                 "are left alone", len(managed), len(everything) - len(managed))
 
-    decisions = [row for e in managed for row in judge_endpoint(workspace, e, rules, prices)]
+    to_read = [e.name for e in managed if hold_reason(e, rules) is None]
+    activities = read_activities(workspace, to_read, rules)
+    decisions = [row for e in managed
+                 for row in judge_endpoint(e, rules, prices, activities.get(e.name))]
     apply_cap(decisions, rules.max_deletions)
     carry_out(workspace, decisions, rules, request.delete_timeout_minutes)
 

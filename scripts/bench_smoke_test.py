@@ -1,4 +1,4 @@
-"""Benchmark: wall time of one smoke-test run over 1, 10 and 100 endpoints.
+"""Benchmark: wall time of one smoke-test run over 1, 10, 100 and 1,000 endpoints.
 
 Every endpoint answers after an injected 1 s delay. The endpoints are fakes: one small
 FastAPI server on 127.0.0.1 that waits, then answers ``{"output": ...}``, behind a local
@@ -6,9 +6,15 @@ workspace whose endpoint list holds N managed endpoints all pointing at it. The 
 against a temporary Prefect server, so task runs, artifacts and events cost what they cost
 on a real one.
 
+It prints the wall time per fleet size, the ratio to the 1-endpoint run (goals: 100/1 at
+most 3, 1000/1 under 10, at the defaults) and the process's peak resident memory after
+each size (ru_maxrss: it only grows, so a flat figure from 100 to 1,000 endpoints means
+memory stays bounded).
+
 Run it:
-    python scripts/bench_smoke_test.py                    # max_concurrency 4 (the default) and 32
-    python scripts/bench_smoke_test.py --max-concurrency 8 --delay-s 0.5
+    python scripts/bench_smoke_test.py                    # the flow's default max_concurrency
+    python scripts/bench_smoke_test.py --max-concurrency 4 --max-concurrency 32
+    python scripts/bench_smoke_test.py --sizes 1 10 100 --delay-s 0.5
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import socket
 import sys
 import tempfile
@@ -39,7 +46,7 @@ from workspaces.interface import (  # noqa: E402
 )
 from workspaces.local import LocalWorkspace  # noqa: E402
 
-SIZES = (1, 10, 100)
+SIZES = (1, 10, 100, 1000)
 
 
 def start_slow_server(delay_s: float) -> str:
@@ -95,38 +102,51 @@ class FleetWorkspace(LocalWorkspace):
                              latency_ms=(time.perf_counter() - started) * 1000)
 
 
-def run_once(workspace: FleetWorkspace, max_concurrency: int, data_dir: Path) -> float:
+def run_once(workspace: FleetWorkspace, max_concurrency: int | None, data_dir: Path) -> float:
     import flows.smoke_test_endpoints as smoke
     from flows.parameters import SmokeTestRequest
 
     # The flow loads its workspace from a block slug; here it is the benchmark's fleet.
     smoke.load_workspace = lambda block: workspace
+    knobs = {} if max_concurrency is None else {"max_concurrency": max_concurrency}
     started = time.perf_counter()
     result = smoke.smoke_test_endpoints(SmokeTestRequest(
-        max_concurrency=max_concurrency, seed=1, download_dir=str(data_dir)))
+        seed=1, download_dir=str(data_dir), **knobs))
     elapsed = time.perf_counter() - started
     assert len(result.endpoints_tested) == workspace.count, result.endpoints_tested
     return elapsed
 
 
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--max-concurrency", type=int, action="append")
+    parser.add_argument("--max-concurrency", type=int, action="append",
+                        help="repeatable; default: the flow's default")
     parser.add_argument("--delay-s", type=float, default=1.0)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     args = parser.parse_args()
     from prefect.testing.utilities import prefect_test_harness
+
+    from tasks.smoke_test import DEFAULT_MAX_CONCURRENCY
 
     url = start_slow_server(args.delay_s)
     with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=120):
         data_dir = Path(tmp) / "data"
-        run_once(FleetWorkspace(Path(tmp) / "ws", url, 1), 4, data_dir)  # warm-up: imports, data
-        for concurrency in args.max_concurrency or [4, 32]:
-            times = {n: run_once(FleetWorkspace(Path(tmp) / "ws", url, n), concurrency, data_dir)
-                     for n in SIZES}
-            print(f"max_concurrency={concurrency}, reply delay {args.delay_s:g} s:")
-            for n, seconds in times.items():
-                print(f"  {n:>3} endpoint(s): {seconds:6.2f} s")
-            print(f"  ratio 100/1: {times[100] / times[1]:.1f}")
+        run_once(FleetWorkspace(Path(tmp) / "ws", url, 1), None, data_dir)  # warm-up
+        for concurrency in args.max_concurrency or [None]:
+            label = (f"{DEFAULT_MAX_CONCURRENCY} (default)" if concurrency is None
+                     else str(concurrency))
+            print(f"max_concurrency={label}, reply delay {args.delay_s:g} s:", flush=True)
+            first = None
+            for n in args.sizes:
+                seconds = run_once(FleetWorkspace(Path(tmp) / "ws", url, n), concurrency,
+                                   data_dir)
+                first = first or seconds
+                print(f"  {n:>4} endpoint(s): {seconds:6.2f} s  ratio to first size "
+                      f"{seconds / first:4.1f}  peak RSS {peak_rss_mib():6.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,6 @@ def pages(url: str) -> dict[str, str]:
     shots = {
         "deployments.png": f"{ui}/deployments",
         "finetune-run-form.png": f"{ui}/deployments/deployment/{deployment['id']}/run",
-        "finetune-run.png": f"{ui}/runs/flow-run/{run_id}",
         "finetune-run-artifacts.png": f"{ui}/runs/flow-run/{run_id}?tab=Artifacts",
         "smoke-test-upcoming.png": f"{ui}/deployments/deployment/{smoke['id']}?tab=Upcoming",
     }

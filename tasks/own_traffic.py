@@ -30,6 +30,14 @@ def record_own_requests(endpoint_name: str, workspace_kind: str, caller: str, co
 def count_own_requests(endpoint_name: str, workspace_kind: str, start: datetime,
                        end: datetime) -> int:
     """Requests the project recorded as its own for an endpoint in [start, end - lag)."""
+    return count_own_requests_by_endpoint([endpoint_name], workspace_kind, start, end).get(
+        endpoint_name, 0)
+
+
+def count_own_requests_by_endpoint(
+    endpoint_names: list[str], workspace_kind: str, start: datetime, end: datetime
+) -> dict[str, int]:
+    """Recorded own requests in [start, end - lag) per endpoint, read in one paged query."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import (
         EventFilter,
@@ -38,24 +46,27 @@ def count_own_requests(endpoint_name: str, workspace_kind: str, start: datetime,
         EventResourceFilter,
     )
 
+    totals = dict.fromkeys(endpoint_names, 0)
     until = end - METRICS_LAG
-    if until <= start:
-        return 0
+    if until <= start or not endpoint_names:
+        return totals
+    by_resource = {f"{reports.EVENT_PREFIX}.endpoint.{name}": name for name in endpoint_names}
     event_filter = EventFilter(
         event=EventNameFilter(name=[OWN_REQUESTS_EVENT]),
         occurred=EventOccurredFilter(since=start, until=until),
         resource=EventResourceFilter(
-            id=[f"{reports.EVENT_PREFIX}.endpoint.{endpoint_name}"],
-            labels={"chatft.workspace": [workspace_kind]},
+            id=list(by_resource), labels={"chatft.workspace": [workspace_kind]},
         ),
     )
-    total = 0
     with get_client(sync_client=True) as client:
         page = client.read_events(filter=event_filter, limit=50)
         while True:
-            total += sum(int(e.payload.get("requests", 0)) for e in page.events)
+            for event in page.events:
+                name = by_resource.get(event.resource.id)
+                if name is not None:
+                    totals[name] += int(event.payload.get("requests", 0))
             if not page.next_page:
-                return total
+                return totals
             page = client.read_events_page(page.next_page)
 
 

@@ -24,6 +24,7 @@ from workspaces.interface import (
     RegisteredModel,
     ScoreResponse,
 )
+from workspaces.pipeline_inputs import InputCheck
 from workspaces.scoring import conversation
 from workspaces.ultrachat import PreparedDataset
 
@@ -344,4 +345,30 @@ def emit(
             "chatft.workspace": workspace_kind,
         },
         payload=payload,
+    )
+
+
+def report_pipeline_inputs(result: InputCheck) -> None:
+    """What the fine-tune job will send, checked against the component's interface."""
+    refused = {p.split(":", 1)[0] for p in result.problems}
+    rows = []
+    for item in result.checked:
+        if item.field in refused:
+            verdict = "refused"
+        elif item.name in result.ignored:
+            verdict = "ignored: " + result.ignored[item.name]
+        else:
+            verdict = "ok"
+        value = "(after compute)" if item.value is None else f"`{item.value}`".replace("|", "\\|")
+        rows.append(f"| `{item.name}` | {value} | {item.field} | {verdict} |")
+    problems = "".join(f"\n- {p}" for p in result.problems)
+    create_markdown_artifact(
+        key="pipeline-inputs",
+        description=f"Fine-tune inputs checked against {result.interface}",
+        markdown=(
+            f"## Fine-tune inputs checked against {result.interface}\n"
+            + (f"\n**Refused:**{problems}\n" if problems else "\nAll inputs fit.\n")
+            + "\n| input | value | set by | verdict |\n|---|---|---|---|\n"
+            + "\n".join(rows)
+        ),
     )

@@ -4,12 +4,32 @@ A probe sends real test_gen rows with the step-8 scoring contract and names what
 back (``ok``, ``content_filtered``, ``throttled_429``, ``unreachable``, ...). Probes never
 raise: a dead or slow endpoint is a finding to report, not a reason to stop testing the
 others. Keys never leave the workspace; replies are cut to a short excerpt.
+
+How the probes fan out (why a bounded thread pool inside one task):
+
+- Not one Prefect task per deployment. Each task run costs tens of milliseconds of
+  client CPU (state transitions, events, logs to the API); measured with a server, 100
+  task runs took about 4 s of overhead on two cores, so 1,000 endpoints would spend most
+  of the run orchestrating. The results table artifact already shows every probe.
+- Not async HTTP. ``Workspace.invoke`` is synchronous on both workspaces (httpx locally,
+  ``requests`` with the endpoint key on Azure); an async path would be a second scoring
+  client per workspace to keep in step. The probes only wait on the network, so threads
+  cost little: a pool of ``max_concurrency`` threads bounds memory and sockets whatever
+  the fleet size, and each request keeps its own ``request_timeout_s``.
+- The default, ``DEFAULT_MAX_CONCURRENCY`` deployments at once, is safe for Azure's
+  scoring front end because the requests are spread over endpoints, never stacked on
+  one: a deployment answers 429 once more than ``2 x max_concurrent_requests_per_instance
+  x instance_count`` requests are pending (1 per instance by default), so each deployment
+  gets its requests one after the other, never two at once. The fleet-wide bound keeps
+  the client's threads and sockets, and the burst seen by the regional front end, small.
+  It stays the flow's ``max_concurrency`` parameter (up to ``MAX_CONCURRENCY_LIMIT``).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -30,6 +50,9 @@ from workspaces.interface import (
 )
 from workspaces.scoring import CONTENT_FILTERED, BadReply, build_body, parse_body, read_reply
 
+# Deployments probed at once by default; see the module docstring.
+DEFAULT_MAX_CONCURRENCY = 64
+MAX_CONCURRENCY_LIMIT = 256
 # The caller marker of smoke-test requests: the teardown flow subtracts this traffic.
 SMOKE_TEST_CALLER = "smoke-test"
 OK = "ok"
@@ -245,23 +268,52 @@ def _probe_once(
     )
 
 
-# A measurement, so never cached; and never retried: a flaky answer is what we report.
-@task(
-    name="probe-deployment",
-    task_run_name="probe-{target.endpoint}-{target.deployment}",
-    cache_policy=NO_CACHE,
-)
-def probe_deployment(
+def _probe_target(
     workspace: Workspace, target: SmokeTarget, bodies: list[dict[str, Any]], timeout_s: float
 ) -> list[ProbeResult]:
-    """Send each body to the deployment in turn; one verdict per request."""
+    """Send each body to one deployment in turn: never two requests in flight at once."""
+    return [_probe_once(workspace, target, body, timeout_s) for body in bodies]
+
+
+# A measurement, so never cached; and never retried: a flaky answer is what we report.
+# One task for the whole fan-out (see the module docstring for why not one per deployment).
+@task(
+    name="probe-deployments",
+    task_run_name="probe-{max_concurrency}-at-a-time",
+    cache_policy=NO_CACHE,
+)
+def probe_deployments(
+    workspace: Workspace,
+    targets: list[SmokeTarget],
+    bodies: list[dict[str, Any]],
+    timeout_s: float,
+    max_concurrency: int,
+) -> list[ProbeResult]:
+    """Probe every target, at most ``max_concurrency`` deployments at once.
+
+    Example::
+
+        results = probe_deployments(workspace, plan.targets, bodies, timeout_s=60,
+                                    max_concurrency=DEFAULT_MAX_CONCURRENCY)
+    """
     logger = get_run_logger()
-    results = []
-    for body in bodies:
-        result = _probe_once(workspace, target, body, timeout_s)
-        logger.info("%s/%s: %s in %s ms %s", target.endpoint, target.deployment, result.status,
-                    result.latency_ms, result.reason)
-        results.append(result)
+    started = time.perf_counter()
+    workers = max(1, min(max_concurrency, len(targets)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smoke-probe") as pool:
+        # map keeps the plan's order; each worker holds one deployment's requests at a time.
+        per_target = list(pool.map(
+            lambda target: _probe_target(workspace, target, bodies, timeout_s), targets
+        ))
+    results = [result for batch in per_target for result in batch]
+    # Logged here, not in the worker threads (the run logger lives in this thread), and
+    # only failures one by one: a thousand "ok" lines would drown the ones that matter.
+    for result in results:
+        if not result.ok:
+            logger.warning("%s/%s: %s in %s ms: %s", result.endpoint, result.deployment,
+                           result.status, result.latency_ms, result.reason)
+    logger.info("%d request(s) to %d deployment(s), %d at a time: %d ok, %d failed, in %.1f s",
+                len(results), len(targets), workers, sum(r.ok for r in results),
+                sum(not r.ok for r in results), time.perf_counter() - started)
     return results
 
 
@@ -275,16 +327,17 @@ def missing_results(plan: SmokeTestPlan) -> list[ProbeResult]:
 def result_rows(results: list[ProbeResult], skipped: list[SkippedEndpoint]) -> list[dict[str, Any]]:
     """Table rows: failures first (what a reader looks for), then ok, then skipped."""
     ordered = sorted(results, key=lambda r: (r.ok, r.endpoint, r.deployment))
+    # The reason right after the status: the UI does not wrap cells, so columns far to the
+    # right of a 1440 px page are cut off; model and version matter least, so they go last.
     rows = [
-        {"endpoint": r.endpoint, "deployment": r.deployment, "model": r.model,
-         "version": r.version, "status": r.status,
-         "latency_ms": "" if r.latency_ms is None else r.latency_ms,
-         "reply": r.reply_excerpt, "reason": r.reason}
+        {"endpoint": r.endpoint, "deployment": r.deployment, "status": r.status,
+         "reason": r.reason, "latency_ms": "" if r.latency_ms is None else r.latency_ms,
+         "reply": r.reply_excerpt, "model": r.model, "version": r.version}
         for r in ordered
     ]
     rows += [
-        {"endpoint": s.endpoint, "deployment": "-", "model": "", "version": "",
-         "status": SKIPPED, "latency_ms": "", "reply": "", "reason": s.reason}
+        {"endpoint": s.endpoint, "deployment": "-", "status": SKIPPED, "reason": s.reason,
+         "latency_ms": "", "reply": "", "model": "", "version": ""}
         for s in skipped
     ]
     return rows

@@ -249,6 +249,9 @@ def test_a_failing_smoke_test_notifies_the_webhook(server_up: ServerUp) -> None:
 
     receiver = WebhookReceiver()
     try:
+        # until the user gives a URL, the automation waits disabled (no failed deliveries)
+        automations = server_up.client.read_automations_by_name("chatft smoke test failed")
+        assert len(automations) == 1 and not automations[0].enabled
         env = server_up.server.env()
         # The user fills in the block's URL (here from Python, as the UI's Edit would).
         save = ("import sys; from prefect.blocks.notifications import "
@@ -256,7 +259,7 @@ def test_a_failing_smoke_test_notifies_the_webhook(server_up: ServerUp) -> None:
                 "b.url = sys.argv[1]; b.save('chatft-alerts', overwrite=True)")
         subprocess.run([sys.executable, "-c", save, receiver.url], env=env, check=True,
                        cwd=PROJECT_DIR)
-        # server-up again: the automation is not duplicated and the URL is kept
+        # server-up again: the automation is enabled, not duplicated, and the URL is kept
         local_server.ensure_alerts(server_up.server)
         automations = server_up.client.read_automations_by_name("chatft smoke test failed")
         assert len(automations) == 1 and automations[0].enabled

@@ -129,6 +129,45 @@ class FinetuneJobSpec(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class PipelineInput(BaseModel):
+    """One input of the fine-tune pipeline as its component declares it.
+
+    Same shape on both workspaces: Azure reads it from the registry's component version,
+    the local workspace declares its own.
+    """
+
+    type: str = Field(description="string, integer, number, boolean, or an asset type "
+                      "(uri_file, mlflow_model, ...)")
+    optional: bool = True
+    default: str | None = None
+    enum: list[str] | None = None
+    min: float | None = None
+    max: float | None = None
+    ignored: str | None = Field(
+        default=None,
+        description="Why this workspace takes the input but does not use it (local: "
+        "DeepSpeed on a CPU); None when it is used",
+    )
+
+
+class PipelineInterface(BaseModel):
+    """The inputs of a resolved version of the fine-tune pipeline component."""
+
+    component: str
+    version: str
+    inputs: dict[str, PipelineInput]
+    mirrors: str | None = Field(
+        default=None,
+        description="Local only: the Azure component version whose interface it keeps",
+    )
+
+    @property
+    def label(self) -> str:
+        """How messages name it, e.g. ``chat_completion_pipeline 0.0.57``."""
+        name = f"{self.component} {self.version}"
+        return f"{name} (interface of {self.mirrors})" if self.mirrors else name
+
+
 class FinetuneJob(BaseModel):
     """State of a submitted fine-tune job."""
 
@@ -349,6 +388,14 @@ class Workspace(ABC):
 
     # -- fine-tune jobs ------------------------------------------------------------------
     @abstractmethod
+    def get_pipeline_interface(self, version: str | None = None) -> PipelineInterface:
+        """The inputs of the fine-tune pipeline component, pinned ``version`` or latest.
+
+        The pre-flight checks every input a request would send against it, before
+        anything is created.
+        """
+
+    @abstractmethod
     def find_jobs(self, request_id: str) -> list[FinetuneJob]:
         """Jobs this project submitted for a request (by tag), newest first."""
 
@@ -439,6 +486,29 @@ class Workspace(ABC):
     ) -> EndpointActivity:
         """Requests served in [start, end), split into the project's own and organic."""
 
+    def get_endpoints_activity(
+        self, endpoint_names: list[str], start: datetime, end: datetime
+    ) -> dict[str, EndpointActivity]:
+        """Activity of several endpoints over one window, keyed by endpoint name.
+
+        The default reads them one by one; a workspace whose service answers many in one
+        request (Azure Monitor's batch metrics query) overrides it. An endpoint whose
+        activity could not be read is in the answer as ``EndpointActivity.unreadable``;
+        a transient fault is raised, so the caller's retries read them all again.
+        """
+        from workspaces.errors import TransientWorkspaceError
+
+        found = {}
+        for name in endpoint_names:
+            try:
+                found[name] = self.get_endpoint_activity(name, start, end)
+            except TransientWorkspaceError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one endpoint's fault is its own
+                found[name] = EndpointActivity.unreadable(
+                    name, start, end, f"{exc.__class__.__name__}: {str(exc)[:300]}")
+        return found
+
     @abstractmethod
     def get_deployment_logs(self, endpoint_name: str, name: str, lines: int = 50) -> str:
         """Tail of a deployment's serving log."""
@@ -449,7 +519,19 @@ class Workspace(ABC):
 
     @abstractmethod
     def begin_delete_endpoint(self, name: str) -> None:
-        """Start deleting an endpoint and its deployments; poll get_endpoint until None."""
+        """Start deleting an endpoint and its deployments; poll deletion_finished until True."""
+
+    def deletion_finished(self, endpoint_name: str, deployment_name: str | None = None) -> bool:
+        """Whether the deletion started by ``begin_delete_*`` is over (raises if it failed).
+
+        The default reads the resource (one request per call) until it is gone. A workspace
+        that follows the service's own deletion operation (Azure: the LRO poller, which
+        polls at the interval the service's ``Retry-After`` asks for) answers from that,
+        without a request of its own.
+        """
+        if deployment_name is None:
+            return self.get_endpoint(endpoint_name) is None
+        return self.get_deployment(endpoint_name, deployment_name) is None
 
     # -- data ----------------------------------------------------------------------------
     def local_data_root(self) -> Path | None:

@@ -54,10 +54,10 @@ def test_pipeline_job_body(fake, workspace, spec):
     assert props["settings"]["force_rerun"] is True
     assert props["settings"]["continue_on_step_failure"] is False
     assert props["outputs"] == {"trained_model": {"jobOutputType": "mlflow_model"}}
-    assert props["tags"] == {TAG_REQUEST: "req1", "chatft-component-version": "0.0.65"}
+    assert props["tags"] == {TAG_REQUEST: "req1", "chatft-component-version": "0.0.57"}
     [node] = props["jobs"].values()
     assert node["componentId"] == (
-        "azureml://registries/azureml/components/chat_completion_pipeline/versions/0.0.65"
+        "azureml://registries/azureml/components/chat_completion_pipeline/versions/0.0.57"
     )
     assert node["outputs"]["mlflow_model_folder"]["value"] == "${{parent.outputs.trained_model}}"
     inputs = node["inputs"]
@@ -74,7 +74,7 @@ def test_pipeline_job_body(fake, workspace, spec):
     assert literals["number_of_gpu_to_use_finetuning"] == "2"
     assert literals["num_nodes_finetune"] == "1"
     assert {k: literals[k] for k in PARAMETERS} == PARAMETERS
-    assert job.component_version == "0.0.65" and job.status == "NotStarted"
+    assert job.component_version == "0.0.57" and job.status == "NotStarted"
 
 
 def test_local_files_are_uploaded_to_the_default_datastore(fake, workspace, spec):
@@ -92,11 +92,11 @@ def test_local_files_are_uploaded_to_the_default_datastore(fake, workspace, spec
 
 def test_pinned_component_version(fake, workspace, spec):
     fake.add_component("chat_completion_pipeline", "0.0.70")
-    job = workspace.submit_finetune_job(spec.model_copy(update={"component_version": "0.0.65"}))
+    job = workspace.submit_finetune_job(spec.model_copy(update={"component_version": "0.0.57"}))
 
-    [get] = fake.sent("GET", r"/components/chat_completion_pipeline/versions/0\.0\.65$")
+    [get] = fake.sent("GET", r"/components/chat_completion_pipeline/versions/0\.0\.57$")
     assert get.api_version == "2021-10-01-dataplanepreview"
-    assert job.component_version == "0.0.65"
+    assert job.component_version == "0.0.57"
 
 
 def test_resubmission_finds_the_existing_job(fake, workspace, spec):

@@ -71,3 +71,56 @@ def test_smoke_test_on_azure(fake, workspace, monkeypatch, tmp_path) -> None:
     assert good.json["input_data"]["parameters"]["max_new_tokens"] == 32
     assert not fake.sent("POST", r"/score/someone-elses")
     assert fake.sent("POST", r"/onlineEndpoints/chatft-good/listKeys")
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_probes_fan_out_one_request_per_endpoint_at_a_time(fake, workspace, monkeypatch,
+                                                          tmp_path) -> None:
+    """With the defaults, the fleet's probes are in flight together (the old default sent 4
+    at a time), an endpoint never gets two requests at once, and each request keeps its own
+    timeout: the hanging endpoints time out while the others answer."""
+    names = [f"chatft-fleet-{i:02d}" for i in range(20)]
+    for name in names:
+        fake.add_endpoint(name, MANAGED, {"demo": "Standard_NC6s_v3"})
+    hanging = names[:3]
+    for name in hanging:
+        fake.server.inject(Fault("POST", rf"^/score/{name}$", kind="timeout", delay_s=8,
+                                 times=2))
+    fake.score_delay_s = 2.0
+    monkeypatch.setattr(reports, "emit", lambda *a, **k: None)
+    monkeypatch.setattr(smoke, "load_workspace", lambda block: workspace)
+
+    state = smoke.smoke_test_endpoints(
+        SmokeTestRequest(download_dir=str(tmp_path / "data"), request_timeout_s=3,
+                         requests_per_deployment=2),
+        workspace_block="azure-ml-workspace/test", return_state=True,
+    )
+
+    assert state.is_failed()
+    rows = _artifact_rows(state.state_details.flow_run_id)
+    assert len(rows) == 40
+    assert {r["status"] for r in rows if r["endpoint"] in hanging} == {"client_timeout"}
+    assert {r["status"] for r in rows if r["endpoint"] not in hanging} == {"ok"}
+    assert fake.scoring_peak >= 10
+    assert set(fake.scoring_peak_per_endpoint.values()) == {1}
+
+
+def _artifact_rows(flow_run_id) -> list[dict]:  # noqa: ANN001
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    from tasks.smoke_test import RESULTS_ARTIFACT_KEY
+
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[RESULTS_ARTIFACT_KEY])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+        )
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data

@@ -68,9 +68,10 @@ def test_teardown_pass_on_azure(fake, workspace, monkeypatch) -> None:
     idle = next(d for d in result.decisions if d.endpoint == "chatft-idle")
     assert idle.instances == "demo: Standard_NC24ads_A100_v4 x 2"
     assert idle.usd_per_hour == pytest.approx(2 * 3.673)
-    # The metrics query asked Azure Monitor for the idle window ending at the flow's clock.
-    [query] = [r for r in fake.sent("POST", r"/metrics:getBatch$")
-               if r.json["resourceids"][0].endswith("/chatft-idle")]
+    # One batch query asked Azure Monitor about both endpoints that were not held.
+    [query] = fake.sent("POST", r"/metrics:getBatch$")
+    assert sorted(r.rsplit("/", 1)[-1] for r in query.json["resourceids"]) == [
+        "chatft-idle", "chatft-used"]
     assert query.query["metricnames"] == "RequestsPerMinute"
 
     per_endpoint = {n: _calls_for(fake, n) for n in ("chatft-used", "chatft-idle", "chatft-keep",
@@ -121,3 +122,44 @@ def test_recorded_smoke_tests_are_not_use_on_azure(fake, workspace, monkeypatch)
     assert "idle" in decisions["chatft-smoked"].reason
     assert decisions["chatft-mixed"].outcome == "kept"
     assert "2 organic request(s)" in decisions["chatft-mixed"].reason
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_teardown_asks_azure_little_per_endpoint(fake, workspace, monkeypatch) -> None:
+    """55 endpoints: activity in 2 batch queries (50 ids at most each), one deployments list
+    per endpoint, and a deletion is the DELETE plus polls paced by the service's Retry-After."""
+    created = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    used = [f"chatft-used-{i:02d}" for i in range(50)]
+    idle = [f"chatft-idle-{i}" for i in range(5)]
+    for name in used + idle:
+        fake.add_endpoint(name, MANAGED, {"demo": "Standard_NC6s_v3"}, created_at=created)
+    stamp = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for name in used:
+        fake.add_metric_point(name, "demo", 4, stamp)
+    fake.delete_polls = 2  # each deletion answers "still running" twice, Retry-After: 1
+    monkeypatch.setattr(reports, "emit", lambda *a, **k: None)
+    monkeypatch.setattr(teardown, "load_workspace", lambda block: workspace)
+    fake.requests.clear()
+
+    result = teardown.teardown_idle_endpoints(workspace_block="azure-ml-workspace/test")
+
+    assert sorted(result.named("deleted")) == idle
+    assert sorted(result.named("kept")) == used
+    queries = fake.sent("POST", r"/metrics:getBatch$")
+    asked = [rid.rsplit("/", 1)[-1] for q in queries for rid in q.json["resourceids"]]
+    assert len(queries) == 2 and all(len(q.json["resourceids"]) <= 50 for q in queries)
+    assert sorted(asked) == sorted(used + idle)
+    arm = [r for r in fake.requests if "metrics" not in r.path]
+    assert [r.path for r in arm if r.path.endswith("/onlineEndpoints")] == [f"{fake.ws_path}"
+                                                                            "/onlineEndpoints"]
+    for name in used:  # kept: its deployments, listed once; nothing else
+        assert [(r.method, r.path.rsplit("/", 1)[-1]) for r in arm
+                if f"/onlineEndpoints/{name}" in r.path] == [("GET", "deployments")]
+    for name in idle:
+        about = [r for r in arm if f"/onlineEndpoints/{name}" in r.path]
+        polls = [r for r in arm if r.path.endswith(f"/done-{name}")]
+        assert [(r.method, r.path.rsplit("/", 1)[-1]) for r in about] == [
+            ("GET", "deployments"), ("DELETE", name)]
+        assert len(polls) == 3  # 202, 202, then 200: no extra reads of the endpoint
+        # After each 202 (Retry-After: 1) the next poll waits the second it asked for.
+        assert all(b.at - a.at >= 0.9 for a, b in zip(polls, polls[1:], strict=False))

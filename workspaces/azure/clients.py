@@ -98,6 +98,7 @@ class Clients:
                         workspace_name=self.address.workspace_name,
                         **self._kwargs(),
                     )
+                _read_own_workspace_once(self._ml, self.address)
             return self._ml
 
     @property
@@ -108,3 +109,33 @@ class Clients:
                     self.credential, registry_name=self.registry_name, **self._kwargs()
                 )
             return self._registry
+
+
+def _read_own_workspace_once(ml: MLClient, address: WorkspaceAddress) -> None:
+    """Keep the first answer to "GET this workspace" for the client's life.
+
+    azure-ai-ml reads the workspace again before many calls (its location before every
+    endpoint or deployment PUT, its id before a job or component lookup), through the
+    REST operation behind ``ml.workspaces``. Nothing the SDK reads there changes during a
+    flow run, and each run builds its workspace (so this client) anew, so one read per run
+    is enough. Other workspaces, and calls with extra options, go through unchanged.
+    """
+    operation = ml.workspaces._operation  # the SDK's shared REST operation (private)
+    original = operation.get
+    kept: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def get(*args: Any, **kwargs: Any) -> Any:
+        names = dict(zip(("resource_group_name", "workspace_name"), args, strict=False))
+        names.update({k: kwargs.pop(k) for k in ("resource_group_name", "workspace_name")
+                      if k in kwargs})
+        own = (names.get("resource_group_name") == address.resource_group
+               and names.get("workspace_name") == address.workspace_name)
+        if not own or kwargs:
+            return original(**names, **kwargs)
+        with lock:
+            if "workspace" not in kept:
+                kept["workspace"] = original(**names)
+            return kept["workspace"]
+
+    operation.get = get

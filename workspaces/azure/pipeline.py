@@ -15,20 +15,19 @@ from azure.ai.ml.dsl import pipeline
 from azure.ai.ml.entities import PipelineJob
 
 from workspaces.interface import FinetuneJobSpec
+from workspaces.pipeline_inputs import FINETUNE_STEP_INPUTS
 
 COMPONENT_NAME = "chat_completion_pipeline"
 # Tag on the job recording which component version ran, so get_job can report it.
 TAG_COMPONENT_VERSION = "chatft-component-version"
-FINETUNE_STEP_INPUTS = (
-    "compute_model_import",
-    "compute_preprocess",
-    "compute_finetune",
-    "compute_model_evaluation",
-)
 
 
 def component_inputs(spec: FinetuneJobSpec) -> dict[str, Any]:
-    """Keyword arguments of the component call, MISSION step 5."""
+    """Keyword arguments of the component call, MISSION step 5.
+
+    The pre-flight checks the same inputs (:func:`workspaces.pipeline_inputs.plan_inputs`)
+    against the component's interface before anything is created.
+    """
     inputs: dict[str, Any] = {
         "mlflow_model_path": spec.foundation_model.id,
         **dict.fromkeys(FINETUNE_STEP_INPUTS, spec.compute),

@@ -13,9 +13,12 @@ from workspaces.interface import (
     Endpoint,
     FinetuneJob,
     FoundationModel,
+    PipelineInput,
+    PipelineInterface,
     RegisteredModel,
     VmSize,
 )
+from workspaces.model_tags import api_string
 
 STUDIO = "https://ml.azure.com"
 _TIERS = {"dedicated": "Dedicated", "low_priority": "LowPriority", "lowpriority": "LowPriority"}
@@ -155,3 +158,25 @@ def run_error(details: Any, step: str | None = None) -> str | None:
         return None
     text = f"{root.code}: {root.message}" if root.code else str(root.message)
     return f"step {step}: {text}" if step else text
+
+
+def pipeline_interface(component: Any) -> PipelineInterface:
+    """The registry component's inputs: type, default, optional flag, enum and bounds."""
+    inputs = {}
+    for name, spec in (component.inputs or {}).items():
+        enum = getattr(spec, "enum", None)
+        inputs[name] = PipelineInput(
+            type=str(spec.type),
+            optional=bool(getattr(spec, "optional", False)),
+            default=None if spec.default is None else api_string(spec.default),
+            enum=None if enum is None else [api_string(v) for v in enum],
+            min=_bound(getattr(spec, "min", None)),
+            max=_bound(getattr(spec, "max", None)),
+        )
+    return PipelineInterface(
+        component=str(component.name), version=str(component.version), inputs=inputs
+    )
+
+
+def _bound(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -40,6 +40,7 @@ from workspaces.interface import (
     FinetuneJobSpec,
     FoundationModel,
     JobMetrics,
+    PipelineInterface,
     QuotaCheck,
     RegisteredModel,
     ScoreResponse,
@@ -119,6 +120,12 @@ class AzureMLWorkspace(Workspace):
         self._metrics_endpoint = metrics_endpoint
         self._metrics_audience = metrics_audience
         self._workspace_entity: Any = None
+        self._vm_sizes: list[VmSize] | None = None
+        # Deletions started here, by (endpoint, deployment or None): their LRO pollers.
+        self._deletions: dict[tuple[str, str | None], Any] = {}
+        # Component versions read this session, by version and by "latest" (None): the
+        # pre-flight and the submission then use the very same component.
+        self._components: dict[str | None, Any] = {}
         # The long-running operation of each create/update we started, by resource: a
         # failed operation's error (code, message) is only ever reported there.
         self._operations: dict[str, Any] = {}
@@ -207,15 +214,23 @@ class AzureMLWorkspace(Workspace):
             min_instances=0,
             max_instances=max_instances,
             idle_time_before_scale_down=120,
+            location=self._location(),
         )
         with azure_errors(f"creating compute {name} ({size}, {tier})"):
             compute = self._clients.ml.compute.begin_create_or_update(cluster).result()
         return records.compute_target(compute, created=True)
 
     def list_vm_sizes(self) -> list[VmSize]:
-        with azure_errors("listing the workspace's VM sizes"):
-            sizes = list(self._clients.ml.compute.list_sizes())
-        return [records.vm_size(s) for s in sizes]
+        # The region's sizes do not change during a run: read once per workspace object.
+        if self._vm_sizes is None:
+            with azure_errors("listing the workspace's VM sizes"):
+                sizes = list(self._clients.ml.compute.list_sizes(location=self._location()))
+            self._vm_sizes = [records.vm_size(s) for s in sizes]
+        return list(self._vm_sizes)
+
+    def _location(self) -> str:
+        # Given to the SDK where it would otherwise read the workspace again to learn it.
+        return str(self._workspace().location)
 
     def compute_quota(
         self, size: str, nodes: int, existing: ComputeTarget | None = None
@@ -224,7 +239,8 @@ class AzureMLWorkspace(Workspace):
         if match is None or not match.family or not match.vcpus:
             return super().compute_quota(size, nodes, existing)
         with azure_errors("reading the compute quota of the workspace's region"):
-            rows = quota.usage_rows(self._clients.ml.compute.list_usage())
+            rows = quota.usage_rows(
+                self._clients.ml.compute.list_usage(location=self._location()))
         return quota.check_quota(
             rows, match.name, match.family, match.vcpus, nodes,
             self.address.workspace_name, existing,
@@ -287,15 +303,24 @@ class AzureMLWorkspace(Workspace):
         existing = self.get_job(spec.name)
         if existing is not None:
             return existing  # a re-run after a crash must not submit twice
-        by = {"version": spec.component_version} if spec.component_version else {"label": "latest"}
-        with azure_errors(f"getting component {COMPONENT_NAME} from registry {self.registry_name}"):
-            component = self._clients.registry.components.get(name=COMPONENT_NAME, **by)
-        job = build_pipeline_job(spec, component)
+        job = build_pipeline_job(spec, self._component(spec.component_version))
         with azure_errors(f"submitting fine-tune job {spec.name}"):
             submitted = self._clients.ml.jobs.create_or_update(
                 job, experiment_name=spec.experiment_name
             )
         return records.finetune_job(submitted)
+
+    def _component(self, version: str | None) -> Any:
+        if version not in self._components:
+            by = {"version": version} if version else {"label": "latest"}
+            what = f"getting component {COMPONENT_NAME} ({version or 'latest'}) from registry "
+            with azure_errors(what + self.registry_name):
+                component = self._clients.registry.components.get(name=COMPONENT_NAME, **by)
+            self._components[version] = self._components[str(component.version)] = component
+        return self._components[version]
+
+    def get_pipeline_interface(self, version: str | None = None) -> PipelineInterface:
+        return records.pipeline_interface(self._component(version))
 
     def cancel_job(self, name: str) -> None:
         with azure_errors(f"cancelling job {name}"):
@@ -462,6 +487,19 @@ class AzureMLWorkspace(Workspace):
             )
         return activity.read_activity(client, endpoint_id, endpoint_name, start, end)
 
+    def get_endpoints_activity(
+        self, endpoint_names: list[str], start: datetime, end: datetime
+    ) -> dict[str, EndpointActivity]:
+        if not endpoint_names:
+            return {}
+        try:
+            client = self._metrics_client()
+        except Exception as exc:  # noqa: BLE001 - unknown activity must never look like idle
+            reason = f"Azure Monitor client unavailable: {exc.__class__.__name__}"
+            return {n: EndpointActivity.unreadable(n, start, end, reason) for n in endpoint_names}
+        ids = {n: f"{self.address.arm_id}/onlineEndpoints/{n}" for n in endpoint_names}
+        return activity.read_activities(client, ids, start, end)
+
     def _metrics_client(self) -> Any:
         from azure.monitor.querymetrics import MetricsClient
 
@@ -477,11 +515,30 @@ class AzureMLWorkspace(Workspace):
 
     def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
         with azure_errors(f"deleting deployment {name} of endpoint {endpoint_name}"):
-            self._clients.ml.online_deployments.begin_delete(name=name, endpoint_name=endpoint_name)
+            poller = self._clients.ml.online_deployments.begin_delete(
+                name=name, endpoint_name=endpoint_name
+            )
+        self._deletions[(endpoint_name, name)] = poller
 
     def begin_delete_endpoint(self, name: str) -> None:
         with azure_errors(f"deleting endpoint {name}"):
-            self._clients.ml.online_endpoints.begin_delete(name=name)
+            poller = self._clients.ml.online_endpoints.begin_delete(name=name)
+        self._deletions[(name, None)] = poller
+
+    def deletion_finished(self, endpoint_name: str, deployment_name: str | None = None) -> bool:
+        # The SDK's poller follows the DELETE's Location in its own thread, waiting as long
+        # as the service's Retry-After asks; asking it whether it is done costs no request.
+        poller = self._deletions.get((endpoint_name, deployment_name))
+        if poller is None:  # not started here (e.g. it was gone already): read it once
+            return super().deletion_finished(endpoint_name, deployment_name)
+        if not poller.done():
+            return False
+        what = (f"deployment {deployment_name} of endpoint {endpoint_name}" if deployment_name
+                else f"endpoint {endpoint_name}")
+        with azure_errors(f"deleting {what}"):
+            poller.result()  # raises the service's error when the deletion failed
+        del self._deletions[(endpoint_name, deployment_name)]
+        return True
 
 
 def _sdk_tier(tier: str) -> str:

@@ -28,6 +28,7 @@ from workspaces.interface import (
     FinetuneJobSpec,
     FoundationModel,
     JobMetrics,
+    PipelineInterface,
     QuotaCheck,
     RegisteredModel,
     ScoreResponse,
@@ -37,6 +38,7 @@ from workspaces.interface import (
 from workspaces.local import catalog
 from workspaces.local.endpoints import LocalEndpoints
 from workspaces.local.jobs import LocalJobs
+from workspaces.local.pipeline_interface import local_interface
 from workspaces.local.registry import LocalRegistry
 from workspaces.local.state import read_json, write_json
 from workspaces.ultrachat import SAMPLE_SOURCE
@@ -135,6 +137,11 @@ class LocalWorkspace(Workspace):
         )
         write_json(self._compute_file(name), target.model_dump(exclude={"created"}))
         return target
+
+    # -- fine-tune pipeline ----------------------------------------------------------------
+    def get_pipeline_interface(self, version: str | None = None) -> PipelineInterface:
+        # One local pipeline: a pinned Azure version does not change what runs here.
+        return local_interface()
 
     def list_vm_sizes(self) -> list[VmSize]:
         return [

@@ -26,6 +26,7 @@ class Recorded:
     query: dict[str, str]
     headers: dict[str, str]
     raw_body: bytes
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def api_version(self) -> str | None:

@@ -8,6 +8,8 @@ import copy
 import itertools
 import json
 import re
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +21,11 @@ from tests.azure.fake_azureml.server import FakeServer, Recorded, Response
 MLS = "providers/Microsoft.MachineLearningServices"
 # Copied into the test tree: the tests read nothing outside the repository.
 EXAMPLES = Path(__file__).parent / "examples"
+# The inputs of chat_completion_pipeline 0.0.57 as its spec declares them (Azure/azureml-assets
+# assets/training/finetune_acft_hf_nlp/components/pipeline_components/chat_completion/
+# spec.yaml, commit 034b4c47): type, default, optional, enum, min; descriptions and the
+# pipeline's jobs left out. The registry serves this as the component version's spec.
+COMPONENT_SPEC = Path(__file__).parent / "chat_completion_pipeline_0.0.57.json"
 JOB_PROGRESS = ("NotStarted", "Running", "Running", "Completed")
 FAILED_PROGRESS = ("NotStarted", "Running", "Failed")
 METRIC = "RequestsPerMinute"
@@ -109,6 +116,17 @@ class FakeAzureML:
     metric_points: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)
     scoring_requests: list[Recorded] = field(default_factory=list)
     deployment_logs: str = "Booting worker with pid: 42\nModel loaded."
+    # Scoring answers after this delay; the peaks say how many requests were in flight at
+    # once, in all and per endpoint (tests of the smoke test's fan-out read them).
+    score_delay_s: float = 0.0
+    scoring_peak: int = 0
+    scoring_peak_per_endpoint: dict[str, int] = field(default_factory=dict)
+    _in_flight: dict[str, int] = field(default_factory=dict)
+    _score_lock: threading.Lock = field(default_factory=threading.Lock)
+    # A deletion's Location answers 202 this many times (with Retry-After) before 200.
+    delete_polls: int = 0
+    delete_retry_after_s: str = "1"
+    _delete_polls_left: dict[str, int] = field(default_factory=dict)
     # resource name -> error the next create/update operation of it ends Failed with
     failing_operations: dict[str, dict[str, str]] = field(default_factory=dict)
     _operations: dict[str, str] = field(default_factory=dict)
@@ -176,7 +194,7 @@ class FakeAzureML:
                 "model_specific_defaults": "{'apply_lora': 'true', 'precision': '16'}",
             },
         )
-        self.add_component("chat_completion_pipeline", "0.0.65")
+        self.add_component("chat_completion_pipeline", "0.0.57")
         self.vm_sizes = [
             {
                 "name": "Standard_NC6s_v3",
@@ -233,41 +251,15 @@ class FakeAzureML:
         )
         self.registry_models.setdefault(name, []).insert(0, body)
 
-    def add_component(self, name: str, version: str) -> None:
-        spec_inputs = {
-            "mlflow_model_path": {"type": "mlflow_model", "optional": True},
-            "train_file_path": {"type": "uri_file", "optional": True},
-            "test_file_path": {"type": "uri_file", "optional": True},
-            **{
-                f"compute_{s}": {"type": "string", "optional": True}
-                for s in ("model_import", "preprocess", "finetune", "model_evaluation")
-            },
-            **{
-                p: {"type": "integer", "optional": True}
-                for p in (
-                    "number_of_gpu_to_use_finetuning",
-                    "num_nodes_finetune",
-                    "num_train_epochs",
-                    "per_device_train_batch_size",
-                    "per_device_eval_batch_size",
-                    "gradient_accumulation_steps",
-                    "save_total_limit",
-                    "max_seq_length",
-                )
-            },
-            "learning_rate": {"type": "number", "optional": True},
-            # The real component takes these switches as strings "true"/"false".
-            **{
-                p: {"type": "string", "optional": True}
-                for p in (
-                    "lr_scheduler_type",
-                    "apply_lora",
-                    "apply_deepspeed",
-                    "deepspeed_stage",
-                    "precision",
-                )
-            },
-        }
+    def add_component(
+        self, name: str, version: str, inputs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A registry component version; its spec (inputs with type, default, optional,
+        enum, min) is chat_completion_pipeline 0.0.57's unless ``inputs`` replaces them."""
+        component_spec = json.loads(COMPONENT_SPEC.read_text())
+        component_spec.update(name=name, version=version)
+        if inputs is not None:
+            component_spec["inputs"] = inputs
         body = example("Registry_ComponentVersion_get.json")
         body.update(
             id=f"azureml://registries/{self.registry}/components/{name}/versions/{version}",
@@ -277,18 +269,10 @@ class FakeAzureML:
             description="chat completion fine-tune pipeline",
             tags={},
             properties={},
-            componentSpec={
-                "$schema": "https://azuremlschemas.azureedge.net/latest/pipelineComponent.schema.json",
-                "name": name,
-                "version": version,
-                "type": "pipeline",
-                "display_name": "Chat Completion Pipeline",
-                "inputs": spec_inputs,
-                "outputs": {"mlflow_model_folder": {"type": "mlflow_model"}},
-                "jobs": {},
-            },
+            componentSpec=component_spec,
         )
         self.components.setdefault(name, []).insert(0, body)
+        return component_spec
 
     def add_compute(
         self,
@@ -310,6 +294,32 @@ class FakeAzureML:
         self.computes[name] = body
         return body
 
+    def add_endpoint(
+        self, name: str, tags: dict[str, str], deployments: dict[str, str],
+        created_at: str | None = None,
+    ) -> None:
+        """A provisioned endpoint with ``deployments`` (name -> size, traffic split evenly),
+        put straight into the state: tests that count requests seed without HTTP."""
+        model = f"{self.ws_path}/models/chatft/versions/1"
+        share = 100 // max(len(deployments), 1)
+        traffic = {dep: share for dep in deployments}
+        sent = {"location": self.location, "tags": tags,
+                "properties": {"authMode": "Key", "description": "seeded", "traffic": traffic,
+                               "properties": {}}}
+        self._endpoint(_seed_request("PUT", json.dumps(sent)), name)
+        endpoint = self.endpoints[name]
+        endpoint["properties"]["provisioningState"] = "Succeeded"
+        if created_at:
+            endpoint["systemData"]["createdAt"] = created_at
+        for dep, size in deployments.items():
+            sent = {"location": self.location, "tags": tags,
+                    "sku": {"name": "Default", "capacity": 1},
+                    "properties": {"endpointComputeType": "Managed", "instanceType": size,
+                                   "model": model, "properties": {},
+                                   "requestSettings": {"maxConcurrentRequestsPerInstance": 1,
+                                                       "requestTimeout": "PT1M30S"}}}
+            self._deployment(_seed_request("PUT", json.dumps(sent)), name, dep)
+            self.deployments[name][dep]["properties"]["provisioningState"] = "Succeeded"
     def fail_next_operation(self, resource: str, code: str, message: str) -> None:
         """The next create/update of endpoint or deployment ``resource`` is accepted, then
         its long-running operation ends Failed with this error (as Azure reports
@@ -824,8 +834,21 @@ class FakeAzureML:
         return Response(200, {"content": "\n".join(lines)})
 
     def _score(self, req: Recorded) -> Response:
-        self.scoring_requests.append(req)
         name = req.path.rsplit("/", 1)[-1]
+        with self._score_lock:
+            self._in_flight[name] = self._in_flight.get(name, 0) + 1
+            self.scoring_peak = max(self.scoring_peak, sum(self._in_flight.values()))
+            self.scoring_peak_per_endpoint[name] = max(
+                self.scoring_peak_per_endpoint.get(name, 0), self._in_flight[name])
+        try:
+            time.sleep(self.score_delay_s)
+            return self._score_answer(req, name)
+        finally:
+            with self._score_lock:
+                self._in_flight[name] -= 1
+
+    def _score_answer(self, req: Recorded, name: str) -> Response:
+        self.scoring_requests.append(req)
         keys = self.keys.get(name, {})
         auth = req.headers.get("authorization", "")
         if name not in self.endpoints or auth.removeprefix("Bearer ") not in keys.values():
@@ -856,6 +879,7 @@ class FakeAzureML:
         )
 
     def _delete_started(self, name: str) -> Response:
+        self._delete_polls_left[name] = self.delete_polls
         return Response(
             202, None, {"Location": f"{self.base}/operations/done-{name}", "retry-after-ms": "50"}
         )
@@ -863,6 +887,11 @@ class FakeAzureML:
     def _operation(self, req: Recorded) -> Response:
         op = req.path.rsplit("/", 1)[-1]
         if op.startswith("done-"):
+            name = op.removeprefix("done-")
+            if self._delete_polls_left.get(name, 0) > 0:
+                self._delete_polls_left[name] -= 1
+                return Response(202, None, {"Location": f"{self.base}/operations/{op}",
+                                            "Retry-After": self.delete_retry_after_s})
             return Response(200, None)
         path = self._operations.get(op, "")
         resource = self._find_resource(path)
@@ -926,6 +955,9 @@ class FakeAzureML:
         return Response(200, {"values": values})
 
 
+def _seed_request(method: str, body: str) -> Recorded:
+    return Recorded(method=method, host="seed", path="", query={}, headers={},
+                    raw_body=body.encode())
 def _usage_example() -> list[dict[str, Any]]:
     return example("Usage_list.json")["value"]
 
