@@ -182,6 +182,27 @@ def test_metrics_that_cannot_be_read_do_not_stop_registration(fake, azure_flow, 
     assert warning.level == 30 and "PERMISSION_DENIED" in warning.message
 
 
+def test_a_bad_dataset_fails_before_any_compute_is_created(fake, azure_flow, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from workspaces.errors import InvalidRequest
+
+    sample = Path(flow_module.__file__).parents[1] / "workspaces" / "local" / "sample_data"
+    dataset = tmp_path / "my-dataset"
+    shutil.copytree(sample, dataset)
+    rows = (dataset / "train_sft.jsonl").read_text().splitlines()
+    rows[0] = rows[0].replace('"role": "user"', '"role": "robot"', 1)
+    (dataset / "train_sft.jsonl").write_text("\n".join(rows) + "\n")
+
+    bad_role = r"train_sft\.jsonl line 1: field 'messages\[0\]\.role'"
+    with pytest.raises(InvalidRequest, match=bad_role):
+        finetune_and_deploy(request=FinetuneRequest(dataset=str(dataset),
+                                                    download_dir=str(tmp_path / "dl")))
+    assert fake.sent("PUT", r"/computes/") == []  # nothing billable was created
+    assert fake.sent("PUT", r".") == []
+
+
 def test_the_readme_azure_command_runs_as_written(
     fake, azure_flow, tmp_path, monkeypatch, capsys
 ):
