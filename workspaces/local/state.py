@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# How long a just-started process is given to show its own command line.
+STARTING_GRACE_S = 5.0
+
+
 def process_alive(pid: int | None, marker: str) -> bool:
     """True when ``pid`` runs and its command line holds ``marker``.
 
@@ -53,11 +58,23 @@ def process_alive(pid: int | None, marker: str) -> bool:
     """
     if not pid:
         return False
+    deadline = time.monotonic() + STARTING_GRACE_S
     try:
         proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return marker in " ".join(proc.cmdline())
+        while True:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return False
+            cmdline = proc.cmdline()
+            if marker in " ".join(cmdline):
+                return True
+            # Popen returns once exec has closed the parent's pipe, but the kernel sets the
+            # new command line a moment later: a process a few seconds old may still show
+            # an empty (or its parent's) command line. A running job was once declared dead
+            # this way; so a young process is read again until it is old enough to judge.
+            young = time.time() - proc.create_time() < STARTING_GRACE_S
+            if not young or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
