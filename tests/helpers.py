@@ -1,9 +1,12 @@
-"""Helpers for tests that need a registered model or a serving endpoint."""
+"""Helpers for tests that need a registered model, a serving endpoint or the local server."""
 
 from __future__ import annotations
 
+import importlib.util
+import socket
 import time
 from pathlib import Path
+from types import ModuleType
 
 from workspaces.interface import MANAGED_BY_VALUE, TAG_MANAGED_BY, Endpoint, RegisteredModel
 from workspaces.local import LocalWorkspace
@@ -56,3 +59,24 @@ def chat_body(text: str = "What is 2 plus 3?", max_new_tokens: int = 8) -> dict:
         },
         "params": {},
     }
+
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def load_local_server() -> ModuleType:
+    """scripts/local_server.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "local_server", PROJECT_DIR / "scripts" / "local_server.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
