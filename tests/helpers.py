@@ -80,3 +80,49 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# The API answers at most 200 rows per read (PREFECT_API_DEFAULT_LIMIT). Tests share one
+# server, so an unfiltered read returns the session's *oldest* rows, not this run's: read
+# one flow run's rows, page by page.
+_PAGE = 200
+
+
+def run_logs(flow_run_id: object) -> list:
+    """Every log of one flow run (its tasks included), oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs: list = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=_PAGE, offset=len(logs),
+            )
+            logs += page
+            if len(page) < _PAGE:
+                return logs
+
+
+def run_artifacts(flow_run_id: object, key: str | None = None) -> list:
+    """Every artifact one flow run (or its tasks) wrote, optionally only those of one key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    artifact_filter = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    if key is not None:
+        artifact_filter.key = ArtifactFilterKey(any_=[key])
+    artifacts: list = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_artifacts(
+                artifact_filter=artifact_filter, limit=_PAGE, offset=len(artifacts)
+            )
+            artifacts += page
+            if len(page) < _PAGE:
+                return artifacts
