@@ -137,7 +137,9 @@ def test_runs_spread_over_two_workers_cloning_the_pinned_commit(tmp_path: Path) 
         worker_logs = {p.stem: p.read_text(errors="replace") for p in logs.glob("*.log")}
         report = "\n".join(f"--- {n} ---\n{text[-3000:]}" for n, text in worker_logs.items())
         assert [s.type.value for s in states] == ["COMPLETED"] * RUNS, report
-        served = {name: [str(r.id) for r in runs if str(r.id) in text]
+        # A run's own output (streamed to its worker's log) names it once it runs there;
+        # "submitting" lines are not proof: both workers may bid for a run, one is refused.
+        served = {name: [str(r.id) for r in runs if f"/runs/flow-run/{r.id}" in text]
                   for name, text in worker_logs.items()}
         assert all(served.values()), served
         assert sorted(sum(served.values(), [])) == sorted(str(r.id) for r in runs), served
