@@ -49,7 +49,8 @@ def parse_literal_tag(model: FoundationModel, key: str) -> Any | None:
         reason = "nested too deeply" if isinstance(exc, MemoryError | RecursionError) else (
             exc.__class__.__name__)
         raise TagParseError(
-            f"{what} is not a Python literal ({reason}): {text[:200]!r}"
+            f"{what} is not a Python literal ({reason}): {text[:80]!r}; fix the tag in the "
+            "registry, or choose another foundation_model or version"
         ) from None
 
 
