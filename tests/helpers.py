@@ -1,9 +1,12 @@
-"""Helpers for tests that need a registered model or a serving endpoint."""
+"""Helpers for tests that need a registered model, a serving endpoint or the local server."""
 
 from __future__ import annotations
 
+import importlib.util
+import socket
 import time
 from pathlib import Path
+from types import ModuleType
 
 from workspaces.interface import MANAGED_BY_VALUE, TAG_MANAGED_BY, Endpoint, RegisteredModel
 from workspaces.local import LocalWorkspace
@@ -56,3 +59,70 @@ def chat_body(text: str = "What is 2 plus 3?", max_new_tokens: int = 8) -> dict:
         },
         "params": {},
     }
+
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def load_local_server() -> ModuleType:
+    """scripts/local_server.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "local_server", PROJECT_DIR / "scripts" / "local_server.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The API answers at most 200 rows per read (PREFECT_API_DEFAULT_LIMIT). Tests share one
+# server, so an unfiltered read returns the session's *oldest* rows, not this run's: read
+# one flow run's rows, page by page.
+_PAGE = 200
+
+
+def run_logs(flow_run_id: object) -> list:
+    """Every log of one flow run (its tasks included), oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs: list = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=_PAGE, offset=len(logs),
+            )
+            logs += page
+            if len(page) < _PAGE:
+                return logs
+
+
+def run_artifacts(flow_run_id: object, key: str | None = None) -> list:
+    """Every artifact one flow run (or its tasks) wrote, optionally only those of one key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    artifact_filter = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    if key is not None:
+        artifact_filter.key = ArtifactFilterKey(any_=[key])
+    artifacts: list = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_artifacts(
+                artifact_filter=artifact_filter, limit=_PAGE, offset=len(artifacts)
+            )
+            artifacts += page
+            if len(page) < _PAGE:
+                return artifacts

@@ -11,19 +11,17 @@ server.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from uuid import UUID
 
 import httpx
 import pytest
 
+from tests.helpers import PROJECT_DIR, free_port, load_local_server
 from workspaces.local import LocalWorkspace
 from workspaces.local.catalog import STANDIN_NAME, STANDIN_VERSION
 
@@ -31,27 +29,10 @@ from workspaces.local.catalog import STANDIN_NAME, STANDIN_VERSION
 # earlier test did (minutes on a loaded 2-core runner); pyproject's 900 s applies.
 pytestmark = pytest.mark.slow
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 300
 
 
-def _load_local_server() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "local_server", PROJECT_DIR / "scripts" / "local_server.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-local_server = _load_local_server()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+local_server = load_local_server()
 
 
 class Stack:
@@ -123,7 +104,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, standin_dir: Path) -> Iterat
     # the stand-in base model, built once per session, so the run only fine-tunes it
     shutil.copytree(standin_dir, state_dir / "catalog" / STANDIN_NAME / STANDIN_VERSION)
     server = local_server.Server(
-        root / "prefect-home", "127.0.0.1", _free_port(),
+        root / "prefect-home", "127.0.0.1", free_port(),
         extra_env={
             # runs start only when the test asks (no hourly smoke test, no teardown pass)
             "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",

@@ -18,43 +18,25 @@ state) are printed; run with ``-s`` to see them.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import socket
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from tests.helpers import PROJECT_DIR, free_port, load_local_server
+
 pytestmark = pytest.mark.slow
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEPLOYMENT = "smoke-test-endpoints"
 # Lines that mean something went wrong in a Prefect server or worker log.
 TROUBLE = re.compile(r"Traceback \(most recent call last\)|\| ERROR |\bERROR\b\s*\|| ERROR:")
 
 
-def _load_local_server() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "local_server", PROJECT_DIR / "scripts" / "local_server.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-local_server = _load_local_server()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+local_server = load_local_server()
 
 
 def trouble_in(path: Path) -> list[str]:
@@ -97,7 +79,7 @@ class ServerUp:
 def server_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUp]:
     root = tmp_path_factory.mktemp("server-schedules")
     server = local_server.Server(
-        root / "prefect-home", "127.0.0.1", _free_port(),
+        root / "prefect-home", "127.0.0.1", free_port(),
         extra_env={
             # The scheduler's pass every 2 s instead of 60 s, and a few runs per pass:
             # settings of this test's server only.

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 from prefect import flow
-from prefect.client.orchestration import get_client
 
 from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest, TrainingParameters
 from tasks.component_check import check_finetune_inputs, get_pipeline_interface
+from tests.helpers import run_artifacts
 from workspaces.errors import InvalidRequest
 from workspaces.local import LocalWorkspace
 
@@ -59,10 +59,9 @@ def test_inputs_the_local_pipeline_ignores_are_reported(prefect_server, workspac
         )
         return sorted(result.ignored)
 
-    assert preflight() == ["apply_deepspeed", "deepspeed_stage", "optim"]
-    with get_client(sync_client=True) as client:
-        artifact = max((a for a in client.read_artifacts() if a.key == "pipeline-inputs"),
-                       key=lambda a: a.created)
+    state = preflight(return_state=True)
+    assert state.result() == ["apply_deepspeed", "deepspeed_stage", "optim"]
+    [artifact] = run_artifacts(state.state_details.flow_run_id, "pipeline-inputs")
     assert ("| `deepspeed_stage` | `3` | training.deepspeed_stage | ignored: DeepSpeed does "
             "not run on this machine's CPU") in artifact.data
     assert "| `optim` | `adafactor` | training.extra_parameters.optim | ignored:" in artifact.data

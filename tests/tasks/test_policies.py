@@ -10,6 +10,7 @@ from tasks.foundation_model import get_foundation_model
 from tasks.policies import WorkspaceInputs, is_transient
 from workspaces.errors import InvalidRequest, TransientWorkspaceError
 from workspaces.local import LocalWorkspace
+from workspaces.ultrachat import source_fingerprint
 
 
 def test_cache_key_uses_the_workspace_scope_not_the_object(tmp_path):
@@ -27,7 +28,8 @@ def test_steps_with_unchanged_inputs_come_from_the_cache(prefect_server, workspa
             names.append(get_foundation_model(
                 workspace, "phi3-tiny-standin", "latest", return_state=True).name)
             names.append(download_dataset(
-                "sample", 1, str(tmp_path / "dl"), return_state=True).name)
+                "sample", 1, str(tmp_path / "dl"), source_fingerprint("sample"),
+                workspace.cache_scope, return_state=True).name)
         return names
 
     assert twice() == ["Completed", "Completed", "Cached", "Cached"]

@@ -33,7 +33,7 @@ from workspaces.interface import (
 )
 from workspaces.local.state import (
     locked,
-    process_running,
+    process_alive,
     process_token,
     read_json,
     spawn_detached,
@@ -77,7 +77,7 @@ class LocalEndpoints:
         return config
 
     def _alive(self, name: str) -> bool:
-        return process_running(self._dir(name))
+        return process_alive(self._dir(name))
 
     def _update(self, name: str, change) -> dict[str, Any]:
         with locked(self._dir(name) / ".lock"):

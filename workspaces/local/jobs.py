@@ -18,7 +18,7 @@ from workspaces.local.finetune_job import CANCEL_FILE, InvalidParameter, trainin
 from workspaces.local.state import (
     PROCESS_FILE,
     locked,
-    process_running,
+    process_alive,
     read_json,
     spawn_detached,
     stop_processes,
@@ -103,7 +103,7 @@ class LocalJobs:
         if (
             state not in TERMINAL_JOB_STATUSES
             and not not_started
-            and not process_running(job_dir)
+            and not process_alive(job_dir)
         ):
             # Re-read: the process may have finished between the two reads.
             status = read_json(job_dir / "status.json") or {}

@@ -48,39 +48,91 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-# A detached process's record: written before the process exists, completed with its
-# pid and start time right after. The start time (fixed at fork) is its identity: it
-# cannot race a process that is still starting, and a reused pid never matches it.
+# A detached process's record, ``process.json``: written before the process exists (with
+# an identity token the process gets in its environment), completed with its pid and start
+# time right after. It is the one liveness and identity check of every job and server.
 PROCESS_FILE = "process.json"
 TOKEN_ENV = "CHATFT_PROCESS_TOKEN"  # noqa: S105 - the name of a variable, not a secret
-# Tests hold a flow here (after the process exists, before its pid is recorded) to kill it.
+# Tests hold a caller here (after the process exists, before its pid is recorded) to kill it.
 HOLD_ENV = "CHATFT_HOLD_AFTER_SPAWN"
+# How long a just-started process is given to show its own command line and environment:
+# Popen returns once exec has closed the parent's pipe, but /proc may still show the
+# parent's (or an empty) command line a moment later. A running job was once declared
+# dead this way, so a young process is read again until it is old enough to judge.
+STARTING_GRACE_S = 5.0
+# A record without a pid counts as a process still starting for this long.
+RECORDING_GRACE_S = 30.0
+# Start times are read as boot time + ticks; boot time moves when the clock is stepped.
+# A pid reused within a second of the recorded start cannot happen (pid_max forks in 1 s).
+START_TIME_TOLERANCE_S = 1.0
 
 
-def _matches(proc: psutil.Process, folder: Path, module: str) -> bool:
+def _cmdline(proc: psutil.Process) -> list[str] | None:
+    """The command line of a live process, or None when it is gone, a zombie or not ours."""
     try:
         if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        cmdline = proc.cmdline()
+            return None
+        return proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _carries(proc: psutil.Process, token: str) -> bool:
+    try:
+        return proc.environ().get(TOKEN_ENV) == token
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    return module in cmdline and str(folder) in cmdline
 
 
-def find_processes(folder: Path, module: str) -> list[psutil.Process]:
-    """Every running process of ``module`` started for ``folder``, recorded or not."""
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid != os.getpid() and _matches(proc, folder, module):
-            found.append(proc)
-    return found
+def _still_starting(proc: psutil.Process, cmdline: list[str]) -> bool:
+    """A young process that shows no command line of its own yet (empty, or its parent's)."""
+    try:
+        if time.time() - proc.create_time() >= STARTING_GRACE_S:
+            return False
+        if not cmdline:
+            return True
+        parent = proc.parent()
+        return parent is not None and parent.cmdline() == cmdline
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def find_processes(folder: Path, module: str, token: str | None = None) -> list[psutil.Process]:
+    """Every live process of ``module`` started for ``folder``, recorded or not.
+
+    A process is ours when its command line is ``python -m module folder`` or it carries
+    ``token``; one still starting is read again until it shows which it is.
+    """
+    folder = folder.resolve()
+    found: dict[int, psutil.Process] = {}
+    unread = [p for p in psutil.process_iter() if p.pid != os.getpid()]
+    deadline = time.monotonic() + STARTING_GRACE_S
+    while unread:
+        starting = []
+        for proc in unread:
+            cmdline = _cmdline(proc)
+            if cmdline is None:
+                continue
+            if (module in cmdline and str(folder) in cmdline) or (
+                token is not None and _carries(proc, token)
+            ):
+                found[proc.pid] = proc
+            elif _still_starting(proc, cmdline):
+                starting.append(proc)
+        if not starting or time.monotonic() > deadline:
+            break
+        unread = starting
+        time.sleep(0.05)
+    return list(found.values())
 
 
 def recorded_process(folder: Path) -> psutil.Process | None:
-    """The live process the record in ``folder`` names, or None.
+    """The live process the record in ``folder`` names, or None: the liveness check.
 
-    A record without a pid (the caller died right after starting it) is completed from
-    the process that carries the record's token.
+    A recorded process is matched by pid and start time, fixed at fork: no /proc command
+    line is read, so a process still starting cannot be misread, and a reused pid never
+    matches. A record without a pid (its caller died right after starting it) is completed
+    from the process that carries the record's token.
     """
     record = read_json(folder / PROCESS_FILE)
     if record is None:
@@ -89,28 +141,38 @@ def recorded_process(folder: Path) -> psutil.Process | None:
     if pid:
         try:
             proc = psutil.Process(pid)
-            if abs(proc.create_time() - record["create_time"]) > 0.05:
+            if abs(proc.create_time() - record["create_time"]) > START_TIME_TOLERANCE_S:
                 return None
             return None if proc.status() == psutil.STATUS_ZOMBIE else proc
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
-    for proc in find_processes(folder, record["module"]):
-        try:
-            if proc.environ().get(TOKEN_ENV) == record["token"]:
-                record.update(pid=proc.pid, create_time=proc.create_time())
-                write_json(folder / PROCESS_FILE, record)
-                return proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return None
+    carriers = []
+    for proc in find_processes(folder, record["module"], record["token"]):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if _carries(proc, record["token"]):
+                carriers.append((proc.create_time(), proc))
+    if not carriers:
+        return None
+    # Its own children inherit the token; the process we started is the oldest of them.
+    create_time, proc = min(carriers, key=lambda c: c[0])
+    with locked(folder / ".process.lock"):
+        current = read_json(folder / PROCESS_FILE) or {}
+        if current.get("token") == record["token"] and not current.get("pid"):
+            write_json(folder / PROCESS_FILE, {**current, "pid": proc.pid,
+                                                "create_time": create_time})
+    return proc
 
 
-def process_running(folder: Path, grace_s: float = 30.0) -> bool:
-    """Whether the recorded process runs, counting one whose start is still being recorded."""
+def process_alive(folder: Path) -> bool:
+    """Whether the process recorded for ``folder`` runs, counting one still being recorded."""
     if recorded_process(folder) is not None:
         return True
     record = read_json(folder / PROCESS_FILE) or {}
-    return bool(record) and not record.get("pid") and time.time() - record["spawned_at"] < grace_s
+    return (
+        bool(record)
+        and not record.get("pid")
+        and time.time() - record["spawned_at"] < RECORDING_GRACE_S
+    )
 
 
 def process_token(folder: Path) -> str | None:
@@ -137,7 +199,7 @@ def _terminate(procs: list[psutil.Process], timeout_s: float) -> None:
 
 def stop_processes(folder: Path, module: str, timeout_s: float = 10.0) -> int:
     """End every process of ``module`` for ``folder`` (SIGTERM, then SIGKILL); how many."""
-    procs = {p.pid: p for p in find_processes(folder, module)}
+    procs = {p.pid: p for p in find_processes(folder, module, process_token(folder))}
     recorded = recorded_process(folder)
     if recorded is not None:
         procs[recorded.pid] = recorded

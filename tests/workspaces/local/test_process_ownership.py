@@ -26,7 +26,7 @@ from workspaces.local import jobs as local_jobs
 from workspaces.local.endpoints import SERVER_MODULE
 from workspaces.local.state import read_json
 
-SLEEPER = "tests.sleeper"
+IDLE = "tests.workspaces.local.idle_process"
 
 
 def _ours(root: Path) -> list[psutil.Process]:
@@ -65,7 +65,7 @@ def _no_leftovers(tmp_path):
 def test_quick_job_starts_are_never_reported_dead(workspace, monkeypatch):
     """Defect 3: the alive check read /proc before a new process's cmdline was complete."""
     # The job's program is swapped for one that just sleeps: this is about the check.
-    monkeypatch.setattr(local_jobs, "JOB_MODULE", SLEEPER)
+    monkeypatch.setattr(local_jobs, "JOB_MODULE", IDLE)
     base = spec_for(workspace, "job-0")
     misreported = []
     for i in range(100):

@@ -1,0 +1,73 @@
+"""A process we just started is alive to the liveness check, never taken for a dead one;
+a process the record does not name (a reused pid) is never taken for ours."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from workspaces.local.state import (
+    PROCESS_FILE,
+    find_processes,
+    process_alive,
+    read_json,
+    recorded_process,
+    spawn_detached,
+    write_json,
+)
+
+IDLE = "tests.workspaces.local.idle_process"
+
+
+def test_every_fresh_start_is_seen_alive(tmp_path):
+    # The check runs at once, as the flow's first job read does right after submission;
+    # before the fix about one start in eight was reported dead on a busy machine.
+    misread = []
+    pids = []
+    try:
+        for i in range(40):
+            folder = tmp_path / f"p{i}"
+            folder.mkdir()
+            pids.append(spawn_detached(IDLE, folder, "log"))
+            if not process_alive(folder):
+                misread.append(i)
+    finally:
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert misread == []
+
+
+def test_a_reused_pid_or_another_folder_is_not_ours(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    pid = spawn_detached(IDLE, tmp_path / "a", "log")
+    try:
+        assert process_alive(tmp_path / "a")
+        assert not process_alive(tmp_path / "b")
+        # A record naming the same pid with another start time is a different process.
+        record = read_json(tmp_path / "a" / PROCESS_FILE)
+        write_json(tmp_path / "b" / PROCESS_FILE, {**record, "create_time": 1.0})
+        assert recorded_process(tmp_path / "b") is None
+        assert not process_alive(tmp_path / "b")
+    finally:
+        os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_start_its_caller_never_recorded_is_found_by_its_token(tmp_path):
+    # The caller died between starting the process and writing its pid: the record has
+    # only the token, and the process that carries it is adopted, even while it starts.
+    folder = tmp_path / "orphan"
+    folder.mkdir()
+    pid = spawn_detached(IDLE, folder, "log")
+    try:
+        record = read_json(folder / PROCESS_FILE)
+        write_json(folder / PROCESS_FILE, {**record, "pid": None, "create_time": None,
+                                           "spawned_at": 0.0})
+        assert [p.pid for p in find_processes(folder, IDLE, record["token"])] == [pid]
+        assert recorded_process(folder).pid == pid
+        assert read_json(folder / PROCESS_FILE)["pid"] == pid
+    finally:
+        os.killpg(pid, signal.SIGKILL)
