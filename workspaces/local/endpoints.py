@@ -133,6 +133,10 @@ class LocalEndpoints:
         if self._health(name, config, timeout_s=10.0) is not None:
             return
         stop_processes(directory, SERVER_MODULE)
+        # The old server's readiness files would report its deployments ready until the new
+        # server starts and removes them; a flow re-run then scored a model still loading.
+        for stale in directory.glob("deployment-*.json"):
+            stale.unlink(missing_ok=True)
 
         def reset(c: dict[str, Any]) -> None:
             c.setdefault("id", uuid.uuid4().hex)

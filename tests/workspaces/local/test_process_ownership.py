@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import MANAGED_TAGS, register_model, serve
+from tests.helpers import MANAGED_TAGS, chat_body, register_model, serve
 from tests.workspaces.local.test_jobs import spec_for
 from workspaces.local import jobs as local_jobs
 from workspaces.local.endpoints import SERVER_MODULE
@@ -174,15 +174,76 @@ def _raw_score(endpoint, key: str, content: bytes) -> httpx.Response:
     )
 
 
-def test_deep_json_is_a_400_and_429_says_when_to_retry(workspace, standin_mlflow_model):
-    """Defect 7: a 5000-deep body gave a 500 (RecursionError); a 429 had no Retry-After."""
+def test_an_orphan_whose_endpoint_was_made_again_never_accepts_its_new_keys(workspace):
+    """Defect 2: an orphan left by a delete that never saw it re-read the re-made endpoint's
+    folder and accepted its new keys. A server now exits once its endpoint is not its own."""
+    workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
+    assert _serving(workspace, "orphan-check").healthy
+    folder = workspace.root / "endpoints" / "orphan-check"
+    (orphan,) = _ours(folder)
+    old_port = read_json(folder / "endpoint.json")["port"]
+    # The folder goes away under a server nobody recorded (what a delete did to an orphan).
+    for record in ("process.json", "pid"):
+        (folder / record).unlink(missing_ok=True)
+    for child in folder.iterdir():
+        child.unlink()
+
+    workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
+    assert _serving(workspace, "orphan-check").healthy
+    new_key = workspace.get_endpoint_keys("orphan-check").primary.get_secret_value()
+    time.sleep(2)  # longer than the servers' 0.5 s re-read of the folder
+    body = b'{"input_data": {"input_string": [[{"role": "user", "content": "hi"}]]}}'
+    try:
+        answer = httpx.post(
+            f"http://127.0.0.1:{old_port}/score", content=body, timeout=10,
+            headers={"Authorization": f"Bearer {new_key}", "Content-Type": "application/json"},
+        )
+    except httpx.ConnectError:
+        answer = None
+    assert answer is None, f"the orphan answered the new key: {answer.status_code}"
+    assert not orphan.is_running()
+    assert len(_ours(folder)) == 1 and _unrecorded(workspace.root) == []
+
+
+def test_delete_all_from_the_shell_ends_a_server_no_record_knows(workspace):
+    """Defect 2: the orphan survived `make endpoints-delete` (`chatft endpoints delete --all`)."""
+    workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
+    assert _serving(workspace, "orphan-check").healthy
+    folder = workspace.root / "endpoints" / "orphan-check"
+    assert len(_ours(folder)) == 1
+    for record in ("process.json", "pid"):
+        (folder / record).unlink(missing_ok=True)
+    shell = subprocess.run(
+        [sys.executable, "-m", "workspaces.local.cli", "--state-dir", str(workspace.root),
+         "endpoints", "delete", "--all"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[3],
+    )
+    assert shell.returncode == 0, shell.stderr
+    assert "deleted orphan-check" in shell.stdout
+    assert _ours(workspace.root) == []
+
+
+def _raw_score(endpoint, key: str, content: bytes) -> httpx.Response:
+    return httpx.post(
+        endpoint.scoring_uri, content=content, timeout=60,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+
+
+def test_a_deeply_nested_body_is_a_400_saying_why(workspace, standin_mlflow_model):
+    """Defect 7: a 5000-deep body gave a 500 (an uncaught RecursionError)."""
     endpoint = serve(workspace, register_model(workspace, standin_mlflow_model), "edges")
     key = workspace.get_endpoint_keys("edges").primary.get_secret_value()
     deep = b'{"input_data": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     response = _raw_score(endpoint, key, deep)
     assert response.status_code == 400, response.text
-    assert "nested" in response.json()["error"]["message"]
+    assert "nested too deeply" in response.json()["error"]["message"]
 
+
+def test_a_429_says_when_to_retry(workspace, standin_mlflow_model):
+    """Defect 7: a 429 carried no Retry-After."""
+    endpoint = serve(workspace, register_model(workspace, standin_mlflow_model), "edges")
+    key = workspace.get_endpoint_keys("edges").primary.get_secret_value()
     # Slow answers let requests pile up past the limit (2 x 1 x 1 instance).
     workspace.endpoints.set_simulation("edges", "demo", {"delay_s": 3, "body": "{}"})
     time.sleep(1.5)  # the server re-reads endpoint.json every 0.5 s
@@ -198,7 +259,7 @@ def test_deep_json_is_a_400_and_429_says_when_to_retry(workspace, standin_mlflow
         thread.join()
     refused = [r for r in answers if r.status_code == 429]
     assert refused, [r.status_code for r in answers]
-    assert all(int(r.headers["Retry-After"]) >= 1 for r in refused)
+    assert all(int(r.headers.get("Retry-After", 0)) >= 1 for r in refused)
 
 
 @pytest.mark.slow
@@ -210,7 +271,6 @@ def test_next_flow_run_brings_a_dead_endpoint_server_back(
     from prefect import flow
 
     from tasks.endpoints import create_deployment, create_endpoint
-
 
     model = register_model(workspace, standin_mlflow_model)
     serve(workspace, model, "revive-me")
@@ -224,8 +284,6 @@ def test_next_flow_run_brings_a_dead_endpoint_server_back(
         create_deployment(workspace, "revive-me", "demo", model.id, "Local_CPU", 1, {}, 3)
 
     rerun()
-    from tests.helpers import chat_body
-
     answer = workspace.invoke("revive-me", chat_body(), timeout_s=60)
     assert answer.status_code == 200, answer.body
 
