@@ -18,8 +18,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
+
+from flows.parameters import WorkspaceBlock
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
@@ -38,7 +40,7 @@ def _command_model(request_cls: type[RequestT]) -> type[BaseSettings]:
             extra="forbid", case_sensitive=True, cli_hide_none_type=True, cli_avoid_json=True,
             cli_implicit_flags=True, cli_kebab_case=True,
         )
-        workspace_block: str | None = Field(None, description=WORKSPACE_BLOCK_HELP)
+        workspace_block: str = Field("", description=WORKSPACE_BLOCK_HELP)
 
     Command.__name__ = f"{request_cls.__name__}Command"
     return Command
@@ -46,7 +48,7 @@ def _command_model(request_cls: type[RequestT]) -> type[BaseSettings]:
 
 def parse_request(
     request_cls: type[RequestT], prog: str, argv: Sequence[str] | None = None
-) -> tuple[RequestT, str | None]:
+) -> tuple[RequestT, str]:
     """(request, workspace_block) from the command line; exits 2 with the field on bad input."""
     command = _command_model(request_cls)
     source = CliSettingsSource(
@@ -54,14 +56,25 @@ def parse_request(
         cli_parse_args=list(sys.argv[1:] if argv is None else argv),
     )
     values: dict[str, Any] = source()
-    workspace_block = values.pop("workspace_block", None)
+    workspace_block = values.pop("workspace_block", None) or ""
+    errors = []
     try:
-        return request_cls.model_validate(values), workspace_block
+        TypeAdapter(WorkspaceBlock).validate_python(workspace_block)
+    except ValidationError:
+        errors.append({"loc": ("workspace_block",), "msg": (
+            f"{workspace_block!r} is not a block slug; give <block-type>/<name> in lowercase "
+            "letters, digits and dashes (e.g. azure-ml-workspace/prod), or leave it empty "
+            "for the local workspace")})
+    try:
+        request = request_cls.model_validate(values)
     except ValidationError as exc:
-        lines = [
-            f"  --{'.'.join(str(p) for p in error['loc']).replace('_', '-')}: {error['msg']}"
-            for error in exc.errors()
-        ]
-        source.root_parser.print_usage(sys.stderr)
-        print(f"{prog}: error: invalid value(s):\n" + "\n".join(lines), file=sys.stderr)
-        raise SystemExit(2) from None
+        errors += exc.errors()
+    if not errors:
+        return request, workspace_block
+    lines = [
+        f"  --{'.'.join(str(p) for p in error['loc']).replace('_', '-')}: {error['msg']}"
+        for error in errors
+    ]
+    source.root_parser.print_usage(sys.stderr)
+    print(f"{prog}: error: invalid value(s):\n" + "\n".join(lines), file=sys.stderr)
+    raise SystemExit(2)

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from blocks import load_workspace
 from flows.cli import parse_request
-from flows.parameters import FinetuneRequest
+from flows.parameters import FinetuneRequest, WorkspaceBlock
 from tasks import reports
 from tasks.component_check import check_finetune_inputs, get_pipeline_interface
 from tasks.compute import ensure_compute
@@ -99,15 +99,16 @@ class FinetuneResult(BaseModel):
 )
 def finetune_and_deploy(
     request: FinetuneRequest = FinetuneRequest(),  # noqa: B008 - Prefect shows it as the form
-    workspace_block: str | None = None,
+    workspace_block: WorkspaceBlock = "",
 ) -> FinetuneResult:
     """MISSION steps 1-8 (9 optional) on the workspace named by ``workspace_block``.
 
     Args:
         request: what to fine-tune and how to deploy it; empty fields take the
             workspace's defaults.
-        workspace_block: a block slug (local-workspace/<name> or
-            azure-ml-workspace/<name>); empty = local workspace in ./.workspace.
+        workspace_block: where to run, as a Prefect block: local-workspace/<name> or
+            azure-ml-workspace/<name>. Leave empty for the embedded local workspace in
+            $CHATFT_STATE_DIR (default ./.workspace).
     """
     logger = get_run_logger()
     workspace = load_workspace(workspace_block)

@@ -26,6 +26,14 @@ EndpointName = Annotated[
     str, Field(min_length=3, max_length=32, pattern=ENDPOINT_NAME_PATTERN)
 ]
 
+# The flows' second parameter. A plain string whose empty value means the embedded local
+# workspace, so the run form draws one text box (an optional type draws a string/None
+# switch), and the server refuses a malformed slug before the run exists. Prefect block
+# type slugs and block names are lowercase letters, digits and dashes.
+WORKSPACE_BLOCK_PATTERN = r"^([a-z0-9-]+/[a-z0-9-]+)?$"
+# (Prefect takes the form's title and description from the flow's docstring.)
+WorkspaceBlock = Annotated[str, Field(pattern=WORKSPACE_BLOCK_PATTERN, max_length=200)]
+
 
 
 def _plain_optional_fields(schema: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ from pydantic import BaseModel
 
 from blocks import load_workspace
 from flows.cli import parse_request
-from flows.parameters import ScoringParameters, SmokeTestRequest
+from flows.parameters import ScoringParameters, SmokeTestRequest, WorkspaceBlock
 from tasks import reports
 from tasks.data import ensure_dataset
 from tasks.endpoints import sample_request
@@ -144,14 +144,15 @@ def emit_events(
 )
 def smoke_test_endpoints(
     request: SmokeTestRequest = SmokeTestRequest(),  # noqa: B008 - Prefect shows it as the form
-    workspace_block: str | None = None,
+    workspace_block: WorkspaceBlock = "",
 ) -> SmokeTestResult:
     """Probe the managed endpoints (or ``request.endpoint_names``) of the workspace.
 
     Args:
         request: which endpoints to probe and how; empty fields take the defaults.
-        workspace_block: a block slug (local-workspace/<name> or
-            azure-ml-workspace/<name>); empty = local workspace in ./.workspace.
+        workspace_block: where to run, as a Prefect block: local-workspace/<name> or
+            azure-ml-workspace/<name>. Leave empty for the embedded local workspace in
+            $CHATFT_STATE_DIR (default ./.workspace).
     """
     endpoint_names, seed, scoring = request.endpoint_names, request.seed, request.scoring
     requests_per_deployment = request.requests_per_deployment

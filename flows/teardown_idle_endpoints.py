@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from blocks import load_workspace
 from flows.cli import parse_request
-from flows.parameters import TeardownRequest
+from flows.parameters import TeardownRequest, WorkspaceBlock
 from tasks import reports
 from tasks.own_traffic import attribute_own_requests, count_own_requests_by_endpoint
 from tasks.teardown import (
@@ -317,7 +317,8 @@ def summary_text(result: TeardownResult, rules: TeardownRules, prices: PriceTabl
     return (
         ("DRY RUN, nothing deleted. " if rules.dry_run else "")
         + f"Teardown pass at {rules.now:%Y-%m-%d %H:%M} UTC: "
-        + ", ".join(f"{n} {o}" for o, n in counts.items() if n)
+        + (", ".join(f"{n} {o}" for o, n in counts.items() if n)
+           or "no managed endpoint in the workspace")
         + f". Rules: idle {rules.idle_hours:g} h, grace {rules.grace_minutes:g} min, "
         f"at most {rules.max_deletions} deletion(s) per run. Estimated saving "
         f"{known:.2f} USD/hour" + (f" (+{unknown} of unknown price)" if unknown else "")
@@ -339,14 +340,15 @@ def utc_now() -> datetime:
 )
 def teardown_idle_endpoints(
     request: TeardownRequest = TeardownRequest(),  # noqa: B008 - Prefect shows it as the form
-    workspace_block: str | None = None,
+    workspace_block: WorkspaceBlock = "",
 ) -> TeardownResult:
     """Delete idle managed endpoints and Failed deployments; report every decision.
 
     Args:
         request: the pass's rules (idle hours, grace period, cap, dry run).
-        workspace_block: block slug (local-workspace/<name> or
-            azure-ml-workspace/<name>); empty = local workspace in ./.workspace.
+        workspace_block: where to run, as a Prefect block: local-workspace/<name> or
+            azure-ml-workspace/<name>. Leave empty for the embedded local workspace in
+            $CHATFT_STATE_DIR (default ./.workspace).
     """
     logger = get_run_logger()
     dry_run = request.dry_run

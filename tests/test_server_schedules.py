@@ -168,6 +168,8 @@ BAD_PARAMETERS = [
     ("smoke-test-endpoints", {"endpoint_names": ["a-b-c"]}, "'endpoint_names' was unexpected"),
     ("teardown-idle-endpoints", {"request": {"idle_hours": -5}}, "request.idle_hours"),
     ("teardown-idle-endpoints", {"request": {"bogus": 1}}, "'bogus' was unexpected"),
+    ("teardown-idle-endpoints", {"workspace_block": "Azure ML/prod"}, "workspace_block"),
+    ("finetune-and-deploy", {"workspace_block": "no-slash"}, "workspace_block"),
     # the test-only clock is gone from the form
     ("teardown-idle-endpoints", {"now": "2030-01-01T00:00:00Z"}, "'now' was unexpected"),
 ]

@@ -58,7 +58,7 @@ def test_values_reach_the_request_nested_and_listed() -> None:
 
     smoke, block = parse_request(SmokeTestRequest, "prog",
                                  ["--endpoint-names", "ep-one", "--endpoint-names", "ep-two"])
-    assert smoke.endpoint_names == ["ep-one", "ep-two"] and block is None
+    assert smoke.endpoint_names == ["ep-one", "ep-two"] and block == ""
     teardown, _ = parse_request(TeardownRequest, "prog", ["--dry-run", "--idle-hours", "2"])
     assert teardown.dry_run and teardown.idle_hours == 2
 
@@ -67,7 +67,7 @@ def test_no_arguments_is_the_default_request(monkeypatch: pytest.MonkeyPatch) ->
     # `make demo` runs the module bare; environment variables never set a field
     monkeypatch.setenv("dataset", "from-the-environment")
     monkeypatch.setenv("DATASET", "from-the-environment")
-    assert parse_request(FinetuneRequest, "prog", []) == (FinetuneRequest(), None)
+    assert parse_request(FinetuneRequest, "prog", []) == (FinetuneRequest(), "")
 
 
 @pytest.mark.parametrize(("request_cls", "argv", "named"), [
@@ -77,6 +77,7 @@ def test_no_arguments_is_the_default_request(monkeypatch: pytest.MonkeyPatch) ->
     (SmokeTestRequest, ["--endpoint-names", "1abc"], "--endpoint-names"),
     (TeardownRequest, ["--idle-hours", "-5"], "--idle-hours"),
     (TeardownRequest, ["--now", "2030-01-01"], "--now"),
+    (SmokeTestRequest, ["--workspace-block", "Azure ML/prod"], "--workspace-block"),
 ])
 def test_bad_values_exit_2_naming_the_option(
     request_cls: type[BaseModel], argv: list[str], named: str,

@@ -305,3 +305,13 @@ def test_price_table_is_dated_and_unknown_sizes_say_so() -> None:
     two = prices.endpoint_cost(endpoint(("Standard_NC6s_v3", 2)))
     assert two == pytest.approx(2 * prices.endpoint_cost(endpoint(("Standard_NC6s_v3", 1))))
     assert format_usd(prices.endpoint_cost(endpoint(("Standard_Made_Up", 1)))) == "unknown"
+
+
+def test_a_pass_over_no_managed_endpoint_says_so(local: LocalWorkspace, run) -> None:
+    from tests.helpers import run_artifacts
+
+    state = run(local, return_state=True)
+    assert state.is_completed() and state.result().decisions == []
+    [artifact] = run_artifacts(state.state_details.flow_run_id, DECISIONS_ARTIFACT)
+    assert ": no managed endpoint in the workspace. Rules: idle" in artifact.description
+    assert json.loads(artifact.data)[0]["decision"] == "none"

@@ -19,7 +19,9 @@ Python literals.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import time
@@ -318,10 +320,18 @@ def convert_smollm2(target: Path, log: Callable[[str], None] = logger.info) -> P
 
         hf_logging.disable_progress_bar()  # this step logs its own progress
         log(f"{SMOLLM2_NAME}: loading and dequantizing {gguf.name} (about 15 s on 2 cores)")
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        dequantized = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
+        # transformers' GGUF reader draws a tqdm bar on stderr whatever its own progress
+        # setting says; in a run's log that is one garbled line of 272 redraws. Keep its
+        # stderr aside and pass on what is not the bar.
+        aside = io.StringIO()
+        with contextlib.redirect_stderr(aside):
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            dequantized = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
+        for line in aside.getvalue().replace("\r", "\n").splitlines():
+            if line.strip() and "GGUF tensors" not in line:
+                log(f"{SMOLLM2_NAME}: {line.strip()}")
         # The loaded model still counts as "gguf-quantized" and refuses save_pretrained; its
         # weights are plain float32 now, so move them into an ordinary model of the config.
         config = dequantized.config
