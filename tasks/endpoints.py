@@ -31,7 +31,14 @@ def create_endpoint(
     """Create the key-auth endpoint, or reuse it; wait until it is provisioned."""
     logger = get_run_logger()
     endpoint = workspace.get_endpoint(name)
-    if endpoint is not None and endpoint.provisioning_state not in ("Failed", "Canceled"):
+    if endpoint is not None and endpoint.healthy is False and endpoint.provisioning_state == (
+        "Succeeded"
+    ):
+        # Its serving process died (local only: Azure reports healthy=None): create-or-update
+        # brings the server back, as `chatft endpoints restart` does.
+        logger.warning("Endpoint %s does not answer; starting its server again", name)
+        workspace.begin_create_endpoint(name, description, tags)
+    elif endpoint is not None and endpoint.provisioning_state not in ("Failed", "Canceled"):
         logger.info("Reusing endpoint %s (%s)", name, endpoint.provisioning_state)
     else:
         workspace.begin_create_endpoint(name, description, tags)
