@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,14 @@ def create_endpoint(
     """Create the key-auth endpoint, or reuse it; wait until it is provisioned."""
     logger = get_run_logger()
     endpoint = workspace.get_endpoint(name)
-    if endpoint is not None and endpoint.provisioning_state not in ("Failed", "Canceled"):
+    if endpoint is not None and endpoint.healthy is False and endpoint.provisioning_state == (
+        "Succeeded"
+    ):
+        # Its serving process died (local only: Azure reports healthy=None): create-or-update
+        # brings the server back, as `chatft endpoints restart` does.
+        logger.warning("Endpoint %s does not answer; starting its server again", name)
+        workspace.begin_create_endpoint(name, description, tags)
+    elif endpoint is not None and endpoint.provisioning_state not in ("Failed", "Canceled"):
         logger.info("Reusing endpoint %s (%s)", name, endpoint.provisioning_state)
     else:
         workspace.begin_create_endpoint(name, description, tags)
@@ -168,8 +176,18 @@ def score_sample(
     """Write the request to ``request_file`` and send it to the deployment with the key."""
     get_run_logger().info("Sending the sample conversation to %s/%s and waiting for the reply",
                           endpoint_name, deployment_name)
-    Path(request_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(request_file).write_text(json.dumps(body, indent=2))
+    target = Path(request_file)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole, then renamed: a reader never sees half a body.
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(body, indent=2))
+        os.replace(partial, target)
+    except OSError as exc:
+        raise InvalidRequest(
+            f"cannot write the sample request to {target} ({exc.strerror or exc}); make "
+            f"{target.parent} writable"
+        ) from None
     response = workspace.invoke(
         endpoint_name, body, deployment_name=deployment_name, caller="finetune-and-deploy"
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import random
 import sys
 import threading
@@ -35,11 +36,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from workspaces.interface import CALLER_HEADER
-from workspaces.local.state import read_json, write_json
+from workspaces.local.state import TOKEN_ENV, process_token, read_json, write_json
 from workspaces.scoring import BadScoringBody, parse_body, reply_body
 
 MAX_BODY_BYTES = 1 << 20
 MAX_CONCURRENT_PER_INSTANCE = 1
+# What a 429 tells the caller to wait, in seconds (Azure sends Retry-After too).
+RETRY_AFTER_S = 1
 
 logger = logging.getLogger("endpoint_server")
 
@@ -112,6 +115,9 @@ class EndpointState:
         self.mtime = 0.0
         self.lock = threading.Lock()
         self.log_lock = threading.Lock()
+        # Who this server is: the endpoint it was started for and the token of its record.
+        self.token = os.environ.get(TOKEN_ENV)
+        self.endpoint_id = (read_json(endpoint_dir / "endpoint.json") or {}).get("id")
         # A restarted server loads every deployment again; old readiness no longer holds.
         for stale in endpoint_dir.glob("deployment-*.json"):
             stale.unlink()
@@ -145,10 +151,23 @@ class EndpointState:
                 status_file, {"state": "Failed", "error": f"{exc.__class__.__name__}: {exc}"}
             )
 
+    def still_owner(self) -> bool:
+        """False once the endpoint was deleted, made again, or another server recorded."""
+        config = read_json(self.dir / "endpoint.json")
+        if config is None or config.get("id") != self.endpoint_id:
+            return False
+        return self.token is None or process_token(self.dir) == self.token
+
     def watch(self) -> None:
         while True:
             time.sleep(0.5)
             try:
+                if not self.still_owner():
+                    # Never serve an endpoint that is no longer ours (its keys may be new).
+                    logger.warning(
+                        "endpoint %s is no longer served by this process; exiting", self.dir.name
+                    )
+                    os._exit(0)
                 self.refresh()
             except Exception:  # a half-edited file must not kill the watcher
                 logger.exception("could not refresh endpoint state")
@@ -200,7 +219,15 @@ def create_app(endpoint_dir: Path) -> FastAPI:
             )
             for name in state.config.get("deployments", {})
         }
-        return {"status": "Healthy", "endpoint": state.config.get("name"), "deployments": ready}
+        # Identity: the endpoint's id this server was started for and the token of its
+        # process record, so a client never takes another process on this port for it.
+        return {
+            "status": "Healthy",
+            "endpoint": state.config.get("name"),
+            "endpoint_id": state.endpoint_id,
+            "token": state.token,
+            "deployments": ready,
+        }
 
     @app.post("/score")
     async def score(request: Request) -> JSONResponse:
@@ -242,6 +269,14 @@ def create_app(endpoint_dir: Path) -> FastAPI:
             messages, parameters = parse_body(json.loads(raw or b"null"))
         except json.JSONDecodeError as exc:
             return finish(_error(400, "BadRequest", f"body is not valid JSON: {exc.msg}"))
+        except RecursionError:
+            return finish(
+                _error(
+                    400,
+                    "BadRequest",
+                    "body is nested too deeply to parse; a scoring body needs only a few levels",
+                )
+            )
         except BadScoringBody as exc:
             return finish(_error(400, "BadRequest", str(exc)))
         name = state.choose_deployment(request.headers.get("azureml-model-deployment"))
@@ -269,6 +304,7 @@ def create_app(endpoint_dir: Path) -> FastAPI:
                         429,
                         "TooManyRequests",
                         f"more than {limit} requests are waiting for deployment {name!r}",
+                        headers={"Retry-After": str(RETRY_AFTER_S)},
                     )
                 )
             state.pending[name] = state.pending.get(name, 0) + 1

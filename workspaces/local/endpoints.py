@@ -2,8 +2,10 @@
 
 An endpoint is a folder ``<state>/endpoints/<name>`` with ``endpoint.json`` (description,
 tags, port, deployments, traffic), ``keys.json`` (0600), ``requests.jsonl`` (the request
-log), ``server.log`` and a ``pid`` file. The server (:mod:`endpoint_server`) re-reads the
-JSON when it changes, so deployments and traffic take effect without a restart.
+log), ``server.log`` and ``process.json`` (the server process: pid, start time, identity
+token). The server (:mod:`endpoint_server`) re-reads the JSON when it changes, so
+deployments and traffic take effect without a restart; it exits once the folder names
+another endpoint or another server process.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,10 @@ from workspaces.interface import (
 from workspaces.local.state import (
     locked,
     process_alive,
+    process_token,
     read_json,
     spawn_detached,
-    stop_process,
+    stop_processes,
     write_json,
 )
 from workspaces.naming import check_endpoint_name
@@ -93,14 +97,8 @@ class LocalEndpoints:
             raise ResourceNotFound(f"endpoint {name!r} does not exist in the local workspace")
         return config
 
-    def _pid(self, name: str) -> int | None:
-        try:
-            return int((self._dir(name) / "pid").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-
     def _alive(self, name: str) -> bool:
-        return process_alive(self._pid(name), str(self._dir(name)))
+        return process_alive(self._dir(name))
 
     def _update(self, name: str, change) -> dict[str, Any]:
         with locked(self._dir(name) / ".lock"):
@@ -115,7 +113,10 @@ class LocalEndpoints:
         directory = self._dir(name)
         with locked(self.root / ".create.lock"):
             if self._config(name) is not None:
-                if not self._alive(name):
+                config = self._config(name) or {}
+                starting = config.get("provisioning_state") == "Creating" and self._alive(name)
+                if not starting and self._health(name, config) is None:
+                    # A dead (or not our) server is brought back, as `restart` does.
                     self.start_server(name)
                 return
             directory.mkdir(parents=True, exist_ok=True)
@@ -128,6 +129,7 @@ class LocalEndpoints:
                 directory / "endpoint.json",
                 {
                     "name": name,
+                    "id": uuid.uuid4().hex,
                     "description": description,
                     "tags": tags,
                     "auth_mode": "key",
@@ -141,32 +143,60 @@ class LocalEndpoints:
             self.start_server(name)
 
     def start_server(self, name: str) -> None:
-        """Start (or restart, after a reboot) the endpoint's server process."""
+        """Start the endpoint's server, or restart it when it is dead or not ours.
+
+        Every process of this endpoint, recorded or not, is ended first; deployments load
+        again, so their state goes back to Creating until the new server has them.
+        """
         directory = self._dir(name)
-        self._require(name)
-        if self._alive(name):
+        config = self._require(name)
+        # A long wait: a busy server that is ours must not be taken for a dead one.
+        if self._health(name, config, timeout_s=10.0) is not None:
             return
+        stop_processes(directory, SERVER_MODULE)
+        # The old server's readiness files would report its deployments ready until the new
+        # server starts and removes them; a flow re-run then scored a model still loading.
+        for stale in directory.glob("deployment-*.json"):
+            stale.unlink(missing_ok=True)
+
+        def reset(c: dict[str, Any]) -> None:
+            c.setdefault("id", uuid.uuid4().hex)
+            c.update(provisioning_state="Creating", created_at=time.time())
+            for deployment in c.get("deployments", {}).values():
+                deployment.update(provisioning_state="Creating", created_at=time.time(),
+                                  error=None)
+
+        self._update(name, reset)
         spawn_detached(
             SERVER_MODULE, directory, "server.log",
             HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
         )
 
-    def _health(self, config: dict[str, Any]) -> dict[str, Any] | None:
+    def _health(
+        self, name: str, config: dict[str, Any], timeout_s: float = 2.0
+    ) -> dict[str, Any] | None:
+        """The health answer when it proves the server is this endpoint's recorded one."""
+        if not config.get("port"):
+            return None
         try:
             response = http_client().get(f"http://127.0.0.1:{config['port']}/health",
-                                         timeout=2.0)
-            if response.status_code == 200:
-                return response.json()
-        except httpx.HTTPError:
+                                         timeout=timeout_s)
+            answer = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
             return None
-        return None
+        if not isinstance(answer, dict):
+            return None
+        token = process_token(self._dir(name))
+        if answer.get("endpoint_id") != config.get("id") or answer.get("token") != token:
+            return None
+        return answer
 
     def get(self, name: str) -> Endpoint | None:
         config = self._config(name)
         if config is None:
             return None
         alive = self._alive(name)
-        health = self._health(config) if alive else None
+        health = self._health(name, config) if alive else None
         state = config.get("provisioning_state", "Unknown")
         if state == "Creating":
             if health is not None:
@@ -199,14 +229,15 @@ class LocalEndpoints:
         return [e for e in found if e is not None]
 
     def begin_delete(self, name: str) -> None:
+        """Delete the endpoint after ending every server process of it, recorded or not."""
         self._require(name)
-        stop_process(self._pid(name), str(self._dir(name)))
+        stop_processes(self._dir(name), SERVER_MODULE)
         shutil.rmtree(self._dir(name), ignore_errors=True)
 
     def stop(self, name: str) -> bool:
-        """Stop the server but keep the endpoint (a restart serves it again)."""
+        """Stop every server of the endpoint but keep it (a restart serves it again)."""
         self._require(name)
-        return stop_process(self._pid(name), str(self._dir(name)))
+        return stop_processes(self._dir(name), SERVER_MODULE) > 0
 
     # -- deployments -------------------------------------------------------------------
     def _deployment(

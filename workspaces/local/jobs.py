@@ -16,11 +16,12 @@ from workspaces.errors import InvalidRequest
 from workspaces.interface import TAG_REQUEST, TERMINAL_JOB_STATUSES, FinetuneJob, FinetuneJobSpec
 from workspaces.local.finetune_job import CANCEL_FILE, InvalidParameter, training_settings
 from workspaces.local.state import (
+    PROCESS_FILE,
     locked,
     process_alive,
     read_json,
     spawn_detached,
-    stop_process,
+    stop_processes,
     write_json,
 )
 
@@ -44,6 +45,9 @@ class LocalJobs:
         job_dir = self.job_dir(spec.name)
         with locked(self.root / ".submit.lock"):
             if (job_dir / "spec.json").exists():
+                if not (job_dir / PROCESS_FILE).exists():
+                    # The submitter died after writing the job and before starting it.
+                    self._start(job_dir, weights)
                 existing = self.get(spec.name)
                 assert existing is not None
                 return existing
@@ -69,14 +73,17 @@ class LocalJobs:
             )
             write_json(job_dir / "spec.json", record)
             write_json(job_dir / "status.json", {"status": "Queued", "updated_at": time.time()})
-            # Catalog models made on this machine need no hub; a hub model id does.
-            offline = {"HF_HUB_OFFLINE": "1"} if Path(weights).is_dir() else {}
-            # The pid goes to a file of its own: status.json belongs to the job process.
-            spawn_detached(JOB_MODULE, job_dir, "job.log", TOKENIZERS_PARALLELISM="false",
-                           **offline)
+            self._start(job_dir, weights)
         result = self.get(spec.name)
         assert result is not None
         return result
+
+    def _start(self, job_dir: Path, weights: str) -> None:
+        # Catalog models made on this machine need no hub; a hub model id does.
+        offline = {"HF_HUB_OFFLINE": "1"} if Path(weights).is_dir() else {}
+        # The process record is its own file: status.json belongs to the job process.
+        spawn_detached(JOB_MODULE, job_dir, "job.log", TOKENIZERS_PARALLELISM="false",
+                       **offline)
 
     def get(self, name: str) -> FinetuneJob | None:
         job_dir = self.job_dir(name)
@@ -86,12 +93,17 @@ class LocalJobs:
         status = read_json(job_dir / "status.json") or {}
         state = status.get("status", "Unknown")
         error = status.get("error")
-        pid = self._pid(name)
-        just_submitted = pid is None and time.time() - spec["submitted_at"] < 30
+        # Not started yet (its submitter died before starting it): a re-submit starts it.
+        not_started = (
+            read_json(job_dir / PROCESS_FILE) is None
+            and time.time() - spec["submitted_at"] < 30
+        )
+        # The record names the process by pid and start time: a process still starting
+        # counts as running (no /proc command line is read, so nothing to race).
         if (
             state not in TERMINAL_JOB_STATUSES
-            and not just_submitted
-            and not process_alive(pid, str(job_dir))
+            and not not_started
+            and not process_alive(job_dir)
         ):
             # Re-read: the process may have finished between the two reads.
             status = read_json(job_dir / "status.json") or {}
@@ -131,12 +143,6 @@ class LocalJobs:
         return sorted(jobs, key=lambda j: j.created_at or datetime.min.replace(tzinfo=UTC),
                       reverse=True)
 
-    def _pid(self, name: str) -> int | None:
-        try:
-            return int((self.job_dir(name) / "pid").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-
     def cancel(self, name: str, wait_s: float = 30.0) -> None:
         """Ask the job to stop at its next step; force it after ``wait_s`` seconds."""
         job_dir = self.job_dir(name)
@@ -147,7 +153,7 @@ class LocalJobs:
             if job is None or job.is_terminal:
                 return
             time.sleep(0.3)
-        stop_process(self._pid(name), str(job_dir), timeout_s=10)
+        stop_processes(job_dir, JOB_MODULE, timeout_s=10)
         status = self.status_record(name)
         if status.get("status") not in TERMINAL_JOB_STATUSES:
             status.update(status="Canceled", error="canceled on request (forced)",

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -47,56 +48,163 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-# How long a just-started process is given to show its own command line.
+# A detached process's record, ``process.json``: written before the process exists (with
+# an identity token the process gets in its environment), completed with its pid and start
+# time right after. It is the one liveness and identity check of every job and server.
+PROCESS_FILE = "process.json"
+TOKEN_ENV = "CHATFT_PROCESS_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+# Tests hold a caller here (after the process exists, before its pid is recorded) to kill it.
+HOLD_ENV = "CHATFT_HOLD_AFTER_SPAWN"
+# How long a just-started process is given to show its own command line and environment:
+# Popen returns once exec has closed the parent's pipe, but /proc may still show the
+# parent's (or an empty) command line a moment later. A running job was once declared
+# dead this way, so a young process is read again until it is old enough to judge.
 STARTING_GRACE_S = 5.0
+# A record without a pid counts as a process still starting for this long.
+RECORDING_GRACE_S = 30.0
+# Start times are read as boot time + ticks; boot time moves when the clock is stepped.
+# A pid reused within a second of the recorded start cannot happen (pid_max forks in 1 s).
+START_TIME_TOLERANCE_S = 1.0
 
 
-def process_alive(pid: int | None, marker: str) -> bool:
-    """True when ``pid`` runs and its command line holds ``marker``.
-
-    The marker guards against a reused pid after a reboot being taken for our process.
-    """
-    if not pid:
-        return False
-    deadline = time.monotonic() + STARTING_GRACE_S
+def _cmdline(proc: psutil.Process) -> list[str] | None:
+    """The command line of a live process, or None when it is gone, a zombie or not ours."""
     try:
-        proc = psutil.Process(pid)
-        while True:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return False
-            cmdline = proc.cmdline()
-            if marker in " ".join(cmdline):
-                return True
-            # Popen returns once exec has closed the parent's pipe, but the kernel sets the
-            # new command line a moment later: a process a few seconds old may still show
-            # an empty (or its parent's) command line. A running job was once declared dead
-            # this way; so a young process is read again until it is old enough to judge.
-            young = time.time() - proc.create_time() < STARTING_GRACE_S
-            if not young or time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _carries(proc: psutil.Process, token: str) -> bool:
+    try:
+        return proc.environ().get(TOKEN_ENV) == token
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
 
-def stop_process(pid: int | None, marker: str, timeout_s: float = 10.0) -> bool:
-    """Terminate our process (SIGTERM, then SIGKILL); True when something was stopped."""
-    if not process_alive(pid, marker):
+def _still_starting(proc: psutil.Process, cmdline: list[str]) -> bool:
+    """A young process that shows no command line of its own yet (empty, or its parent's)."""
+    try:
+        if time.time() - proc.create_time() >= STARTING_GRACE_S:
+            return False
+        if not cmdline:
+            return True
+        parent = proc.parent()
+        return parent is not None and parent.cmdline() == cmdline
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    assert pid is not None
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    try:
-        psutil.Process(pid).wait(timeout=timeout_s)
-    except psutil.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    except psutil.NoSuchProcess:
-        pass
-    return True
+
+
+def find_processes(folder: Path, module: str, token: str | None = None) -> list[psutil.Process]:
+    """Every live process of ``module`` started for ``folder``, recorded or not.
+
+    A process is ours when its command line is ``python -m module folder`` or it carries
+    ``token``; one still starting is read again until it shows which it is.
+    """
+    folder = folder.resolve()
+    found: dict[int, psutil.Process] = {}
+    unread = [p for p in psutil.process_iter() if p.pid != os.getpid()]
+    deadline = time.monotonic() + STARTING_GRACE_S
+    while unread:
+        starting = []
+        for proc in unread:
+            cmdline = _cmdline(proc)
+            if cmdline is None:
+                continue
+            if (module in cmdline and str(folder) in cmdline) or (
+                token is not None and _carries(proc, token)
+            ):
+                found[proc.pid] = proc
+            elif _still_starting(proc, cmdline):
+                starting.append(proc)
+        if not starting or time.monotonic() > deadline:
+            break
+        unread = starting
+        time.sleep(0.05)
+    return list(found.values())
+
+
+def recorded_process(folder: Path) -> psutil.Process | None:
+    """The live process the record in ``folder`` names, or None: the liveness check.
+
+    A recorded process is matched by pid and start time, fixed at fork: no /proc command
+    line is read, so a process still starting cannot be misread, and a reused pid never
+    matches. A record without a pid (its caller died right after starting it) is completed
+    from the process that carries the record's token.
+    """
+    record = read_json(folder / PROCESS_FILE)
+    if record is None:
+        return None
+    pid = record.get("pid")
+    if pid:
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - record["create_time"]) > START_TIME_TOLERANCE_S:
+                return None
+            return None if proc.status() == psutil.STATUS_ZOMBIE else proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+    carriers = []
+    for proc in find_processes(folder, record["module"], record["token"]):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if _carries(proc, record["token"]):
+                carriers.append((proc.create_time(), proc))
+    if not carriers:
+        return None
+    # Its own children inherit the token; the process we started is the oldest of them.
+    create_time, proc = min(carriers, key=lambda c: c[0])
+    with locked(folder / ".process.lock"):
+        current = read_json(folder / PROCESS_FILE) or {}
+        if current.get("token") == record["token"] and not current.get("pid"):
+            write_json(folder / PROCESS_FILE, {**current, "pid": proc.pid,
+                                                "create_time": create_time})
+    return proc
+
+
+def process_alive(folder: Path) -> bool:
+    """Whether the process recorded for ``folder`` runs, counting one still being recorded."""
+    if recorded_process(folder) is not None:
+        return True
+    record = read_json(folder / PROCESS_FILE) or {}
+    return (
+        bool(record)
+        and not record.get("pid")
+        and time.time() - record["spawned_at"] < RECORDING_GRACE_S
+    )
+
+
+def process_token(folder: Path) -> str | None:
+    """The identity token of the process recorded for ``folder``."""
+    return (read_json(folder / PROCESS_FILE) or {}).get("token")
+
+
+def _terminate(procs: list[psutil.Process], timeout_s: float) -> None:
+    for proc in procs:
+        # Each detached process leads its own session: end its children with it.
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for proc in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def stop_processes(folder: Path, module: str, timeout_s: float = 10.0) -> int:
+    """End every process of ``module`` for ``folder`` (SIGTERM, then SIGKILL); how many."""
+    procs = {p.pid: p for p in find_processes(folder, module, process_token(folder))}
+    recorded = recorded_process(folder)
+    if recorded is not None:
+        procs[recorded.pid] = recorded
+    _terminate(list(procs.values()), timeout_s)
+    return len(procs)
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -105,8 +213,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def spawn_detached(module: str, folder: Path, log_name: str, **env: str) -> int:
     """Run ``python -m module folder`` in its own session, so it outlives its caller.
 
-    Output goes to ``folder/log_name``; the pid is written to ``folder/pid`` and returned.
+    The record (``folder/process.json``, with a fresh identity token the process gets in
+    ``$CHATFT_PROCESS_TOKEN``) is written before the process starts, so a caller killed at
+    any point leaves a record that finds it. Output goes to ``folder/log_name``.
     """
+    folder = folder.resolve()
+    record: dict[str, Any] = {
+        "module": module, "token": secrets.token_hex(16), "pid": None, "spawned_at": time.time(),
+    }
+    write_json(folder / PROCESS_FILE, record)
     with open(folder / log_name, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", module, str(folder)],
@@ -114,10 +229,19 @@ def spawn_detached(module: str, folder: Path, log_name: str, **env: str) -> int:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env=child_env(**env),
+            env=child_env(**{TOKEN_ENV: record["token"], **env}),
             cwd=folder,
         )
-    (folder / "pid").write_text(str(process.pid))
+    hold = os.environ.get(HOLD_ENV)
+    if hold and hold == module:
+        (folder / ".held").touch()
+        time.sleep(3600)
+    try:
+        create_time = psutil.Process(process.pid).create_time()
+    except psutil.NoSuchProcess:
+        create_time = 0.0
+    record.update(pid=process.pid, create_time=create_time)
+    write_json(folder / PROCESS_FILE, record)
     return process.pid
 
 

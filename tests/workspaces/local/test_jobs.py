@@ -3,13 +3,13 @@
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 from workspaces.errors import InvalidRequest
 from workspaces.interface import FinetuneJobSpec
 from workspaces.local.catalog import get_foundation_model
+from workspaces.local.state import read_json
 from workspaces.ultrachat import prepare_dataset
 
 
@@ -74,7 +74,7 @@ def test_cancel_and_killed_jobs_end_with_a_status(workspace):
 
     workspace.submit_finetune_job(spec_for(workspace, "job-killed", **long))
     wait(workspace, "job-killed", lambda j: j.current_step == "finetune")
-    pid = int(Path(workspace.root / "jobs" / "job-killed" / "pid").read_text())
+    pid = read_json(workspace.root / "jobs" / "job-killed" / "process.json")["pid"]
     os.killpg(pid, signal.SIGKILL)
     job = wait(workspace, "job-killed", lambda j: j.is_terminal)
     assert job.status == "Failed"

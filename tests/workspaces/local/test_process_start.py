@@ -1,11 +1,20 @@
-"""A process we just started is alive to the liveness check, never taken for a dead one."""
+"""A process we just started is alive to the liveness check, never taken for a dead one;
+a process the record does not name (a reused pid) is never taken for ours."""
 
 from __future__ import annotations
 
 import os
 import signal
 
-from workspaces.local.state import process_alive, spawn_detached
+from workspaces.local.state import (
+    PROCESS_FILE,
+    find_processes,
+    process_alive,
+    read_json,
+    recorded_process,
+    spawn_detached,
+    write_json,
+)
 
 IDLE = "tests.workspaces.local.idle_process"
 
@@ -19,9 +28,8 @@ def test_every_fresh_start_is_seen_alive(tmp_path):
         for i in range(40):
             folder = tmp_path / f"p{i}"
             folder.mkdir()
-            pid = spawn_detached(IDLE, folder, "log")
-            pids.append(pid)
-            if not process_alive(pid, str(folder)):
+            pids.append(spawn_detached(IDLE, folder, "log"))
+            if not process_alive(folder):
                 misread.append(i)
     finally:
         for pid in pids:
@@ -32,11 +40,34 @@ def test_every_fresh_start_is_seen_alive(tmp_path):
     assert misread == []
 
 
-def test_a_process_of_another_folder_is_not_ours(tmp_path):
+def test_a_reused_pid_or_another_folder_is_not_ours(tmp_path):
     (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     pid = spawn_detached(IDLE, tmp_path / "a", "log")
     try:
-        assert process_alive(pid, str(tmp_path / "a"))
-        assert not process_alive(pid, str(tmp_path / "b"))
+        assert process_alive(tmp_path / "a")
+        assert not process_alive(tmp_path / "b")
+        # A record naming the same pid with another start time is a different process.
+        record = read_json(tmp_path / "a" / PROCESS_FILE)
+        write_json(tmp_path / "b" / PROCESS_FILE, {**record, "create_time": 1.0})
+        assert recorded_process(tmp_path / "b") is None
+        assert not process_alive(tmp_path / "b")
+    finally:
+        os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_start_its_caller_never_recorded_is_found_by_its_token(tmp_path):
+    # The caller died between starting the process and writing its pid: the record has
+    # only the token, and the process that carries it is adopted, even while it starts.
+    folder = tmp_path / "orphan"
+    folder.mkdir()
+    pid = spawn_detached(IDLE, folder, "log")
+    try:
+        record = read_json(folder / PROCESS_FILE)
+        write_json(folder / PROCESS_FILE, {**record, "pid": None, "create_time": None,
+                                           "spawned_at": 0.0})
+        assert [p.pid for p in find_processes(folder, IDLE, record["token"])] == [pid]
+        assert recorded_process(folder).pid == pid
+        assert read_json(folder / PROCESS_FILE)["pid"] == pid
     finally:
         os.killpg(pid, signal.SIGKILL)
