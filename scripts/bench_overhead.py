@@ -25,6 +25,7 @@ Run it:
     python scripts/bench_overhead.py                  # all of it (trains the stand-in twice
                                                       # per setup: minutes)
     python scripts/bench_overhead.py --skip-flow      # per-task figures and profile only
+    python scripts/bench_overhead.py --skip-tasks     # the finetune comparison only
 """
 
 from __future__ import annotations
@@ -211,6 +212,8 @@ def main() -> None:
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--skip-flow", action="store_true",
                         help="leave out the finetune_and_deploy comparison (it trains)")
+    parser.add_argument("--skip-tasks", action="store_true",
+                        help="leave out the per-task figures and the profile")
     parser.add_argument("--calls", type=int, default=TASK_CALLS)
     args = parser.parse_args()
     if args.child:
@@ -234,11 +237,12 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, root: Path, server: Any) -> None:
-    print(f"\n1. per-task overhead: median of {args.calls} calls of a do-nothing task")
-    print(f"   {'setup':10s} {'settings':24s} {'plain':>8s} {'cached':>8s} "
-          f"{'first flow of the process':>26s}")
     profile: list[str] = []
-    for setup in ("running", "temporary"):
+    if not args.skip_tasks:
+        print(f"\n1. per-task overhead: median of {args.calls} calls of a do-nothing task")
+        print(f"   {'setup':10s} {'settings':24s} {'plain':>8s} {'cached':>8s} "
+              f"{'first flow of the process':>26s}")
+    for setup in ("running", "temporary") if not args.skip_tasks else ():
         for label, extra in VARIANTS.items():
             home = root / f"home-{setup}-{len(profile)}-{label.replace(' ', '-')}"
             with_profile = setup == "running" and label == "defaults"
@@ -275,7 +279,8 @@ def measure(args: argparse.Namespace, root: Path, server: Any) -> None:
                       f"{seconds - direct:5.1f} s ({(seconds - direct) / seconds * 100:4.1f} % "
                       f"of the run)", flush=True)
 
-    print("\n3. cProfile of the per-task flow, running server, flow thread:")
+    if profile:
+        print("\n3. cProfile of the per-task flow, running server, flow thread:")
     for line in profile:
         print("   " + line)
 
