@@ -44,7 +44,13 @@ def load_workspace(block: str | None) -> Workspace:
     if not block:
         from workspaces.local import LocalWorkspace
 
-        return LocalWorkspace(os.environ.get(STATE_DIR_ENV, ".workspace"))
+        if os.environ.get(STATE_DIR_ENV):
+            return LocalWorkspace(os.environ[STATE_DIR_ENV], chosen_by=f"${STATE_DIR_ENV}")
+        return LocalWorkspace(
+            ".workspace",
+            chosen_by=f"the default ./.workspace (no workspace_block, ${STATE_DIR_ENV} unset): "
+            f"set {STATE_DIR_ENV} or name a local-workspace block to choose another",
+        )
     if "/" not in block:
         raise ValueError(
             f"workspace_block {block!r} must be a block slug '<block-type>/<name>', "

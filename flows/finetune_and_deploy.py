@@ -52,7 +52,10 @@ from tasks.registry import register_model
 from workspaces.compute_rules import check_inference_size
 from workspaces.errors import InvalidRequest
 from workspaces.interface import (
+    LINEAGE_TAGS,
     MANAGED_BY_VALUE,
+    SPLIT_SHA256_TAGS,
+    TAG_DATASET,
     TAG_FLOW_RUN,
     TAG_MANAGED_BY,
     TAG_MODEL,
@@ -90,6 +93,7 @@ class FinetuneResult(BaseModel):
     reply: str
     tuning_summary: str = ""
     endpoint_deleted: bool = False
+    sample_request_file: str = ""
 
 
 @flow(
@@ -172,7 +176,7 @@ def finetune_and_deploy(
     compute, gpus = ensure_compute(
         workspace,
         request.compute_cluster or workspace.default_compute_name,
-        request.compute_size or workspace.default_compute_size,
+        request.compute_size,  # empty: the existing cluster's size, else the default
         request.compute_max_instances,
         model,
         request.num_nodes_finetune,
@@ -202,6 +206,11 @@ def finetune_and_deploy(
             TAG_SUFFIX: suffix,
             TAG_MODEL: model.name,
             TAG_MODEL_VERSION: model.version,
+            # the data this job is given, kept on the job for the model's lineage
+            TAG_DATASET: source,
+            "dataset-split-pc": f"{request.dataset_split_pc:g}",
+            **{tag: prepared.sha256[split] for split, tag in SPLIT_SHA256_TAGS.items()
+               if split in prepared.sha256},
         },
     )
     job = submit_finetune_job(workspace, spec, request_id, request.resubmit_failed_job)
@@ -214,7 +223,15 @@ def finetune_and_deploy(
     metrics = get_job_metrics(workspace, job.name)
     tuning = reports.report_metrics(job, metrics)
 
-    # 6. register
+    # 6. register. Lineage comes from the job's record of its data (a reused job may have
+    # been given other content than the data prepared by this run), never from the request.
+    lineage = {tag: job.tags[tag] for tag in LINEAGE_TAGS if tag in job.tags}
+    if lineage.get("train-sha256", prepared.sha256["train_sft"]) != prepared.sha256["train_sft"]:
+        logger.warning(
+            "Job %s trained on other data than this run prepared (train_sft sha256 %s, now "
+            "%s); the model's lineage names what the job trained on",
+            job.name, lineage["train-sha256"][:12], prepared.sha256["train_sft"][:12],
+        )
     registered_name = registered_model_name(model.name)
     registered = register_model(
         workspace,
@@ -227,8 +244,7 @@ def finetune_and_deploy(
             TAG_FLOW_RUN: this_run,
             TAG_REQUEST: request_id,
             "base-model": model.id,
-            "dataset": source,
-            "train-sha256": prepared.sha256["train_sft"],
+            **lineage,
         },
     )
     reports.report_model(registered)
@@ -279,12 +295,12 @@ def finetune_and_deploy(
     body = sample_request(
         prepared.files["test_gen"], request.scoring.model_dump(), seed=int(suffix)
     )
+    # The body belongs to this request (its seed, its scoring settings): it is kept in a
+    # folder of the request's own, never in a folder other requests write to, and never in
+    # the content-named data folder, whose identity is its data.
+    sample_file = Path(data_root) / "requests" / request_id / "sample_score.json"
     response = score_sample(
-        workspace,
-        endpoint_name,
-        request.deployment_name,
-        body,
-        str(Path(request.download_dir) / "sample_score.json"),
+        workspace, endpoint_name, request.deployment_name, body, str(sample_file)
     )
     try:
         reply = reply_text(response)
@@ -322,6 +338,7 @@ def finetune_and_deploy(
         reply=reply,
         tuning_summary=tuning,
         endpoint_deleted=deleted,
+        sample_request_file=str(sample_file),
     )
     logger.info(
         "Done: job %s (%s), model %s:%s (%s), endpoint %s (%s)",
@@ -350,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Scoring URI: {result.scoring_uri}")
     print(f"Model:       {result.model_name} version {result.model_version}")
     print(f"Reply:       {result.reply!r}")
+    print(f"Sample body: {result.sample_request_file}")
     if not result.endpoint_deleted and result.workspace.startswith("local:"):
         print(
             "The endpoint keeps serving. Stop and delete local endpoints with: "

@@ -203,7 +203,8 @@ class FinetuneRequest(FormModel):
     )
     download_dir: str = Field(
         "ultrachat_200k_dataset", min_length=1, title="Data folder",
-        description="Where the prepared data is written",
+        description="Where an Azure run prepares the data (a folder per content, and this "
+        "request's sample body under requests/); the local workspace keeps both in its state",
     )
     compute_cluster: str | None = Field(
         None, title="Training cluster",
@@ -211,7 +212,10 @@ class FinetuneRequest(FormModel):
     )
     compute_size: str | None = Field(
         None, title="Training machine size",
-        description="VM size of the cluster; empty = the workspace's default",
+        description="VM size of the cluster; empty = the existing cluster's size, or the "
+        "workspace's default for a new cluster. A cluster's size cannot change: a size other "
+        "than the existing cluster's is refused before anything is created (name a new "
+        "compute_cluster, or delete the cluster)",
     )
     compute_max_instances: int = Field(2, ge=1, le=100, title="Cluster size (machines, at most)")
     num_nodes_finetune: int = Field(1, ge=1, le=64, title="Machines used for training")

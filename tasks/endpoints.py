@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -175,8 +176,18 @@ def score_sample(
     """Write the request to ``request_file`` and send it to the deployment with the key."""
     get_run_logger().info("Sending the sample conversation to %s/%s and waiting for the reply",
                           endpoint_name, deployment_name)
-    Path(request_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(request_file).write_text(json.dumps(body, indent=2))
+    target = Path(request_file)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole, then renamed: a reader never sees half a body.
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(body, indent=2))
+        os.replace(partial, target)
+    except OSError as exc:
+        raise InvalidRequest(
+            f"cannot write the sample request to {target} ({exc.strerror or exc}); make "
+            f"{target.parent} writable"
+        ) from None
     response = workspace.invoke(
         endpoint_name, body, deployment_name=deployment_name, caller="finetune-and-deploy"
     )

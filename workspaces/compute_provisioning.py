@@ -1,11 +1,14 @@
 """Reuse or create the fine-tune cluster (MISSION step 3), on any workspace.
 
-Reuse the compute when it exists; otherwise create it with tier ``Dedicated`` and, if Azure
-refuses, with ``LowPriority``; if both are refused the size is not available here.
+Reuse the compute when it exists (a ``size`` other than its own is refused:
+:func:`workspaces.compute_rules.check_existing_cluster_size`); otherwise create it with
+tier ``Dedicated`` and, if Azure refuses, with ``LowPriority``; if both are refused the
+size is not available here.
 """
 
 from __future__ import annotations
 
+from workspaces.compute_rules import check_existing_cluster_size
 from workspaces.errors import InvalidRequest, QuotaExceeded
 from workspaces.interface import ComputeTarget, Workspace
 
@@ -18,8 +21,12 @@ def ensure_compute(
     size: str,
     max_instances: int = 1,
     tiers: tuple[str, ...] | list[str] = TIERS,
+    size_asked: bool = True,
 ) -> ComputeTarget:
     """The existing compute ``name``, or a new one of ``size``; raises with the fix if neither.
+
+    ``size_asked`` False means ``size`` is only the default for a new cluster (the request
+    left compute_size empty), so an existing cluster of any size is taken.
 
     ``tiers`` are the tiers to try, in order (the quota check leaves out those without
     room). Transient and authentication errors propagate at once: only a refusal of the
@@ -27,6 +34,7 @@ def ensure_compute(
     """
     existing = workspace.get_compute(name)
     if existing is not None:
+        check_existing_cluster_size(existing, size if size_asked else None)
         return existing
     refusals: list[str] = []
     for tier in tiers:

@@ -11,6 +11,25 @@ UNSUPPORTED_FINETUNE_SIZES = frozenset(
 )
 
 
+def check_existing_cluster_size(existing: ComputeTarget | None, asked_size: str | None) -> None:
+    """The rule for ``compute_size`` when the cluster already exists.
+
+    A cluster's size cannot change, so a size the request names that differs from the
+    existing cluster's is refused (before anything is created), never silently replaced by
+    the cluster's; an empty ``compute_size`` takes the existing cluster as it is. Sizes are
+    compared without case, as Azure does.
+    """
+    if existing is None or not asked_size or asked_size.lower() == existing.size.lower():
+        return
+    raise InvalidRequest(
+        f"compute_size: {asked_size} was asked, but cluster {existing.name!r} already exists "
+        f"with size {existing.size}, and a cluster's size cannot change. To train on "
+        f"{asked_size}, set compute_cluster to a new name (a cluster of that size is created) "
+        f"or delete cluster {existing.name!r}; to use the existing cluster, leave compute_size "
+        f"empty or set it to {existing.size}"
+    )
+
+
 def check_finetune_compute(
     compute: ComputeTarget,
     allowed_sizes: list[str] | None,

@@ -53,6 +53,13 @@ TAG_MODEL = "chatft-model"
 TAG_MODEL_VERSION = "chatft-model-version"
 TAG_PROTECTED = "chatft-protected"
 TAG_NO_SMOKE_TEST = "chatft-no-smoke-test"
+# Lineage: the job carries these from its submission (what it was given to train on), and
+# the registered model copies them from the job, never from a later request.
+TAG_DATASET = "dataset"
+SPLIT_SHA256_TAGS = {
+    "train_sft": "train-sha256", "test_sft": "test-sha256", "test_gen": "test-gen-sha256"
+}
+LINEAGE_TAGS = (TAG_DATASET, "dataset-split-pc", *SPLIT_SHA256_TAGS.values())
 
 # Header the project's own scoring requests carry, so activity can tell them from real use.
 CALLER_HEADER = "x-chatft-caller"

@@ -20,6 +20,9 @@ MODEL_SPECIFIC_DEFAULTS = "model_specific_defaults"
 RETIREMENT_TAGS = ("retirement_date", "deprecation_date", "retired", "deprecated")
 
 logger = logging.getLogger(__name__)
+# Real steering tags are a few hundred characters; a longer one is refused unread, so a
+# pathological tag can neither exhaust memory nor the parser's recursion.
+MAX_TAG_CHARS = 65536
 
 
 class TagParseError(ValueError):
@@ -31,13 +34,24 @@ def parse_literal_tag(model: FoundationModel, key: str) -> Any | None:
     raw = model.tags.get(key)
     if raw is None or str(raw).strip() == "":
         return None
-    try:
-        return ast.literal_eval(str(raw))
-    except (ValueError, SyntaxError) as exc:
+    text = str(raw)
+    what = f"tag {key!r} of model {model.name} version {model.version}"
+    if len(text) > MAX_TAG_CHARS:
         raise TagParseError(
-            f"tag {key!r} of model {model.name} version {model.version} is not a Python "
-            f"literal ({exc.__class__.__name__}): {str(raw)[:200]!r}"
-        ) from exc
+            f"{what} is {len(text)} characters long; at most {MAX_TAG_CHARS} are read. Fix "
+            "the tag in the registry, or choose another foundation_model or version"
+        )
+    try:
+        return ast.literal_eval(text)
+    # A deeply nested literal ends the parser with MemoryError or RecursionError, not
+    # SyntaxError; it is still just a bad tag.
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, MemoryError | RecursionError) else (
+            exc.__class__.__name__)
+        raise TagParseError(
+            f"{what} is not a Python literal ({reason}): {text[:80]!r}; fix the tag in the "
+            "registry, or choose another foundation_model or version"
+        ) from None
 
 
 def allow_list(model: FoundationModel, key: str) -> list[str] | None:

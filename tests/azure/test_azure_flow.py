@@ -215,3 +215,72 @@ def test_the_readme_azure_command_runs_as_written(
     flow_module.main(argv)
     assert slugs == ["azure-ml-workspace/prod"]
     assert "Reply:       'Sure! Here is a short answer.'" in capsys.readouterr().out
+
+
+def test_a_size_other_than_the_existing_clusters_is_refused(fake, azure_flow, tmp_path):
+    """Defect 6 of #14: compute_size was silently ignored once a cluster existed."""
+    from workspaces.errors import InvalidRequest
+
+    fake.add_compute("gpu-cluster-big", "Standard_NC12s_v3")
+    request = FinetuneRequest(dataset="sample", compute_size="Standard_NC6s_v3",
+                              download_dir=str(tmp_path / "dl"))
+    with pytest.raises(InvalidRequest, match="compute_size") as info:
+        finetune_and_deploy(request=request)
+    print(f"\nUser sees: {info.value}")
+    for words in ("Standard_NC6s_v3", "Standard_NC12s_v3", "gpu-cluster-big", "compute_cluster"):
+        assert words in str(info.value)
+    assert fake.sent("PUT", r".") == []
+    assert fake.computes["gpu-cluster-big"]["properties"]["properties"]["vmSize"] == (
+        "Standard_NC12s_v3")
+
+
+def test_a_pathological_model_tag_is_refused_naming_model_and_tag(fake, azure_flow, tmp_path):
+    """Defect 6 of #14: a pathological model tag ended in a bare MemoryError."""
+    from workspaces.errors import InvalidRequest
+
+    fake.add_registry_model("Phi-3-mini-4k-instruct", "8", tags={
+        "finetune_compute_allow_list": "['Standard_NC6s_v3']",
+        "model_specific_defaults": "-" * 20000 + "1",
+    })
+    with pytest.raises(InvalidRequest, match="model_specific_defaults") as info:
+        finetune_and_deploy(request=FinetuneRequest(dataset="sample",
+                                                    download_dir=str(tmp_path / "dl")))
+    print(f"\nUser sees: {info.value}")
+    assert "Phi-3-mini-4k-instruct version 8" in str(info.value)
+    assert fake.sent("PUT", r".") == []
+
+
+def test_lineage_tags_come_from_what_the_job_trained_on(fake, azure_flow, tmp_path):
+    """#14: the registered model's dataset and sha256 tags are the job's, not the request's.
+
+    The job trains on folder content A; the run crashes at registration; the folder is
+    then changed to B and the re-run attaches to the same job. The model must say A.
+    """
+    import json
+
+    from workspaces.ultrachat import SPLITS, prepare_dataset, prompt_id_for
+
+    def write_folder(answer: str) -> None:
+        row = json.dumps({"prompt": "hi", "prompt_id": prompt_id_for("hi"), "messages": [
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": answer}]})
+        for split in SPLITS:
+            (folder / f"{split}.jsonl").write_text((row + "\n") * 3)
+
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    write_folder("content A")
+    trained_on = prepare_dataset(str(folder), 100, tmp_path / "reference").sha256
+    request = FinetuneRequest(dataset=str(folder), dataset_split_pc=100,
+                              download_dir=str(tmp_path / "dl"))
+    fake.server.inject(Fault("PUT", r"/models/[^/]+/versions/", 400,
+                             _error("BadArgument", "simulated crash at registration")))
+    with pytest.raises(Exception, match="simulated crash at registration"):
+        finetune_and_deploy(request=request)
+
+    write_folder("content B")
+    result = finetune_and_deploy(request=request)
+    assert result.job_reused
+    tags = fake.models[result.model_name][result.model_version]["properties"]["tags"]
+    assert tags["train-sha256"] == trained_on["train_sft"]
+    assert tags["test-sha256"] == trained_on["test_sft"]
+    assert tags["dataset"] == str(folder)

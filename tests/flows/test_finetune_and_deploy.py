@@ -42,7 +42,12 @@ def test_whole_flow_then_rerun_creates_nothing_new(
     assert first.model_name == "phi3-tiny-standin-ultrachat-200k"
     assert first.model_version == first.suffix
     assert isinstance(first.reply, str)
-    sample = json.loads((tmp_path / "ultrachat_200k_dataset" / "sample_score.json").read_text())
+    # The sample body is kept in the request's own folder in the workspace state, not in
+    # the user-named download_dir that other requests share (#14).
+    sample_file = first.sample_request_file
+    assert sample_file.startswith(str(workspace.root)) and first.request_id in sample_file
+    assert not (tmp_path / "ultrachat_200k_dataset").exists()
+    sample = json.loads(open(sample_file).read())
     assert sample["input_data"]["parameters"] == {
         "temperature": 0.6,
         "top_p": 0.9,

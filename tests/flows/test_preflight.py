@@ -79,3 +79,96 @@ def test_booleans_are_strict_even_from_a_dict():
         FinetuneRequest.model_validate({"take_over": 1})
     assert FinetuneRequest.model_validate_json('{"training": {"apply_lora": false}}'
                                               ).training.apply_lora is False
+
+
+STANDIN = "phi3-tiny-standin"
+
+
+@pytest.fixture
+def bare(tmp_path, monkeypatch):
+    """A local workspace with no model built: these requests must stop before one is needed."""
+    from workspaces.local import LocalWorkspace
+
+    ws = LocalWorkspace(tmp_path / "workspace")
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(ws.root))
+    return ws
+
+
+def test_a_size_other_than_the_existing_clusters_is_refused(prefect_server, bare, tmp_path):
+    """Defect 6: compute_size was silently ignored once a cluster of another size existed."""
+    bare.create_compute("local-cpu", "Local_CPU", "Dedicated", 1)
+    request = FinetuneRequest(foundation_model=STANDIN, compute_size="Standard_NC6s_v3",
+                              download_dir=str(tmp_path / "dl"))
+    with pytest.raises(WorkspaceError, match="compute_size") as info:
+        finetune_and_deploy(request=request)
+    message = str(info.value)
+    print(f"\nUser sees: {message}")
+    # the field, both sizes, and the ways out
+    for words in ("Standard_NC6s_v3", "local-cpu", "Local_CPU", "compute_cluster", "delete"):
+        assert words in message
+    assert bare.get_compute("local-cpu").size == "Local_CPU"
+    assert not (bare.root / "jobs").exists()
+    assert bare.list_endpoints() == []
+
+
+def test_a_model_missing_from_the_catalog_is_refused_before_compute(prefect_server, bare, tmp_path):
+    """Defect 6: a model id the catalog cannot give reached a failed job, unnamed."""
+    request = FinetuneRequest(foundation_model="example-org/no-such-model",
+                              download_dir=str(tmp_path / "dl"))
+    with pytest.raises(WorkspaceError, match="foundation_model") as info:
+        finetune_and_deploy(request=request)
+    message = str(info.value)
+    print(f"\nUser sees: {message}")
+    assert "example-org/no-such-model" in message
+    assert STANDIN in message and "SmolLM2-135M-Instruct" in message  # what it offers
+    _nothing_created(bare)
+
+
+def _read_only(path):
+    """Make ``path`` a folder nobody can write in, root included (chattr +i for root)."""
+    import os
+    import subprocess
+
+    if os.geteuid() == 0:
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make {path} read-only as root: {done.stderr.decode()}")
+        return lambda: subprocess.run(["chattr", "-i", str(path)], check=True)
+    path.chmod(0o555)
+    return lambda: path.chmod(0o755)
+
+
+def test_a_read_only_jobs_folder_is_our_error_before_compute(prefect_server, bare, tmp_path):
+    """Defect 6: a read-only jobs/ folder gave a raw OSError."""
+    jobs = bare.root / "jobs"
+    jobs.mkdir(parents=True)
+    undo = _read_only(jobs)
+    try:
+        with pytest.raises(WorkspaceError, match="jobs") as info:
+            finetune_and_deploy(request=FinetuneRequest(
+                foundation_model=STANDIN, download_dir=str(tmp_path / "dl")))
+    finally:
+        undo()
+    message = str(info.value)
+    print(f"\nUser sees: {message}")
+    assert str(jobs) in message and "writable" in message
+    _nothing_created(bare)
+
+
+def test_a_read_only_state_dir_names_the_setting_that_chose_it(
+    prefect_server, tmp_path, monkeypatch
+):
+    """Defect 6: the message blamed a block even when CHATFT_STATE_DIR set the path."""
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(state))
+    undo = _read_only(state)
+    try:
+        with pytest.raises(WorkspaceError, match="CHATFT_STATE_DIR") as info:
+            finetune_and_deploy(request=FinetuneRequest(download_dir=str(tmp_path / "dl")))
+    finally:
+        undo()
+    message = str(info.value)
+    print(f"\nUser sees: {message}")
+    assert str(state) in message and "block" not in message
+    assert list(state.iterdir()) == []

@@ -56,3 +56,17 @@ def test_inference_allow_list_message():
     assert "not in the model's inference_compute_allow_list" in check_inference_size(
         "Standard_DS3_v2", ["Standard_NC6s_v3"]
     )
+
+
+def test_the_rule_for_compute_size_and_an_existing_cluster():
+    """#14: an empty compute_size takes the cluster as it is; the same size (any case)
+    passes; another size is refused naming the field, both sizes and the ways out."""
+    from workspaces.compute_rules import check_existing_cluster_size
+
+    cluster = compute("Standard_NC12s_v3")
+    check_existing_cluster_size(cluster, None)
+    check_existing_cluster_size(cluster, "standard_nc12s_v3")
+    check_existing_cluster_size(None, "Standard_NC6s_v3")
+    with pytest.raises(InvalidRequest, match="^compute_size: Standard_NC6s_v3") as info:
+        check_existing_cluster_size(cluster, "Standard_NC6s_v3")
+    assert "Standard_NC12s_v3" in str(info.value) and "compute_cluster" in str(info.value)

@@ -40,3 +40,16 @@ def test_wrong_literal_type_is_named():
 def test_retirement_tags_are_noticed():
     assert retirement_notice(model()) is None
     assert "2025-01-01" in retirement_notice(model(retirement_date="2025-01-01"))
+
+
+@pytest.mark.parametrize("tag", [
+    "-" * 5000 + "1",      # RecursionError in the parser
+    "-" * 20000 + "1",     # MemoryError in the parser
+    "{'a': '" + "x" * 70000 + "'}",  # longer than any real tag
+])
+def test_a_pathological_tag_is_a_clear_error_naming_model_and_tag(tag):
+    """Defect 6: a pathological tag ended in a bare MemoryError."""
+    with pytest.raises(TagParseError) as info:
+        model_specific_defaults(model(model_specific_defaults=tag))
+    assert "model_specific_defaults" in str(info.value) and "model m version 1" in str(info.value)
+    assert len(str(info.value)) < 500

@@ -11,7 +11,9 @@ It holds three kinds of entry:
   answers are not meaningful. Tests use it where speed matters.
 - Hugging Face model ids (``Phi-3-mini-4k-instruct`` maps to
   ``microsoft/Phi-3-mini-4k-instruct``; any ``org/name`` works), loaded with
-  ``from_pretrained`` where a hub is reachable.
+  ``from_pretrained``. The lookup (the pre-flight) refuses one that is neither in this
+  machine's Hugging Face cache nor, when the hub may be asked, on the hub: a model that
+  cannot be loaded is named before any compute or job exists, not by a failed job.
 
 Every entry carries the steering tags of the Azure registry model, as strings holding
 Python literals.
@@ -24,6 +26,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -161,8 +164,51 @@ def model_id(name: str, version: str) -> str:
     return f"local://registries/local/models/{name}/versions/{version}"
 
 
+def offered() -> str:
+    """What the catalog offers, for messages that refuse a model."""
+    names = [f"{n} (needs the Hugging Face hub or its cache)" if e["source"] == "hub" else n
+             for n, e in CATALOG.items()]
+    return (", ".join(names) + ", or a Hugging Face model id (org/name) that is in this "
+            "machine's Hugging Face cache or on a reachable hub")
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return constants.HF_HUB_OFFLINE or flag in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_model_problem(hub_id: str) -> str | None:
+    """None when ``hub_id`` can be loaded here (cached, or on a hub we may ask), else why not."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        if isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
+            return None
+    except HFValidationError as exc:
+        return f"it is not a valid Hugging Face model id ({exc})"
+    if _hub_offline():
+        return ("it is not in this machine's Hugging Face cache, and HF_HUB_OFFLINE is set, "
+                "so the hub is not asked")
+    try:
+        HfApi().model_info(hub_id, timeout=15)
+    except GatedRepoError:
+        return "the Hugging Face hub holds it gated: accept its terms and log in first"
+    except RepositoryNotFoundError:
+        return "the Hugging Face hub has no such model (or it is private)"
+    except Exception as exc:  # noqa: BLE001 - any failure to ask means: cannot be loaded
+        return (f"it is not in this machine's Hugging Face cache and the hub could not be "
+                f"asked ({exc.__class__.__name__})")
+    return None
+
+
 def get_foundation_model(name: str, label: str = "latest") -> FoundationModel:
-    """Look a model up by name and label (``latest``) or version, as the registry does."""
+    """Look a model up by name and label (``latest``) or version, as the registry does.
+
+    Raises ResourceNotFound naming ``foundation_model`` when the model cannot be had here.
+    """
     entry = CATALOG.get(name)
     if entry is None and "/" in name:
         entry = {
@@ -173,16 +219,22 @@ def get_foundation_model(name: str, label: str = "latest") -> FoundationModel:
             "tags": {},
         }
     if entry is None:
-        known = ", ".join(sorted(CATALOG))
         raise ResourceNotFound(
-            f"foundation model {name!r} is not in the local catalog; known: {known}, "
-            "or give a Hugging Face model id such as microsoft/Phi-3-mini-4k-instruct"
+            f"foundation_model: {name!r} is not in the local catalog. It offers: {offered()}"
         )
     if label not in ("latest", entry["version"]):
         raise ResourceNotFound(
-            f"foundation model {name!r} has no version or label {label!r}; "
-            f"available: latest, {entry['version']}"
+            f"foundation_model_label: foundation model {name!r} has no version or label "
+            f"{label!r}; available: latest, {entry['version']}"
         )
+    if entry["source"] == "hub":
+        problem = hub_model_problem(entry["hub_id"])
+        if problem:
+            shown = repr(name) if name == entry["hub_id"] else f"{name!r} ({entry['hub_id']})"
+            raise ResourceNotFound(
+                f"foundation_model: {shown} cannot be loaded on this machine: {problem}. "
+                f"The local catalog offers: {offered()}"
+            )
     return FoundationModel(
         name=name,
         version=entry["version"],

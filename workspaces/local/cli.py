@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     delete.add_argument("--all", action="store_true", help="every local endpoint")
     args = parser.parse_args(argv)
 
-    ws = LocalWorkspace(args.state_dir)
+    ws = LocalWorkspace(args.state_dir, chosen_by="chatft --state-dir (default: "
+                        "$CHATFT_STATE_DIR, else ./.workspace)")
     try:
         if args.action == "list":
             return _list(ws)

@@ -57,8 +57,13 @@ class LocalWorkspace(Workspace):
     default_instance_type = catalog.LOCAL_SIZE
     requires_gpu = False
 
-    def __init__(self, state_dir: str | Path = DEFAULT_STATE_DIR) -> None:
+    def __init__(
+        self, state_dir: str | Path = DEFAULT_STATE_DIR, chosen_by: str | None = None
+    ) -> None:
+        """``chosen_by`` says which setting chose ``state_dir``, so an error about the
+        folder names the setting to change (default: the caller's ``state_dir``)."""
         self.root = Path(state_dir).expanduser().resolve()
+        self.chosen_by = chosen_by or "the state_dir given to LocalWorkspace"
         self.tracking_uri = f"sqlite:///{self.root / 'mlflow.db'}"
         self.artifact_root = (self.root / "mlartifacts").as_uri()
         self.jobs = LocalJobs(self.root, self.tracking_uri, self.artifact_root)
@@ -78,31 +83,46 @@ class LocalWorkspace(Workspace):
     def _identity(self) -> str:
         """A random id made once per state directory, kept in ``workspace-id``."""
         marker = self.root / "workspace-id"
-        self.root.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return marker.read_text().strip()
-        identity = uuid.uuid4().hex
-        with os.fdopen(fd, "w") as handle:
-            handle.write(identity)
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return marker.read_text().strip()
+            identity = uuid.uuid4().hex
+            with os.fdopen(fd, "w") as handle:
+                handle.write(identity)
+        except OSError as exc:
+            raise self.not_writable(marker.parent, exc) from None
         return identity
+
+    def not_writable(self, folder: Path, exc: OSError) -> InvalidRequest:
+        """Our error for a folder of the state that cannot be written, naming the setting
+        that chose the state directory."""
+        return InvalidRequest(
+            f"local workspace folder {folder} is not writable ({exc.strerror or exc}). Make it "
+            f"writable, or choose another state directory: it is {self.root}, chosen by "
+            f"{self.chosen_by}"
+        )
 
     def local_data_root(self) -> Path | None:
         return self.root / "data"
 
     def check_access(self) -> str:
+        """The state directory and every folder in it can be written (jobs/, computes/,
+        endpoints/, data/, ...): found here, before anything is created, not as an OSError
+        half-way through a run."""
+        folder = self.root
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-probe"
-            probe.write_text("ok")
-            probe.unlink()
+            folders = [self.root, *(p for p in self.root.iterdir() if p.is_dir())]
+            for folder in folders:
+                probe = folder / f".write-probe-{uuid.uuid4().hex}"
+                probe.write_text("ok")
+                probe.unlink()
         except OSError as exc:
-            raise InvalidRequest(
-                f"local workspace state_dir {self.root} is not writable ({exc.strerror}); "
-                "set state_dir in the LocalWorkspace block to a writable folder"
-            ) from exc
-        return f"local workspace at {self.root}"
+            raise self.not_writable(folder, exc) from None
+        return f"local workspace at {self.root} (chosen by {self.chosen_by})"
 
     # -- foundation model ----------------------------------------------------------------
     def get_foundation_model(self, name: str, label: str = "latest") -> FoundationModel:
@@ -175,7 +195,11 @@ class LocalWorkspace(Workspace):
         if self.get_compute(spec.compute) is None:
             raise ResourceNotFound(f"compute {spec.compute!r} does not exist; create it first")
         weights = catalog.weights_location(spec.foundation_model, self.root / "catalog")
-        return self.jobs.submit(spec, weights)
+        try:
+            return self.jobs.submit(spec, weights)
+        except PermissionError as exc:
+            # The pre-flight probed the folders; one made read-only since is still ours to say.
+            raise self.not_writable(Path(exc.filename or self.jobs.root).parent, exc) from None
 
     def cancel_job(self, name: str) -> None:
         if self.jobs.get(name) is None:
