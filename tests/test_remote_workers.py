@@ -8,7 +8,8 @@ remote's branch moves on to a commit without the flow file, so a run completes o
 it checks out the pinned commit.
 
 The flow is the smoke test on an empty local workspace (the cheapest flow; its runs
-override the Azure block with ``workspace_block=None``). The deployment's concurrency
+override the Azure block with an empty ``workspace_block``: each worker's
+``$CHATFT_STATE_DIR``). The deployment's concurrency
 limit (1, cancel new: one hourly smoke test at a time) is lifted through the API, as a
 person would in the UI, so several runs are in flight at once.
 
@@ -127,7 +128,7 @@ def test_runs_spread_over_two_workers_cloning_the_pinned_commit(tmp_path: Path) 
             local_server.api(server, "PATCH", f"/deployments/{deployment.id}",
                              {"concurrency_limit": None})
             runs = [client.create_flow_run_from_deployment(
-                deployment.id, parameters={"workspace_block": None}) for _ in range(RUNS)]
+                deployment.id, parameters={"workspace_block": ""}) for _ in range(RUNS)]
             deadline = time.monotonic() + 600
             while True:
                 states = [client.read_flow_run(r.id).state for r in runs]
