@@ -8,10 +8,10 @@ remote's branch moves on to a commit without the flow file, so a run completes o
 it checks out the pinned commit.
 
 The flow is the smoke test on an empty local workspace (the cheapest flow; its runs
-override the Azure block with an empty ``workspace_block``: each worker's
-``$CHATFT_STATE_DIR``). The deployment's concurrency
-limit (1, cancel new: one hourly smoke test at a time) is lifted through the API, as a
-person would in the UI, so several runs are in flight at once.
+override the Azure block with an empty ``workspace_block``, so each worker's
+``$CHATFT_STATE_DIR``). The deployment's concurrency limit (1, cancel new: one hourly
+smoke test at a time) is lifted through the API, as a person would in the UI, so several
+runs are in flight at once.
 
 Outcomes checked: every run Completed; each worker's log names some of the runs; the
 deployment's pull step is git_clone at the project's commit.
