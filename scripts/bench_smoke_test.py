@@ -1,8 +1,9 @@
 """Benchmark: wall time of one smoke-test run over 1, 10, 100 and 1,000 endpoints.
 
 Every endpoint answers after an injected 1 s delay. The endpoints are fakes: one small
-FastAPI server on 127.0.0.1 that waits, then answers ``{"output": ...}``, behind a local
-workspace whose endpoint list holds N managed endpoints all pointing at it. The flow runs
+FastAPI server on 127.0.0.1, in its own process as a real endpoint is, that waits, then
+answers ``{"output": ...}``, behind a local workspace whose endpoint list holds N managed
+endpoints all pointing at it; requests go through the local workspace's shared client. The flow runs
 against a temporary Prefect server, so task runs, artifacts and events cost what they cost
 on a real one.
 
@@ -20,18 +21,15 @@ Run it:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import resource
 import socket
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -45,30 +43,48 @@ from workspaces.interface import (  # noqa: E402
     ScoreResponse,
 )
 from workspaces.local import LocalWorkspace  # noqa: E402
+from workspaces.local.endpoints import http_client  # noqa: E402
 
 SIZES = (1, 10, 100, 1000)
 
 
-def start_slow_server(delay_s: float) -> str:
-    """A scoring server that answers every request after ``delay_s``; returns its URL."""
-    import uvicorn
-    from fastapi import FastAPI
+SLOW_SERVER = """
+import asyncio, sys
+import uvicorn
+from fastapi import FastAPI
 
-    app = FastAPI()
+app = FastAPI()
 
-    @app.post("/score")
-    async def score() -> dict[str, str]:
-        await asyncio.sleep(delay_s)
-        return {"output": "a reply after the injected delay"}
 
+@app.post("/score")
+async def score() -> dict[str, str]:
+    await asyncio.sleep(float(sys.argv[2]))
+    return {"output": "a reply after the injected delay"}
+
+# A backlog for 1,000 connections at once; access logs off, as on a real front end.
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error", backlog=2048)
+"""
+
+
+def start_slow_server(delay_s: float) -> tuple[str, subprocess.Popen[bytes]]:
+    """A scoring server answering every request after ``delay_s``: (URL, its process).
+
+    Its own process, as a real endpoint is: in the benchmark's process it would compete
+    with the probes for the GIL and make the flow look slower than it is.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}/score"
+    process = subprocess.Popen([sys.executable, "-c", SLOW_SERVER, str(port), str(delay_s)])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return f"http://127.0.0.1:{port}/score", process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the slow scoring server did not start within 60 s")
 
 
 class FleetWorkspace(LocalWorkspace):
@@ -96,8 +112,9 @@ class FleetWorkspace(LocalWorkspace):
 
     def invoke(self, endpoint_name: str, body: dict[str, Any], deployment_name: str | None = None,
                caller: str | None = None, timeout_s: float = 90.0) -> ScoreResponse:
+        # The same shared client the local workspace scores with (one per process).
         started = time.perf_counter()
-        response = httpx.post(self.url, json=body, timeout=timeout_s)
+        response = http_client().post(self.url, json=body, timeout=timeout_s)
         return ScoreResponse(status_code=response.status_code, body=response.text,
                              latency_ms=(time.perf_counter() - started) * 1000)
 
@@ -128,16 +145,24 @@ def main() -> None:
     parser.add_argument("--delay-s", type=float, default=1.0)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     args = parser.parse_args()
-    from prefect.testing.utilities import prefect_test_harness
-
     from tasks.smoke_test import DEFAULT_MAX_CONCURRENCY
 
-    url = start_slow_server(args.delay_s)
+    url, server = start_slow_server(args.delay_s)
+    try:
+        measure(args, url, DEFAULT_MAX_CONCURRENCY)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def measure(args: argparse.Namespace, url: str, default_concurrency: int) -> None:
+    from prefect.testing.utilities import prefect_test_harness
+
     with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=120):
         data_dir = Path(tmp) / "data"
         run_once(FleetWorkspace(Path(tmp) / "ws", url, 1), None, data_dir)  # warm-up
         for concurrency in args.max_concurrency or [None]:
-            label = (f"{DEFAULT_MAX_CONCURRENCY} (default)" if concurrency is None
+            label = (f"{default_concurrency} (default)" if concurrency is None
                      else str(concurrency))
             print(f"max_concurrency={label}, reply delay {args.delay_s:g} s:", flush=True)
             first = None
@@ -146,7 +171,8 @@ def main() -> None:
                                    data_dir)
                 first = first or seconds
                 print(f"  {n:>4} endpoint(s): {seconds:6.2f} s  ratio to first size "
-                      f"{seconds / first:4.1f}  peak RSS {peak_rss_mib():6.0f} MiB", flush=True)
+                      f"{seconds / first:4.1f}  peak RSS {peak_rss_mib():6.0f} MiB  "
+                      f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ How the probes fan out (why a bounded thread pool inside one task):
   ``requests`` with the endpoint key on Azure); an async path would be a second scoring
   client per workspace to keep in step. The probes only wait on the network, so threads
   cost little: a pool of ``max_concurrency`` threads bounds memory and sockets whatever
-  the fleet size, and each request keeps its own ``request_timeout_s``.
+  the fleet size, and each request keeps its own ``request_timeout_s``. What does cost
+  is CPU held under the GIL per request: the local workspace scores through one shared
+  HTTP client (a client per request loaded the CA bundle each time, which made 100
+  endpoints take twice as long, seen with py-spy).
 - The default, ``DEFAULT_MAX_CONCURRENCY`` deployments at once, is safe for Azure's
   scoring front end because the requests are spread over endpoints, never stacked on
   one: a deployment answers 429 once more than ``2 x max_concurrent_requests_per_instance

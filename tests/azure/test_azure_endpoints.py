@@ -175,3 +175,16 @@ def test_endpoint_activity_unavailable_is_not_idle(fake, workspace):
     end = datetime.now(UTC)
     activity = workspace.get_endpoint_activity(EP, end - timedelta(hours=1), end)
     assert not activity.available and "Azure Monitor" in activity.reason
+
+
+def test_reading_an_endpoint_lists_its_deployments_once(fake, workspace, deployed):
+    # The SDK's online_endpoints.get lists the deployments itself (to fill traffic gaps);
+    # listing them again for the record doubled the calls of every endpoint read.
+    fake.requests.clear()
+    endpoint = workspace.get_endpoint(EP)
+
+    assert [d.name for d in endpoint.deployments] == ["demo"]
+    assert endpoint.traffic == {"demo": 100}
+    assert len(fake.sent("GET", rf"/onlineEndpoints/{EP}/deployments$")) == 1
+    assert len(fake.sent("GET", rf"/onlineEndpoints/{EP}$")) == 1
+    assert len(fake.requests) == 2

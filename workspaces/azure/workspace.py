@@ -18,6 +18,7 @@ from azure.ai.ml.entities import (
     ManagedOnlineDeployment,
     ManagedOnlineEndpoint,
     Model,
+    OnlineEndpoint,
     OnlineRequestSettings,
     ProbeSettings,
 )
@@ -366,10 +367,27 @@ class AzureMLWorkspace(Workspace):
             deps = list(self._clients.ml.online_deployments.list(endpoint_name))
         return [records.deployment(d) for d in deps]
 
+    def _read_endpoint(self, name: str) -> OnlineEndpoint:
+        """The endpoint from one GET (raises ResourceNotFoundError when there is none).
+
+        ``online_endpoints.get`` also lists the endpoint's deployments, only to add zero
+        shares to its traffic map; every read here lists them itself (or needs none), so
+        it calls the SDK's REST operation behind ``get`` (private, like clients.py's
+        workspace read) and reads each endpoint in one request, not two.
+        """
+        operations = self._clients.ml.online_endpoints
+        rest = operations._online_operation.get(
+            resource_group_name=operations._resource_group_name,
+            workspace_name=operations._workspace_name,
+            endpoint_name=name,
+            **operations._init_kwargs,
+        )
+        return OnlineEndpoint._from_rest_object(rest)
+
     def get_endpoint(self, name: str) -> Endpoint | None:
         with azure_errors(f"getting endpoint {name}"):
             try:
-                ep = self._clients.ml.online_endpoints.get(name)
+                ep = self._read_endpoint(name)
             except ResourceNotFoundError:
                 return None
         endpoint = records.endpoint(ep, self._deployments(name), self.address.arm_id)
@@ -468,7 +486,7 @@ class AzureMLWorkspace(Workspace):
         timeout_s: float = 90.0,
     ) -> ScoreResponse:
         with azure_errors(f"getting endpoint {endpoint_name}"):
-            ep = self._clients.ml.online_endpoints.get(endpoint_name)
+            ep = self._read_endpoint(endpoint_name)
         if not ep.scoring_uri:
             raise InvalidRequest(f"endpoint {endpoint_name} has no scoring URI yet; wait for it")
         key = self.get_endpoint_keys(endpoint_name).primary.get_secret_value()
