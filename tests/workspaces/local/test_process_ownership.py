@@ -191,7 +191,8 @@ def test_an_orphan_whose_endpoint_was_made_again_never_accepts_its_new_keys(work
     workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
     assert _serving(workspace, "orphan-check").healthy
     new_key = workspace.get_endpoint_keys("orphan-check").primary.get_secret_value()
-    time.sleep(2)  # longer than the servers' 0.5 s re-read of the folder
+    # It re-reads the folder every 0.5 s; a busy machine may take longer to schedule it.
+    psutil.wait_procs([orphan], timeout=30)
     body = b'{"input_data": {"input_string": [[{"role": "user", "content": "hi"}]]}}'
     try:
         answer = httpx.post(
