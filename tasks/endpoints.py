@@ -52,7 +52,7 @@ def create_endpoint(
 
     endpoint = poll_until(
         read, lambda e: e.provisioning_state in PROVISIONED, timeout_minutes * 60,
-        f"endpoint {name} provisioning",
+        f"endpoint {name} provisioning", max_delay_s=workspace.max_poll_interval_s,
     )
     if endpoint.provisioning_state != "Succeeded":
         raise provisioning_failure(
@@ -108,7 +108,7 @@ def create_deployment(
 
     deployment = poll_until(
         read, lambda d: d.provisioning_state in PROVISIONED, timeout_minutes * 60,
-        f"deployment {name} on {endpoint_name}",
+        f"deployment {name} on {endpoint_name}", max_delay_s=workspace.max_poll_interval_s,
     )
     if deployment.provisioning_state != "Succeeded":
         raise provisioning_failure(
@@ -210,7 +210,8 @@ def delete_endpoint(workspace: Workspace, name: str, timeout_minutes: float = 30
     get_run_logger().info("Deleting endpoint %s and waiting until it is gone", name)
     workspace.begin_delete_endpoint(name)
     poll_until(lambda: workspace.get_endpoint(name), lambda e: e is None,
-               timeout_minutes * 60, f"deletion of endpoint {name}")
+               timeout_minutes * 60, f"deletion of endpoint {name}",
+               max_delay_s=workspace.max_poll_interval_s)
     get_run_logger().info("Deleted endpoint %s", name)
     return True
 

@@ -156,7 +156,7 @@ def wait_for_job(
             f"fine-tune job {job_name}",
             on_change=report,
             # Training logs arrive every few seconds; a shorter cap keeps them visible live.
-            max_delay_s=15.0,
+            max_delay_s=min(15.0, workspace.max_poll_interval_s),
         )
     except DeadlineExceeded as exc:
         if cancel_on_timeout:

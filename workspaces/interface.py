@@ -343,6 +343,11 @@ class Workspace(ABC):
     default_compute_size: str
     default_instance_type: str
     requires_gpu: bool
+    # The longest pause between two reads of a job, endpoint or deployment being waited
+    # for. A management API is polled with a growing back-off up to this; a workspace whose
+    # reads are local file reads can afford to look every second, which keeps a finished
+    # step from waiting up to a minute to be noticed.
+    max_poll_interval_s: float = 60.0
 
     @property
     @abstractmethod

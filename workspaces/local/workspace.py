@@ -50,6 +50,7 @@ class LocalWorkspace(Workspace):
     """The embedded workspace; all state under ``state_dir`` (default ``./.workspace``)."""
 
     kind = "local"
+    max_poll_interval_s = 1.0  # a read is a few small files on this disk
     default_foundation_model = catalog.SMOLLM2_NAME
     default_dataset = SAMPLE_SOURCE
     default_compute_name = "local-cpu"
