@@ -121,7 +121,10 @@ def bench_mlflow(model_path: Path) -> dict[int, dict[str, float]] | str:
         [str(mlflow_bin), "models", "serve", "-m", str(model_path), "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_ENV_CREATION": "true"},
+        # mlflow starts `uvicorn` by name: the venv's bin must be on PATH even when the
+        # venv is not activated (make runs .venv/bin/python directly)
+        env={**os.environ, "MLFLOW_DISABLE_ENV_CREATION": "true",
+             "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}"},
     )
     try:
         deadline = time.monotonic() + 180
@@ -155,8 +158,9 @@ def bench_mlflow(model_path: Path) -> dict[int, dict[str, float]] | str:
 
         return {clients: measure(send, clients) for clients in (1, 2)}
     finally:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=30)
+        if process.poll() is None:  # it may have exited on its own (the reason is returned)
+            os.killpg(process.pid, 15)
+            process.wait(timeout=30)
 
 
 def main() -> None:
