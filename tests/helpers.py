@@ -126,3 +126,17 @@ def run_artifacts(flow_run_id: object, key: str | None = None) -> list:
             artifacts += page
             if len(page) < _PAGE:
                 return artifacts
+
+
+def processes_under(root: Path) -> list:
+    """Every live process started for a folder under ``root`` (its command line names it)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and str(root) in " ".join(proc.cmdline()):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found

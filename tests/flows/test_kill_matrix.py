@@ -26,7 +26,7 @@ import pytest
 
 from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest, TrainingParameters
-from tests.helpers import chat_body
+from tests.helpers import chat_body, processes_under
 from workspaces.local import LocalWorkspace
 from workspaces.local.endpoints import SERVER_MODULE
 from workspaces.local.jobs import JOB_MODULE
@@ -85,25 +85,13 @@ KILL_POINTS = [
 ]
 
 
-def _ours(root: Path) -> list[psutil.Process]:
-    """Every live process started for a folder under ``root`` (its command line names it)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE and str(root) in " ".join(proc.cmdline()):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
 def _unknown(root: Path) -> list[str]:
     """Processes of the workspace that no record names by pid or by identity token."""
     records = [read_json(r) or {} for r in root.rglob(PROCESS_FILE)]
     pids = {r.get("pid") for r in records}
     tokens = {r.get("token") for r in records}
     unknown = []
-    for proc in _ours(root):
+    for proc in processes_under(root):
         try:
             if proc.pid not in pids and proc.environ().get(TOKEN_ENV) not in tokens:
                 unknown.append(" ".join(proc.cmdline()))
@@ -187,9 +175,9 @@ def test_kill_9_at_each_step_then_rerun_leaves_one_of_each_and_no_orphan(
         assert _counts(workspace) == ONE_OF_EACH
         (endpoint,) = workspace.list_endpoints()
         assert endpoint.healthy and [d.name for d in endpoint.deployments] == ["demo"]
-        servers = [p for p in _ours(root) if SERVER_MODULE in p.cmdline()]
+        servers = [p for p in processes_under(root) if SERVER_MODULE in p.cmdline()]
         assert len(servers) == 1 and _unknown(root) == []
-        assert not [p for p in _ours(root) if JOB_MODULE in p.cmdline()]  # it finished
+        assert not [p for p in processes_under(root) if JOB_MODULE in p.cmdline()]  # it finished
 
         # The server dies (kill -9): the next run brings it back instead of failing with
         # "connection refused" (defect 7).
@@ -199,12 +187,12 @@ def test_kill_9_at_each_step_then_rerun_leaves_one_of_each_and_no_orphan(
         assert workspace.get_endpoint(again.endpoint_name).healthy
         assert workspace.invoke(again.endpoint_name, chat_body(), timeout_s=60).status_code == 200
         assert _counts(workspace) == ONE_OF_EACH
-        assert len([p for p in _ours(root) if SERVER_MODULE in p.cmdline()]) == 1
+        assert len([p for p in processes_under(root) if SERVER_MODULE in p.cmdline()]) == 1
         assert _unknown(root) == []
     finally:
         for endpoint in workspace.list_endpoints():
             workspace.begin_delete_endpoint(endpoint.name)
-        for proc in _ours(root):
+        for proc in processes_under(root):
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):

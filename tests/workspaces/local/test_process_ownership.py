@@ -20,25 +20,13 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import MANAGED_TAGS, chat_body, register_model, serve
+from tests.helpers import MANAGED_TAGS, chat_body, processes_under, register_model, serve
 from tests.workspaces.local.test_jobs import spec_for
 from workspaces.local import jobs as local_jobs
 from workspaces.local.endpoints import SERVER_MODULE
 from workspaces.local.state import read_json
 
 IDLE = "tests.workspaces.local.idle_process"
-
-
-def _ours(root: Path) -> list[psutil.Process]:
-    """Every live process started for a folder under ``root`` (found by command line)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE and str(root) in " ".join(proc.cmdline()):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
 
 
 def _recorded_pids(root: Path) -> set[int]:
@@ -49,13 +37,13 @@ def _recorded_pids(root: Path) -> set[int]:
 
 def _unrecorded(root: Path) -> list[psutil.Process]:
     recorded = _recorded_pids(root)
-    return [p for p in _ours(root) if p.pid not in recorded]
+    return [p for p in processes_under(root) if p.pid not in recorded]
 
 
 @pytest.fixture(autouse=True)
 def _no_leftovers(tmp_path):
     yield
-    for proc in _ours(tmp_path):
+    for proc in processes_under(tmp_path):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -119,26 +107,26 @@ def test_kill_between_start_and_record_leaves_no_unknown_server(workspace, tmp_p
     root = workspace.root
     _kill_after_spawn(root, tmp_path / "caller.log")
     folder = root / "endpoints" / "orphan-check"
-    assert len(_ours(folder)) == 1  # the server outlived its killed caller
+    assert len(processes_under(folder)) == 1  # the server outlived its killed caller
 
     # The re-run serves the endpoint (not Failed) with exactly one, recorded, server.
     workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
     endpoint = _serving(workspace, "orphan-check")
     assert endpoint.provisioning_state == "Succeeded" and endpoint.healthy, endpoint
     assert [e.name for e in workspace.list_endpoints()] == ["orphan-check"]
-    assert len(_ours(folder)) == 1
+    assert len(processes_under(folder)) == 1
     assert _unrecorded(root) == []
     health = httpx.get(endpoint.scoring_uri.replace("/score", "/health"), timeout=5).json()
     assert health["endpoint_id"] == read_json(folder / "endpoint.json")["id"]
 
     # restart replaces it: still one server, known to the record.
     assert workspace.restart_endpoint("orphan-check").healthy
-    assert len(_ours(folder)) == 1
+    assert len(processes_under(folder)) == 1
     assert _unrecorded(root) == []
 
     # delete ends every process of the endpoint.
     workspace.begin_delete_endpoint("orphan-check")
-    assert _ours(folder) == []
+    assert processes_under(folder) == []
     assert workspace.list_endpoints() == []
 
 
@@ -148,23 +136,23 @@ def test_an_unrecorded_server_is_ended_and_never_serves_new_keys(workspace):
     workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
     assert _serving(workspace, "orphan-check").healthy
     folder = workspace.root / "endpoints" / "orphan-check"
-    (orphan,) = _ours(folder)
+    (orphan,) = processes_under(folder)
     # The record is lost, as after a kill -9 between start and record on the old code.
     for record in ("process.json", "pid"):
         (folder / record).unlink(missing_ok=True)
     restarted = workspace.restart_endpoint("orphan-check")
     assert restarted.healthy
-    (server,) = _ours(folder)
+    (server,) = processes_under(folder)
     assert server.pid != orphan.pid
 
     # A foreign server (its record lost again) must not take over a re-made endpoint.
     for record in ("process.json", "pid"):
         (folder / record).unlink(missing_ok=True)
     workspace.begin_delete_endpoint("orphan-check")
-    assert _ours(folder) == []
+    assert processes_under(folder) == []
     workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
     assert _serving(workspace, "orphan-check").healthy
-    assert len(_ours(folder)) == 1 and _unrecorded(workspace.root) == []
+    assert len(processes_under(folder)) == 1 and _unrecorded(workspace.root) == []
 
 
 def _raw_score(endpoint, key: str, content: bytes) -> httpx.Response:
@@ -180,7 +168,7 @@ def test_an_orphan_whose_endpoint_was_made_again_never_accepts_its_new_keys(work
     workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
     assert _serving(workspace, "orphan-check").healthy
     folder = workspace.root / "endpoints" / "orphan-check"
-    (orphan,) = _ours(folder)
+    (orphan,) = processes_under(folder)
     old_port = read_json(folder / "endpoint.json")["port"]
     # The folder goes away under a server nobody recorded (what a delete did to an orphan).
     for record in ("process.json", "pid"):
@@ -203,7 +191,7 @@ def test_an_orphan_whose_endpoint_was_made_again_never_accepts_its_new_keys(work
         answer = None
     assert answer is None, f"the orphan answered the new key: {answer.status_code}"
     assert not orphan.is_running()
-    assert len(_ours(folder)) == 1 and _unrecorded(workspace.root) == []
+    assert len(processes_under(folder)) == 1 and _unrecorded(workspace.root) == []
 
 
 def test_delete_all_from_the_shell_ends_a_server_no_record_knows(workspace):
@@ -211,7 +199,7 @@ def test_delete_all_from_the_shell_ends_a_server_no_record_knows(workspace):
     workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
     assert _serving(workspace, "orphan-check").healthy
     folder = workspace.root / "endpoints" / "orphan-check"
-    assert len(_ours(folder)) == 1
+    assert len(processes_under(folder)) == 1
     for record in ("process.json", "pid"):
         (folder / record).unlink(missing_ok=True)
     shell = subprocess.run(
@@ -221,7 +209,7 @@ def test_delete_all_from_the_shell_ends_a_server_no_record_knows(workspace):
     )
     assert shell.returncode == 0, shell.stderr
     assert "deleted orphan-check" in shell.stdout
-    assert _ours(workspace.root) == []
+    assert processes_under(workspace.root) == []
 
 
 def _raw_score(endpoint, key: str, content: bytes) -> httpx.Response:
@@ -275,7 +263,7 @@ def test_next_flow_run_brings_a_dead_endpoint_server_back(
 
     model = register_model(workspace, standin_mlflow_model)
     serve(workspace, model, "revive-me")
-    for proc in _ours(workspace.root / "endpoints" / "revive-me"):
+    for proc in processes_under(workspace.root / "endpoints" / "revive-me"):
         os.killpg(proc.pid, signal.SIGKILL)
     assert not workspace.get_endpoint("revive-me").healthy
 
