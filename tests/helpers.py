@@ -140,3 +140,11 @@ def processes_under(root: Path) -> list:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+def run_table(flow_run_id: object, key: str) -> list[dict]:
+    """The rows of the one table artifact ``key`` that a flow run wrote."""
+    import json
+
+    [artifact] = run_artifacts(flow_run_id, key)
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data

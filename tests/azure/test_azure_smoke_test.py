@@ -11,7 +11,9 @@ import pytest
 import flows.smoke_test_endpoints as smoke
 from flows.parameters import SmokeTestRequest
 from tasks import reports
+from tasks.smoke_test import RESULTS_ARTIFACT_KEY
 from tests.azure.fake_azureml.server import Fault
+from tests.helpers import run_table
 from workspaces.interface import CALLER_HEADER, MANAGED_BY_VALUE, TAG_MANAGED_BY, TAG_MODEL
 
 MANAGED = {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_MODEL: "phi3-ultrachat"}
@@ -106,21 +108,4 @@ def test_probes_fan_out_one_request_per_endpoint_at_a_time(fake, workspace, monk
 
 
 def _artifact_rows(flow_run_id) -> list[dict]:  # noqa: ANN001
-    import json
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterKey,
-        FlowRunFilter,
-        FlowRunFilterId,
-    )
-
-    from tasks.smoke_test import RESULTS_ARTIFACT_KEY
-
-    with get_client(sync_client=True) as client:
-        [artifact] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[RESULTS_ARTIFACT_KEY])),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-        )
-    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    return run_table(flow_run_id, RESULTS_ARTIFACT_KEY)

@@ -27,7 +27,7 @@ from tasks.smoke_test import (
     classify_reply,
     plan_from_endpoints,
 )
-from tests.helpers import MANAGED_TAGS, register_model, serve
+from tests.helpers import MANAGED_TAGS, register_model, run_table, serve
 from workspaces.interface import TAG_NO_SMOKE_TEST, Deployment, Endpoint, ScoreResponse
 from workspaces.local import LocalWorkspace
 from workspaces.local.catalog import STANDIN_NAME, STANDIN_VERSION
@@ -120,21 +120,8 @@ def _run(ws: LocalWorkspace, monkeypatch: pytest.MonkeyPatch, **parameters):
     return smoke_test_endpoints(request, return_state=True)
 
 
-def _artifact_rows(flow_run_id) -> list[dict]:
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterKey,
-        FlowRunFilter,
-        FlowRunFilterId,
-    )
-
-    with get_client(sync_client=True) as client:
-        [artifact] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[RESULTS_ARTIFACT_KEY])),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-        )
-    data = artifact.data
-    return json.loads(data) if isinstance(data, str) else data
+def _artifact_rows(flow_run_id) -> list[dict]:  # noqa: ANN001
+    return run_table(flow_run_id, RESULTS_ARTIFACT_KEY)
 
 
 def _events_of_run(flow_run_id, expected: int, timeout_s: float = 30) -> list:
