@@ -31,12 +31,14 @@ def create_endpoint(
     """Create the key-auth endpoint, or reuse it; wait until it is provisioned."""
     logger = get_run_logger()
     endpoint = workspace.get_endpoint(name)
-    if endpoint is not None and endpoint.healthy is False and endpoint.provisioning_state == (
-        "Succeeded"
+    if endpoint is not None and endpoint.healthy is False and endpoint.provisioning_state in (
+        "Succeeded", "Creating"
     ):
-        # Its serving process died (local only: Azure reports healthy=None): create-or-update
-        # brings the server back, as `chatft endpoints restart` does.
-        logger.warning("Endpoint %s does not answer; starting its server again", name)
+        # Its serving process died, or a killed run left it half-created (local only: Azure
+        # reports healthy=None). Create-or-update brings the server back, as `chatft
+        # endpoints restart` does, and leaves a server that is still starting alone.
+        logger.warning("Endpoint %s does not answer (%s); making sure its server runs",
+                       name, endpoint.provisioning_state)
         workspace.begin_create_endpoint(name, description, tags)
     elif endpoint is not None and endpoint.provisioning_state not in ("Failed", "Canceled"):
         logger.info("Reusing endpoint %s (%s)", name, endpoint.provisioning_state)

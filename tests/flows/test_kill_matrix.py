@@ -161,6 +161,15 @@ def test_kill_9_at_each_step_then_rerun_leaves_one_of_each_and_no_orphan(
     request_id = request.request_id(workspace.cache_scope)
     try:
         for point, hold, reached in KILL_POINTS:
+            if hold == SERVER_MODULE:
+                # The kill at "model registered" polls the registry and can land after the
+                # flow went on to start the endpoint's server (a few ms later). Then no
+                # run would start a server again; a crash of that server (kill -9) makes
+                # the next run start one, so it reaches the hold whatever the timing.
+                running = [p for p in processes_under(root) if SERVER_MODULE in p.cmdline()]
+                for proc in running:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                psutil.wait_procs(running, timeout=10)
             _kill_flow_at(point, hold, reached, workspace, request, tmp_path / "flow.log")
             # Right after the kill: nothing twice, and every process is a recorded one
             # (a start whose pid was never written is known by its token).
