@@ -1,9 +1,12 @@
-"""Benchmark: the requests one ``finetune_and_deploy`` run sends to Azure, first run and re-run.
+"""Benchmark: the requests our flows send to Azure: a finetune first run and re-run, a smoke test.
 
 The flow runs unchanged through the real azure-ai-ml SDK against the HTTPS fake of Azure
 ML (tests/azure/fake_azureml), on the shipped sample data; the fake's request log is
 grouped by verb and resource type. The re-run is the same request again: everything is
-found, nothing is created, so what it sends is the price of checking.
+found, nothing is created, so what it sends is the price of checking. Then one
+``smoke_test_endpoints`` run over the managed endpoints (10 seeded, plus the finetune
+run's), two requests each: the management calls it makes per endpoint beside its scoring
+requests.
 
 Run it:
     python scripts/bench_azure_requests.py
@@ -88,6 +91,7 @@ def main() -> None:
                 fake.requests.clear()
                 flow_module.finetune_and_deploy(request=request)
                 runs[label] = tally(list(fake.requests))
+            smoke = smoke_test_requests(fake, make_workspace(fake, FakeCredential()), Path(tmp))
         finally:
             fake.server.stop()
             socket.getaddrinfo = real
@@ -97,6 +101,37 @@ def main() -> None:
     for k in keys:
         print(f"{k:40} {runs['first run'][k]:>10} {runs['re-run'][k]:>8}")
     print(f"{'total':40} {sum(runs['first run'].values()):>10} {sum(runs['re-run'].values()):>8}")
+    endpoints = smoke["POST scoring"] // SMOKE_REQUESTS
+    print(f"\nsmoke test, {endpoints} endpoints x {SMOKE_REQUESTS} requests "
+          f"{'total':>9} {'per endpoint':>13}")
+    for k in sorted(smoke, key=lambda k: (k.split(" ", 1)[1], k)):
+        print(f"{k:40} {smoke[k]:>10} {smoke[k] / endpoints:>13.1f}")
+    management = sum(n for k, n in smoke.items() if not k.endswith(" scoring"))
+    print(f"{'management calls (all but scoring)':40} {management:>10} "
+          f"{management / endpoints:>13.1f}")
+
+
+SMOKE_ENDPOINTS = 10
+SMOKE_REQUESTS = 2
+
+
+def smoke_test_requests(fake, workspace, tmp: Path) -> Counter:  # noqa: ANN001 - test fakes
+    """One smoke-test run over SMOKE_ENDPOINTS seeded endpoints, tallied."""
+    import flows.smoke_test_endpoints as smoke_module
+    from flows.parameters import SmokeTestRequest
+    from workspaces.interface import MANAGED_BY_VALUE, TAG_MANAGED_BY, TAG_MODEL
+
+    for i in range(SMOKE_ENDPOINTS):
+        fake.add_endpoint(f"chatft-bench-{i:02d}",
+                          {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_MODEL: "phi3-ultrachat"},
+                          {"demo": "Standard_NC6s_v3"})
+    smoke_module.load_workspace = lambda block: workspace
+    fake.requests.clear()
+    smoke_module.smoke_test_endpoints(
+        SmokeTestRequest(download_dir=str(tmp / "smoke"), requests_per_deployment=SMOKE_REQUESTS),
+        workspace_block="azure-ml-workspace/bench", return_state=True,
+    )
+    return tally(list(fake.requests))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.azure.fake_azureml.server import Fault
 from workspaces.errors import InvalidRequest
 from workspaces.interface import CALLER_HEADER, TAG_MANAGED_BY
 from workspaces.naming import registered_model_description, registered_model_name
@@ -116,6 +117,47 @@ def test_invoke_without_caller_and_http_failure_as_response(fake, workspace, dep
     response = workspace.invoke(EP, SAMPLE, deployment_name="missing")
     assert response.status_code == 404
     assert CALLER_HEADER not in fake.scoring_requests[0].headers
+
+
+def test_repeated_scoring_reads_the_endpoint_and_its_keys_once(fake, workspace, deployed):
+    fake.requests.clear()
+    answers = [workspace.invoke(EP, SAMPLE, deployment_name="demo") for _ in range(3)]
+
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert len(fake.scoring_requests) == 3
+    # The scoring URI and the key-auth mode were seen when the endpoint was made, and the
+    # key is listed once. Each request used to read the endpoint, and the SDK's get_keys
+    # read it again for its auth mode before listing the keys: three calls a request.
+    assert len(fake.sent("POST", rf"/onlineEndpoints/{EP}/listKeys$")) == 1
+    assert not fake.sent("GET", rf"/onlineEndpoints/{EP}$")
+    assert len(fake.requests) == 3 + 1
+
+
+def test_a_regenerated_key_is_read_again_and_the_request_answered(fake, workspace, deployed):
+    assert workspace.invoke(EP, SAMPLE, deployment_name="demo").status_code == 200
+    old_key = fake.keys[EP]["primaryKey"]
+    fake.keys[EP] = {"primaryKey": "pk-regenerated", "secondaryKey": "sk-regenerated"}
+
+    response = workspace.invoke(EP, SAMPLE, deployment_name="demo")
+
+    assert response.status_code == 200
+    assert [r.headers["authorization"] for r in fake.scoring_requests] == [
+        f"Bearer {old_key}", f"Bearer {old_key}", "Bearer pk-regenerated"]
+    assert len(fake.sent("POST", rf"/onlineEndpoints/{EP}/listKeys$")) == 2
+
+
+def test_a_key_just_read_and_refused_is_not_read_again(fake, workspace, deployed):
+    # listKeys answers keys the scoring front end refuses: the 401 is the answer, with no
+    # second read (only a key kept from earlier in the session is read again).
+    fake.server.inject(Fault("POST", rf"/onlineEndpoints/{EP}/listKeys$", status=200,
+                             body={"primaryKey": "pk-refused", "secondaryKey": "sk-refused"}))
+    fake.requests.clear()
+
+    response = workspace.invoke(EP, SAMPLE, deployment_name="demo")
+
+    assert response.status_code == 401
+    assert len(fake.scoring_requests) == 1
+    assert len(fake.sent("POST", rf"/onlineEndpoints/{EP}/listKeys$")) == 1
 
 
 def test_keys_logs_and_listing(fake, workspace, deployed):

@@ -24,6 +24,7 @@ from azure.ai.ml.entities import (
 )
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from pydantic import SecretStr
 
 from workspaces.azure import activity, metrics, quota, records, scoring
 from workspaces.azure.clients import Clients, WorkspaceAddress
@@ -130,6 +131,15 @@ class AzureMLWorkspace(Workspace):
         # The long-running operation of each create/update we started, by resource: a
         # failed operation's error (code, message) is only ever reported there.
         self._operations: dict[str, Any] = {}
+        # Where each endpoint scores and with which key, kept for the session (one flow
+        # run): a smoke test sends several requests to every endpoint, and reading the
+        # endpoint and its keys for each request cost two management calls a request. A
+        # 401 with a kept key reads the key again once (it may have been regenerated).
+        self._scoring_uris: dict[str, str] = {}
+        self._scoring_keys: dict[str, SecretStr] = {}
+        # Endpoints known to use key auth: their keys are listed without first reading the
+        # endpoint again for its auth mode.
+        self._key_auth: set[str] = set()
 
     # -- identity ----------------------------------------------------------------------
     @property
@@ -390,6 +400,7 @@ class AzureMLWorkspace(Workspace):
                 ep = self._read_endpoint(name)
             except ResourceNotFoundError:
                 return None
+        self._remember_scoring_uri(ep)
         endpoint = records.endpoint(ep, self._deployments(name), self.address.arm_id)
         if endpoint.provisioning_state in ("Failed", "Canceled"):
             endpoint.error = self._operation_error(name)
@@ -411,10 +422,18 @@ class AzureMLWorkspace(Workspace):
     def list_endpoints(self) -> list[Endpoint]:
         with azure_errors("listing online endpoints"):
             endpoints = list(self._clients.ml.online_endpoints.list())
+        for ep in endpoints:
+            self._remember_scoring_uri(ep)
         return [
             records.endpoint(ep, self._deployments(ep.name), self.address.arm_id)
             for ep in endpoints
         ]
+
+    def _remember_scoring_uri(self, endpoint: OnlineEndpoint) -> None:
+        if endpoint.scoring_uri:
+            self._scoring_uris[endpoint.name] = endpoint.scoring_uri
+        if (endpoint.auth_mode or "").lower() == "key":
+            self._key_auth.add(endpoint.name)
 
     def begin_create_endpoint(self, name: str, description: str, tags: dict[str, str]) -> None:
         _valid_name(name, "endpoint_name")
@@ -470,11 +489,19 @@ class AzureMLWorkspace(Workspace):
             ep.traffic = dict(traffic)
             # A traffic update is quick; waiting keeps the returned state truthful.
             updated = self._clients.ml.online_endpoints.begin_create_or_update(ep).result()
+        self._remember_scoring_uri(updated)
         return records.endpoint(updated, self._deployments(endpoint_name), self.address.arm_id)
 
     def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:
+        operations = self._clients.ml.online_endpoints
         with azure_errors(f"reading the keys of endpoint {endpoint_name}"):
-            keys = self._clients.ml.online_endpoints.get_keys(endpoint_name)
+            if endpoint_name in self._key_auth:
+                # get_keys reads the endpoint for its auth mode before listing the keys;
+                # the mode is known here, so the SDK's own next step is called directly
+                # (private, like _read_endpoint): one request instead of two.
+                keys = operations._get_online_credentials(name=endpoint_name, auth_mode="key")
+            else:
+                keys = operations.get_keys(endpoint_name)
         return EndpointKeys(primary=keys.primary_key, secondary=keys.secondary_key)
 
     def invoke(
@@ -485,12 +512,34 @@ class AzureMLWorkspace(Workspace):
         caller: str | None = None,
         timeout_s: float = 90.0,
     ) -> ScoreResponse:
-        with azure_errors(f"getting endpoint {endpoint_name}"):
-            ep = self._read_endpoint(endpoint_name)
-        if not ep.scoring_uri:
-            raise InvalidRequest(f"endpoint {endpoint_name} has no scoring URI yet; wait for it")
-        key = self.get_endpoint_keys(endpoint_name).primary.get_secret_value()
-        return scoring.score(ep.scoring_uri, key, body, deployment_name, caller, timeout_s)
+        kept_key = endpoint_name in self._scoring_keys
+        uri, key = self._scoring_target(endpoint_name)
+        response = scoring.score(uri, key.get_secret_value(), body, deployment_name, caller,
+                                 timeout_s)
+        if response.status_code == 401 and kept_key:
+            self._scoring_keys.pop(endpoint_name, None)
+            uri, key = self._scoring_target(endpoint_name)
+            response = scoring.score(uri, key.get_secret_value(), body, deployment_name,
+                                     caller, timeout_s)
+        return response
+
+    def _scoring_target(self, endpoint_name: str) -> tuple[str, SecretStr]:
+        """The endpoint's scoring URI and primary key, read once per session."""
+        uri = self._scoring_uris.get(endpoint_name)
+        if uri is None:
+            with azure_errors(f"getting endpoint {endpoint_name}"):
+                self._remember_scoring_uri(self._read_endpoint(endpoint_name))
+            uri = self._scoring_uris.get(endpoint_name)
+            if uri is None:
+                raise InvalidRequest(
+                    f"endpoint {endpoint_name} has no scoring URI yet; wait for it"
+                )
+        key = self._scoring_keys.get(endpoint_name)
+        if key is None:
+            key = self._scoring_keys[endpoint_name] = self.get_endpoint_keys(
+                endpoint_name
+            ).primary
+        return uri, key
 
     def get_endpoint_activity(
         self, endpoint_name: str, start: datetime, end: datetime
@@ -542,6 +591,9 @@ class AzureMLWorkspace(Workspace):
         with azure_errors(f"deleting endpoint {name}"):
             poller = self._clients.ml.online_endpoints.begin_delete(name=name)
         self._deletions[(name, None)] = poller
+        self._scoring_uris.pop(name, None)
+        self._scoring_keys.pop(name, None)
+        self._key_auth.discard(name)
 
     def deletion_finished(self, endpoint_name: str, deployment_name: str | None = None) -> bool:
         # The SDK's poller follows the DELETE's Location in its own thread, waiting as long
