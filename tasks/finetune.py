@@ -26,6 +26,8 @@ from workspaces.interface import (
 )
 from workspaces.naming import finetune_job_name
 
+PROGRESS_EVERY_S = 2.0
+
 
 @task(name="allocate-suffix", cache_policy=WORKSPACE_INPUTS, **transient_retries())
 def allocate_suffix(workspace: Workspace, request_id: str) -> str:
@@ -138,15 +140,20 @@ def wait_for_job(
         if line and line != seen.get("training"):
             logger.info("Job %s: %s", job_name, line)
             seen["training"] = line
-        if job.progress is not None and (job.progress, line) != (
-            seen.get("progress"), seen.get("reported")
+        # The bar moves at most every PROGRESS_EVERY_S: polls come several times a second
+        # locally, and each update is a write on the Prefect server, beside the training.
+        if (
+            job.progress is not None
+            and (job.progress, line) != (seen.get("progress"), seen.get("reported"))
+            and time.monotonic() - float(seen.get("progress_at", -PROGRESS_EVERY_S))
+            >= PROGRESS_EVERY_S
         ):
             update_progress_artifact(
                 progress_id,
                 progress=round(job.progress * 100, 1),
                 description=f"Fine-tune job {job_name}" + (f": {line}" if line else ""),
             )
-            seen.update(progress=job.progress, reported=line)
+            seen.update(progress=job.progress, reported=line, progress_at=time.monotonic())
 
     try:
         job = poll_until(

@@ -26,7 +26,7 @@ def poll_until(
     naming ``what`` after ``deadline_s`` seconds.
     """
     started = time.monotonic()
-    delay = first_delay_s
+    delay = min(first_delay_s, max_delay_s)
     while True:
         value = read()
         if on_change:

@@ -345,8 +345,9 @@ class Workspace(ABC):
     requires_gpu: bool
     # The longest pause between two reads of a job, endpoint or deployment being waited
     # for. A management API is polled with a growing back-off up to this; a workspace whose
-    # reads are local file reads can afford to look every second, which keeps a finished
-    # step from waiting up to a minute to be noticed.
+    # reads are local file reads can afford to look several times a second, which keeps a
+    # finished step from waiting up to a minute (or, at 1 s, half a second on average per
+    # wait) to be noticed.
     max_poll_interval_s: float = 60.0
 
     @property
