@@ -44,7 +44,7 @@ def run_flow(state: Path) -> tuple[float, float, dict]:
     return first_s, rerun_s, metrics.finetune
 
 
-def run_direct(state: Path) -> float:
+def run_direct(state: Path, model_name: str = STANDIN_NAME) -> float:
     """The same steps straight on the workspace, no Prefect."""
     from flows.parameters import FinetuneRequest
     from workspaces import compute_provisioning
@@ -56,7 +56,8 @@ def run_direct(state: Path) -> float:
 
     started = time.perf_counter()
     ws = LocalWorkspace(state)
-    model = ws.get_foundation_model(STANDIN_NAME)
+    model = ws.get_foundation_model(model_name)
+    ws.prepare_foundation_model(model, print)
     params = {**FinetuneRequest().training.as_component_inputs(), **model_specific_defaults(model)}
     compute_provisioning.ensure_compute(ws, "local-cpu", "Local_CPU", 1)
     data = prepare_dataset("sample", 5, state / "download")
@@ -68,6 +69,8 @@ def run_direct(state: Path) -> float:
         compute="local-cpu",
         train_file=data.files["train_sft"],
         test_file=data.files["test_sft"],
+        # as the flow gives it: the job also scores base and tuned model on these questions
+        test_gen_file=data.files.get("test_gen"),
         gpus_per_node=1,
         parameters=params,
     )

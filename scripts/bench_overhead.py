@@ -14,10 +14,15 @@ What it prints:
    Prefect adds to every task (goal: under 50 ms). The same again with settings changed
    (logging to the API off; results not persisted), to see which help.
 2. The real flow against the same steps called directly: ``finetune_and_deploy`` on the
-   local workspace with the stand-in model, first run, against
-   ``scripts/bench_finetune_and_deploy.run_direct`` (the same workspace calls, no
-   Prefect), each as a whole process from start to exit (goal with a running server:
-   overhead at most 5 % of the first run). ``--skip-flow`` leaves this out (it trains).
+   local workspace, first run, against ``scripts/bench_finetune_and_deploy.run_direct``
+   (the same workspace calls, no Prefect, none of the flow's checks and reports), each as
+   a whole process from start to the end of its work (goal with a running server:
+   overhead at most 5 % of the first run). ``--model standin`` (default) trains the
+   2-layer stand-in (a run of about half a minute, so the fixed cost shows most);
+   ``--model smollm2`` trains SmolLM2 as ``make demo`` does (the model is converted once
+   beforehand and shared, so the conversion counts in neither). ``--repeat N`` runs N
+   rounds of direct, then flow; the overhead is the median of each round's difference.
+   ``--skip-flow`` leaves this out (it trains).
 3. A cProfile of the per-task flow with a running server: the functions where the flow's
    thread spends Prefect's time.
 
@@ -26,6 +31,7 @@ Run it:
                                                       # per setup: minutes)
     python scripts/bench_overhead.py --skip-flow      # per-task figures and profile only
     python scripts/bench_overhead.py --skip-tasks     # the finetune comparison only
+    python scripts/bench_overhead.py --skip-tasks --model smollm2 --setups running --repeat 2
 """
 
 from __future__ import annotations
@@ -146,11 +152,9 @@ def _short(path: str) -> str:
     return path.split(marker, 1)[1] if marker in path else path
 
 
-def child_finetune(mode: str, state: Path) -> dict[str, Any]:
+def child_finetune(mode: str, state: Path, model_name: str) -> dict[str, Any]:
     """One first run of finetune_and_deploy, or the same steps without Prefect."""
     import importlib.util
-
-    from workspaces.local.catalog import STANDIN_NAME
 
     started = time.perf_counter()
     if mode == "flow":
@@ -159,14 +163,14 @@ def child_finetune(mode: str, state: Path) -> dict[str, Any]:
 
         os.environ["CHATFT_STATE_DIR"] = str(state)
         finetune_and_deploy(request=FinetuneRequest(
-            foundation_model=STANDIN_NAME, download_dir=str(state / "download")))
+            foundation_model=model_name, download_dir=str(state / "download")))
     else:
         spec = importlib.util.spec_from_file_location(
             "bench_finetune_and_deploy", PROJECT_DIR / "scripts" / "bench_finetune_and_deploy.py")
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        module.run_direct(state)
+        module.run_direct(state, model_name)
     return {"call_s": time.perf_counter() - started,
             "process_s": time.perf_counter() - STARTED}
 
@@ -215,13 +219,20 @@ def main() -> None:
     parser.add_argument("--skip-tasks", action="store_true",
                         help="leave out the per-task figures and the profile")
     parser.add_argument("--calls", type=int, default=TASK_CALLS)
+    parser.add_argument("--model", choices=["standin", "smollm2"], default="standin",
+                        help="the model the finetune comparison trains")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of the finetune comparison (medians are reported)")
+    parser.add_argument("--setups", nargs="+", choices=["running", "temporary"],
+                        default=["running", "temporary"],
+                        help="Prefect setups of the finetune comparison")
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
         if kind == "tasks":
             result = child_tasks(int(rest[0]), profile=rest[1] == "profile")
         else:
-            result = child_finetune(rest[0], Path(rest[1]))
+            result = child_finetune(rest[0], Path(rest[1]), rest[2])
         print(json.dumps(result))
         return
 
@@ -254,35 +265,50 @@ def measure(args: argparse.Namespace, root: Path, server: Any) -> None:
             profile = result.get("profile", profile)
 
     if not args.skip_flow:
-        print("\n2. finetune_and_deploy (stand-in) first run vs the same steps directly, "
-              "whole process")
-        from workspaces.local.catalog import STANDIN_NAME, STANDIN_VERSION, build_standin
-
-        standin = build_standin(root / "shared-catalog" / STANDIN_NAME / STANDIN_VERSION)
-        direct = None
-        for setup in ("direct", "running", "temporary"):
-            state = root / f"state-{setup}"
-            (state / "catalog" / STANDIN_NAME).mkdir(parents=True)
-            os.symlink(standin, state / "catalog" / STANDIN_NAME / STANDIN_VERSION)
-            try:
-                result = run_child(["finetune", "direct" if setup == "direct" else "flow",
-                                    str(state)],
-                                   setup_env(setup, server, root / f"home-flow-{setup}", {}))
-            finally:
-                delete_endpoints(state)
-            seconds = result["process_s"]
-            if direct is None:
-                direct = seconds
-                print(f"   direct calls, no Prefect: {seconds:7.1f} s", flush=True)
-            else:
-                print(f"   flow, {setup} server:{'':>6s}{seconds:7.1f} s  overhead "
-                      f"{seconds - direct:5.1f} s ({(seconds - direct) / seconds * 100:4.1f} % "
-                      f"of the run)", flush=True)
+        compare_finetune(args, root, server)
 
     if profile:
         print("\n3. cProfile of the per-task flow, running server, flow thread:")
     for line in profile:
         print("   " + line)
+
+
+def shared_model(root: Path, model: str) -> tuple[str, str, Path]:
+    """The model built (or converted) once, for every run to link into its catalog."""
+    from workspaces.local import catalog
+
+    if model == "smollm2":
+        name, version = catalog.SMOLLM2_NAME, catalog.SMOLLM2_VERSION
+        return name, version, catalog.convert_smollm2(root / "shared-catalog" / name / version)
+    name, version = catalog.STANDIN_NAME, catalog.STANDIN_VERSION
+    return name, version, catalog.build_standin(root / "shared-catalog" / name / version)
+
+
+def compare_finetune(args: argparse.Namespace, root: Path, server: Any) -> None:
+    print(f"\n2. finetune_and_deploy ({args.model}) first run vs the same steps directly, "
+          f"whole process, {args.repeat} round(s)")
+    name, version, built = shared_model(root, args.model)
+    seconds: dict[str, list[float]] = {setup: [] for setup in ("direct", *args.setups)}
+    for round_no in range(args.repeat):
+        for setup in seconds:
+            state = root / f"state-{setup}-{round_no}"
+            (state / "catalog" / name).mkdir(parents=True)
+            os.symlink(built, state / "catalog" / name / version)
+            try:
+                result = run_child(
+                    ["finetune", "direct" if setup == "direct" else "flow", str(state), name],
+                    setup_env(setup, server, root / f"home-flow-{setup}-{round_no}", {}))
+            finally:
+                delete_endpoints(state)
+            seconds[setup].append(result["process_s"])
+            print(f"   round {round_no + 1}: {setup:9s} {result['process_s']:7.1f} s", flush=True)
+    direct = seconds.pop("direct")
+    print(f"   direct calls, no Prefect: median {statistics.median(direct):7.1f} s")
+    for setup, runs in seconds.items():
+        overhead = statistics.median(f - d for f, d in zip(runs, direct, strict=True))
+        run_s = statistics.median(runs)
+        print(f"   flow, {setup} server: median {run_s:7.1f} s  overhead {overhead:5.1f} s "
+              f"({overhead / run_s * 100:4.1f} % of the run)", flush=True)
 
 
 def delete_endpoints(state: Path) -> None:
