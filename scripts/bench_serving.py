@@ -1,6 +1,8 @@
 """Benchmark serving: our local endpoint against ``mlflow models serve`` of the same model.
 
-Prints figures, asserts nothing. For 1 and 2 concurrent clients it sends the same
+Prints figures, asserts nothing. Our deployment runs with ``instance_count`` 1 and 2
+(``--instances``): each instance generates for one request at a time, as Azure's default
+``max_concurrent_requests_per_instance``. For 1 and 2 concurrent clients it sends the same
 held-out test_gen questions (greedy, ``max_new_tokens`` 20) and prints requests/s, p50 and
 p99 latency. Both servers bind 127.0.0.1 on a free port and run the registered model
 (base + adapter merged) that a ``make demo`` run left in the workspace's registry.
@@ -85,17 +87,17 @@ def latest_model(state: Path) -> tuple[str, Path]:
     return ident, ws.registry.local_path(ident)
 
 
-def bench_ours(state: Path, model: str) -> dict[int, dict[str, float]]:
+def bench_ours(state: Path, model: str, instances: int) -> dict[int, dict[str, float]]:
     from workspaces.local import LocalWorkspace
     from workspaces.scoring import build_body, read_reply
 
     ws = LocalWorkspace(state)
-    name = f"bench-serving-{int(time.time())}"
+    name = f"bench-serving-{int(time.time())}-{instances}"
     ws.begin_create_endpoint(name, "serving benchmark", {})
     try:
         while ws.get_endpoint(name).provisioning_state == "Creating":
             time.sleep(0.3)
-        ws.begin_create_deployment(name, "demo", model, "Local_CPU", 1, {})
+        ws.begin_create_deployment(name, "demo", model, "Local_CPU", instances, {})
         while ws.get_deployment(name, "demo").provisioning_state == "Creating":
             time.sleep(0.3)
         ws.set_traffic(name, {"demo": 100})
@@ -166,19 +168,24 @@ def bench_mlflow(model_path: Path) -> dict[int, dict[str, float]] | str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--state-dir", default=".workspace")
+    parser.add_argument("--instances", type=int, nargs="+", default=[1, 2],
+                        help="instance_count of our deployment (each generates for one "
+                             "request at a time, as Azure's default)")
     args = parser.parse_args()
     state = Path(args.state_dir).resolve()
     model, path = latest_model(state)
     print(f"model {model} ({path})")
-    ours = bench_ours(state, model)
+    ours = {n: bench_ours(state, model, n) for n in args.instances}
     if shutil.which("mlflow") is None and not Path(sys.executable).with_name("mlflow").exists():
         theirs: dict | str = "mlflow CLI not found"
     else:
         theirs = bench_mlflow(path)
     print(f"\n{'server':<22}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
-    for clients, row in ours.items():
-        print(f"{'our endpoint':<22}{clients:>8}{row['rps']:>9.2f}{row['p50']:>9.0f}"
-              f"{row['p99']:>9.0f}")
+    for instances, rows in ours.items():
+        label = f"ours, {instances} instance{'s' if instances > 1 else ''}"
+        for clients, row in rows.items():
+            print(f"{label:<22}{clients:>8}{row['rps']:>9.2f}{row['p50']:>9.0f}"
+                  f"{row['p99']:>9.0f}")
     if isinstance(theirs, str):
         print(f"mlflow models serve: skipped ({theirs})")
     else:

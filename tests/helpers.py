@@ -31,6 +31,7 @@ def serve(
     tags: dict[str, str] | None = None,
     deployment: str = "demo",
     timeout_s: float = 120,
+    instance_count: int = 1,
 ) -> Endpoint:
     """Create an endpoint with one deployment taking 100 % of traffic; wait until ready."""
     ws.begin_create_endpoint(name, "test endpoint", dict(MANAGED_TAGS if tags is None else tags))
@@ -38,7 +39,7 @@ def serve(
     while (e := ws.get_endpoint(name)) is None or e.provisioning_state == "Creating":
         assert time.monotonic() < deadline, f"endpoint {name} not ready"
         time.sleep(0.2)
-    ws.begin_create_deployment(name, deployment, model.id, "Local_CPU", 1, {})
+    ws.begin_create_deployment(name, deployment, model.id, "Local_CPU", instance_count, {})
     while (d := ws.get_deployment(name, deployment)).provisioning_state == "Creating":
         assert time.monotonic() < deadline, f"deployment {deployment} not ready"
         time.sleep(0.2)

@@ -12,7 +12,8 @@ It speaks the Azure ML online endpoint scoring contract for chat-completion mode
   body over 1 MiB, 404 when no deployment can take the request, 408 past the deployment's
   request timeout, 429 when more requests wait than the deployment takes (Azure's
   2 x max_concurrent_requests_per_instance x instance_count), 424 when the model fails.
-- ``GET /health`` (no key) reports which deployments are ready.
+- ``GET /health`` (no key) reports which deployments are ready and how many requests each
+  is generating for, of the ``instance_count`` it generates for at once.
 
 Every request is appended to ``requests.jsonl`` (time, deployment, status, latency, caller
 marker) so later flows can tell organic use from the project's own requests.
@@ -62,16 +63,23 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 class LoadedModel:
-    """An MLflow transformers model held in memory, generating one request at a time."""
+    """An MLflow transformers model held in memory, generating for ``instances`` requests
+    at once: one per instance, as Azure's default max_concurrent_requests_per_instance."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, instances: int = 1) -> None:
         import mlflow
 
         components = mlflow.transformers.load_model(str(path), return_type="components")
         self.model = components["model"]
         self.tokenizer = components["tokenizer"]
         self.model.eval()
-        self.lock = threading.Lock()
+        self.instances = instances
+        self.slots = threading.BoundedSemaphore(instances)
+        self.generating = 0
+        self.count_lock = threading.Lock()
+        # A fast tokenizer must not be called from two threads at once ("Already
+        # borrowed"); generation itself only reads the weights, so it runs in parallel.
+        self.tokenizer_lock = threading.Lock()
         self.stop_ids = stop_token_ids(self.model, self.tokenizer)
 
     def generate(
@@ -79,9 +87,10 @@ class LoadedModel:
     ) -> str:
         import torch
 
-        inputs = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
+        with self.tokenizer_lock:
+            inputs = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
         kwargs = dict(parameters)
         kwargs.setdefault("max_new_tokens", 200)
         if not kwargs.get("do_sample", False):
@@ -91,16 +100,24 @@ class LoadedModel:
         elif kwargs.get("temperature") == 0:
             kwargs["do_sample"] = False
             kwargs.pop("temperature")
-        with self.lock, torch.no_grad():
-            output = self.model.generate(
-                **inputs,
-                **kwargs,
-                eos_token_id=self.stop_ids,
-                max_time=max_time,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
+        with self.slots:
+            with self.count_lock:
+                self.generating += 1
+            try:
+                with torch.no_grad():
+                    output = self.model.generate(
+                        **inputs,
+                        **kwargs,
+                        eos_token_id=self.stop_ids,
+                        max_time=max_time,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                    )
+            finally:
+                with self.count_lock:
+                    self.generating -= 1
         new_tokens = output[0][inputs["input_ids"].shape[1] :]
-        return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
 
 
 class EndpointState:
@@ -142,7 +159,10 @@ class EndpointState:
         status_file = self.dir / f"deployment-{name}.json"
         write_json(status_file, {"state": "Creating"})
         try:
-            self.models[name] = LoadedModel(Path(deployment["model_path"]))
+            self.models[name] = LoadedModel(
+                Path(deployment["model_path"]),
+                MAX_CONCURRENT_PER_INSTANCE * int(deployment.get("instance_count", 1)),
+            )
             write_json(status_file, {"state": "Succeeded", "ready_at": time.time()})
             logger.info("deployment %s loaded %s", name, deployment["model_path"])
         except Exception as exc:  # report any load failure as the deployment's error
@@ -227,6 +247,11 @@ def create_app(endpoint_dir: Path) -> FastAPI:
             "endpoint_id": state.endpoint_id,
             "token": state.token,
             "deployments": ready,
+            # requests generating now, of how many the deployment's instances take at once
+            "generating": {
+                name: {"now": model.generating, "instances": model.instances}
+                for name, model in list(state.models.items())
+            },
         }
 
     @app.post("/score")

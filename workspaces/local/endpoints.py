@@ -11,6 +11,7 @@ another endpoint or another server process.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -45,7 +46,9 @@ from workspaces.naming import check_endpoint_name
 
 SERVER_MODULE = "workspaces.local.endpoint_server"
 LOCAL_INSTANCE_TYPES = ("Local_CPU",)
-MAX_LOCAL_INSTANCES = 1
+# An instance is a generation slot in the endpoint's one server process (the weights are
+# shared); more slots than CPU cores would only queue on the cores.
+MAX_LOCAL_INSTANCES = max(1, os.cpu_count() or 1)
 
 
 # One HTTP client for every local request of the process, shared by threads (httpx.Client
@@ -302,7 +305,7 @@ class LocalEndpoints:
         if not 1 <= instance_count <= MAX_LOCAL_INSTANCES:
             raise QuotaExceeded(
                 f"instance_count {instance_count}: the local workspace serves a deployment with "
-                f"{MAX_LOCAL_INSTANCES} instance"
+                f"1 to {MAX_LOCAL_INSTANCES} instances (one per CPU core of this machine)"
             )
         if not (model_path / "MLmodel").exists():
             raise InvalidRequest(f"model {model_id} has no MLflow model at {model_path}")

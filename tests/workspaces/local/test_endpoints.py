@@ -1,13 +1,15 @@
 """Local endpoints: a real server process, key auth, the scoring contract, request log."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
 from tests.helpers import chat_body, register_model, serve
-from workspaces.errors import InvalidRequest, ResourceNotFound
+from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound
+from workspaces.local.endpoints import MAX_LOCAL_INSTANCES
 
 
 @pytest.fixture
@@ -54,6 +56,39 @@ def test_scoring_contract_and_key_auth(workspace, endpoint):
 
     unknown = _post(endpoint, chat_body(), primary, {"azureml-model-deployment": "blue"})
     assert unknown.status_code == 404
+
+
+def _peak_generating(endpoint, key, requests: int) -> tuple[int, int, list[int]]:
+    """Send ``requests`` long generations at once; the most /health saw generating together."""
+    health = endpoint.scoring_uri.removesuffix("/score") + "/health"
+    body = chat_body("Tell me a long story about a lighthouse.", max_new_tokens=2048)
+    body["input_data"]["parameters"].update(do_sample=True, temperature=2.0)
+    peak, instances = 0, 0
+    with ThreadPoolExecutor(requests) as pool:
+        sent = [pool.submit(_post, endpoint, body, key) for _ in range(requests)]
+        while not all(f.done() for f in sent):
+            load = httpx.get(health, timeout=10).json()["generating"]["demo"]
+            peak, instances = max(peak, load["now"]), load["instances"]
+        return peak, instances, [f.result().status_code for f in sent]
+
+
+@pytest.mark.slow
+def test_each_instance_generates_for_one_request_at_a_time(workspace, standin_mlflow_model):
+    # Azure's default max_concurrent_requests_per_instance is 1: two instances answer two
+    # requests together, one instance answers them one after the other.
+    model = register_model(workspace, standin_mlflow_model)
+    two = serve(workspace, model, "ep-two-instances", instance_count=2)
+    key = workspace.get_endpoint_keys(two.name).primary.get_secret_value()
+    assert _peak_generating(two, key, 2) == (2, 2, [200, 200])
+
+    one = serve(workspace, model, "ep-one-instance", instance_count=1)
+    key = workspace.get_endpoint_keys(one.name).primary.get_secret_value()
+    assert _peak_generating(one, key, 2) == (1, 1, [200, 200])
+
+    with pytest.raises(QuotaExceeded, match=rf"instance_count {MAX_LOCAL_INSTANCES + 1}: .* "
+                       rf"1 to {MAX_LOCAL_INSTANCES} instances \(one per CPU core"):
+        workspace.begin_create_deployment(one.name, "big", model.id, "Local_CPU",
+                                          MAX_LOCAL_INSTANCES + 1, {})
 
 
 @pytest.mark.slow
