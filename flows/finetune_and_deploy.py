@@ -150,6 +150,9 @@ def finetune_and_deploy(
         raise InvalidRequest(str(exc)) from exc
     if inference_problem:
         raise InvalidRequest(f"instance_type: {inference_problem}")
+    serving_problem = workspace.deployment_size_problem(instance_type, request.instance_count)
+    if serving_problem:
+        raise InvalidRequest(serving_problem)
 
     request_id = request.request_id(workspace.cache_scope)
     suffix = allocate_suffix(workspace, request_id)

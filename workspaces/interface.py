@@ -399,6 +399,11 @@ class Workspace(ABC):
         """
         return QuotaCheck(tiers=["Dedicated", "LowPriority"])
 
+    def deployment_size_problem(self, instance_type: str, instance_count: int) -> str | None:
+        """Why ``instance_count`` x ``instance_type`` cannot be served here, told before any
+        training; None when it can, or when only the service can tell."""
+        return None
+
     # -- fine-tune jobs ------------------------------------------------------------------
     @abstractmethod
     def get_pipeline_interface(self, version: str | None = None) -> PipelineInterface:

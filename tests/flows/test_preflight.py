@@ -124,6 +124,19 @@ def test_a_model_missing_from_the_catalog_is_refused_before_compute(prefect_serv
     _nothing_created(bare)
 
 
+def test_more_instances_than_the_local_workspace_serves_is_refused_before_compute(
+    prefect_server, bare, tmp_path
+):
+    from workspaces.local.endpoints import MAX_LOCAL_INSTANCES
+
+    request = FinetuneRequest(foundation_model=STANDIN, instance_count=MAX_LOCAL_INSTANCES + 1,
+                              download_dir=str(tmp_path / "dl"))
+    with pytest.raises(WorkspaceError, match=f"instance_count {MAX_LOCAL_INSTANCES + 1}") as info:
+        finetune_and_deploy(request=request)
+    assert f"1 to {MAX_LOCAL_INSTANCES} instances" in str(info.value)
+    _nothing_created(bare)
+
+
 def _read_only(path):
     """Make ``path`` a folder nobody can write in, root included (chattr +i for root)."""
     import os

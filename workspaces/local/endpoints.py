@@ -51,6 +51,17 @@ LOCAL_INSTANCE_TYPES = ("Local_CPU",)
 MAX_LOCAL_INSTANCES = max(1, os.cpu_count() or 1)
 
 
+def size_problem(instance_type: str, instance_count: int) -> str | None:
+    """Why a deployment of this size cannot be served locally (None when it can)."""
+    if instance_type not in LOCAL_INSTANCE_TYPES:
+        return (f"instance_type {instance_type!r} is not served locally; allowed: "
+                + ", ".join(LOCAL_INSTANCE_TYPES))
+    if not 1 <= instance_count <= MAX_LOCAL_INSTANCES:
+        return (f"instance_count {instance_count}: the local workspace serves a deployment "
+                f"with 1 to {MAX_LOCAL_INSTANCES} instances (one per CPU core of this machine)")
+    return None
+
+
 # One HTTP client for every local request of the process, shared by threads (httpx.Client
 # is thread-safe). ``httpx.post`` builds a client per call, and each new client loads the
 # CA bundle into an SSL context (tens of ms of CPU under the GIL, even for plain http):
@@ -298,15 +309,10 @@ class LocalEndpoints:
     ) -> None:
         check_endpoint_name(name, field="deployment_name")
         if instance_type not in LOCAL_INSTANCE_TYPES:
-            raise InvalidRequest(
-                f"instance_type {instance_type!r} is not served locally; allowed: "
-                + ", ".join(LOCAL_INSTANCE_TYPES)
-            )
-        if not 1 <= instance_count <= MAX_LOCAL_INSTANCES:
-            raise QuotaExceeded(
-                f"instance_count {instance_count}: the local workspace serves a deployment with "
-                f"1 to {MAX_LOCAL_INSTANCES} instances (one per CPU core of this machine)"
-            )
+            raise InvalidRequest(size_problem(instance_type, instance_count))
+        problem = size_problem(instance_type, instance_count)
+        if problem:
+            raise QuotaExceeded(problem)
         if not (model_path / "MLmodel").exists():
             raise InvalidRequest(f"model {model_id} has no MLflow model at {model_path}")
 

@@ -36,7 +36,7 @@ from workspaces.interface import (
     Workspace,
 )
 from workspaces.local import catalog
-from workspaces.local.endpoints import LocalEndpoints
+from workspaces.local.endpoints import LocalEndpoints, size_problem
 from workspaces.local.jobs import LocalJobs
 from workspaces.local.pipeline_interface import local_interface
 from workspaces.local.registry import LocalRegistry
@@ -136,6 +136,9 @@ class LocalWorkspace(Workspace):
         self, model: FoundationModel, log: Callable[[str], None]
     ) -> str:
         return catalog.weights_location(model, self.root / "catalog", log)
+
+    def deployment_size_problem(self, instance_type: str, instance_count: int) -> str | None:
+        return size_problem(instance_type, instance_count)
 
     # -- compute -------------------------------------------------------------------------
     def _compute_file(self, name: str) -> Path:
