@@ -308,11 +308,11 @@ class LocalEndpoints:
         liveness_initial_delay_s: int,
     ) -> None:
         check_endpoint_name(name, field="deployment_name")
-        if instance_type not in LOCAL_INSTANCE_TYPES:
-            raise InvalidRequest(size_problem(instance_type, instance_count))
         problem = size_problem(instance_type, instance_count)
         if problem:
-            raise QuotaExceeded(problem)
+            # an unknown size is a bad request; too many instances, a quota refusal
+            refusal = QuotaExceeded if instance_type in LOCAL_INSTANCE_TYPES else InvalidRequest
+            raise refusal(problem)
         if not (model_path / "MLmodel").exists():
             raise InvalidRequest(f"model {model_id} has no MLflow model at {model_path}")
 
