@@ -38,7 +38,9 @@ from workspaces.local.state import (
     process_alive,
     process_token,
     read_json,
+    seconds_since,
     spawn_detached,
+    stamp,
     stop_processes,
     write_json,
 )
@@ -95,6 +97,19 @@ def _tail(path: Path, lines: int) -> str:
         return ""
 
 
+def _created() -> dict[str, Any]:
+    """The creation stamp of an endpoint or deployment: shown by wall clock, aged by boot."""
+    now = stamp()
+    return {"created_at": now["at"], "created_since_boot": now["since_boot"],
+            "boot_id": now["boot_id"]}
+
+
+def _age_s(record: dict[str, Any]) -> float:
+    # Judged on the boot clock: a clock stepped forward must not fail a server that is
+    # still starting, nor one stepped back keep a dead one Creating for an hour.
+    return seconds_since(record, "created_at", "created_since_boot")
+
+
 class LocalEndpoints:
     def __init__(self, root: Path) -> None:
         self.root = root / "endpoints"
@@ -148,7 +163,7 @@ class LocalEndpoints:
                     "tags": tags,
                     "auth_mode": "key",
                     "port": _free_port(),
-                    "created_at": time.time(),
+                    **_created(),
                     "provisioning_state": "Creating",
                     "traffic": {},
                     "deployments": {},
@@ -175,10 +190,9 @@ class LocalEndpoints:
 
         def reset(c: dict[str, Any]) -> None:
             c.setdefault("id", uuid.uuid4().hex)
-            c.update(provisioning_state="Creating", created_at=time.time())
+            c.update(provisioning_state="Creating", **_created())
             for deployment in c.get("deployments", {}).values():
-                deployment.update(provisioning_state="Creating", created_at=time.time(),
-                                  error=None)
+                deployment.update(provisioning_state="Creating", error=None, **_created())
 
         self._update(name, reset)
         spawn_detached(
@@ -216,7 +230,7 @@ class LocalEndpoints:
             if health is not None:
                 state = "Succeeded"
                 self._update(name, lambda c: c.update(provisioning_state="Succeeded"))
-            elif not alive and time.time() - config["created_at"] > 10:
+            elif not alive and _age_s(config) > 10:
                 state = "Failed"
                 self._update(name, lambda c: c.update(provisioning_state="Failed"))
         deployments = [self._deployment(name, d, config, health) for d in config["deployments"]]
@@ -266,7 +280,7 @@ class LocalEndpoints:
             error = status.get("error")
         elif (
             state == "Creating"
-            and time.time() - record["created_at"] > 15
+            and _age_s(record) > 15
             and not self._alive(endpoint)
         ):
             state = "Failed"
@@ -328,7 +342,7 @@ class LocalEndpoints:
                 "request_timeout_ms": request_timeout_ms,
                 "liveness_initial_delay_s": liveness_initial_delay_s,
                 "provisioning_state": "Creating",
-                "created_at": time.time(),
+                **_created(),
             }
 
         self._update(endpoint, add)

@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from workspaces.local.state import read_json, write_json
+from workspaces.local.state import locked, read_json, write_json
 from workspaces.ultrachat import read_jsonl
 
 logger = logging.getLogger("finetune_job")
@@ -63,10 +63,12 @@ class JobStatus:
         self.path = job_dir / "status.json"
 
     def update(self, **fields: Any) -> None:
-        data = read_json(self.path) or {}
-        data.update(fields)
-        data["updated_at"] = time.time()
-        write_json(self.path, data)
+        # The lock is the one the workspace takes to declare the job gone or take it back.
+        with locked(self.path.parent / ".status.lock"):
+            data = read_json(self.path) or {}
+            data.update(fields)
+            data["updated_at"] = time.time()
+            write_json(self.path, data)
 
 
 # -- parameters -------------------------------------------------------------------------

@@ -20,12 +20,25 @@ from workspaces.local.state import (
     locked,
     process_alive,
     read_json,
+    seconds_since,
     spawn_detached,
+    stamp,
     stop_processes,
     write_json,
 )
 
+# The error a job gets when its process is gone without a word. Only the liveness check
+# writes it, and a process found alive afterwards takes the job back (see ``get``).
+PROCESS_GONE = "the job process ended without reporting a result"
+
 JOB_MODULE = "workspaces.local.finetune_job"
+
+
+def _declared_gone(status: dict[str, Any]) -> bool:
+    """Whether the Failed status was the liveness check's verdict, not the job's own."""
+    return status.get("status") == "Failed" and bool(
+        status.get("declared_gone") or str(status.get("error") or "").startswith(PROCESS_GONE)
+    )
 
 
 class LocalJobs:
@@ -63,13 +76,16 @@ class LocalJobs:
                 test_gen = inputs / "test_gen.jsonl"
                 test_gen.write_bytes(Path(spec.test_gen_file).read_bytes())
                 record["test_gen_file"] = str(test_gen)
+            now = stamp()
             record.update(
                 train_file=str(train),
                 test_file=str(test),
                 weights=weights,
                 tracking_uri=self.tracking_uri,
                 artifact_root=self.artifact_root,
-                submitted_at=time.time(),
+                submitted_at=now["at"],
+                submitted_since_boot=now["since_boot"],
+                boot_id=now["boot_id"],
             )
             write_json(job_dir / "spec.json", record)
             write_json(job_dir / "status.json", {"status": "Queued", "updated_at": time.time()})
@@ -92,30 +108,21 @@ class LocalJobs:
             return None
         status = read_json(job_dir / "status.json") or {}
         state = status.get("status", "Unknown")
-        error = status.get("error")
         # Not started yet (its submitter died before starting it): a re-submit starts it.
         not_started = (
             read_json(job_dir / PROCESS_FILE) is None
-            and time.time() - spec["submitted_at"] < 30
+            and seconds_since(spec, "submitted_at", "submitted_since_boot") < 30
         )
-        # The record names the process by pid and start time: a process still starting
+        # The record names the process by pid and start ticks: a process still starting
         # counts as running (no /proc command line is read, so nothing to race).
-        if (
-            state not in TERMINAL_JOB_STATUSES
-            and not not_started
-            and not process_alive(job_dir)
-        ):
-            # Re-read: the process may have finished between the two reads.
-            status = read_json(job_dir / "status.json") or {}
-            state = status.get("status", "Unknown")
-            if state not in TERMINAL_JOB_STATUSES:
-                state = "Failed"
-                error = (
-                    "the job process ended without reporting a result (killed, or the machine "
-                    f"restarted); see {job_dir / 'job.log'}"
-                )
-                status.update(status=state, error=error, ended_at=time.time())
-                write_json(job_dir / "status.json", status)
+        if state not in TERMINAL_JOB_STATUSES and not not_started and not process_alive(job_dir):
+            status = self._declare_gone(job_dir)
+        elif _declared_gone(status) and process_alive(job_dir):
+            # Declared gone on a misread (an older check, fooled by a clock step) while it
+            # worked on: it is taken back, not resubmitted beside itself.
+            status = self._take_back(job_dir)
+        state = status.get("status", "Unknown")
+        error = status.get("error")
         return FinetuneJob(
             name=name,
             status=state,
@@ -130,6 +137,31 @@ class LocalJobs:
             error=error,
             created_at=datetime.fromtimestamp(spec["submitted_at"], UTC),
         )
+
+    def _declare_gone(self, job_dir: Path) -> dict[str, Any]:
+        with locked(job_dir / ".status.lock"):
+            # Re-read: the process may have finished between the two reads.
+            status = read_json(job_dir / "status.json") or {}
+            if status.get("status") not in TERMINAL_JOB_STATUSES:
+                status.update(
+                    status="Failed",
+                    error=f"{PROCESS_GONE} (killed, or the machine restarted); see "
+                    f"{job_dir / 'job.log'}",
+                    ended_at=time.time(),
+                    declared_gone=True,
+                )
+                write_json(job_dir / "status.json", status)
+            return status
+
+    def _take_back(self, job_dir: Path) -> dict[str, Any]:
+        with locked(job_dir / ".status.lock"):
+            status = read_json(job_dir / "status.json") or {}
+            if _declared_gone(status):
+                for key in ("error", "ended_at", "declared_gone"):
+                    status.pop(key, None)
+                status["status"] = "Running"
+                write_json(job_dir / "status.json", status)
+            return status
 
     def find(self, request_id: str) -> list[FinetuneJob]:
         jobs = []
@@ -154,11 +186,12 @@ class LocalJobs:
                 return
             time.sleep(0.3)
         stop_processes(job_dir, JOB_MODULE, timeout_s=10)
-        status = self.status_record(name)
-        if status.get("status") not in TERMINAL_JOB_STATUSES:
-            status.update(status="Canceled", error="canceled on request (forced)",
-                          ended_at=time.time())
-            write_json(job_dir / "status.json", status)
+        with locked(job_dir / ".status.lock"):
+            status = self.status_record(name)
+            if status.get("status") not in TERMINAL_JOB_STATUSES or status.get("declared_gone"):
+                status.update(status="Canceled", error="canceled on request (forced)",
+                              ended_at=time.time(), declared_gone=False)
+                write_json(job_dir / "status.json", status)
 
     def status_record(self, name: str) -> dict[str, Any]:
         return read_json(self.job_dir(name) / "status.json") or {}

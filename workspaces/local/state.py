@@ -62,9 +62,56 @@ HOLD_ENV = "CHATFT_HOLD_AFTER_SPAWN"
 STARTING_GRACE_S = 5.0
 # A record without a pid counts as a process still starting for this long.
 RECORDING_GRACE_S = 30.0
-# Start times are read as boot time + ticks; boot time moves when the clock is stepped.
-# A pid reused within a second of the recorded start cannot happen (pid_max forks in 1 s).
+# Only for records written before start ticks were kept: their start time is boot time +
+# ticks, and the boot time moves when the clock is stepped, so a mismatch is confirmed
+# with the identity token before the process is declared gone.
 START_TIME_TOLERANCE_S = 1.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# -- clocks no clock step moves ----------------------------------------------------------
+# NTP and VM hosts step the wall clock; with it the kernel's boot time (wall clock minus
+# uptime) moves, and every start time read as "boot time + ticks" moves too. A process's
+# start in clock ticks since boot, and the time since boot, never move: liveness and ages
+# are judged on those, within one boot (the boot id tells).
+def boot_id() -> str:
+    """This boot's identity: a start tick or a time since boot means something only in it."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def since_boot() -> float:
+    """Seconds since boot, counting suspend; unmoved by clock steps."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (None when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or parentheses;
+    # start time is field 22, the 20th after the closing parenthesis.
+    try:
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def stamp() -> dict[str, Any]:
+    """The present moment, on the wall clock (to show) and on the boot clock (to judge)."""
+    return {"at": time.time(), "since_boot": since_boot(), "boot_id": boot_id()}
+
+
+def seconds_since(record: dict[str, Any], wall_key: str, boot_key: str) -> float:
+    """How long ago ``record[wall_key]`` was, judged on the boot clock when the record was
+    written in this boot (``record[boot_key]``, with its ``boot_id``), else on the wall."""
+    if record.get(boot_key) is not None and record.get("boot_id") == boot_id():
+        return since_boot() - float(record[boot_key])
+    return time.time() - float(record.get(wall_key) or 0.0)
 
 
 def _cmdline(proc: psutil.Process) -> list[str] | None:
@@ -87,7 +134,8 @@ def _carries(proc: psutil.Process, token: str) -> bool:
 def _still_starting(proc: psutil.Process, cmdline: list[str]) -> bool:
     """A young process that shows no command line of its own yet (empty, or its parent's)."""
     try:
-        if time.time() - proc.create_time() >= STARTING_GRACE_S:
+        ticks = start_ticks(proc.pid)
+        if ticks is None or since_boot() - ticks / CLOCK_TICKS >= STARTING_GRACE_S:
             return False
         if not cmdline:
             return True
@@ -126,13 +174,34 @@ def find_processes(folder: Path, module: str, token: str | None = None) -> list[
     return list(found.values())
 
 
+def _same_process(proc: psutil.Process, record: dict[str, Any]) -> bool:
+    """Whether the live ``proc`` is the process ``record`` names (not a reused pid).
+
+    Within the boot that wrote it, the start in clock ticks decides exactly. A record of
+    another boot, or one kept before ticks were recorded, is matched by start time, and a
+    mismatch (a clock step moves that time) is settled by the identity token it carries.
+    """
+    ticks = record.get("start_ticks")
+    if ticks is not None and record.get("boot_id") == boot_id():
+        return start_ticks(proc.pid) == ticks
+    try:
+        if abs(proc.create_time() - float(record.get("create_time") or 0.0)) <= (
+            START_TIME_TOLERANCE_S
+        ):
+            return True
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return _carries(proc, record["token"])
+
+
 def recorded_process(folder: Path) -> psutil.Process | None:
     """The live process the record in ``folder`` names, or None: the liveness check.
 
-    A recorded process is matched by pid and start time, fixed at fork: no /proc command
-    line is read, so a process still starting cannot be misread, and a reused pid never
-    matches. A record without a pid (its caller died right after starting it) is completed
-    from the process that carries the record's token.
+    A recorded process is matched by pid and start ticks, fixed at fork and unmoved by
+    clock steps: no /proc command line is read, so a process still starting cannot be
+    misread, and a reused pid never matches. None is evidence: the pid is gone, a zombie,
+    or another process. A record without a pid (its caller died right after starting it)
+    is completed from the process that carries the record's token.
     """
     record = read_json(folder / PROCESS_FILE)
     if record is None:
@@ -141,26 +210,33 @@ def recorded_process(folder: Path) -> psutil.Process | None:
     if pid:
         try:
             proc = psutil.Process(pid)
-            if abs(proc.create_time() - record["create_time"]) > START_TIME_TOLERANCE_S:
+            if not _same_process(proc, record):
                 return None
             return None if proc.status() == psutil.STATUS_ZOMBIE else proc
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
     carriers = []
     for proc in find_processes(folder, record["module"], record["token"]):
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            if _carries(proc, record["token"]):
-                carriers.append((proc.create_time(), proc))
+        ticks = start_ticks(proc.pid)
+        if ticks is not None and _carries(proc, record["token"]):
+            carriers.append((ticks, proc))
     if not carriers:
         return None
     # Its own children inherit the token; the process we started is the oldest of them.
-    create_time, proc = min(carriers, key=lambda c: c[0])
+    ticks, proc = min(carriers, key=lambda c: c[0])
     with locked(folder / ".process.lock"):
         current = read_json(folder / PROCESS_FILE) or {}
         if current.get("token") == record["token"] and not current.get("pid"):
-            write_json(folder / PROCESS_FILE, {**current, "pid": proc.pid,
-                                                "create_time": create_time})
+            write_json(folder / PROCESS_FILE, {**current, **_identity(proc.pid, ticks)})
     return proc
+
+
+def _identity(pid: int, ticks: int | None) -> dict[str, Any]:
+    try:
+        create_time = psutil.Process(pid).create_time()  # shown to people, never compared
+    except psutil.NoSuchProcess:
+        create_time = 0.0
+    return {"pid": pid, "start_ticks": ticks, "boot_id": boot_id(), "create_time": create_time}
 
 
 def process_alive(folder: Path) -> bool:
@@ -171,7 +247,7 @@ def process_alive(folder: Path) -> bool:
     return (
         bool(record)
         and not record.get("pid")
-        and time.time() - record["spawned_at"] < RECORDING_GRACE_S
+        and seconds_since(record, "spawned_at", "spawned_since_boot") < RECORDING_GRACE_S
     )
 
 
@@ -220,6 +296,7 @@ def spawn_detached(module: str, folder: Path, log_name: str, **env: str) -> int:
     folder = folder.resolve()
     record: dict[str, Any] = {
         "module": module, "token": secrets.token_hex(16), "pid": None, "spawned_at": time.time(),
+        "spawned_since_boot": since_boot(), "boot_id": boot_id(),
     }
     write_json(folder / PROCESS_FILE, record)
     with open(folder / log_name, "ab") as log:
@@ -236,11 +313,7 @@ def spawn_detached(module: str, folder: Path, log_name: str, **env: str) -> int:
     if hold and hold == module:
         (folder / ".held").touch()
         time.sleep(3600)
-    try:
-        create_time = psutil.Process(process.pid).create_time()
-    except psutil.NoSuchProcess:
-        create_time = 0.0
-    record.update(pid=process.pid, create_time=create_time)
+    record.update(_identity(process.pid, start_ticks(process.pid)))
     write_json(folder / PROCESS_FILE, record)
     return process.pid
 

@@ -47,9 +47,10 @@ def test_a_reused_pid_or_another_folder_is_not_ours(tmp_path):
     try:
         assert process_alive(tmp_path / "a")
         assert not process_alive(tmp_path / "b")
-        # A record naming the same pid with another start time is a different process.
+        # A record naming the same pid with another start is a different process.
         record = read_json(tmp_path / "a" / PROCESS_FILE)
-        write_json(tmp_path / "b" / PROCESS_FILE, {**record, "create_time": 1.0})
+        write_json(tmp_path / "b" / PROCESS_FILE,
+                   {**record, "start_ticks": record["start_ticks"] + 1, "create_time": 1.0})
         assert recorded_process(tmp_path / "b") is None
         assert not process_alive(tmp_path / "b")
     finally:
