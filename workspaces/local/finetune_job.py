@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from workspaces.local import mlflow_store
 from workspaces.local.state import locked, read_json, write_json
 from workspaces.ultrachat import read_jsonl
 
@@ -296,15 +297,11 @@ def run(job_dir: Path) -> None:
     torch.manual_seed(0)
     params: dict[str, str] = spec["parameters"]
     settings = training_settings(params)
-    mlflow.set_tracking_uri(spec["tracking_uri"])
-    experiment = mlflow.get_experiment_by_name(spec["experiment_name"])
-    experiment_id = (
-        experiment.experiment_id
-        if experiment
-        else mlflow.create_experiment(
-            spec["experiment_name"], artifact_location=spec["artifact_root"]
-        )
+    # Tables and experiment made under a lock: another first job may open the database now.
+    experiment_id = mlflow_store.experiment_id(
+        spec["tracking_uri"], spec["experiment_name"], spec["artifact_root"]
     )
+    mlflow.set_tracking_uri(spec["tracking_uri"])
 
     run_tags = {"job_name": spec["name"], **spec.get("tags", {})}
     with mlflow.start_run(

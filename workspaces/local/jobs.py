@@ -14,6 +14,7 @@ from typing import Any
 
 from workspaces.errors import InvalidRequest
 from workspaces.interface import TAG_REQUEST, TERMINAL_JOB_STATUSES, FinetuneJob, FinetuneJobSpec
+from workspaces.local import mlflow_store
 from workspaces.local.finetune_job import CANCEL_FILE, InvalidParameter, training_settings
 from workspaces.local.state import (
     PROCESS_FILE,
@@ -89,6 +90,9 @@ class LocalJobs:
             )
             write_json(job_dir / "spec.json", record)
             write_json(job_dir / "status.json", {"status": "Queued", "updated_at": time.time()})
+            # The job opens the MLflow database first thing; made here, before any job
+            # runs, two first jobs never race to create its tables.
+            mlflow_store.ensure_tables(self.tracking_uri)
             self._start(job_dir, weights)
         result = self.get(spec.name)
         assert result is not None

@@ -12,14 +12,13 @@ from urllib.parse import unquote, urlparse
 
 from workspaces.errors import InvalidRequest, ResourceNotFound
 from workspaces.interface import RegisteredModel
+from workspaces.local import mlflow_store
 
 VERSION_TAG = "chatft-version"
 
 
 def _client(tracking_uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return mlflow_store.client(tracking_uri)
 
 
 def model_id(name: str, mlflow_version: str) -> str:

@@ -35,7 +35,7 @@ from workspaces.interface import (
     VmSize,
     Workspace,
 )
-from workspaces.local import catalog
+from workspaces.local import catalog, mlflow_store
 from workspaces.local.endpoints import LocalEndpoints, size_problem
 from workspaces.local.jobs import LocalJobs
 from workspaces.local.pipeline_interface import local_interface
@@ -214,10 +214,8 @@ class LocalWorkspace(Workspace):
         self.jobs.cancel(name)
 
     def get_job_metrics(self, name: str) -> JobMetrics:
-        from mlflow import MlflowClient
-
         status = self.jobs.status_record(name)
-        client = MlflowClient(tracking_uri=self.tracking_uri)
+        client = mlflow_store.client(self.tracking_uri)
         metrics = JobMetrics()
         if status.get("finetune_run_id"):
             run = client.get_run(status["finetune_run_id"])
@@ -252,9 +250,7 @@ class LocalWorkspace(Workspace):
         run_id = status.get("mlflow_run_id")
         source = str(output)
         if run_id:
-            from mlflow import MlflowClient
-
-            run = MlflowClient(tracking_uri=self.tracking_uri).get_run(run_id)
+            run = mlflow_store.client(self.tracking_uri).get_run(run_id)
             source = f"{run.info.artifact_uri}/trained_model"
         # Lineage from the job's own record of the files it trained on, not from the caller.
         lineage = {
