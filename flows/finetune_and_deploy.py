@@ -267,6 +267,7 @@ def finetune_and_deploy(
         "(ultrachat_200k chat-completion fine-tune)",
         resource_tags,
         request.deployment_timeout_minutes,
+        take_over=request.take_over,
     )
     endpoint_reused = endpoint.tags.get(TAG_FLOW_RUN) != this_run
     create_deployment(
@@ -279,7 +280,9 @@ def finetune_and_deploy(
         resource_tags,
         request.deployment_timeout_minutes,
     )
-    endpoint = route_traffic(workspace, endpoint_name, {request.deployment_name: 100})
+    endpoint = route_traffic(
+        workspace, endpoint_name, {request.deployment_name: 100}, owner=request_id
+    )
     reports.report_endpoint(endpoint, request.deployment_name, endpoint_reused)
     reports.emit(
         "endpoint.deployed",

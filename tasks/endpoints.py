@@ -16,6 +16,7 @@ from tasks.waiting import poll_until
 from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound, WorkspaceError
 from workspaces.failure_advice import failure_class, with_advice
 from workspaces.interface import TAG_REQUEST, Deployment, Endpoint, ScoreResponse, Workspace
+from workspaces.ownership import ENDPOINT_ADVICE, foreign, owner_of, refuse_foreign
 from workspaces.scoring import build_body, read_reply, up_to_last_question
 from workspaces.ultrachat import read_jsonl
 
@@ -26,12 +27,30 @@ PROVISIONED = ("Succeeded", "Failed", "Canceled")
 # teardown flow does that), and get-or-create by name is what keeps them idempotent.
 @task(name="create-endpoint", cache_policy=NO_CACHE, **transient_retries())
 def create_endpoint(
-    workspace: Workspace, name: str, description: str, tags: dict[str, str], timeout_minutes: float
+    workspace: Workspace,
+    name: str,
+    description: str,
+    tags: dict[str, str],
+    timeout_minutes: float,
+    take_over: bool = False,
 ) -> Endpoint:
-    """Create the key-auth endpoint, or reuse it; wait until it is provisioned."""
+    """Create the key-auth endpoint, or reuse it when it is this request's; wait until it
+    is provisioned.
+
+    The owner is checked again here, at the write (another request may have made the name
+    while this one trained): a foreign endpoint is refused, or taken over with ``take_over``.
+    """
     logger = get_run_logger()
+    owner = owner_of(tags)
     endpoint = workspace.get_endpoint(name)
-    if endpoint is not None and endpoint.healthy is False and endpoint.provisioning_state in (
+    taken = foreign(f"endpoint {name}", endpoint.tags, owner) if endpoint is not None else None
+    if endpoint is not None and taken:
+        if not take_over:
+            refuse_foreign(f"endpoint {name}", endpoint.tags, owner, ENDPOINT_ADVICE)
+        logger.warning("Taking over (take_over=true): %s; its traffic stays until this "
+                       "request's deployment is ready", taken)
+        workspace.begin_create_endpoint(name, description, tags, owner=owner, take_over=True)
+    elif endpoint is not None and endpoint.healthy is False and endpoint.provisioning_state in (
         "Succeeded", "Creating"
     ):
         # Its serving process died, or a killed run left it half-created (local only: Azure
@@ -39,11 +58,11 @@ def create_endpoint(
         # endpoints restart` does, and leaves a server that is still starting alone.
         logger.warning("Endpoint %s does not answer (%s); making sure its server runs",
                        name, endpoint.provisioning_state)
-        workspace.begin_create_endpoint(name, description, tags)
+        workspace.begin_create_endpoint(name, description, tags, owner=owner)
     elif endpoint is not None and endpoint.provisioning_state not in ("Failed", "Canceled"):
         logger.info("Reusing endpoint %s (%s)", name, endpoint.provisioning_state)
     else:
-        workspace.begin_create_endpoint(name, description, tags)
+        workspace.begin_create_endpoint(name, description, tags, owner=owner)
         logger.info("Creating endpoint %s", name)
 
     def read() -> Endpoint:
@@ -93,7 +112,7 @@ def create_deployment(
     if deployment is None:
         workspace.begin_create_deployment(
             endpoint_name, name, model_id, instance_type, instance_count, tags,
-            liveness_initial_delay_s=600, request_timeout_ms=90000,
+            liveness_initial_delay_s=600, request_timeout_ms=90000, owner=owner_of(tags),
         )
         logger.info("Creating deployment %s on %s (%s x %d)",
                     name, endpoint_name, instance_type, instance_count)
@@ -144,13 +163,21 @@ def _log_tail(workspace: Workspace, endpoint_name: str, name: str) -> str:
 
 
 @task(name="route-traffic", cache_policy=NO_CACHE, **transient_retries())
-def route_traffic(workspace: Workspace, endpoint_name: str, traffic: dict[str, int]) -> Endpoint:
-    """Send the given share of traffic to each deployment (100 % to demo)."""
+def route_traffic(
+    workspace: Workspace, endpoint_name: str, traffic: dict[str, int], owner: str | None = None
+) -> Endpoint:
+    """Send the given share of traffic to each deployment (100 % to demo).
+
+    With ``owner`` (a request id) only that request's endpoint is routed; the workspace
+    checks it again at the write.
+    """
     endpoint = workspace.get_endpoint(endpoint_name)
+    if endpoint is not None:
+        refuse_foreign(f"endpoint {endpoint_name}", endpoint.tags, owner, ENDPOINT_ADVICE)
     if endpoint is not None and endpoint.traffic == traffic:
         get_run_logger().info("Traffic of %s already %s", endpoint_name, traffic)
         return endpoint
-    endpoint = workspace.set_traffic(endpoint_name, traffic)
+    endpoint = workspace.set_traffic(endpoint_name, traffic, owner=owner)
     get_run_logger().info("Traffic of %s set to %s", endpoint_name, traffic)
     return endpoint
 

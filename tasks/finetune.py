@@ -24,17 +24,17 @@ from workspaces.interface import (
     JobMetrics,
     Workspace,
 )
-from workspaces.naming import finetune_job_name
+from workspaces.naming import finetune_job_name, suffix_for
 
 PROGRESS_EVERY_S = 2.0
 
 
 @task(name="allocate-suffix", cache_policy=WORKSPACE_INPUTS, **transient_retries())
 def allocate_suffix(workspace: Workspace, request_id: str) -> str:
-    """The request's unique suffix (epoch seconds), fixed at its first run and reused after.
+    """The request's suffix: the one its job carries, else the one made from its id.
 
-    A job already submitted for the request carries the suffix in a tag, so it is found
-    again even when Prefect's cache is gone.
+    Jobs submitted by earlier versions carry an epoch-second suffix in a tag; a request
+    that has one keeps it, so its job, model version and endpoint are found again.
     """
     for job in workspace.find_jobs(request_id):
         if job.tags.get(TAG_SUFFIX):
@@ -45,7 +45,7 @@ def allocate_suffix(workspace: Workspace, request_id: str) -> str:
                 job.name,
             )
             return job.tags[TAG_SUFFIX]
-    return str(int(time.time()))
+    return suffix_for(request_id)
 
 
 # Not cached by Prefect: the job itself is the record. Its deterministic name and request

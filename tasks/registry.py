@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.policies import transient_retries
 from workspaces.interface import RegisteredModel, Workspace
+from workspaces.ownership import owner_of, refuse_foreign
 
 
 # Not cached by Prefect: the registry is the record, and (name, version) is unique there.
@@ -19,14 +20,21 @@ def register_model(
     description: str,
     tags: dict[str, str],
 ) -> RegisteredModel:
-    """Register ``azureml://jobs/<job>/outputs/trained_model`` (or the local job's output)."""
+    """Register ``azureml://jobs/<job>/outputs/trained_model`` (or the local job's output).
+
+    A version that exists is reused only when it is this request's (its request tag, the
+    one in ``tags``); another request's is refused naming both, never taken as ours.
+    """
     logger = get_run_logger()
+    owner = owner_of(tags)
     existing = workspace.get_model(name, version)
     if existing is not None:
+        refuse_foreign(f"model {name} version {version}", existing.tags, owner,
+                       "its weights are not this request's; nothing was registered")
         logger.info("Reusing registered model %s version %s", name, version)
         return existing
     logger.info("Registering the output of job %s as model %s version %s (copies the "
                 "weights)", job_name, name, version)
-    model = workspace.register_model(name, version, job_name, description, tags)
+    model = workspace.register_model(name, version, job_name, description, tags, owner=owner)
     logger.info("Registered model %s version %s from job %s", name, version, job_name)
     return model

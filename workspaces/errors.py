@@ -35,3 +35,7 @@ class JobFailed(WorkspaceError):
 
 class DeadlineExceeded(WorkspaceError):
     """A long wait (job, provisioning) passed its configured deadline."""
+
+
+class OwnershipConflict(InvalidRequest):
+    """A name this request would create or change belongs to another request."""

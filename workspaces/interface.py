@@ -440,9 +440,19 @@ class Workspace(ABC):
 
     @abstractmethod
     def register_model(
-        self, name: str, version: str, job_name: str, description: str, tags: dict[str, str]
+        self,
+        name: str,
+        version: str,
+        job_name: str,
+        description: str,
+        tags: dict[str, str],
+        owner: str | None = None,
     ) -> RegisteredModel:
-        """Register the job's trained_model output as an MLflow model version."""
+        """Register the job's trained_model output as an MLflow model version.
+
+        With ``owner`` (a request id), a version that already exists is returned only when
+        it carries that request's tag; another request's raises ``OwnershipConflict``.
+        """
 
     # -- endpoints -----------------------------------------------------------------------
     @abstractmethod
@@ -454,8 +464,20 @@ class Workspace(ABC):
         """Every online endpoint in the workspace (callers filter on managed tags)."""
 
     @abstractmethod
-    def begin_create_endpoint(self, name: str, description: str, tags: dict[str, str]) -> None:
-        """Start creating a key-auth endpoint; poll :meth:`get_endpoint` for the outcome."""
+    def begin_create_endpoint(
+        self,
+        name: str,
+        description: str,
+        tags: dict[str, str],
+        owner: str | None = None,
+        take_over: bool = False,
+    ) -> None:
+        """Start creating a key-auth endpoint; poll :meth:`get_endpoint` for the outcome.
+
+        With ``owner`` (a request id), an existing endpoint of another request is refused
+        (``OwnershipConflict``) at the moment of the write, or, with ``take_over``, tagged
+        as this request's; its deployments and traffic are left as they are.
+        """
 
     @abstractmethod
     def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
@@ -472,12 +494,21 @@ class Workspace(ABC):
         tags: dict[str, str],
         liveness_initial_delay_s: int = 600,
         request_timeout_ms: int = 90000,
+        owner: str | None = None,
     ) -> None:
-        """Start creating a deployment; poll :meth:`get_deployment` for the outcome."""
+        """Start creating a deployment; poll :meth:`get_deployment` for the outcome.
+
+        With ``owner``, the endpoint must belong to that request when the write is made.
+        """
 
     @abstractmethod
-    def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> Endpoint:
-        """Route traffic percentages to deployments and update the endpoint."""
+    def set_traffic(
+        self, endpoint_name: str, traffic: dict[str, int], owner: str | None = None
+    ) -> Endpoint:
+        """Route traffic percentages to deployments and update the endpoint.
+
+        With ``owner``, the endpoint must belong to that request when the write is made.
+        """
 
     @abstractmethod
     def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:

@@ -28,6 +28,18 @@ def check_endpoint_name(name: str, field: str = "endpoint_name") -> str:
     return name
 
 
+def suffix_for(request_id: str) -> str:
+    """The request's suffix: ten digits made from its id (the id is a sha256 in hex).
+
+    The walkthrough's suffix is the epoch second; two requests started in the same second
+    then shared a model version and an endpoint name. Made from the request id, it is the
+    same on every run of a request and differs between requests (a clash of two ids' first
+    32 bits is refused by the ownership checks, never shared). Ten digits keep the
+    endpoint name ``ultrachat-completion-<suffix>`` within Azure's 32 characters.
+    """
+    return str(1_000_000_000 + int(request_id[:8], 16))
+
+
 def endpoint_name_for(suffix: str) -> str:
     """The walkthrough's endpoint name: ``ultrachat-completion-<suffix>``."""
     return check_endpoint_name(f"ultrachat-completion-{suffix}")

@@ -230,3 +230,37 @@ def test_reading_an_endpoint_lists_its_deployments_once(fake, workspace, deploye
     assert len(fake.sent("GET", rf"/onlineEndpoints/{EP}/deployments$")) == 1
     assert len(fake.sent("GET", rf"/onlineEndpoints/{EP}$")) == 1
     assert len(fake.requests) == 2
+
+
+def test_writes_to_another_requests_endpoint_are_refused_at_the_write(fake, workspace, deployed):
+    # The endpoint belongs to req1; a second request reads it just before each write.
+    from workspaces.errors import OwnershipConflict
+
+    theirs = {**TAGS, "chatft-request": "req2"}
+    with pytest.raises(OwnershipConflict, match="belongs to request req1.*this request is req2"):
+        workspace.begin_create_endpoint(EP, "other", theirs, owner="req2")
+    with pytest.raises(OwnershipConflict, match="belongs to request req1"):
+        workspace.begin_create_deployment(EP, "green", "azureml:m:2", "Standard_NC6s_v3", 1,
+                                          theirs, owner="req2")
+    with pytest.raises(OwnershipConflict, match="belongs to request req1"):
+        workspace.set_traffic(EP, {"demo": 100}, owner="req2")
+    endpoint = workspace.get_endpoint(EP)
+    assert endpoint.tags["chatft-request"] == "req1"
+    assert endpoint.traffic == {"demo": 100}
+    assert [d.name for d in endpoint.deployments] == ["demo"]
+
+    workspace.begin_create_endpoint(EP, "taken over", theirs, owner="req2", take_over=True)
+    endpoint = workspace.get_endpoint(EP)
+    assert endpoint.tags["chatft-request"] == "req2"
+    assert endpoint.traffic == {"demo": 100}  # taking over moves no traffic by itself
+
+
+def test_a_model_version_of_another_request_is_refused(fake, workspace, model):
+    from workspaces.errors import OwnershipConflict
+
+    with pytest.raises(OwnershipConflict, match=f"version {model.version} belongs to request req1"):
+        workspace.register_model(model.name, model.version, "chatft-job", "d",
+                                 {"chatft-request": "req2"}, owner="req2")
+    same = workspace.register_model(model.name, model.version, "chatft-job", "d",
+                                    {"chatft-request": "req1"}, owner="req1")
+    assert same.id == model.id

@@ -50,6 +50,7 @@ from workspaces.interface import (
     Workspace,
 )
 from workspaces.naming import check_endpoint_name
+from workspaces.ownership import ENDPOINT_ADVICE, foreign, refuse_foreign
 
 # How long a read of a Failed resource waits for its operation to report the error.
 OPERATION_GRACE_S = 10.0
@@ -357,8 +358,24 @@ class AzureMLWorkspace(Workspace):
         return records.registered_model(model, self.address.arm_id)
 
     def register_model(
-        self, name: str, version: str, job_name: str, description: str, tags: dict[str, str]
+        self,
+        name: str,
+        version: str,
+        job_name: str,
+        description: str,
+        tags: dict[str, str],
+        owner: str | None = None,
     ) -> RegisteredModel:
+        if owner is not None:
+            # Azure keeps a version's weights once registered: a version of another request
+            # is refused, never answered as ours.
+            existing = self.get_model(name, version)
+            if existing is not None:
+                refuse_foreign(
+                    f"model {name} version {version}", existing.tags, owner,
+                    "its weights are not this request's; nothing was registered",
+                )
+                return existing
         model = Model(
             path=f"azureml://jobs/{job_name}/outputs/trained_model",
             type=AssetTypes.MLFLOW_MODEL,
@@ -435,11 +452,50 @@ class AzureMLWorkspace(Workspace):
         if (endpoint.auth_mode or "").lower() == "key":
             self._key_auth.add(endpoint.name)
 
-    def begin_create_endpoint(self, name: str, description: str, tags: dict[str, str]) -> None:
+    def _owned_endpoint(self, name: str, owner: str | None) -> OnlineEndpoint | None:
+        """The endpoint read just before a write, refused when another request owns it.
+
+        Online endpoints offer no ETag / If-Match to make the check and the write one
+        operation, so the check is a read right before the write: the window between two
+        requests is one round trip, not the hours of a training run.
+        """
+        if owner is None:
+            return None
+        with azure_errors(f"getting endpoint {name}"):
+            try:
+                existing = self._read_endpoint(name)
+            except ResourceNotFoundError:
+                return None
+        refuse_foreign(f"endpoint {name}", dict(existing.tags or {}), owner, ENDPOINT_ADVICE)
+        return existing
+
+    def begin_create_endpoint(
+        self,
+        name: str,
+        description: str,
+        tags: dict[str, str],
+        owner: str | None = None,
+        take_over: bool = False,
+    ) -> None:
         _valid_name(name, "endpoint_name")
         endpoint = ManagedOnlineEndpoint(
             name=name, auth_mode="key", description=description, tags=tags
         )
+        if take_over and owner is not None:
+            with azure_errors(f"getting endpoint {name}"):
+                try:
+                    existing = self._read_endpoint(name)
+                except ResourceNotFoundError:
+                    existing = None
+            if existing is not None and foreign(
+                f"endpoint {name}", dict(existing.tags or {}), owner
+            ):
+                # Taken over: the same endpoint (its traffic kept) tagged as this request's.
+                existing.tags = dict(tags)
+                existing.description = description
+                endpoint = existing
+        else:
+            self._owned_endpoint(name, owner)
         with azure_errors(f"creating endpoint {name}"):
             self._operations[name] = self._clients.ml.online_endpoints.begin_create_or_update(
                 endpoint
@@ -466,8 +522,10 @@ class AzureMLWorkspace(Workspace):
         tags: dict[str, str],
         liveness_initial_delay_s: int = 600,
         request_timeout_ms: int = 90000,
+        owner: str | None = None,
     ) -> None:
         _valid_name(name, "deployment_name")
+        self._owned_endpoint(endpoint_name, owner)
         deployment = ManagedOnlineDeployment(
             name=name,
             endpoint_name=endpoint_name,
@@ -483,9 +541,14 @@ class AzureMLWorkspace(Workspace):
                 self._clients.ml.online_deployments.begin_create_or_update(deployment)
             )
 
-    def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> Endpoint:
+    def set_traffic(
+        self, endpoint_name: str, traffic: dict[str, int], owner: str | None = None
+    ) -> Endpoint:
         with azure_errors(f"routing traffic of endpoint {endpoint_name}"):
             ep = self._clients.ml.online_endpoints.get(endpoint_name)
+        # The read the update is built from is the ownership check, just before the write.
+        refuse_foreign(f"endpoint {endpoint_name}", dict(ep.tags or {}), owner, ENDPOINT_ADVICE)
+        with azure_errors(f"routing traffic of endpoint {endpoint_name}"):
             ep.traffic = dict(traffic)
             # A traffic update is quick; waiting keeps the returned state truthful.
             updated = self._clients.ml.online_endpoints.begin_create_or_update(ep).result()

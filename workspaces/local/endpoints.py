@@ -45,6 +45,7 @@ from workspaces.local.state import (
     write_json,
 )
 from workspaces.naming import check_endpoint_name
+from workspaces.ownership import ENDPOINT_ADVICE, foreign, refuse_foreign
 
 SERVER_MODULE = "workspaces.local.endpoint_server"
 LOCAL_INSTANCE_TYPES = ("Local_CPU",)
@@ -137,12 +138,19 @@ class LocalEndpoints:
             return config
 
     # -- endpoints ---------------------------------------------------------------------
-    def begin_create(self, name: str, description: str, tags: dict[str, str]) -> None:
+    def begin_create(
+        self,
+        name: str,
+        description: str,
+        tags: dict[str, str],
+        owner: str | None = None,
+        take_over: bool = False,
+    ) -> None:
         check_endpoint_name(name)
         directory = self._dir(name)
         with locked(self.root / ".create.lock"):
             if self._config(name) is not None:
-                config = self._config(name) or {}
+                config = self._claim(name, description, tags, owner, take_over)
                 starting = config.get("provisioning_state") == "Creating" and self._alive(name)
                 if not starting and self._health(name, config) is None:
                     # A dead (or not our) server is brought back, as `restart` does.
@@ -170,6 +178,26 @@ class LocalEndpoints:
                 },
             )
             self.start_server(name)
+
+    def _claim(
+        self,
+        name: str,
+        description: str,
+        tags: dict[str, str],
+        owner: str | None,
+        take_over: bool,
+    ) -> dict[str, Any]:
+        """The existing endpoint's config, once it is sure to be ``owner``'s (checked and,
+        with ``take_over``, re-tagged under the endpoint's lock)."""
+
+        def claim(config: dict[str, Any]) -> None:
+            tags_now = config.get("tags", {})
+            if take_over and foreign(f"endpoint {name}", tags_now, owner):
+                config.update(tags=dict(tags), description=description)
+            else:
+                refuse_foreign(f"endpoint {name}", tags_now, owner, ENDPOINT_ADVICE)
+
+        return self._update(name, claim) if owner else self._require(name)
 
     def start_server(self, name: str) -> None:
         """Start the endpoint's server, or restart it when it is dead or not ours.
@@ -320,6 +348,7 @@ class LocalEndpoints:
         tags: dict[str, str],
         request_timeout_ms: int,
         liveness_initial_delay_s: int,
+        owner: str | None = None,
     ) -> None:
         check_endpoint_name(name, field="deployment_name")
         problem = size_problem(instance_type, instance_count)
@@ -331,6 +360,7 @@ class LocalEndpoints:
             raise InvalidRequest(f"model {model_id} has no MLflow model at {model_path}")
 
         def add(config: dict[str, Any]) -> None:
+            refuse_foreign(f"endpoint {endpoint}", config.get("tags", {}), owner, ENDPOINT_ADVICE)
             if name in config["deployments"]:
                 return
             config["deployments"][name] = {
@@ -370,8 +400,9 @@ class LocalEndpoints:
         """Fault drill: make a deployment answer slowly or with a fixed reply (None clears)."""
         self._update(endpoint, lambda c: c["deployments"][name].update(simulate=simulate or {}))
 
-    def set_traffic(self, endpoint: str, traffic: dict[str, int]) -> None:
+    def set_traffic(self, endpoint: str, traffic: dict[str, int], owner: str | None = None) -> None:
         def route(config: dict[str, Any]) -> None:
+            refuse_foreign(f"endpoint {endpoint}", config.get("tags", {}), owner, ENDPOINT_ADVICE)
             unknown = sorted(set(traffic) - set(config["deployments"]))
             if unknown:
                 raise InvalidRequest(

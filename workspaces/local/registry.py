@@ -13,6 +13,8 @@ from urllib.parse import unquote, urlparse
 from workspaces.errors import InvalidRequest, ResourceNotFound
 from workspaces.interface import RegisteredModel
 from workspaces.local import mlflow_store
+from workspaces.local.state import locked
+from workspaces.ownership import refuse_foreign
 
 VERSION_TAG = "chatft-version"
 
@@ -28,6 +30,8 @@ def model_id(name: str, mlflow_version: str) -> str:
 class LocalRegistry:
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
+        database = mlflow_store.database_path(tracking_uri)
+        self.lock_path = database.with_name(f".{database.name}.register.lock")
 
     def _find(self, name: str, version: str):
         from mlflow.exceptions import MlflowException
@@ -66,25 +70,33 @@ class LocalRegistry:
         run_id: str | None,
         description: str,
         tags: dict[str, str],
+        owner: str | None = None,
     ) -> RegisteredModel:
         from mlflow.exceptions import MlflowException
 
-        existing = self.get(name, version)
-        if existing:
-            return existing
-        client = _client(self.tracking_uri)
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            client.create_registered_model(name, description=description)
-        mv = client.create_model_version(
-            name=name,
-            source=source,
-            run_id=run_id,
-            description=description,
-            tags={**tags, VERSION_TAG: version},
-        )
-        return self._record(mv, version)
+        # Looked up and created under one lock: two requests registering at once must not
+        # both find the version missing and both create it.
+        with locked(self.lock_path):
+            existing = self.get(name, version)
+            if existing:
+                refuse_foreign(
+                    f"model {name} version {version}", existing.tags, owner,
+                    "its weights are not this request's; nothing was registered",
+                )
+                return existing
+            client = _client(self.tracking_uri)
+            try:
+                client.get_registered_model(name)
+            except MlflowException:
+                client.create_registered_model(name, description=description)
+            mv = client.create_model_version(
+                name=name,
+                source=source,
+                run_id=run_id,
+                description=description,
+                tags={**tags, VERSION_TAG: version},
+            )
+            return self._record(mv, version)
 
     def local_path(self, model_id_: str) -> Path:
         """The folder of an MLflow model a deployment should load."""

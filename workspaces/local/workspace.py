@@ -236,7 +236,13 @@ class LocalWorkspace(Workspace):
         return self.registry.get(name, version)
 
     def register_model(
-        self, name: str, version: str, job_name: str, description: str, tags: dict[str, str]
+        self,
+        name: str,
+        version: str,
+        job_name: str,
+        description: str,
+        tags: dict[str, str],
+        owner: str | None = None,
     ) -> RegisteredModel:
         job = self.jobs.get(job_name)
         if job is None:
@@ -259,7 +265,7 @@ class LocalWorkspace(Workspace):
             "job-output": f"jobs/{job_name}/outputs/trained_model",
         }
         return self.registry.register(
-            name, version, source, run_id, description, {**tags, **lineage}
+            name, version, source, run_id, description, {**tags, **lineage}, owner
         )
 
     # -- endpoints -----------------------------------------------------------------------
@@ -269,8 +275,15 @@ class LocalWorkspace(Workspace):
     def list_endpoints(self) -> list[Endpoint]:
         return self.endpoints.list()
 
-    def begin_create_endpoint(self, name: str, description: str, tags: dict[str, str]) -> None:
-        self.endpoints.begin_create(name, description, tags)
+    def begin_create_endpoint(
+        self,
+        name: str,
+        description: str,
+        tags: dict[str, str],
+        owner: str | None = None,
+        take_over: bool = False,
+    ) -> None:
+        self.endpoints.begin_create(name, description, tags, owner, take_over)
 
     def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
         return self.endpoints.get_deployment(endpoint_name, name)
@@ -285,6 +298,7 @@ class LocalWorkspace(Workspace):
         tags: dict[str, str],
         liveness_initial_delay_s: int = 600,
         request_timeout_ms: int = 90000,
+        owner: str | None = None,
     ) -> None:
         if self.endpoints.get(endpoint_name) is None:
             raise ResourceNotFound(f"endpoint {endpoint_name!r} does not exist; create it first")
@@ -299,10 +313,13 @@ class LocalWorkspace(Workspace):
             tags,
             request_timeout_ms,
             liveness_initial_delay_s,
+            owner,
         )
 
-    def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> Endpoint:
-        self.endpoints.set_traffic(endpoint_name, traffic)
+    def set_traffic(
+        self, endpoint_name: str, traffic: dict[str, int], owner: str | None = None
+    ) -> Endpoint:
+        self.endpoints.set_traffic(endpoint_name, traffic, owner)
         endpoint = self.endpoints.get(endpoint_name)
         assert endpoint is not None
         return endpoint

@@ -1,0 +1,39 @@
+"""Who owns a model version, an endpoint or a deployment: the request tag it was made with.
+
+Every write that creates or changes one of them states the request it is made for; the
+workspace compares that with the resource's tag at the moment of the write (locally under
+the resource's lock, on Azure by a read just before the write) and refuses a foreign one.
+"""
+
+from __future__ import annotations
+
+from workspaces.errors import OwnershipConflict
+from workspaces.interface import TAG_REQUEST
+
+
+def owner_of(tags: dict[str, str]) -> str | None:
+    """The request a resource was made for (None: made by hand, or not by this project)."""
+    return tags.get(TAG_REQUEST) or None
+
+
+def foreign(what: str, tags: dict[str, str], request_id: str | None) -> str | None:
+    """Why ``what`` is not this request's to change, or None when it is (or no owner is
+    stated: operator tools and benchmarks write without one)."""
+    if request_id is None:
+        return None
+    owner = owner_of(tags)
+    if owner == request_id:
+        return None
+    return f"{what} belongs to " + (f"request {owner}" if owner else "no request of ours")
+
+
+def refuse_foreign(what: str, tags: dict[str, str], request_id: str | None, advice: str) -> None:
+    """Raise :class:`OwnershipConflict` naming both requests when ``what`` is foreign."""
+    problem = foreign(what, tags, request_id)
+    if problem:
+        raise OwnershipConflict(f"{problem} (this request is {request_id}); {advice}")
+
+
+ENDPOINT_ADVICE = (
+    "choose another endpoint_name, or set take_over=true to take the endpoint over"
+)
