@@ -140,6 +140,7 @@ def finetune_and_deploy(
         request.training.apply_model_specific_defaults,
         request.num_nodes_finetune,
         request.compute_cluster or workspace.default_compute_name,
+        requested=request.training.as_component_inputs(),
     )
     instance_type = request.instance_type or workspace.default_instance_type
     try:

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, f
 
 from workspaces.model_tags import api_string
 from workspaces.naming import check_endpoint_name
+from workspaces.training_bounds import field_limits
+from workspaces.training_bounds import problem as bound_problem
 from workspaces.ultrachat import SAMPLE_SOURCE
 
 # Azure's endpoint/deployment name rules (workspaces.naming.check_endpoint_name) written
@@ -91,11 +93,15 @@ class TrainingParameters(FormModel):
 
     model_config = ConfigDict(title="Training")
 
-    num_train_epochs: int = Field(3, ge=1, le=100, title="Epochs")
-    per_device_train_batch_size: int = Field(1, ge=1, le=1024, title="Train batch size per device")
-    per_device_eval_batch_size: int = Field(1, ge=1, le=1024, title="Eval batch size per device")
+    num_train_epochs: int = Field(3, **field_limits("num_train_epochs"), title="Epochs")
+    per_device_train_batch_size: int = Field(
+        1, **field_limits("per_device_train_batch_size"), title="Train batch size per device"
+    )
+    per_device_eval_batch_size: int = Field(
+        1, **field_limits("per_device_eval_batch_size"), title="Eval batch size per device"
+    )
     learning_rate: float = Field(
-        5e-6, gt=0, le=1, title="Learning rate",
+        5e-6, **field_limits("learning_rate"), title="Learning rate",
         description="Step size of the optimiser. The model's own recommended settings replace "
         "this value when it names one and 'Use the model's recommended settings' is on "
         "(the local SmolLM2 model uses 2e-3)",
@@ -104,15 +110,15 @@ class TrainingParameters(FormModel):
         "cosine", title="Learning-rate scheduler", description=_VERSIONS_NOTE
     )
     gradient_accumulation_steps: int | None = Field(
-        None, ge=1, le=1024, title="Gradient accumulation steps",
+        None, **field_limits("gradient_accumulation_steps"), title="Gradient accumulation steps",
         description="Batches added up before each update; empty = the component's default",
     )
     max_seq_length: int | None = Field(
-        None, ge=16, le=131072, title="Longest sequence (tokens)",
+        None, **field_limits("max_seq_length"), title="Longest sequence (tokens)",
         description="Longer conversations are cut; empty = the model's default",
     )
     save_total_limit: int | None = Field(
-        None, ge=-1, title="Checkpoints kept",
+        None, **field_limits("save_total_limit"), title="Checkpoints kept",
         description="-1 = keep all; empty = the component's default",
     )
     apply_lora: StrictBool = Field(True, title="Apply LoRA")
@@ -123,8 +129,9 @@ class TrainingParameters(FormModel):
     extra_parameters: dict[str, ExtraValue] = Field(
         default_factory=dict,
         title="Other component inputs",
-        description="Further chat_completion_pipeline inputs by name; the pre-flight checks "
-        "each name, type, choice and minimum against the component version that will run",
+        description="Further chat_completion_pipeline inputs by name, held to the same "
+        "bounds as the fields above (lora_dropout 0 to below 1, for one); the pre-flight "
+        "checks each name, type, choice and minimum against the component version that will run",
     )
     apply_model_specific_defaults: StrictBool = Field(
         True, title="Use the model's recommended settings",
@@ -142,6 +149,16 @@ class TrainingParameters(FormModel):
                 return choice
         shown = ", ".join(f'"{c}"' for c in allowed)
         raise ValueError(f"{value} is not allowed by {FORM_COMPONENT}; allowed: {shown}")
+
+    @field_validator("extra_parameters")
+    @classmethod
+    def _extra_within_bounds(cls, values: dict[str, ExtraValue]) -> dict[str, ExtraValue]:
+        # The same bounds as the form's fields: a value given by name gets no way around them.
+        problems = [f"{name}: {p}" for name, value in values.items()
+                    if (p := bound_problem(name, value))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return values
 
     def as_component_inputs(self) -> dict[str, str]:
         """The values as the component takes them: strings, booleans as "true"/"false"."""

@@ -45,14 +45,18 @@ def check_finetune_inputs(
     apply_model_defaults: bool,
     num_nodes: int,
     compute: str,
+    requested: dict[str, str] | None = None,
 ) -> InputCheck:
     """Refuse the request when any input it would send is not what the component takes.
 
     Inputs the workspace takes but does not use are logged and listed in the
-    ``pipeline-inputs`` artifact.
+    ``pipeline-inputs`` artifact, as are the request's values (``requested``, before the
+    model's defaults) that the model's ``model_specific_defaults`` replaced.
     """
     logger = get_run_logger()
-    planned = plan_inputs(parameters, fields, model, apply_model_defaults, num_nodes, compute)
+    planned = plan_inputs(
+        parameters, fields, model, apply_model_defaults, num_nodes, compute, requested
+    )
     result = check_inputs(interface, planned)
     reports.report_pipeline_inputs(result)
     for name, reason in sorted(result.ignored.items()):

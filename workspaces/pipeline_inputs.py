@@ -51,6 +51,11 @@ class PlannedInput(BaseModel):
     )
     field: str = Field(description="Where the user sets it, e.g. training.deepspeed_stage")
     kind: str = Field(default="literal", description="literal, or the asset type we send")
+    replaced: str | None = Field(
+        default=None,
+        description="The request's own value, when the model's model_specific_defaults "
+        "replaced it (the job sends ``value``, not this)",
+    )
 
 
 class InputCheck(BaseModel):
@@ -77,14 +82,17 @@ def plan_inputs(
     apply_model_defaults: bool,
     num_nodes: int,
     compute: str,
+    requested: dict[str, str] | None = None,
 ) -> list[PlannedInput]:
     """Every input the fine-tune job will send, each with the request field behind it.
 
     ``parameters`` are the resolved fine-tune inputs (form, extra_parameters, then the
     model's defaults); ``fields`` names the form field of each (see
     ``TrainingParameters.input_fields``); a value the model's ``model_specific_defaults``
-    put in is named after that tag.
+    put in is named after that tag, and the request's value it replaced (from
+    ``requested``, the inputs before the defaults) is kept beside it.
     """
+    requested = requested or {}
     try:
         defaults = model_specific_defaults(model) if apply_model_defaults else {}
     except TagParseError as exc:
@@ -101,12 +109,15 @@ def plan_inputs(
         PlannedInput(name="number_of_gpu_to_use_finetuning", value=None, field="compute_size"),
     ]
     for name, value in parameters.items():
+        replaced = None
         if name in defaults and defaults[name] == value:
             field = (f"model_specific_defaults.{name} (tag of model {model.name} "
                      f"version {model.version})")
+            if name in requested and requested[name] != value:
+                replaced = f"{requested[name]} ({fields.get(name, f'training.{name}')})"
         else:
             field = fields.get(name, f"training.{name}")
-        planned.append(PlannedInput(name=name, value=value, field=field))
+        planned.append(PlannedInput(name=name, value=value, field=field, replaced=replaced))
     return planned
 
 

@@ -7,11 +7,14 @@ no compute, no job, no endpoint.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from pydantic import ValidationError
 
 from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest
+from tests.helpers import run_artifacts
 from workspaces.errors import WorkspaceError
 from workspaces.ultrachat import SPLITS, prompt_id_for
 
@@ -185,3 +188,48 @@ def test_a_read_only_state_dir_names_the_setting_that_chose_it(
     print(f"\nUser sees: {message}")
     assert str(state) in message and "block" not in message
     assert list(state.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, value", [
+    ("lora_dropout", 5), ("num_train_epochs", 1_000_000), ("learning_rate", 1e9),
+])
+def test_extra_parameters_are_held_to_the_forms_bounds(
+    prefect_server, workspace, tmp_path, monkeypatch, name, value
+):
+    """#21: extra_parameters got around the bounds (a job failed, trained 1e6 epochs, or
+    the value was silently replaced)."""
+    from prefect.exceptions import ParameterTypeError
+
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
+    with pytest.raises(ValidationError, match=rf"training.extra_parameters\n.*{name}: "):
+        FinetuneRequest(training={"extra_parameters": {name: value}})
+    # As a person gives it in the run form: the same refusal, before the flow does anything.
+    with pytest.raises(ParameterTypeError, match=rf"{name}: {re.escape(str(value))} is above"):
+        finetune_and_deploy(request={"foundation_model": "phi3-tiny-standin",
+                                     "download_dir": str(tmp_path / "dl"),
+                                     "training": {"extra_parameters": {name: value}}})
+    _nothing_created(workspace)
+
+
+def test_values_the_models_defaults_replace_are_reported_as_replaced(
+    prefect_server, workspace, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
+    # An unservable size stops the run right after the inputs are checked and reported.
+    state = finetune_and_deploy(
+        request=FinetuneRequest(
+            foundation_model="phi3-tiny-standin", instance_type="Standard_DS1",
+            training={"learning_rate": 0.5, "extra_parameters": {"max_seq_length": 64}},
+            download_dir=str(tmp_path / "dl"),
+        ),
+        return_state=True,
+    )
+    assert state.is_failed()
+    [artifact] = run_artifacts(state.state_details.flow_run_id, key="pipeline-inputs")
+    markdown = artifact.data
+    assert "Replaced by the model's model_specific_defaults" in markdown
+    assert ("`learning_rate`: the request's 0.5 (training.learning_rate) was replaced by "
+            "`1e-3`") in markdown
+    assert ("`max_seq_length`: the request's 64 (training.extra_parameters.max_seq_length) "
+            "was replaced by `256`") in markdown
+    _nothing_created(workspace)
