@@ -329,7 +329,13 @@ def summary_text(result: TeardownResult, rules: TeardownRules, prices: PriceTabl
 
 # -- the flow ----------------------------------------------------------------------------
 def utc_now() -> datetime:
-    """The pass's clock. Tests replace this function; it is not a run parameter."""
+    """The pass's clock. Tests replace this function; it is not a run parameter.
+
+    A clock step cannot age an endpoint here: the local workspace places its request times
+    and creation times on the current wall clock by their time since boot, and Azure
+    reports times from its own clocks, which a step of this machine's clock corrects
+    toward (an NTP step moves a wrong clock to the right time).
+    """
     return datetime.now(UTC)
 
 

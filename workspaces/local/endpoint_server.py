@@ -37,10 +37,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from workspaces.interface import CALLER_HEADER
-from workspaces.local.state import TOKEN_ENV, process_token, read_json, write_json
+from workspaces.local.state import (
+    TOKEN_ENV,
+    boot_id,
+    process_token,
+    read_json,
+    since_boot,
+    write_json,
+)
 from workspaces.scoring import BadScoringBody, parse_body, reply_body
 
 MAX_BODY_BYTES = 1 << 20
+BOOT_ID = boot_id()
 MAX_CONCURRENT_PER_INSTANCE = 1
 # What a 429 tells the caller to wait, in seconds (Azure sends Retry-After too).
 RETRY_AFTER_S = 1
@@ -258,8 +266,12 @@ def create_app(endpoint_dir: Path) -> FastAPI:
     async def score(request: Request) -> JSONResponse:
         started = time.perf_counter()
         caller = request.headers.get(CALLER_HEADER) or "organic"
+        # The boot clock beside the wall clock: the teardown's idle window is measured on it,
+        # so a clock step cannot make a busy endpoint look idle (see LocalEndpoints.activity).
         record: dict[str, Any] = {
             "time": time.time(),
+            "since_boot": since_boot(),
+            "boot_id": BOOT_ID,
             "request_id": str(uuid.uuid4()),
             "caller": caller,
             "deployment": None,

@@ -42,6 +42,7 @@ from workspaces.local.state import (
     spawn_detached,
     stamp,
     stop_processes,
+    wall_time,
     write_json,
 )
 from workspaces.naming import check_endpoint_name
@@ -270,7 +271,11 @@ class LocalEndpoints:
             description=config.get("description", ""),
             traffic=dict(config.get("traffic", {})),
             tags=dict(config.get("tags", {})),
-            created_at=datetime.fromtimestamp(config["created_at"], UTC),
+            # On today's wall clock (see wall_time): the teardown's grace period compares it
+            # with now, and a clock step must not age a new endpoint.
+            created_at=datetime.fromtimestamp(
+                wall_time(config, "created_at", "created_since_boot"), UTC
+            ),
             healthy=health is not None,
             url=f"http://127.0.0.1:{config['port']}/docs",
             deployments=deployments,
@@ -474,6 +479,9 @@ class LocalEndpoints:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            # Placed on today's wall clock by its time since boot: after a clock step, a
+            # request of ten minutes ago is still ten minutes old to the idle window.
+            record["time"] = wall_time(record, "time", "since_boot")
             if record.get("status") == 401 or not begin <= record["time"] < finish:
                 continue
             caller = record.get("caller") or "organic"

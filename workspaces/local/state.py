@@ -106,12 +106,21 @@ def stamp() -> dict[str, Any]:
     return {"at": time.time(), "since_boot": since_boot(), "boot_id": boot_id()}
 
 
-def seconds_since(record: dict[str, Any], wall_key: str, boot_key: str) -> float:
-    """How long ago ``record[wall_key]`` was, judged on the boot clock when the record was
-    written in this boot (``record[boot_key]``, with its ``boot_id``), else on the wall."""
+def wall_time(record: dict[str, Any], wall_key: str, boot_key: str) -> float:
+    """When ``record[wall_key]`` happened, on today's wall clock.
+
+    A moment written in this boot with its time since boot (``record[boot_key]`` and the
+    record's ``boot_id``) is placed that long before now, so a clock stepped since then
+    moves it with everything else; an older record keeps the wall time it was written with.
+    """
     if record.get(boot_key) is not None and record.get("boot_id") == boot_id():
-        return since_boot() - float(record[boot_key])
-    return time.time() - float(record.get(wall_key) or 0.0)
+        return time.time() - (since_boot() - float(record[boot_key]))
+    return float(record.get(wall_key) or 0.0)
+
+
+def seconds_since(record: dict[str, Any], wall_key: str, boot_key: str) -> float:
+    """How long ago ``record[wall_key]`` was; judged on the boot clock when it can be."""
+    return time.time() - wall_time(record, wall_key, boot_key)
 
 
 def _cmdline(proc: psutil.Process) -> list[str] | None:

@@ -8,6 +8,7 @@ time, or the start time a record holds, by 10 s and by an hour in both direction
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -191,3 +192,29 @@ def test_a_serving_endpoint_stays_serving_across_a_step(workspace, step_clock, s
     server = read_json(workspace.root / "endpoints" / "clock-step" / PROCESS_FILE)["pid"]
     workspace.begin_create_endpoint("clock-step", "d", {})  # what `restart` does
     assert read_json(workspace.root / "endpoints" / "clock-step" / PROCESS_FILE)["pid"] == server
+
+
+def test_the_idle_window_counts_a_request_by_its_real_age_after_a_step(tmp_path):
+    # A request made a minute ago, logged before the clock was stepped two hours forward:
+    # its wall time reads two hours old, its time since boot says one minute.
+    from datetime import UTC, datetime, timedelta
+
+    from workspaces.local.endpoints import LocalEndpoints
+    from workspaces.local.state import boot_id, since_boot
+
+    endpoints = LocalEndpoints(tmp_path)
+    folder = tmp_path / "endpoints" / "stepped"
+    write_json(folder / "endpoint.json", {"name": "stepped"})
+    now = time.time()
+    lines = [
+        {"time": now - 7200 - 60, "since_boot": since_boot() - 60, "boot_id": boot_id(),
+         "caller": "organic", "status": 200, "deployment": "demo"},
+        # Written in another boot: only its wall time is known, and it is old.
+        {"time": now - 7200, "since_boot": 5.0, "boot_id": "another-boot",
+         "caller": "organic", "status": 200, "deployment": "demo"},
+    ]
+    (folder / "requests.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    end = datetime.now(UTC)
+    activity = endpoints.activity("stepped", end - timedelta(hours=1), end)
+    assert activity.total_requests == 1
+    assert end - activity.last_organic_request_at < timedelta(minutes=2)
