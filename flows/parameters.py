@@ -274,8 +274,9 @@ class FinetuneRequest(FormModel):
     )
     take_over: StrictBool = Field(
         False, title="Take over another request's endpoint",
-        description="Use an endpoint or deployment that another request made (its traffic "
-        "moves to this request); off = such a name is refused before training",
+        description="Use an endpoint or deployment that another request made: it is tagged "
+        "as this request's and its traffic moves here once the new deployment is ready; "
+        "off = such a name is refused, before training and again at every write",
     )
 
     # Before the schema's pattern, so Python callers get the longer, plainer message.
