@@ -83,8 +83,10 @@ def problem(name: str, value: object) -> str | None:
     try:
         number = float(text)
     except ValueError:
-        return f"{text} is not a number; {name} is {bound.describe()}"
-    if not math.isfinite(number) or (bound.integer and not number.is_integer()):
+        # The type is the component interface's to judge, in the pre-flight, which names
+        # the input's type; only the range is judged here.
+        return None
+    if not math.isfinite(number):
         return f"{text} is not allowed; {name} is {bound.describe()}"
     if bound.low is not None and (number < bound.low or (bound.low_open and number == bound.low)):
         return f"{text} is below the smallest {name} allowed; {name} is {bound.describe()}"
