@@ -1,8 +1,10 @@
 """finetune_and_deploy: fine-tune a chat model, register it, deploy it, score a sample.
 
-Runs MISSION.md steps 1-8 (and 9, deleting the endpoint, when ``delete_endpoint`` is set)
-against a workspace chosen by ``workspace_block``: the embedded local workspace by
-default, or Azure Machine Learning through an ``azure-ml-workspace`` block.
+Runs steps 1-8 of docs/procedure.md (and 9, deleting the endpoint, when
+``delete_endpoint`` is set) against a workspace chosen by ``workspace_block``: the
+embedded local workspace by default, or Azure Machine Learning through an
+``azure-ml-workspace`` block. The pre-flight (:mod:`flows.preflight`) checks everything
+it can before anything is created; the steps then carry out its plan.
 
 A re-run with the same request finds the job, model version, endpoint and deployment it
 made before and creates nothing new; a run killed while the job trains attaches to the
@@ -26,12 +28,11 @@ from pydantic import BaseModel
 from blocks import load_workspace
 from flows.cli import parse_request
 from flows.parameters import FinetuneRequest, WorkspaceBlock
+from flows.preflight import FinetunePlan, run_preflight
 from tasks import reports
-from tasks.component_check import check_finetune_inputs, get_pipeline_interface
 from tasks.compute import ensure_compute
 from tasks.data import ensure_dataset, first_rows
 from tasks.endpoints import (
-    check_endpoint_ownership,
     create_deployment,
     create_endpoint,
     delete_endpoint,
@@ -40,17 +41,10 @@ from tasks.endpoints import (
     sample_request,
     score_sample,
 )
-from tasks.finetune import allocate_suffix, get_job_metrics, submit_finetune_job, wait_for_job
-from tasks.foundation_model import (
-    check_workspace_access,
-    get_foundation_model,
-    prepare_foundation_model,
-    resolve_finetune_parameters,
-)
+from tasks.finetune import get_job_metrics, submit_finetune_job, wait_for_job
+from tasks.foundation_model import prepare_foundation_model
 from tasks.own_traffic import record_own_requests
 from tasks.registry import register_model
-from workspaces.compute_rules import check_inference_size
-from workspaces.errors import InvalidRequest
 from workspaces.interface import (
     LINEAGE_TAGS,
     MANAGED_BY_VALUE,
@@ -62,11 +56,15 @@ from workspaces.interface import (
     TAG_MODEL_VERSION,
     TAG_REQUEST,
     TAG_SUFFIX,
+    ComputeTarget,
+    Endpoint,
+    FinetuneJob,
     FinetuneJobSpec,
+    JobMetrics,
+    RegisteredModel,
+    Workspace,
 )
-from workspaces.model_tags import INFERENCE_ALLOW_LIST, TagParseError, allow_list
 from workspaces.naming import (
-    endpoint_name_for,
     experiment_name_for,
     finetune_display_name,
     finetune_job_name,
@@ -74,6 +72,7 @@ from workspaces.naming import (
     registered_model_name,
 )
 from workspaces.scoring import BadReply
+from workspaces.ultrachat import PreparedDataset
 
 
 class FinetuneResult(BaseModel):
@@ -105,7 +104,7 @@ def finetune_and_deploy(
     request: FinetuneRequest = FinetuneRequest(),  # noqa: B008 - Prefect shows it as the form
     workspace_block: WorkspaceBlock = "",
 ) -> FinetuneResult:
-    """MISSION steps 1-8 (9 optional) on the workspace named by ``workspace_block``.
+    """Steps 1-8 of docs/procedure.md (9 optional) on the workspace ``workspace_block`` names.
 
     Args:
         request: what to fine-tune and how to deploy it; empty fields take the
@@ -113,85 +112,77 @@ def finetune_and_deploy(
         workspace_block: where to run, as a Prefect block: local-workspace/<name> or
             azure-ml-workspace/<name>. Leave empty for the embedded local workspace in
             $CHATFT_STATE_DIR (default ./.workspace).
+
+    Returns:
+        What the run made or reused: job, model version, endpoint, the sample's reply.
+
+    Example:
+        ``finetune_and_deploy(request=FinetuneRequest(dataset="sample"))``
     """
-    logger = get_run_logger()
     workspace = load_workspace(workspace_block)
     this_run = str(flow_run.get_id() or "local")
-
-    # 1-2. workspace, foundation model, parameters (the pre-flight gate: nothing is
-    # created or billed before these pass)
-    check_workspace_access(workspace)
-    model_name = request.foundation_model or workspace.default_foundation_model
-    model = get_foundation_model(workspace, model_name, request.foundation_model_label)
-    reports.report_foundation_model(model, workspace.kind)
-    parameters = resolve_finetune_parameters(
-        model,
-        request.training.as_component_inputs(),
-        request.training.apply_model_specific_defaults,
-    )
-    # The request against the component version that will run: every input's name, type,
-    # choice and minimum, before any compute exists.
-    pipeline = get_pipeline_interface(workspace, request.component_version)
-    check_finetune_inputs(
-        pipeline,
-        model,
-        parameters,
-        request.training.input_fields(),
-        request.training.apply_model_specific_defaults,
-        request.num_nodes_finetune,
-        request.compute_cluster or workspace.default_compute_name,
-        requested=request.training.as_component_inputs(),
-    )
-    instance_type = request.instance_type or workspace.default_instance_type
-    try:
-        inference_problem = check_inference_size(
-            instance_type, allow_list(model, INFERENCE_ALLOW_LIST)
-        )
-    except TagParseError as exc:
-        raise InvalidRequest(str(exc)) from exc
-    if inference_problem:
-        raise InvalidRequest(f"instance_type: {inference_problem}")
-    serving_problem = workspace.deployment_size_problem(instance_type, request.instance_count)
-    if serving_problem:
-        raise InvalidRequest(serving_problem)
-
-    request_id = request.request_id(workspace.cache_scope)
-    suffix = allocate_suffix(workspace, request_id)
-    endpoint_name = request.endpoint_name or endpoint_name_for(suffix)
-    reports.name_run(f"{model.name} -> {endpoint_name}")
-
-    # 3. data, before any compute: a bad dataset must cost nothing. The splits are
-    # prepared and validated whole here, so the job only ever reads checked files.
-    source = request.dataset or workspace.default_dataset
-    # Local: inside the workspace's state (one folder per content); Azure: download_dir.
-    data_root = workspace.local_data_root() or request.download_dir
+    # 1-2, and every check of 3-7: nothing is created, written or billed before it passes.
+    plan = run_preflight(workspace, request)
+    reports.name_run(f"{plan.model.name} -> {plan.endpoint_name}")
+    # 4. data before compute exists: a bad dataset must cost nothing. The splits are
+    # prepared and validated whole, so the job only ever reads checked files.
     prepared = ensure_dataset(
-        source, request.dataset_split_pc, str(data_root), workspace.cache_scope
+        plan.dataset, plan.dataset_split_pc, plan.data_root, workspace.cache_scope
     )
     reports.report_dataset(prepared, first_rows(prepared))
+    # 3. the compute the pre-flight checked
+    compute, gpus = ensure_compute(workspace, plan.compute)
+    # 5-6. fine-tune, register
+    job, metrics, tuning = fine_tune(workspace, request, plan, prepared, compute, gpus, this_run)
+    registered = register(workspace, plan, job, prepared, this_run)
+    # 7-8. deploy, score a sample
+    endpoint, endpoint_reused = deploy(workspace, request, plan, registered, this_run)
+    reply, sample_file = score(workspace, request, plan, prepared, metrics)
+    # 9. clean up (off by default: teardown_idle_endpoints owns clean-up)
+    deleted = request.delete_endpoint and clean_up(workspace, plan.endpoint_name)
 
-    # Names: an endpoint or deployment another request made is refused before training.
-    check_endpoint_ownership(
-        workspace, endpoint_name, request.deployment_name, request_id, request.take_over
+    result = FinetuneResult(
+        workspace=workspace.cache_scope, request_id=plan.request_id, suffix=plan.suffix,
+        job_name=job.name, job_reused=job.tags.get(TAG_FLOW_RUN) != this_run,
+        model_name=registered.name, model_version=registered.version,
+        endpoint_name=plan.endpoint_name, scoring_uri=endpoint.scoring_uri,
+        endpoint_reused=endpoint_reused, deployment_name=plan.deployment_name, reply=reply,
+        tuning_summary=tuning, endpoint_deleted=deleted, sample_request_file=str(sample_file),
     )
-
-    # 4. compute: its rules (allow list, sizes, quota) are checked before it is created;
-    # the job below is the only step after it.
-    compute, gpus = ensure_compute(
-        workspace,
-        request.compute_cluster or workspace.default_compute_name,
-        request.compute_size,  # empty: the existing cluster's size, else the default
-        request.compute_max_instances,
-        model,
-        request.num_nodes_finetune,
+    logger = get_run_logger()
+    logger.info(
+        "Done: job %s (%s), model %s:%s (%s), endpoint %s (%s)",
+        job.name, "reused" if result.job_reused else "new", registered.name,
+        registered.version, "reused" if registered.tags.get(TAG_FLOW_RUN) != this_run else "new",
+        plan.endpoint_name, "reused" if endpoint_reused else "new",
     )
+    logger.info("Reply of the tuned model: %r", reply)
+    logger.info(tuning)
+    return result
 
-    # 5. fine-tune job (a local catalog model is converted once, before its first job)
+
+def fine_tune(
+    workspace: Workspace,
+    request: FinetuneRequest,
+    plan: FinetunePlan,
+    prepared: PreparedDataset,
+    compute: ComputeTarget,
+    gpus: int,
+    this_run: str,
+) -> tuple[FinetuneJob, JobMetrics, str]:
+    """Step 5: submit the job (or attach to the request's), wait, read its metrics.
+
+    Returns:
+        The Completed job, its metrics, and the sentence saying what tuning changed.
+    """
+    model = plan.model
+    # a local catalog model is converted once, before its first job
     prepare_foundation_model(workspace, model)
-    display_name = finetune_display_name(model.name, parameters, gpus, request.num_nodes_finetune)
     spec = FinetuneJobSpec(
-        name=finetune_job_name(request_id, suffix),
-        display_name=display_name,
+        name=finetune_job_name(plan.request_id, plan.suffix),
+        display_name=finetune_display_name(
+            model.name, plan.parameters, gpus, request.num_nodes_finetune
+        ),
         experiment_name=experiment_name_for(model.name),
         foundation_model=model,
         compute=compute.name,
@@ -200,166 +191,169 @@ def finetune_and_deploy(
         test_gen_file=prepared.files.get("test_gen"),
         gpus_per_node=gpus,
         num_nodes=request.num_nodes_finetune,
-        parameters=parameters,
+        parameters=plan.parameters,
         # the version the pre-flight checked, so "latest" cannot move under the job
-        component_version=pipeline.version,
+        component_version=plan.component_version,
         tags={
             TAG_MANAGED_BY: MANAGED_BY_VALUE,
             TAG_FLOW_RUN: this_run,
-            TAG_REQUEST: request_id,
-            TAG_SUFFIX: suffix,
+            TAG_REQUEST: plan.request_id,
+            TAG_SUFFIX: plan.suffix,
             TAG_MODEL: model.name,
             TAG_MODEL_VERSION: model.version,
             # the data this job is given, kept on the job for the model's lineage
-            TAG_DATASET: source,
-            "dataset-split-pc": f"{request.dataset_split_pc:g}",
+            TAG_DATASET: plan.dataset,
+            "dataset-split-pc": f"{plan.dataset_split_pc:g}",
             **{tag: prepared.sha256[split] for split, tag in SPLIT_SHA256_TAGS.items()
                if split in prepared.sha256},
         },
     )
-    job = submit_finetune_job(workspace, spec, request_id, request.resubmit_failed_job)
-    job_reused = job.tags.get(TAG_FLOW_RUN) != this_run
-    job_artifact = reports.report_finetune_submission(job, parameters, compute, gpus, job_reused)
+    job = submit_finetune_job(workspace, spec, plan.request_id, request.resubmit_failed_job)
+    reused = job.tags.get(TAG_FLOW_RUN) != this_run
+    artifact = reports.report_finetune_submission(job, plan.parameters, compute, gpus, reused)
     job = wait_for_job(
         workspace, job.name, request.job_timeout_minutes, request.cancel_job_on_timeout
     )
-    reports.report_finetune_outcome(job_artifact, job, parameters, compute, gpus, job_reused)
+    reports.report_finetune_outcome(artifact, job, plan.parameters, compute, gpus, reused)
     metrics = get_job_metrics(workspace, job.name)
-    tuning = reports.report_metrics(job, metrics)
+    return job, metrics, reports.report_metrics(job, metrics)
 
-    # 6. register. Lineage comes from the job's record of its data (a reused job may have
-    # been given other content than the data prepared by this run), never from the request.
+
+def register(
+    workspace: Workspace,
+    plan: FinetunePlan,
+    job: FinetuneJob,
+    prepared: PreparedDataset,
+    this_run: str,
+) -> RegisteredModel:
+    """Step 6: register the job's trained model as version ``plan.suffix``.
+
+    Lineage comes from the job's record of its data (a reused job may have been given
+    other content than the data this run prepared), never from the request.
+    """
     lineage = {tag: job.tags[tag] for tag in LINEAGE_TAGS if tag in job.tags}
     if lineage.get("train-sha256", prepared.sha256["train_sft"]) != prepared.sha256["train_sft"]:
-        logger.warning(
+        get_run_logger().warning(
             "Job %s trained on other data than this run prepared (train_sft sha256 %s, now "
             "%s); the model's lineage names what the job trained on",
             job.name, lineage["train-sha256"][:12], prepared.sha256["train_sft"][:12],
         )
-    registered_name = registered_model_name(model.name)
     registered = register_model(
         workspace,
-        registered_name,
-        suffix,
+        registered_model_name(plan.model.name),
+        plan.suffix,
         job.name,
-        registered_model_description(model.name),
+        registered_model_description(plan.model.name),
         {
             TAG_MANAGED_BY: MANAGED_BY_VALUE,
             TAG_FLOW_RUN: this_run,
-            TAG_REQUEST: request_id,
-            "base-model": model.id,
+            TAG_REQUEST: plan.request_id,
+            "base-model": plan.model.id,
             **lineage,
         },
     )
     reports.report_model(registered)
+    return registered
 
-    # 7. deploy
-    resource_tags = {
+
+def deploy(
+    workspace: Workspace,
+    request: FinetuneRequest,
+    plan: FinetunePlan,
+    registered: RegisteredModel,
+    this_run: str,
+) -> tuple[Endpoint, bool]:
+    """Step 7: the endpoint, the deployment, all traffic to it.
+
+    Returns:
+        The endpoint as routed, and whether an earlier run had made it.
+    """
+    tags = {
         TAG_MANAGED_BY: MANAGED_BY_VALUE,
         TAG_FLOW_RUN: this_run,
-        TAG_REQUEST: request_id,
+        TAG_REQUEST: plan.request_id,
         TAG_MODEL: registered.name,
         TAG_MODEL_VERSION: registered.version,
     }
     endpoint = create_endpoint(
         workspace,
-        endpoint_name,
+        plan.endpoint_name,
         f"Serves {registered.name} version {registered.version} "
         "(ultrachat_200k chat-completion fine-tune)",
-        resource_tags,
+        tags,
         request.deployment_timeout_minutes,
         take_over=request.take_over,
     )
-    endpoint_reused = endpoint.tags.get(TAG_FLOW_RUN) != this_run
+    reused = endpoint.tags.get(TAG_FLOW_RUN) != this_run
     create_deployment(
-        workspace,
-        endpoint_name,
-        request.deployment_name,
-        registered.id,
-        instance_type,
-        request.instance_count,
-        resource_tags,
-        request.deployment_timeout_minutes,
+        workspace, plan.endpoint_name, plan.deployment_name, registered.id, plan.instance_type,
+        plan.instance_count, tags, request.deployment_timeout_minutes,
     )
     endpoint = route_traffic(
-        workspace, endpoint_name, {request.deployment_name: 100}, owner=request_id
+        workspace, plan.endpoint_name, {plan.deployment_name: 100}, owner=plan.request_id
     )
-    reports.report_endpoint(endpoint, request.deployment_name, endpoint_reused)
+    reports.report_endpoint(endpoint, plan.deployment_name, reused)
     reports.emit(
         "endpoint.deployed",
-        endpoint_name,
+        plan.endpoint_name,
         workspace.kind,
         {
             "model": registered.name,
             "version": registered.version,
-            "deployment": request.deployment_name,
+            "deployment": plan.deployment_name,
             "scoring_uri": endpoint.scoring_uri,
-            "reused": endpoint_reused,
+            "reused": reused,
         },
     )
+    return endpoint, reused
 
-    # 8. score a sample
+
+def score(
+    workspace: Workspace,
+    request: FinetuneRequest,
+    plan: FinetunePlan,
+    prepared: PreparedDataset,
+    metrics: JobMetrics,
+) -> tuple[str, Path]:
+    """Step 8: send one held-out conversation to the deployment and keep its reply.
+
+    Returns:
+        The reply ("" when it broke the scoring contract) and the file holding the body.
+    """
     body = sample_request(
-        prepared.files["test_gen"], request.scoring.model_dump(), seed=int(suffix)
+        prepared.files["test_gen"], request.scoring.model_dump(), seed=int(plan.suffix)
     )
     # The body belongs to this request (its seed, its scoring settings): it is kept in a
     # folder of the request's own, never in a folder other requests write to, and never in
     # the content-named data folder, whose identity is its data.
-    sample_file = Path(data_root) / "requests" / request_id / "sample_score.json"
+    sample_file = Path(plan.data_root) / "requests" / plan.request_id / "sample_score.json"
     response = score_sample(
-        workspace, endpoint_name, request.deployment_name, body, str(sample_file)
+        workspace, plan.endpoint_name, plan.deployment_name, body, str(sample_file)
     )
     try:
         reply = reply_text(response)
     except BadReply as exc:
         # The deployment answered, but not with a usable reply: say so, as the smoke test would.
-        logger.warning("The sample reply breaks the scoring contract (%s): %s", exc.kind, exc)
+        get_run_logger().warning(
+            "The sample reply breaks the scoring contract (%s): %s", exc.kind, exc
+        )
         reply = ""
     reports.report_score(body, response, reply, reports.base_reply_to(metrics, body))
-    record_own_requests(endpoint_name, workspace.kind, "finetune-and-deploy", 1)
+    record_own_requests(plan.endpoint_name, workspace.kind, "finetune-and-deploy", 1)
+    return reply, sample_file
 
-    # 9. clean up (off by default: teardown_idle_endpoints owns clean-up)
-    deleted = False
-    if request.delete_endpoint:
-        deleted = delete_endpoint(workspace, endpoint_name)
-        if deleted:
-            reports.emit(
-                "endpoint.deleted",
-                endpoint_name,
-                workspace.kind,
-                {"reason": "delete_endpoint=true in finetune-and-deploy"},
-            )
 
-    result = FinetuneResult(
-        workspace=workspace.cache_scope,
-        request_id=request_id,
-        suffix=suffix,
-        job_name=job.name,
-        job_reused=job_reused,
-        model_name=registered.name,
-        model_version=registered.version,
-        endpoint_name=endpoint_name,
-        scoring_uri=endpoint.scoring_uri,
-        endpoint_reused=endpoint_reused,
-        deployment_name=request.deployment_name,
-        reply=reply,
-        tuning_summary=tuning,
-        endpoint_deleted=deleted,
-        sample_request_file=str(sample_file),
-    )
-    logger.info(
-        "Done: job %s (%s), model %s:%s (%s), endpoint %s (%s)",
-        job.name,
-        "reused" if job_reused else "new",
-        registered.name,
-        registered.version,
-        "reused" if registered.tags.get(TAG_FLOW_RUN) != this_run else "new",
-        endpoint_name,
-        "reused" if endpoint_reused else "new",
-    )
-    logger.info("Reply of the tuned model: %r", reply)
-    logger.info(tuning)
-    return result
+def clean_up(workspace: Workspace, endpoint_name: str) -> bool:
+    """Step 9: delete the endpoint; True when it existed and is gone."""
+    deleted = delete_endpoint(workspace, endpoint_name)
+    if deleted:
+        reports.emit(
+            "endpoint.deleted",
+            endpoint_name,
+            workspace.kind,
+            {"reason": "delete_endpoint=true in finetune-and-deploy"},
+        )
+    return deleted
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,9 +7,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from tasks.policies import WORKSPACE_INPUTS, transient_retries
-from workspaces.errors import InvalidRequest
 from workspaces.ultrachat import (
-    DatasetError,
     PreparedDataset,
     prepare_dataset,
     read_jsonl,
@@ -28,10 +26,7 @@ def download_dataset(
     """Prepare ``split_pc`` % of every split under ``root``, in a folder named by content."""
     get_run_logger().info("Preparing %g %% of dataset %s in %s (a download can take minutes)",
                           split_pc, source, root)
-    try:
-        prepared = prepare_dataset(source, split_pc, Path(root))
-    except DatasetError as exc:
-        raise InvalidRequest(str(exc)) from exc
+    prepared = prepare_dataset(source, split_pc, Path(root))
     get_run_logger().info(
         "Prepared %s (%g %%) in %s: %s", source, split_pc, prepared.directory,
         ", ".join(f"{k}={v}" for k, v in prepared.rows.items()),

@@ -13,9 +13,18 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.policies import transient_retries
 from tasks.waiting import poll_until
+from workspaces.compute_rules import check_inference_size
 from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound, WorkspaceError
 from workspaces.failure_advice import failure_class, with_advice
-from workspaces.interface import TAG_REQUEST, Deployment, Endpoint, ScoreResponse, Workspace
+from workspaces.interface import (
+    TAG_REQUEST,
+    Deployment,
+    Endpoint,
+    FoundationModel,
+    ScoreResponse,
+    Workspace,
+)
+from workspaces.model_tags import INFERENCE_ALLOW_LIST, allow_list
 from workspaces.ownership import ENDPOINT_ADVICE, foreign, owner_of, refuse_foreign
 from workspaces.scoring import build_body, read_reply, up_to_last_question
 from workspaces.ultrachat import read_jsonl
@@ -289,3 +298,28 @@ def check_endpoint_ownership(
         "; ".join(owners) + f" (this request is {request_id}). Choose another endpoint_name "
         "or deployment_name, or set take_over=true to take it over"
     )
+
+
+# Not cached: cheap, and a refusal must be said again on every run.
+@task(name="check-serving-size", cache_policy=NO_CACHE)
+def check_serving_size(
+    workspace: Workspace, model: FoundationModel, instance_type: str, instance_count: int
+) -> None:
+    """Refuse a deployment size the model's inference allow list or the workspace forbids.
+
+    Args:
+        workspace: where the deployment would run.
+        model: the foundation model, whose ``inference_compute_allow_list`` applies.
+        instance_type: the deployment's VM size.
+        instance_count: how many instances serve it.
+
+    Raises:
+        InvalidRequest: naming ``instance_type`` or ``instance_count`` and what is allowed.
+        QuotaExceeded: the workspace has no room for that many instances.
+    """
+    problem = check_inference_size(instance_type, allow_list(model, INFERENCE_ALLOW_LIST))
+    if problem:
+        raise InvalidRequest(f"instance_type: {problem}")
+    problem = workspace.deployment_size_problem(instance_type, instance_count)
+    if problem:
+        raise InvalidRequest(problem)

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.policies import WORKSPACE_INPUTS, transient_retries
 from workspaces.errors import InvalidRequest
 from workspaces.interface import FoundationModel, Workspace
-from workspaces.model_tags import TagParseError, model_specific_defaults, retirement_status
+from workspaces.model_tags import model_specific_defaults, retirement_status
 
 
 @task(name="check-workspace-access", cache_policy=NO_CACHE, **transient_retries())
@@ -63,10 +63,7 @@ def resolve_finetune_parameters(
     """Merge training and optimization inputs, then the model's model_specific_defaults."""
     logger = get_run_logger()
     parameters = dict(requested)
-    try:
-        defaults = model_specific_defaults(model)
-    except TagParseError as exc:
-        raise InvalidRequest(str(exc)) from exc
+    defaults = model_specific_defaults(model)
     if defaults and apply_model_defaults:
         changes = [
             f"{k}: {parameters.get(k, '(unset)')} -> {v}"

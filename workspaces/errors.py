@@ -17,6 +17,11 @@ class InvalidRequest(WorkspaceError):
     """The request itself is wrong (a bad name, size or value); retrying cannot help."""
 
 
+class ParseError(InvalidRequest, ValueError):
+    """A value the project reads (a model tag, a name, a data file, a parameter) is not
+    what it must be. Also a ValueError, so pydantic reports it on the field it checks."""
+
+
 class AuthenticationFailed(WorkspaceError):
     """The credential was refused or lacks a permission."""
 

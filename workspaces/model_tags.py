@@ -11,6 +11,7 @@ import logging
 from datetime import UTC, date, datetime
 from typing import Any
 
+from workspaces.errors import ParseError
 from workspaces.interface import FoundationModel
 
 FINETUNE_ALLOW_LIST = "finetune_compute_allow_list"
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 MAX_TAG_CHARS = 65536
 
 
-class TagParseError(ValueError):
+class TagParseError(ParseError):
     """A steering tag holds something that is not the literal it should be."""
 
 

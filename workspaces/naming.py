@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import re
 
+from workspaces.errors import ParseError
+
 ENDPOINT_NAME_RE = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 
 
+class InvalidName(ParseError):
+    """A name Azure would refuse for an endpoint or deployment."""
+
+
 def check_endpoint_name(name: str, field: str = "endpoint_name") -> str:
-    """Return ``name`` when it obeys Azure's endpoint/deployment rules, else raise ValueError.
+    """Return ``name`` when it obeys Azure's endpoint/deployment rules, else raise InvalidName.
 
     Azure: 3-32 characters, starts with a letter, letters, digits and single hyphens,
     ends with a letter or digit.
@@ -24,7 +30,7 @@ def check_endpoint_name(name: str, field: str = "endpoint_name") -> str:
     if "--" in name:
         problems.append("must not contain consecutive hyphens")
     if problems:
-        raise ValueError(f"{field} {name!r} " + "; ".join(problems))
+        raise InvalidName(f"{field} {name!r} " + "; ".join(problems))
     return name
 
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from workspaces.errors import InvalidRequest
 from workspaces.interface import FoundationModel, PipelineInput, PipelineInterface
-from workspaces.model_tags import TagParseError, model_specific_defaults
+from workspaces.model_tags import model_specific_defaults
 
 # Inputs our own fields fill in on every job (MISSION step 5), and where they come from.
 FINETUNE_STEP_INPUTS = (
@@ -93,10 +93,7 @@ def plan_inputs(
     ``requested``, the inputs before the defaults) is kept beside it.
     """
     requested = requested or {}
-    try:
-        defaults = model_specific_defaults(model) if apply_model_defaults else {}
-    except TagParseError as exc:
-        raise InvalidRequest(str(exc)) from exc
+    defaults = model_specific_defaults(model) if apply_model_defaults else {}
     planned = [
         PlannedInput(name="mlflow_model_path", value=model.id, field="foundation_model",
                      kind="mlflow_model"),

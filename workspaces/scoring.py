@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from workspaces.errors import ParseError
+
 GENERATION_PARAMETERS: dict[str, tuple[type, float | None, float | None]] = {
     "temperature": (float, 0.0, 2.0),
     "top_p": (float, 0.0, 1.0),
@@ -34,7 +36,7 @@ CONTENT_FILTERED = "content_filtered"
 BAD_REPLY = "bad_reply"
 
 
-class BadScoringBody(ValueError):
+class BadScoringBody(ParseError):
     """A scoring body breaks the contract; the message names the field and what is allowed."""
 
 

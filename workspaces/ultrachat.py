@@ -29,6 +29,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from workspaces.errors import ParseError
+
 ULTRACHAT_DATASET_ID = "HuggingFaceH4/ultrachat_200k"
 SAMPLE_SOURCE = "sample"
 SPLIT_SIZES = {"train_sft": 207865, "test_sft": 23110, "train_gen": 256032, "test_gen": 28304}
@@ -38,7 +40,7 @@ SAMPLE_DIR = Path(__file__).parent / "local" / "sample_data"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
-class DatasetError(ValueError):
+class DatasetError(ParseError):
     """A data file or row does not follow the ultrachat schema."""
 
 

@@ -233,3 +233,28 @@ def test_values_the_models_defaults_replace_are_reported_as_replaced(
     assert ("`max_seq_length`: the request's 64 (training.extra_parameters.max_seq_length) "
             "was replaced by `256`") in markdown
     _nothing_created(workspace)
+
+
+def _state_files(ws) -> set[str]:
+    return {str(p.relative_to(ws.root)) for p in ws.root.rglob("*")} if ws.root.exists() else set()
+
+
+@pytest.mark.parametrize("case", ["size outside the allow list", "malformed allow list"])
+def test_compute_rules_refuse_before_anything_is_written(
+    prefect_server, bare, tmp_path, monkeypatch, case
+):
+    """#22: these were refused only after the data folder was written."""
+    from workspaces.local import catalog
+
+    tags = dict(catalog.CATALOG[STANDIN]["tags"])
+    if case == "malformed allow list":
+        tags["finetune_compute_allow_list"] = "['Local_CPU', "
+    monkeypatch.setitem(catalog.CATALOG, STANDIN, {**catalog.CATALOG[STANDIN], "tags": tags})
+    size = "Standard_DS1" if case == "size outside the allow list" else None
+    assert bare.cache_scope  # a workspace used before: its identity file exists
+    before = _state_files(bare)
+    with pytest.raises(WorkspaceError, match="finetune_compute_allow_list|allowed sizes"):
+        finetune_and_deploy(request=FinetuneRequest(
+            foundation_model=STANDIN, compute_size=size, download_dir=str(tmp_path / "dl")))
+    assert _state_files(bare) == before
+    assert not (tmp_path / "dl").exists()

@@ -682,7 +682,4 @@ def _sdk_tier(tier: str) -> str:
 
 
 def _valid_name(name: str, field: str) -> None:
-    try:
-        check_endpoint_name(name, field)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
+    check_endpoint_name(name, field)

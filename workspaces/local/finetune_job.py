@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from workspaces.errors import ParseError
 from workspaces.local import mlflow_store
 from workspaces.local.state import locked, read_json, write_json
 from workspaces.ultrachat import read_jsonl
@@ -37,7 +38,7 @@ class JobCanceled(Exception):
     """Raised in the job's main thread when it receives SIGTERM."""
 
 
-class InvalidParameter(ValueError):
+class InvalidParameter(ParseError):
     """A fine-tune parameter has a value the job cannot use."""
 
 

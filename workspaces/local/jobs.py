@@ -12,10 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from workspaces.errors import InvalidRequest
 from workspaces.interface import TAG_REQUEST, TERMINAL_JOB_STATUSES, FinetuneJob, FinetuneJobSpec
 from workspaces.local import mlflow_store
-from workspaces.local.finetune_job import CANCEL_FILE, InvalidParameter, training_settings
+from workspaces.local.finetune_job import CANCEL_FILE, training_settings
 from workspaces.local.state import (
     PROCESS_FILE,
     locked,
@@ -52,10 +51,7 @@ class LocalJobs:
         return self.root / name
 
     def submit(self, spec: FinetuneJobSpec, weights: str) -> FinetuneJob:
-        try:
-            training_settings(spec.parameters)
-        except InvalidParameter as exc:
-            raise InvalidRequest(str(exc)) from exc
+        training_settings(spec.parameters)  # an InvalidParameter is an InvalidRequest
         job_dir = self.job_dir(spec.name)
         with locked(self.root / ".submit.lock"):
             if (job_dir / "spec.json").exists():
