@@ -1,4 +1,4 @@
-"""Steps 7-9: endpoint, deployment, traffic, a scored sample, deletion."""
+"""Steps 7-9 of docs/procedure.md: endpoint, deployment, traffic, a scored sample, deletion."""
 
 from __future__ import annotations
 

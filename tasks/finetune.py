@@ -1,4 +1,5 @@
-"""Step 5: the fine-tune job: a stable suffix, submit (or attach), wait, read metrics."""
+"""Step 5 of docs/procedure.md, the fine-tune job: the suffix, submit (or attach), wait,
+read metrics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Step 1-2: check the workspace, look the foundation model up, resolve fine-tune inputs."""
+"""Steps 1-2 of docs/procedure.md: check the workspace, look the foundation model up,
+resolve fine-tune inputs."""
 
 from __future__ import annotations
 

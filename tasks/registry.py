@@ -1,4 +1,4 @@
-"""Step 6: register the job's trained_model as an MLflow model version."""
+"""Step 6 of docs/procedure.md: register the job's trained_model as an MLflow model version."""
 
 from __future__ import annotations
 

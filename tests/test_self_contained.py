@@ -75,11 +75,11 @@ def test_no_project_file_refers_to_a_path_outside_the_repository() -> None:
 def test_the_scan_catches_machine_paths_and_climbing_out() -> None:
     text = "\n".join([
         'EXAMPLES = Path("/work/shared/azure-reference/examples")',
-        "see ../../shared/MISSION.md",
+        "see ../../shared/NOTES.md",
         'HOME = "/home/alice/data"',
         "fine: ../README.md, server.md, https://example.com/work/x, a/../b",
     ])
     # as if written in docs/
     assert outside_references(text, ROOT / "docs") == [
-        "1: /work/", "2: ../../shared/MISSION.md", "3: /home/alice",
+        "1: /work/", "2: ../../shared/NOTES.md", "3: /home/alice",
     ]

@@ -1,4 +1,4 @@
-"""Reuse or create the fine-tune cluster (MISSION step 3), on any workspace.
+"""Reuse or create the fine-tune cluster (step 3 of docs/procedure.md), on any workspace.
 
 Reuse the compute when it exists (a ``size`` other than its own is refused:
 :func:`workspaces.compute_rules.check_existing_cluster_size`); otherwise create it with

@@ -1,4 +1,5 @@
-"""The checks MISSION step 3 puts on the fine-tune compute, shared by both workspaces."""
+"""The checks step 3 of docs/procedure.md puts on the fine-tune compute, shared by both
+workspaces."""
 
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ from workspaces.errors import InvalidRequest
 from workspaces.interface import FoundationModel, PipelineInput, PipelineInterface
 from workspaces.model_tags import model_specific_defaults
 
-# Inputs our own fields fill in on every job (MISSION step 5), and where they come from.
+# Inputs our own fields fill in on every job (step 5 of docs/procedure.md), and where they
+# come from.
 FINETUNE_STEP_INPUTS = (
     "compute_model_import",
     "compute_preprocess",

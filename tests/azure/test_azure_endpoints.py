@@ -1,4 +1,5 @@
-"""MISSION steps 6-9 against the fake: register, endpoint, deployment, traffic, score, delete."""
+"""Steps 6-9 of docs/procedure.md against the fake: register, endpoint, deployment, traffic,
+score, delete."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""MISSION step 5 against the fake: the pipeline job azure-ai-ml sends, its progress, metrics."""
+"""Step 5 of docs/procedure.md against the fake: the pipeline job azure-ai-ml sends, its
+progress, metrics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""MISSION steps 2-3 against the fake: the requests azure-ai-ml sends and the rules applied."""
+"""Steps 2-3 of docs/procedure.md against the fake: the requests azure-ai-ml sends and the
+rules applied."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MISSION step 3 checks, the same on both workspaces."""
+"""The checks of step 3 (docs/procedure.md), the same on both workspaces."""
 
 import pytest
 

@@ -1,6 +1,7 @@
 """Build the azure-ai-ml clients a workspace needs: the workspace client and the registry client.
 
-Construction follows MISSION step 1: ``MLClient.from_config`` when a config.json is given,
+Construction follows step 1 of docs/procedure.md: ``MLClient.from_config`` when a
+config.json is given,
 else ``MLClient(credential, subscription_id, resource_group_name, workspace_name)``; the
 registry client is ``MLClient(credential, registry_name=...)``. The registry client does
 HTTP (registry discovery) when built, so it is made on first use.

@@ -1,4 +1,4 @@
-"""Job metrics through MLflow, the way Azure ML exposes run metrics (MISSION step 5).
+"""Job metrics through MLflow, the way Azure ML exposes run metrics (step 5 of docs/procedure.md).
 
 The workspace's ``mlFlowTrackingUri`` (``azureml://<host>/mlflow/v1.0/...``) is turned into its
 HTTPS form and read with MLflow's own REST store, authenticated per request with a token

@@ -1,4 +1,5 @@
-"""The fine-tune pipeline job of MISSION step 5, built from the registry's chat_completion_pipeline.
+"""The fine-tune pipeline job of step 5 (docs/procedure.md), built from the registry's
+chat_completion_pipeline.
 
 Local data files are given as ``Input(type="uri_file", path=<local file>)``: on submission the
 SDK uploads them to the workspace's default blob datastore (datastore GET, listSecrets,
@@ -23,7 +24,7 @@ TAG_COMPONENT_VERSION = "chatft-component-version"
 
 
 def component_inputs(spec: FinetuneJobSpec) -> dict[str, Any]:
-    """Keyword arguments of the component call, MISSION step 5.
+    """Keyword arguments of the component call, step 5 of docs/procedure.md.
 
     The pre-flight checks the same inputs (:func:`workspaces.pipeline_inputs.plan_inputs`)
     against the component's interface before anything is created.

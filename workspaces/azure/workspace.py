@@ -1,6 +1,6 @@
 """AzureMLWorkspace: the :class:`~workspaces.interface.Workspace` on Azure ML (SDK v2).
 
-Each method is one or a few azure-ai-ml calls, as MISSION.md describes them; failures are
+Each method is one or a few azure-ai-ml calls, as docs/procedure.md describes them; failures are
 mapped by :mod:`workspaces.azure.errors`. ``begin_*`` methods return once Azure accepted
 the request; the LRO poller is left to finish on its own and callers poll ``get_*``.
 """
