@@ -26,11 +26,8 @@ from tasks.component_check import check_finetune_inputs, get_pipeline_interface
 from tasks.compute import ComputePlan, check_compute
 from tasks.endpoints import check_endpoint_ownership, check_serving_size
 from tasks.finetune import allocate_suffix
-from tasks.foundation_model import (
-    check_workspace_access,
-    get_foundation_model,
-    resolve_finetune_parameters,
-)
+from tasks.foundation_model import get_foundation_model, resolve_finetune_parameters
+from tasks.workspace_access import check_workspace_access
 from workspaces.interface import FoundationModel, Workspace
 from workspaces.naming import endpoint_name_for
 

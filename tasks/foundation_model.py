@@ -1,5 +1,5 @@
-"""Steps 1-2 of docs/procedure.md: check the workspace, look the foundation model up,
-resolve fine-tune inputs."""
+"""Step 2 of docs/procedure.md: look the foundation model up, have its weights ready,
+resolve the fine-tune inputs its tags steer."""
 
 from __future__ import annotations
 
@@ -12,15 +12,6 @@ from tasks.policies import WORKSPACE_INPUTS, transient_retries
 from workspaces.errors import InvalidRequest
 from workspaces.interface import FoundationModel, Workspace
 from workspaces.model_tags import model_specific_defaults, retirement_status
-
-
-@task(name="check-workspace-access", cache_policy=NO_CACHE, **transient_retries())
-def check_workspace_access(workspace: Workspace) -> str:
-    """Fail early when the credential or workspace does not work."""
-    get_run_logger().info("Checking access to the %s workspace", workspace.kind)
-    summary = workspace.check_access()
-    get_run_logger().info("Workspace reachable: %s", summary)
-    return summary
 
 
 # The registry's `latest` moves when a new version ships, so the lookup expires daily.

@@ -17,6 +17,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.endpoints import DELETE_POLL_MAX_DELAY_S
 from tasks.policies import transient_retries
 from tasks.waiting import poll_until
 from workspaces.errors import ResourceNotFound
@@ -24,10 +25,6 @@ from workspaces.interface import Deployment, Endpoint, EndpointActivity, Workspa
 
 PRICE_FILE = Path(__file__).resolve().parents[1] / "data" / "vm_prices.csv"
 DECISIONS_ARTIFACT = "teardown-decisions"
-# Deletion on Azure takes minutes. Where the workspace follows the service's operation
-# (Azure), checking costs no request and the service's Retry-After paces the real polls;
-# elsewhere each check is one read, so back off gently.
-DELETE_POLL_MAX_DELAY_S = 30.0
 
 
 # -- prices ------------------------------------------------------------------------------
@@ -101,20 +98,6 @@ def read_endpoints_activity(
 
 
 # -- deleting ----------------------------------------------------------------------------
-@task(name="delete-idle-endpoint", cache_policy=NO_CACHE, **transient_retries())
-def delete_endpoint_and_wait(workspace: Workspace, name: str, timeout_minutes: float) -> None:
-    """Delete the endpoint (and its deployments) and wait until the workspace no longer has it."""
-    try:
-        workspace.begin_delete_endpoint(name)
-    except ResourceNotFound:
-        pass  # gone already (a retry after a dropped answer, or someone else deleted it)
-    poll_until(
-        lambda: workspace.deletion_finished(name), bool, timeout_minutes * 60,
-        f"deletion of endpoint {name}", max_delay_s=DELETE_POLL_MAX_DELAY_S,
-    )
-    get_run_logger().info("Deleted endpoint %s", name)
-
-
 @task(name="delete-failed-deployment", cache_policy=NO_CACHE, **transient_retries())
 def delete_deployment_and_wait(
     workspace: Workspace, endpoint_name: str, name: str, timeout_minutes: float

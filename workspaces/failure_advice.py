@@ -8,6 +8,13 @@ from __future__ import annotations
 
 import re
 
+# What to do when Azure has no quota for a size: the one wording, used by every quota
+# refusal (a failed deployment, a refused request, the pre-flight's quota check).
+QUOTA_ADVICE = (
+    "Request more quota for this VM family in the region (Azure ML studio > Quota), pick "
+    "another size from the model's allow list, or free capacity"
+)
+
 # (class, pattern on "code message", advice); the first match wins, so the specific
 # classes come before the generic quota and auth ones.
 _CLASSES: list[tuple[str, re.Pattern[str], str]] = [
@@ -20,9 +27,7 @@ _CLASSES: list[tuple[str, re.Pattern[str], str]] = [
     (
         "OutOfQuota",
         re.compile(r"OutOfQuota", re.I),
-        "Request more quota for this VM family (Azure ML studio > Quota) or pick another "
-        "instance type from the model's allow list, then run again: the failed deployment "
-        "is replaced.",
+        f"{QUOTA_ADVICE}, then run again: the failed deployment is replaced.",
     ),
     (
         "ImageBuildFailure",
@@ -39,8 +44,7 @@ _CLASSES: list[tuple[str, re.Pattern[str], str]] = [
     (
         "quota",
         re.compile(r"quota", re.I),
-        "Request more quota for this VM family in the region (Azure ML studio > Quota), pick "
-        "another size, or free capacity.",
+        f"{QUOTA_ADVICE}.",
     ),
     (
         "auth",

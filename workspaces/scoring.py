@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from workspaces.chat_messages import message_problem
 from workspaces.errors import ParseError
 
 GENERATION_PARAMETERS: dict[str, tuple[type, float | None, float | None]] = {
@@ -30,7 +31,6 @@ GENERATION_PARAMETERS: dict[str, tuple[type, float | None, float | None]] = {
     "repetition_penalty": (float, 0.0, 10.0),
     "do_sample": (bool, None, None),
 }
-ROLES = ("system", "user", "assistant")
 
 CONTENT_FILTERED = "content_filtered"
 BAD_REPLY = "bad_reply"
@@ -100,15 +100,9 @@ def parse_body(body: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
     if not messages:
         raise BadScoringBody(f"field '{prefix}' holds no message")
     for i, message in enumerate(messages):
-        where = f"{prefix}[{i}]"
-        if not isinstance(message, dict):
-            raise BadScoringBody(f"field '{where}' must be an object with 'role' and 'content'")
-        if message.get("role") not in ROLES:
-            raise BadScoringBody(
-                f"field '{where}.role' is {message.get('role')!r}; allowed: {', '.join(ROLES)}"
-            )
-        if not isinstance(message.get("content"), str):
-            raise BadScoringBody(f"field '{where}.content' must be a string")
+        problem = message_problem(message, f"{prefix}[{i}]")
+        if problem:
+            raise BadScoringBody(problem)
     return messages, _parameters(data.get("parameters"))
 
 

@@ -29,13 +29,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from workspaces.chat_messages import message_problem
 from workspaces.errors import ParseError
+from workspaces.file_digest import sha256_of
 
 ULTRACHAT_DATASET_ID = "HuggingFaceH4/ultrachat_200k"
 SAMPLE_SOURCE = "sample"
 SPLIT_SIZES = {"train_sft": 207865, "test_sft": 23110, "train_gen": 256032, "test_gen": 28304}
 SPLITS = tuple(SPLIT_SIZES)
-ROLES = ("user", "assistant", "system")
 SAMPLE_DIR = Path(__file__).parent / "local" / "sample_data"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -76,18 +77,9 @@ def validate_row(row: Any, file: str, line: int) -> None:
     if not isinstance(messages, list) or not messages:
         raise DatasetError(f"{where}: field 'messages' must be a non-empty list")
     for i, message in enumerate(messages):
-        field = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise DatasetError(f"{where}: field {field!r} must be an object")
-        if message.get("role") not in ROLES:
-            raise DatasetError(
-                f"{where}: field '{field}.role' is {message.get('role')!r}; "
-                f"allowed: {', '.join(ROLES)}"
-            )
-        if not isinstance(message.get("content"), str):
-            raise DatasetError(f"{where}: field '{field}.content' must be a string")
-        if not message["content"].strip():
-            raise DatasetError(f"{where}: field '{field}.content' is empty; give the text")
+        problem = message_problem(message, f"messages[{i}]", require_text=True)
+        if problem:
+            raise DatasetError(f"{where}: {problem}")
     if not any(m["role"] == "assistant" for m in messages):
         raise DatasetError(f"{where}: field 'messages' holds no assistant message")
 
@@ -118,14 +110,6 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(path)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _count_rows(path: Path) -> int:
@@ -227,7 +211,7 @@ def source_fingerprint(source: str) -> str:
 def _matches(folder: Path, sha256: dict[str, str]) -> bool:
     return all(
         (folder / f"{split}.jsonl").is_file()
-        and _sha256_file(folder / f"{split}.jsonl") == digest
+        and sha256_of(folder / f"{split}.jsonl") == digest
         for split, digest in sha256.items()
     )
 
@@ -285,7 +269,7 @@ def prepare_dataset(source: str, split_pc: float, root: Path) -> PreparedDataset
         # Validated whole, as the job will read it, before it gets a name.
         for split in SPLITS:
             read_jsonl(staging / f"{split}.jsonl")
-        sha256 = {split: _sha256_file(staging / f"{split}.jsonl") for split in SPLITS}
+        sha256 = {split: sha256_of(staging / f"{split}.jsonl") for split in SPLITS}
         final = root / _folder_name(source, split_pc, content_hash(sha256))
         _move_into_place(staging, final, sha256)
     finally:
@@ -310,7 +294,7 @@ def verify_prepared(prepared: PreparedDataset) -> str | None:
         file = Path(path)
         if not file.is_file():
             return f"{file} is missing"
-        if _sha256_file(file) != prepared.sha256.get(split):
+        if sha256_of(file) != prepared.sha256.get(split):
             return f"{file} differs from its recorded sha256"
     return None
 

@@ -176,8 +176,8 @@ def test_smollm2_is_converted_tuned_evaluated_and_answers(prefect_server, tmp_pa
     """The default model end to end: convert, LoRA-tune, evaluate base vs tuned, serve."""
     from mlflow import MlflowClient
 
+    from workspaces.file_digest import sha256_of
     from workspaces.local import LocalWorkspace
-    from workspaces.local.model_files import sha256_of
 
     workspace = LocalWorkspace(tmp_path / "workspace")
     monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))

@@ -26,6 +26,7 @@ from workspaces.errors import (
     TransientWorkspaceError,
     WorkspaceError,
 )
+from workspaces.failure_advice import QUOTA_ADVICE
 
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _SECRET_PATTERNS = [
@@ -136,8 +137,7 @@ def map_azure_error(
         return exc
     if "quota" in f"{code} {detail} {exc}".lower():
         return QuotaExceeded(
-            f"Azure ML refused {action} for lack of quota ({detail}). Request more quota for "
-            "this VM family in the region, pick another size, or free capacity."
+            f"Azure ML refused {action} for lack of quota ({detail}). {QUOTA_ADVICE}."
         )
     if isinstance(exc, ClientAuthenticationError) and status is None:
         # The credential itself failed (no HTTP answer from Azure ML): say what it tried.

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from workspaces.failure_advice import QUOTA_ADVICE
 from workspaces.interface import ComputeTarget, QuotaCheck
 
 TIERS = ("Dedicated", "LowPriority")
@@ -31,8 +32,7 @@ REGIONAL = {"Dedicated": "totalclusterdedicatedregionalvcpus",
             "LowPriority": "totalclusterlowpriorityregionalvcpus"}
 _COMPUTE_ROW = re.compile(r"/workspaces/([^/]+)/computes/([^/]+)/usages/", re.IGNORECASE)
 ADVICE = (
-    "Request more quota (Azure ML studio > Quota), pick another size from the model's "
-    "allow list, lower num_nodes_finetune, or name an existing cluster with free nodes"
+    f"{QUOTA_ADVICE}; or lower num_nodes_finetune, or name an existing cluster with free nodes"
 )
 
 

