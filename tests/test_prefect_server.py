@@ -50,7 +50,8 @@ class Stack:
 
     def deployment_id(self, name: str) -> UUID:
         if name not in self.deployed:
-            pytest.skip(f"deployment {name} not deployed (its flow file does not exist)")
+            pytest.fail(f"deployment {name} is missing: `local_server.py up` deployed only "
+                        f"{', '.join(self.deployed) or 'nothing'}")
         return self.client.read_deployment_by_name(f"{name}/{name}").id
 
     def run(self, deployment: str, parameters: dict[str, Any]) -> Any:
@@ -153,10 +154,9 @@ def test_deployments_come_from_prefect_yaml(stack: Stack) -> None:
     assert Path(directory["directory"]) == PROJECT_DIR
     for name, schedule in (("smoke-test-endpoints", "cron"), ("teardown-idle-endpoints",
                                                              "interval")):
-        if name in stack.deployed:
-            scheduled = stack.client.read_deployment(stack.deployment_id(name))
-            assert scheduled.schedules and hasattr(scheduled.schedules[0].schedule, schedule)
-            assert scheduled.schedules[0].schedule.timezone == "UTC"
+        scheduled = stack.client.read_deployment(stack.deployment_id(name))
+        assert scheduled.schedules and hasattr(scheduled.schedules[0].schedule, schedule)
+        assert scheduled.schedules[0].schedule.timezone == "UTC"
 
 
 def test_server_refuses_a_bad_parameter_naming_the_field(stack: Stack) -> None:

@@ -97,3 +97,14 @@ def make_workspace(fake: FakeAzureML, credential: FakeCredential, **client_kwarg
 @pytest.fixture
 def workspace(fake: FakeAzureML, credential: FakeCredential):  # noqa: ANN201
     return make_workspace(fake, credential)
+
+
+@pytest.fixture
+def azure_flow(fake: FakeAzureML, credential: FakeCredential, prefect_server, monkeypatch):  # noqa: ANN201
+    """The flows run on an Azure workspace whose every request goes to the HTTPS fake."""
+    import flows.finetune_and_deploy as flow_module
+
+    workspace = make_workspace(fake, credential)
+    monkeypatch.setattr(flow_module, "load_workspace", lambda block: workspace)
+    monkeypatch.setenv("AZUREML_RUN_POLLING_INTERVAL_MIN", "0")
+    return workspace

@@ -5,20 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-import flows.finetune_and_deploy as flow_module
 from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest
-from tests.azure.conftest import make_workspace
 
 CREATES = r"/computes/|/jobs/[^/]+$"
-
-
-@pytest.fixture
-def azure_flow(fake, credential, prefect_server, monkeypatch):
-    workspace = make_workspace(fake, credential)
-    monkeypatch.setattr(flow_module, "load_workspace", lambda block: workspace)
-    monkeypatch.setenv("AZUREML_RUN_POLLING_INTERVAL_MIN", "0")
-    return workspace
 
 
 def test_deepspeed_stage_1_is_refused_before_compute_or_job(fake, azure_flow, tmp_path):

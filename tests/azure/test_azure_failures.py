@@ -7,10 +7,8 @@ import time
 
 import pytest
 
-import flows.finetune_and_deploy as flow_module
 from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest
-from tests.azure.conftest import make_workspace
 from tests.azure.fake_azureml.service import FAILED_PROGRESS
 from workspaces.errors import JobFailed, QuotaExceeded
 
@@ -19,13 +17,6 @@ OUT_OF_QUOTA = (
     "Not enough cluster CPU quota. The amount of additional CPU quota requested is 8, "
     "and you are currently using 14. Your amount of maximum quota is 20."
 )
-
-
-@pytest.fixture
-def azure_flow(fake, credential, prefect_server, monkeypatch):
-    workspace = make_workspace(fake, credential)
-    monkeypatch.setattr(flow_module, "load_workspace", lambda block: workspace)
-    return workspace
 
 
 def _settled(read):

@@ -22,14 +22,6 @@ def _error(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
-@pytest.fixture
-def azure_flow(fake, credential, prefect_server, monkeypatch):
-    workspace = make_workspace(fake, credential)
-    monkeypatch.setattr(flow_module, "load_workspace", lambda block: workspace)
-    monkeypatch.setenv("AZUREML_RUN_POLLING_INTERVAL_MIN", "0")
-    return workspace
-
-
 def test_whole_azure_path_with_crash_and_resume(fake, azure_flow, tmp_path):
     request = FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl"))
 
