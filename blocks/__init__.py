@@ -22,7 +22,9 @@ STATE_DIR_ENV = "CHATFT_STATE_DIR"
 class WorkspaceBlock(Protocol):
     """What a block must offer to be used as a flow's workspace."""
 
-    def get_workspace(self) -> Workspace: ...
+    def get_workspace(self) -> Workspace:
+        """The workspace the block configures, connected and ready for the tasks."""
+        ...
 
 
 def _import_block_modules() -> None:

@@ -70,6 +70,7 @@ def ensure_webhook_block(url: str | None = None) -> tuple[UUID, bool]:
 
 
 def smoke_test_automation(block_id: UUID, enabled: bool = True) -> Automation:
+    """The automation that sends a failed smoke test to the notification block ``block_id``."""
     return Automation(
         name=AUTOMATION_NAME,
         description="An endpoint managed by chat-finetune-flows did not answer its smoke "

@@ -38,6 +38,7 @@ class LocalWorkspaceBlock(Block):
     )
 
     def get_workspace(self) -> LocalWorkspace:
+        """The local workspace this block configures, opened on its state folder."""
         name = getattr(self, "_block_document_name", None) or "(unsaved)"
         return LocalWorkspace(
             self.state_dir, chosen_by=f"state_dir of the local-workspace block {name!r}"

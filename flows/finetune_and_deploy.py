@@ -357,6 +357,7 @@ def clean_up(workspace: Workspace, endpoint_name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m flows.finetune_and_deploy``: parse the request from ``argv``, run, print."""
     request, workspace_block = parse_request(
         FinetuneRequest, "python -m flows.finetune_and_deploy", argv
     )

@@ -197,6 +197,7 @@ def smoke_test_endpoints(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m flows.smoke_test_endpoints``: parse the request from ``argv``, run, print."""
     request, workspace_block = parse_request(
         SmokeTestRequest, "python -m flows.smoke_test_endpoints", argv
     )

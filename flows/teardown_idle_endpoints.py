@@ -210,6 +210,8 @@ def teardown_idle_endpoints(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m flows.teardown_idle_endpoints``: parse the rules from ``argv``, run, print
+    each decision."""
     request, workspace_block = parse_request(
         TeardownRequest, "python -m flows.teardown_idle_endpoints", argv
     )

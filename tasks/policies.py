@@ -66,6 +66,7 @@ class WorkspaceInputs(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
+        """The cache key: the workspace's scope plus the task's other inputs (never a client)."""
         hashed: dict[str, Any] = {}
         for key, value in (inputs or {}).items():
             if key in self.exclude:

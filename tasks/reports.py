@@ -38,6 +38,7 @@ def _md_table(rows: list[tuple[str, Any]]) -> str:
 
 
 def report_foundation_model(model: FoundationModel, workspace_kind: str) -> None:
+    """Artifact ``foundation-model``: the base model, its id and every tag that steers the run."""
     tags = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(model.tags.items())) or "| | |"
     stand_in = (
         "\n> **Stand-in model** (for fast tests): tiny and locally built; its answers are not "
@@ -65,6 +66,7 @@ def report_foundation_model(model: FoundationModel, workspace_kind: str) -> None
 
 
 def report_dataset(prepared: PreparedDataset, preview: list[dict[str, Any]]) -> None:
+    """Artifact ``train-sft-preview``: the first rows of train_sft, as the walkthrough shows."""
     create_table_artifact(
         key="train-sft-preview",
         table=preview,
@@ -220,6 +222,7 @@ def _figure(value: float | None) -> str:
 
 
 def report_model(model: RegisteredModel) -> None:
+    """Artifact ``registered-model``: the version, its id and its lineage tags."""
     create_markdown_artifact(
         key="registered-model",
         description=f"Registered model {model.name}:{model.version}",
@@ -238,6 +241,7 @@ def report_model(model: RegisteredModel) -> None:
 
 
 def report_endpoint(endpoint: Endpoint, deployment_name: str, reused: bool) -> None:
+    """Artifact ``endpoint``: the scoring URI, traffic and the deployment (keys never shown)."""
     deployment = next((d for d in endpoint.deployments if d.name == deployment_name), None)
     rows = [
         ("endpoint", endpoint.name),
@@ -281,6 +285,7 @@ def base_reply_to(metrics: JobMetrics, body: dict[str, Any]) -> str | None:
 def report_score(
     body: dict[str, Any], response: ScoreResponse, reply: str, base_reply: str | None = None
 ) -> None:
+    """Artifact ``sample-score``: the question, the tuned reply and the base model's reply."""
     messages = conversation(body)
     question = messages[-1]["content"] if messages else ""
     earlier = "\n".join(

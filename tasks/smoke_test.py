@@ -108,6 +108,7 @@ class ProbeResult(BaseModel):
 
     @property
     def ok(self) -> bool:
+        """Whether the endpoint passed every check."""
         return self.status == OK
 
 

@@ -66,6 +66,7 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
 
 
 def format_usd(value: float | None) -> str:
+    """``1.23``, or ``unknown`` for a size the price table lacks."""
     return "unknown" if value is None else f"{value:.2f}"
 
 

@@ -41,6 +41,7 @@ class TeardownRules(BaseModel):
 
     @property
     def window_start(self) -> datetime:
+        """The start of the idle window: ``idle_hours`` before the pass."""
         return self.now - timedelta(hours=self.idle_hours)
 
 
@@ -61,6 +62,7 @@ class Decision(BaseModel):
 
     @property
     def resource(self) -> str:
+        """``endpoint`` or ``endpoint/deployment``, as the table and events name it."""
         return f"{self.endpoint}/{self.deployment}" if self.deployment else self.endpoint
 
 
@@ -72,11 +74,13 @@ class TeardownResult(BaseModel):
     decisions: list[Decision]
 
     def named(self, outcome: str) -> list[str]:
+        """The resources that ended with ``outcome`` (e.g. ``deleted``)."""
         return [d.resource for d in self.decisions if d.outcome == outcome]
 
 
 # -- rules -------------------------------------------------------------------------------
 def is_protected(endpoint: Endpoint) -> bool:
+    """Whether the protection tag is set (any value but false/0/no/off protects)."""
     value = endpoint.tags.get(TAG_PROTECTED)
     return value is not None and value.strip().lower() not in NOT_PROTECTED_VALUES
 
@@ -183,6 +187,7 @@ def judge_endpoint(
 
 # -- report ------------------------------------------------------------------------------
 def table_rows(decisions: list[Decision], rules: TeardownRules) -> list[dict[str, str]]:
+    """The rows of the ``teardown-decisions`` table, one per endpoint or failed deployment."""
     saving = (DELETED, WOULD_DELETE)
     return [{
         "endpoint": d.endpoint,
@@ -200,6 +205,7 @@ def table_rows(decisions: list[Decision], rules: TeardownRules) -> list[dict[str
 
 
 def summary_text(result: TeardownResult, rules: TeardownRules, prices: PriceTable) -> str:
+    """One paragraph: the counts, the rules of the pass and the estimated saving."""
     counts = {o: len(result.named(o))
               for o in (DELETED, WOULD_DELETE, DELETE_FAILED, SKIPPED, KEPT)}
     saved = [d.usd_per_hour for d in result.decisions if d.outcome in (DELETED, WOULD_DELETE)]

@@ -197,6 +197,7 @@ class FinetuneJob(BaseModel):
 
     @property
     def is_terminal(self) -> bool:
+        """Whether the job has ended (Completed, Failed, Canceled, NotResponding)."""
         return self.status in TERMINAL_JOB_STATUSES
 
 
@@ -266,6 +267,7 @@ class Endpoint(BaseModel):
 
     @property
     def managed(self) -> bool:
+        """Whether this project made the endpoint (its managed-by tag)."""
         return self.tags.get(TAG_MANAGED_BY) == MANAGED_BY_VALUE
 
 
