@@ -39,7 +39,7 @@ from flows.cli import parse_request
 from flows.parameters import ScoringParameters, SmokeTestRequest, WorkspaceBlock
 from tasks import reports
 from tasks.data import ensure_dataset
-from tasks.endpoints import sample_request
+from tasks.endpoints import sample_requests
 from tasks.own_traffic import record_own_requests
 from tasks.smoke_test import (
     SMOKE_TEST_CALLER,
@@ -52,7 +52,6 @@ from tasks.smoke_test import (
     missing_results,
     probe_deployments,
     report_smoke_test,
-    up_to_last_question,
 )
 from workspaces.interface import Workspace
 
@@ -88,10 +87,9 @@ def request_bodies(
     target = _dataset_dir(workspace, download_dir)
     prepared = ensure_dataset(dataset, split_pc, target, workspace.cache_scope)
     parameters = scoring.model_dump()
-    return [
-        up_to_last_question(sample_request(prepared.files["test_gen"], parameters, seed + i))
-        for i in range(count)
-    ]
+    return sample_requests(
+        prepared.files["test_gen"], parameters, [seed + i for i in range(count)]
+    )
 
 
 def probe_all(

@@ -192,14 +192,24 @@ def route_traffic(
 
 
 def sample_request(test_gen_file: str, parameters: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The step-8 body from one random test_gen row (seeded, so a re-run asks the same).
+    """The step-8 body from one random test_gen row (seeded, so a re-run asks the same)."""
+    return sample_requests(test_gen_file, parameters, [seed])[0]
 
-    The row's conversation is cut after its last question: test_gen rows end with the
-    reference answer, and the model is asked to give it.
+
+def sample_requests(
+    test_gen_file: str, parameters: dict[str, Any], seeds: list[int]
+) -> list[dict[str, Any]]:
+    """One step-8 body per seed, each from a random test_gen row; the file is read once.
+
+    Each row's conversation is cut after its last question: test_gen rows end with the
+    reference answer, and the model is asked to give it. The body is built (and checked)
+    once, and sent as built.
     """
     rows = read_jsonl(Path(test_gen_file))
-    row = random.Random(seed).choice(rows)
-    return build_body(up_to_last_question(row["messages"]), parameters)
+    return [
+        build_body(up_to_last_question(random.Random(seed).choice(rows)["messages"]), parameters)
+        for seed in seeds
+    ]
 
 
 # A measurement: done on every run.

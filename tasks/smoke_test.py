@@ -41,7 +41,6 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from tasks.policies import transient_retries
-from workspaces import scoring
 from workspaces.interface import (
     TAG_MODEL,
     TAG_MODEL_VERSION,
@@ -51,7 +50,7 @@ from workspaces.interface import (
     ScoreResponse,
     Workspace,
 )
-from workspaces.scoring import CONTENT_FILTERED, BadReply, build_body, parse_body, read_reply
+from workspaces.scoring import CONTENT_FILTERED, BadReply, read_reply
 
 # Deployments probed at once by default; see the module docstring.
 DEFAULT_MAX_CONCURRENCY = 64
@@ -179,16 +178,6 @@ def find_endpoints_to_test(workspace: Workspace, endpoint_names: list[str] | Non
     for skipped in plan.skipped:
         get_run_logger().info("Skipping %s: %s", skipped.endpoint, skipped.reason)
     return plan
-
-
-def up_to_last_question(body: dict[str, Any]) -> dict[str, Any]:
-    """The step-8 body with the conversation cut after its last user turn.
-
-    test_gen rows end with the reference answer; asking the model to answer the question
-    (not to continue after the answer) is what real callers do, and what must work.
-    """
-    messages, parameters = parse_body(body)
-    return build_body(scoring.up_to_last_question(messages), parameters)
 
 
 # -- verdicts --------------------------------------------------------------------------
