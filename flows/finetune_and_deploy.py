@@ -57,7 +57,9 @@ from workspaces.interface import (
     TAG_REQUEST,
     TAG_SUFFIX,
     ComputeTarget,
+    DeploymentSpec,
     Endpoint,
+    EndpointSpec,
     FinetuneJob,
     FinetuneJobSpec,
     JobMetrics,
@@ -277,17 +279,23 @@ def deploy(
     }
     endpoint = create_endpoint(
         workspace,
-        plan.endpoint_name,
-        f"Serves {registered.name} version {registered.version} "
-        "(ultrachat_200k chat-completion fine-tune)",
-        tags,
+        EndpointSpec(
+            name=plan.endpoint_name,
+            description=f"Serves {registered.name} version {registered.version} "
+            "(ultrachat_200k chat-completion fine-tune)",
+            tags=tags, owner=plan.request_id, take_over=request.take_over,
+        ),
         request.deployment_timeout_minutes,
-        take_over=request.take_over,
     )
     reused = endpoint.tags.get(TAG_FLOW_RUN) != this_run
     create_deployment(
-        workspace, plan.endpoint_name, plan.deployment_name, registered.id, plan.instance_type,
-        plan.instance_count, tags, request.deployment_timeout_minutes,
+        workspace,
+        DeploymentSpec(
+            endpoint_name=plan.endpoint_name, name=plan.deployment_name,
+            model_id=registered.id, instance_type=plan.instance_type,
+            instance_count=plan.instance_count, tags=tags, owner=plan.request_id,
+        ),
+        request.deployment_timeout_minutes,
     )
     endpoint = route_traffic(
         workspace, plan.endpoint_name, {plan.deployment_name: 100}, owner=plan.request_id

@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from workspaces.interface import DeploymentSpec, EndpointSpec
 from workspaces.local.catalog import STANDIN_NAME  # noqa: E402
 
 
@@ -79,10 +80,13 @@ def run_direct(state: Path, model_name: str = STANDIN_NAME) -> float:
         time.sleep(0.5)
     ws.get_job_metrics(job.name)
     registered = ws.register_model("bench", "1", job.name, "bench", {})
-    ws.begin_create_endpoint("bench-direct", "bench", {})
+    ws.begin_create_endpoint(EndpointSpec(name="bench-direct", description="bench", tags={}))
     while ws.get_endpoint("bench-direct").provisioning_state == "Creating":
         time.sleep(0.3)
-    ws.begin_create_deployment("bench-direct", "demo", registered.id, "Local_CPU", 1, {})
+    ws.begin_create_deployment(DeploymentSpec(
+        endpoint_name="bench-direct", name="demo", model_id=registered.id,
+        instance_type="Local_CPU", instance_count=1, tags={},
+    ))
     while ws.get_deployment("bench-direct", "demo").provisioning_state == "Creating":
         time.sleep(0.3)
     ws.set_traffic("bench-direct", {"demo": 100})

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from workspaces.interface import DeploymentSpec, EndpointSpec
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MAX_NEW_TOKENS = 20
 REQUESTS_PER_CLIENT = 10
@@ -93,11 +95,14 @@ def bench_ours(state: Path, model: str, instances: int) -> dict[int, dict[str, f
 
     ws = LocalWorkspace(state)
     name = f"bench-serving-{int(time.time())}-{instances}"
-    ws.begin_create_endpoint(name, "serving benchmark", {})
+    ws.begin_create_endpoint(EndpointSpec(name=name, description="serving benchmark", tags={}))
     try:
         while ws.get_endpoint(name).provisioning_state == "Creating":
             time.sleep(0.3)
-        ws.begin_create_deployment(name, "demo", model, "Local_CPU", instances, {})
+        ws.begin_create_deployment(DeploymentSpec(
+            endpoint_name=name, name="demo", model_id=model, instance_type="Local_CPU",
+            instance_count=instances, tags={},
+        ))
         while ws.get_deployment(name, "demo").provisioning_state == "Creating":
             time.sleep(0.3)
         ws.set_traffic(name, {"demo": 100})

@@ -19,13 +19,15 @@ from workspaces.failure_advice import failure_class, with_advice
 from workspaces.interface import (
     TAG_REQUEST,
     Deployment,
+    DeploymentSpec,
     Endpoint,
+    EndpointSpec,
     FoundationModel,
     ScoreResponse,
     Workspace,
 )
 from workspaces.model_tags import INFERENCE_ALLOW_LIST, allow_list
-from workspaces.ownership import ENDPOINT_ADVICE, foreign, owner_of, refuse_foreign
+from workspaces.ownership import ENDPOINT_ADVICE, foreign, refuse_foreign
 from workspaces.scoring import build_body, read_reply, up_to_last_question
 from workspaces.ultrachat import read_jsonl
 
@@ -35,30 +37,32 @@ PROVISIONED = ("Succeeded", "Failed", "Canceled")
 # Endpoint tasks are not cached by Prefect: an endpoint may be deleted between runs (the
 # teardown flow does that), and get-or-create by name is what keeps them idempotent.
 @task(name="create-endpoint", cache_policy=NO_CACHE, **transient_retries())
-def create_endpoint(
-    workspace: Workspace,
-    name: str,
-    description: str,
-    tags: dict[str, str],
-    timeout_minutes: float,
-    take_over: bool = False,
-) -> Endpoint:
+def create_endpoint(workspace: Workspace, spec: EndpointSpec, timeout_minutes: float) -> Endpoint:
     """Create the key-auth endpoint, or reuse it when it is this request's; wait until it
     is provisioned.
 
-    The owner is checked again here, at the write (another request may have made the name
-    while this one trained): a foreign endpoint is refused, or taken over with ``take_over``.
+    The owner (``spec.owner``) is checked again here, at the write (another request may
+    have made the name while this one trained): a foreign endpoint is refused, or taken
+    over with ``spec.take_over``.
+
+    Args:
+        workspace: where the endpoint lives.
+        spec: the endpoint, its tags and the request it is made for.
+        timeout_minutes: how long provisioning may take.
+
+    Returns:
+        The endpoint once provisioned.
     """
     logger = get_run_logger()
-    owner = owner_of(tags)
+    name, owner = spec.name, spec.owner
     endpoint = workspace.get_endpoint(name)
     taken = foreign(f"endpoint {name}", endpoint.tags, owner) if endpoint is not None else None
     if endpoint is not None and taken:
-        if not take_over:
+        if not spec.take_over:
             refuse_foreign(f"endpoint {name}", endpoint.tags, owner, ENDPOINT_ADVICE)
         logger.warning("Taking over (take_over=true): %s; its traffic stays until this "
                        "request's deployment is ready", taken)
-        workspace.begin_create_endpoint(name, description, tags, owner=owner, take_over=True)
+        workspace.begin_create_endpoint(spec)
     elif endpoint is not None and endpoint.healthy is False and endpoint.provisioning_state in (
         "Succeeded", "Creating"
     ):
@@ -67,11 +71,11 @@ def create_endpoint(
         # endpoints restart` does, and leaves a server that is still starting alone.
         logger.warning("Endpoint %s does not answer (%s); making sure its server runs",
                        name, endpoint.provisioning_state)
-        workspace.begin_create_endpoint(name, description, tags, owner=owner)
+        workspace.begin_create_endpoint(spec.model_copy(update={"take_over": False}))
     elif endpoint is not None and endpoint.provisioning_state not in ("Failed", "Canceled"):
         logger.info("Reusing endpoint %s (%s)", name, endpoint.provisioning_state)
     else:
-        workspace.begin_create_endpoint(name, description, tags, owner=owner)
+        workspace.begin_create_endpoint(spec.model_copy(update={"take_over": False}))
         logger.info("Creating endpoint %s", name)
 
     def read() -> Endpoint:
@@ -93,17 +97,23 @@ def create_endpoint(
 
 @task(name="create-deployment", cache_policy=NO_CACHE, **transient_retries())
 def create_deployment(
-    workspace: Workspace,
-    endpoint_name: str,
-    name: str,
-    model_id: str,
-    instance_type: str,
-    instance_count: int,
-    tags: dict[str, str],
-    timeout_minutes: float,
+    workspace: Workspace, spec: DeploymentSpec, timeout_minutes: float
 ) -> Deployment:
-    """Create the deployment (liveness delay 600 s, timeout 90000 ms), or reuse it; wait."""
+    """Create the deployment, or reuse it when it serves the same model; wait until it is
+    provisioned.
+
+    Args:
+        workspace: where the endpoint lives.
+        spec: the deployment (model, size, liveness delay 600 s and request timeout
+            90,000 ms by default) and the request whose endpoint it must be.
+        timeout_minutes: how long provisioning may take.
+
+    Returns:
+        The deployment once Succeeded; a Failed one raises with the service's error and
+        the last log lines.
+    """
     logger = get_run_logger()
+    endpoint_name, name, model_id = spec.endpoint_name, spec.name, spec.model_id
     deployment = workspace.get_deployment(endpoint_name, name)
     if deployment is not None and deployment.model_id != model_id:
         raise InvalidRequest(
@@ -119,12 +129,9 @@ def create_deployment(
                        deployment.provisioning_state)
         deployment = None
     if deployment is None:
-        workspace.begin_create_deployment(
-            endpoint_name, name, model_id, instance_type, instance_count, tags,
-            liveness_initial_delay_s=600, request_timeout_ms=90000, owner=owner_of(tags),
-        )
+        workspace.begin_create_deployment(spec)
         logger.info("Creating deployment %s on %s (%s x %d)",
-                    name, endpoint_name, instance_type, instance_count)
+                    name, endpoint_name, spec.instance_type, spec.instance_count)
     last: dict[str, str] = {}
 
     def read() -> Deployment:

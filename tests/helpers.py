@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from workspaces.interface import MANAGED_BY_VALUE, TAG_MANAGED_BY, Endpoint, RegisteredModel
+from workspaces.interface import (
+    MANAGED_BY_VALUE,
+    TAG_MANAGED_BY,
+    DeploymentSpec,
+    Endpoint,
+    EndpointSpec,
+    RegisteredModel,
+)
 from workspaces.local import LocalWorkspace
 
 MANAGED_TAGS = {
@@ -34,12 +41,17 @@ def serve(
     instance_count: int = 1,
 ) -> Endpoint:
     """Create an endpoint with one deployment taking 100 % of traffic; wait until ready."""
-    ws.begin_create_endpoint(name, "test endpoint", dict(MANAGED_TAGS if tags is None else tags))
+    ws.begin_create_endpoint(EndpointSpec(
+        name=name, description="test endpoint", tags=dict(MANAGED_TAGS if tags is None else tags),
+    ))
     deadline = time.monotonic() + timeout_s
     while (e := ws.get_endpoint(name)) is None or e.provisioning_state == "Creating":
         assert time.monotonic() < deadline, f"endpoint {name} not ready"
         time.sleep(0.2)
-    ws.begin_create_deployment(name, deployment, model.id, "Local_CPU", instance_count, {})
+    ws.begin_create_deployment(DeploymentSpec(
+        endpoint_name=name, name=deployment, model_id=model.id, instance_type="Local_CPU",
+        instance_count=instance_count, tags={},
+    ))
     while (d := ws.get_deployment(name, deployment)).provisioning_state == "Creating":
         assert time.monotonic() < deadline, f"deployment {deployment} not ready"
         time.sleep(0.2)

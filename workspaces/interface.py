@@ -232,6 +232,38 @@ class RegisteredModel(BaseModel):
     url: str | None = None
 
 
+class EndpointSpec(BaseModel):
+    """A key-auth online endpoint to create, and the request it is made for."""
+
+    name: str
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    owner: str | None = Field(
+        default=None,
+        description="The request id the write is made for: an endpoint of another request "
+        "is refused at the write (None: no owner is stated, as in operator tools)",
+    )
+    take_over: bool = Field(
+        default=False, description="Tag another request's endpoint as ``owner``'s instead"
+    )
+
+
+class DeploymentSpec(BaseModel):
+    """A deployment to create behind an endpoint (step 7 of docs/procedure.md)."""
+
+    endpoint_name: str
+    name: str
+    model_id: str = Field(description="The registered model version's id")
+    instance_type: str
+    instance_count: int = 1
+    tags: dict[str, str] = Field(default_factory=dict)
+    liveness_initial_delay_s: int = 600
+    request_timeout_ms: int = 90000
+    owner: str | None = Field(
+        default=None, description="The request id the endpoint must belong to at the write"
+    )
+
+
 class Deployment(BaseModel):
     """A deployment behind an endpoint."""
 
@@ -466,19 +498,13 @@ class Workspace(ABC):
         """Every online endpoint in the workspace (callers filter on managed tags)."""
 
     @abstractmethod
-    def begin_create_endpoint(
-        self,
-        name: str,
-        description: str,
-        tags: dict[str, str],
-        owner: str | None = None,
-        take_over: bool = False,
-    ) -> None:
+    def begin_create_endpoint(self, spec: EndpointSpec) -> None:
         """Start creating a key-auth endpoint; poll :meth:`get_endpoint` for the outcome.
 
-        With ``owner`` (a request id), an existing endpoint of another request is refused
-        (``OwnershipConflict``) at the moment of the write, or, with ``take_over``, tagged
-        as this request's; its deployments and traffic are left as they are.
+        With ``spec.owner`` (a request id), an existing endpoint of another request is
+        refused (``OwnershipConflict``) at the moment of the write, or, with
+        ``spec.take_over``, tagged as this request's; its deployments and traffic are left
+        as they are.
         """
 
     @abstractmethod
@@ -486,21 +512,10 @@ class Workspace(ABC):
         """Return a deployment, or None."""
 
     @abstractmethod
-    def begin_create_deployment(
-        self,
-        endpoint_name: str,
-        name: str,
-        model_id: str,
-        instance_type: str,
-        instance_count: int,
-        tags: dict[str, str],
-        liveness_initial_delay_s: int = 600,
-        request_timeout_ms: int = 90000,
-        owner: str | None = None,
-    ) -> None:
+    def begin_create_deployment(self, spec: DeploymentSpec) -> None:
         """Start creating a deployment; poll :meth:`get_deployment` for the outcome.
 
-        With ``owner``, the endpoint must belong to that request when the write is made.
+        With ``spec.owner``, the endpoint must belong to that request when the write is made.
         """
 
     @abstractmethod

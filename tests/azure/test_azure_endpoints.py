@@ -10,7 +10,7 @@ import pytest
 
 from tests.azure.fake_azureml.server import Fault
 from workspaces.errors import InvalidRequest
-from workspaces.interface import CALLER_HEADER, TAG_MANAGED_BY
+from workspaces.interface import CALLER_HEADER, TAG_MANAGED_BY, DeploymentSpec, EndpointSpec
 from workspaces.naming import registered_model_description, registered_model_name
 
 EP = "ultrachat-completion-1700000000"
@@ -38,8 +38,13 @@ def model(workspace):
 
 @pytest.fixture
 def deployed(workspace, model):
-    workspace.begin_create_endpoint(EP, f"serves {model.name}:{model.version}", TAGS)
-    workspace.begin_create_deployment(EP, "demo", model.id, "Standard_NC6s_v3", 1, TAGS)
+    workspace.begin_create_endpoint(EndpointSpec(
+        name=EP, description=f"serves {model.name}:{model.version}", tags=TAGS,
+    ))
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name=EP, name="demo", model_id=model.id, instance_type="Standard_NC6s_v3",
+        instance_count=1, tags=TAGS,
+    ))
     return workspace.set_traffic(EP, {"demo": 100})
 
 
@@ -61,7 +66,7 @@ def test_register_model_body(fake, workspace, model):
 
 
 def test_endpoint_body(fake, workspace):
-    workspace.begin_create_endpoint(EP, "serves a model", TAGS)
+    workspace.begin_create_endpoint(EndpointSpec(name=EP, description="serves a model", tags=TAGS))
 
     [put] = fake.sent("PUT", rf"/onlineEndpoints/{EP}$")
     assert put.api_version == "2022-02-01-preview"
@@ -75,7 +80,7 @@ def test_endpoint_body(fake, workspace):
 
 def test_bad_endpoint_name_is_refused_before_any_request(fake, workspace):
     with pytest.raises(InvalidRequest, match="3-32"):
-        workspace.begin_create_endpoint("x" * 40, "", {})
+        workspace.begin_create_endpoint(EndpointSpec(name="x" * 40, description="", tags={}))
     assert not fake.sent("PUT", r"/onlineEndpoints/")
 
 
@@ -239,10 +244,14 @@ def test_writes_to_another_requests_endpoint_are_refused_at_the_write(fake, work
 
     theirs = {**TAGS, "chatft-request": "req2"}
     with pytest.raises(OwnershipConflict, match="belongs to request req1.*this request is req2"):
-        workspace.begin_create_endpoint(EP, "other", theirs, owner="req2")
+        workspace.begin_create_endpoint(EndpointSpec(
+            name=EP, description="other", tags=theirs, owner="req2",
+        ))
     with pytest.raises(OwnershipConflict, match="belongs to request req1"):
-        workspace.begin_create_deployment(EP, "green", "azureml:m:2", "Standard_NC6s_v3", 1,
-                                          theirs, owner="req2")
+        workspace.begin_create_deployment(DeploymentSpec(
+            endpoint_name=EP, name="green", model_id="azureml:m:2",
+            instance_type="Standard_NC6s_v3", instance_count=1, tags=theirs, owner="req2",
+        ))
     with pytest.raises(OwnershipConflict, match="belongs to request req1"):
         workspace.set_traffic(EP, {"demo": 100}, owner="req2")
     endpoint = workspace.get_endpoint(EP)
@@ -250,7 +259,9 @@ def test_writes_to_another_requests_endpoint_are_refused_at_the_write(fake, work
     assert endpoint.traffic == {"demo": 100}
     assert [d.name for d in endpoint.deployments] == ["demo"]
 
-    workspace.begin_create_endpoint(EP, "taken over", theirs, owner="req2", take_over=True)
+    workspace.begin_create_endpoint(EndpointSpec(
+        name=EP, description="taken over", tags=theirs, owner="req2", take_over=True,
+    ))
     endpoint = workspace.get_endpoint(EP)
     assert endpoint.tags["chatft-request"] == "req2"
     assert endpoint.traffic == {"demo": 100}  # taking over moves no traffic by itself

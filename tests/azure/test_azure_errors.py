@@ -15,6 +15,7 @@ from workspaces.errors import (
     ResourceNotFound,
     TransientWorkspaceError,
 )
+from workspaces.interface import DeploymentSpec, EndpointSpec
 
 COMPUTE = r"/computes/gpu-cluster-big$"
 LEAKY = "AccountKey=c2VjcmV0LWtleS12YWx1ZQ== sig=abcdef0123 Bearer eyJhbGciOi.eyJhdWQiOi.c2ln"
@@ -124,7 +125,10 @@ def test_quota_refusal(fake, workspace):
         )
     )
     with pytest.raises(QuotaExceeded, match="quota"):
-        workspace.begin_create_deployment("ep-1", "demo", "azureml:m:1", "Standard_NC6s_v3", 1, {})
+        workspace.begin_create_deployment(DeploymentSpec(
+            endpoint_name="ep-1", name="demo", model_id="azureml:m:1",
+            instance_type="Standard_NC6s_v3", instance_count=1, tags={},
+        ))
 
 
 def test_missing_resources(fake, workspace):
@@ -135,7 +139,7 @@ def test_missing_resources(fake, workspace):
 
 
 def test_unreachable_scoring_uri_is_transient_and_hides_the_key(fake, workspace):
-    workspace.begin_create_endpoint("ep-1", "", {})
+    workspace.begin_create_endpoint(EndpointSpec(name="ep-1", description="", tags={}))
     key = fake.keys["ep-1"]["primaryKey"]
     fake.endpoints["ep-1"]["properties"]["scoringUri"] = "https://127.0.0.1:9/score"
     with pytest.raises(TransientWorkspaceError) as info:

@@ -11,6 +11,7 @@ from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest
 from tests.azure.fake_azureml.service import FAILED_PROGRESS
 from workspaces.errors import JobFailed, QuotaExceeded
+from workspaces.interface import DeploymentSpec, EndpointSpec
 
 EP = "ultrachat-completion-1700000000"
 OUT_OF_QUOTA = (
@@ -42,9 +43,12 @@ def test_a_failed_deployment_keeps_the_operations_code_and_message(
     fake, workspace, code, message, advice
 ):
     model = workspace.register_model("m", "1", "chatft-job", "d", {})
-    workspace.begin_create_endpoint(EP, "", {})
+    workspace.begin_create_endpoint(EndpointSpec(name=EP, description="", tags={}))
     fake.fail_next_operation("demo", code, message)
-    workspace.begin_create_deployment(EP, "demo", model.id, "Standard_NC6s_v3", 1, {})
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name=EP, name="demo", model_id=model.id, instance_type="Standard_NC6s_v3",
+        instance_count=1, tags={},
+    ))
 
     from tasks.endpoints import provisioning_failure
 
@@ -57,7 +61,7 @@ def test_a_failed_deployment_keeps_the_operations_code_and_message(
 
 def test_a_failed_endpoint_operation_keeps_its_error(fake, workspace):
     fake.fail_next_operation(EP, "BadArgument", "Endpoint name is taken in this region.")
-    workspace.begin_create_endpoint(EP, "", {})
+    workspace.begin_create_endpoint(EndpointSpec(name=EP, description="", tags={}))
     endpoint = _settled(lambda: workspace.get_endpoint(EP))
     assert endpoint.error == "BadArgument: Endpoint name is taken in this region."
 

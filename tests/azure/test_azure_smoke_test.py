@@ -14,15 +14,25 @@ from tasks import reports
 from tasks.smoke_test import RESULTS_ARTIFACT_KEY
 from tests.azure.fake_azureml.server import Fault
 from tests.helpers import run_table
-from workspaces.interface import CALLER_HEADER, MANAGED_BY_VALUE, TAG_MANAGED_BY, TAG_MODEL
+from workspaces.interface import (
+    CALLER_HEADER,
+    MANAGED_BY_VALUE,
+    TAG_MANAGED_BY,
+    TAG_MODEL,
+    DeploymentSpec,
+    EndpointSpec,
+)
 
 MANAGED = {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_MODEL: "phi3-ultrachat"}
 MODEL = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/1"
 
 
 def _endpoint(workspace, name: str, tags: dict[str, str]) -> None:
-    workspace.begin_create_endpoint(name, "smoke test", tags)
-    workspace.begin_create_deployment(name, "demo", MODEL, "Standard_NC6s_v3", 1, tags)
+    workspace.begin_create_endpoint(EndpointSpec(name=name, description="smoke test", tags=tags))
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name=name, name="demo", model_id=MODEL, instance_type="Standard_NC6s_v3",
+        instance_count=1, tags=tags,
+    ))
     workspace.set_traffic(name, {"demo": 100})
 
 

@@ -14,15 +14,24 @@ import pytest
 
 import flows.teardown_idle_endpoints as teardown
 from tasks import reports
-from workspaces.interface import MANAGED_BY_VALUE, TAG_MANAGED_BY, TAG_PROTECTED
+from workspaces.interface import (
+    MANAGED_BY_VALUE,
+    TAG_MANAGED_BY,
+    TAG_PROTECTED,
+    DeploymentSpec,
+    EndpointSpec,
+)
 
 MANAGED = {TAG_MANAGED_BY: MANAGED_BY_VALUE}
 MODEL = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/1"
 
 
 def _endpoint(workspace, name: str, tags: dict[str, str], size: str = "Standard_NC6s_v3"):
-    workspace.begin_create_endpoint(name, "teardown test", tags)
-    workspace.begin_create_deployment(name, "demo", MODEL, size, 2, tags)
+    workspace.begin_create_endpoint(EndpointSpec(name=name, description="teardown test", tags=tags))
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name=name, name="demo", model_id=MODEL, instance_type=size, instance_count=2,
+        tags=tags,
+    ))
     workspace.set_traffic(name, {"demo": 100})
     # The fake finishes provisioning when its operation is polled; the SDK here does not wait.
     fake = workspace._test_fake

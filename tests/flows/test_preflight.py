@@ -16,6 +16,7 @@ from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest
 from tests.helpers import run_artifacts
 from workspaces.errors import WorkspaceError
+from workspaces.interface import EndpointSpec
 from workspaces.ultrachat import SPLITS, prompt_id_for
 
 
@@ -61,9 +62,10 @@ def test_endpoint_of_another_request_is_refused_before_training(
     """Defect 4: a request naming another request's endpoint took its traffic."""
     monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
     workspace.begin_create_endpoint(
-        "shared-endpoint", "made by another request",
-        {"managed-by": "chat-finetune-flows", "chatft-request": "other-request-1"},
-    )
+        EndpointSpec(
+            name="shared-endpoint", description="made by another request",
+            tags={"managed-by": "chat-finetune-flows", "chatft-request": "other-request-1"},
+        ))
     request = FinetuneRequest(endpoint_name="shared-endpoint", download_dir=str(tmp_path / "dl"))
     with pytest.raises(WorkspaceError, match="other-request-1") as info:
         finetune_and_deploy(request=request)

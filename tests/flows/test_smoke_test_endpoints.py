@@ -28,7 +28,14 @@ from tasks.smoke_test import (
     plan_from_endpoints,
 )
 from tests.helpers import MANAGED_TAGS, register_model, run_table, serve
-from workspaces.interface import TAG_NO_SMOKE_TEST, Deployment, Endpoint, ScoreResponse
+from workspaces.interface import (
+    TAG_NO_SMOKE_TEST,
+    Deployment,
+    DeploymentSpec,
+    Endpoint,
+    EndpointSpec,
+    ScoreResponse,
+)
 from workspaces.local import LocalWorkspace
 from workspaces.local.catalog import STANDIN_NAME, STANDIN_VERSION
 from workspaces.local.state import write_json
@@ -66,8 +73,10 @@ def _traffic(names: list[str]) -> dict[str, int]:
 def _add_deployments(ws: LocalWorkspace, model_id: str) -> None:
     for name in DRILLS:
         if name != "demo" and ws.get_deployment(FAULTS, name) is None:
-            ws.begin_create_deployment(FAULTS, name, model_id, "Local_CPU", 1,
-                                       {"chatft-model-version": "7"})
+            ws.begin_create_deployment(DeploymentSpec(
+                endpoint_name=FAULTS, name=name, model_id=model_id, instance_type="Local_CPU",
+                instance_count=1, tags={"chatft-model-version": "7"},
+            ))
     deadline = time.monotonic() + 120
     while any(ws.get_deployment(FAULTS, n).provisioning_state == "Creating" for n in DRILLS):
         assert time.monotonic() < deadline, "fault deployments not ready"
@@ -93,7 +102,10 @@ def fleet(
     shutil.copytree(standin_dir, target)
     model = register_model(ws, standin_mlflow_model)
     try:
-        ws.begin_create_endpoint(SKIPPED, "opted out", {**MANAGED_TAGS, TAG_NO_SMOKE_TEST: "true"})
+        ws.begin_create_endpoint(EndpointSpec(
+            name=SKIPPED, description="opted out",
+            tags={**MANAGED_TAGS, TAG_NO_SMOKE_TEST: "true"},
+        ))
         serve(ws, model, FAULTS, deployment="healthy")
         serve(ws, model, DEAD)
         serve(ws, model, BADKEY)

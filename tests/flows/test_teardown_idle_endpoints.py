@@ -25,7 +25,7 @@ from tasks import reports
 from tasks.teardown import DECISIONS_ARTIFACT
 from tests.helpers import MANAGED_TAGS, register_model, serve
 from workspaces.errors import InvalidRequest
-from workspaces.interface import TAG_PROTECTED, EndpointActivity
+from workspaces.interface import TAG_PROTECTED, DeploymentSpec, EndpointActivity, EndpointSpec
 from workspaces.local import LocalWorkspace
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 def create_endpoints(ws: LocalWorkspace, tags_by_name: dict[str, dict[str, str]]) -> None:
     """Create endpoints without deployments (started side by side) and wait until they answer."""
     for name, tags in tags_by_name.items():
-        ws.begin_create_endpoint(name, "teardown test", tags)
+        ws.begin_create_endpoint(EndpointSpec(name=name, description="teardown test", tags=tags))
     deadline = time.monotonic() + 60
     for name in tags_by_name:
         while (e := ws.get_endpoint(name)) is None or e.provisioning_state == "Creating":
@@ -257,7 +257,10 @@ def test_failed_deployment_is_deleted_and_the_used_endpoint_kept_until_idle(
     broken_dir.mkdir()
     (broken_dir / "MLmodel").write_text("this is not an MLflow model\n")
     broken = register_model(workspace, broken_dir, name="broken", version="1")
-    workspace.begin_create_deployment("ep-serving", "broken", broken.id, "Local_CPU", 1, {})
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name="ep-serving", name="broken", model_id=broken.id, instance_type="Local_CPU",
+        instance_count=1, tags={},
+    ))
     deadline = time.monotonic() + 60
     while workspace.get_deployment("ep-serving", "broken").provisioning_state == "Creating":
         assert time.monotonic() < deadline

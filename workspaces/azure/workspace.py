@@ -35,9 +35,11 @@ from workspaces.interface import (
     TAG_REQUEST,
     ComputeTarget,
     Deployment,
+    DeploymentSpec,
     Endpoint,
     EndpointActivity,
     EndpointKeys,
+    EndpointSpec,
     FinetuneJob,
     FinetuneJobSpec,
     FoundationModel,
@@ -469,19 +471,13 @@ class AzureMLWorkspace(Workspace):
         refuse_foreign(f"endpoint {name}", dict(existing.tags or {}), owner, ENDPOINT_ADVICE)
         return existing
 
-    def begin_create_endpoint(
-        self,
-        name: str,
-        description: str,
-        tags: dict[str, str],
-        owner: str | None = None,
-        take_over: bool = False,
-    ) -> None:
+    def begin_create_endpoint(self, spec: EndpointSpec) -> None:
+        name, description, tags, owner = spec.name, spec.description, spec.tags, spec.owner
         _valid_name(name, "endpoint_name")
         endpoint = ManagedOnlineEndpoint(
             name=name, auth_mode="key", description=description, tags=tags
         )
-        if take_over and owner is not None:
+        if spec.take_over and owner is not None:
             with azure_errors(f"getting endpoint {name}"):
                 try:
                     existing = self._read_endpoint(name)
@@ -512,29 +508,19 @@ class AzureMLWorkspace(Workspace):
             deployment.error = self._operation_error(f"{endpoint_name}/{name}")
         return deployment
 
-    def begin_create_deployment(
-        self,
-        endpoint_name: str,
-        name: str,
-        model_id: str,
-        instance_type: str,
-        instance_count: int,
-        tags: dict[str, str],
-        liveness_initial_delay_s: int = 600,
-        request_timeout_ms: int = 90000,
-        owner: str | None = None,
-    ) -> None:
+    def begin_create_deployment(self, spec: DeploymentSpec) -> None:
+        name, endpoint_name = spec.name, spec.endpoint_name
         _valid_name(name, "deployment_name")
-        self._owned_endpoint(endpoint_name, owner)
+        self._owned_endpoint(endpoint_name, spec.owner)
         deployment = ManagedOnlineDeployment(
             name=name,
             endpoint_name=endpoint_name,
-            model=model_id,
-            instance_type=instance_type,
-            instance_count=instance_count,
-            liveness_probe=ProbeSettings(initial_delay=liveness_initial_delay_s),
-            request_settings=OnlineRequestSettings(request_timeout_ms=request_timeout_ms),
-            tags=tags,
+            model=spec.model_id,
+            instance_type=spec.instance_type,
+            instance_count=spec.instance_count,
+            liveness_probe=ProbeSettings(initial_delay=spec.liveness_initial_delay_s),
+            request_settings=OnlineRequestSettings(request_timeout_ms=spec.request_timeout_ms),
+            tags=spec.tags,
         )
         with azure_errors(f"creating deployment {name} on endpoint {endpoint_name}"):
             self._operations[f"{endpoint_name}/{name}"] = (

@@ -28,9 +28,11 @@ from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound
 from workspaces.interface import (
     CALLER_HEADER,
     Deployment,
+    DeploymentSpec,
     Endpoint,
     EndpointActivity,
     EndpointKeys,
+    EndpointSpec,
     ScoreResponse,
 )
 from workspaces.local.state import (
@@ -139,19 +141,13 @@ class LocalEndpoints:
             return config
 
     # -- endpoints ---------------------------------------------------------------------
-    def begin_create(
-        self,
-        name: str,
-        description: str,
-        tags: dict[str, str],
-        owner: str | None = None,
-        take_over: bool = False,
-    ) -> None:
+    def begin_create(self, spec: EndpointSpec) -> None:
+        name, description, tags = spec.name, spec.description, spec.tags
         check_endpoint_name(name)
         directory = self._dir(name)
         with locked(self.root / ".create.lock"):
             if self._config(name) is not None:
-                config = self._claim(name, description, tags, owner, take_over)
+                config = self._claim(spec)
                 starting = config.get("provisioning_state") == "Creating" and self._alive(name)
                 if not starting and self._health(name, config) is None:
                     # A dead (or not our) server is brought back, as `restart` does.
@@ -180,25 +176,19 @@ class LocalEndpoints:
             )
             self.start_server(name)
 
-    def _claim(
-        self,
-        name: str,
-        description: str,
-        tags: dict[str, str],
-        owner: str | None,
-        take_over: bool,
-    ) -> dict[str, Any]:
-        """The existing endpoint's config, once it is sure to be ``owner``'s (checked and,
-        with ``take_over``, re-tagged under the endpoint's lock)."""
+    def _claim(self, spec: EndpointSpec) -> dict[str, Any]:
+        """The existing endpoint's config, once it is sure to be ``spec.owner``'s (checked
+        and, with ``take_over``, re-tagged under the endpoint's lock)."""
+        what = f"endpoint {spec.name}"
 
         def claim(config: dict[str, Any]) -> None:
             tags_now = config.get("tags", {})
-            if take_over and foreign(f"endpoint {name}", tags_now, owner):
-                config.update(tags=dict(tags), description=description)
+            if spec.take_over and foreign(what, tags_now, spec.owner):
+                config.update(tags=dict(spec.tags), description=spec.description)
             else:
-                refuse_foreign(f"endpoint {name}", tags_now, owner, ENDPOINT_ADVICE)
+                refuse_foreign(what, tags_now, spec.owner, ENDPOINT_ADVICE)
 
-        return self._update(name, claim) if owner else self._require(name)
+        return self._update(spec.name, claim) if spec.owner else self._require(spec.name)
 
     def start_server(self, name: str) -> None:
         """Start the endpoint's server, or restart it when it is dead or not ours.
@@ -342,19 +332,9 @@ class LocalEndpoints:
             return None
         return self._deployment(endpoint, name, config, None)
 
-    def begin_create_deployment(
-        self,
-        endpoint: str,
-        name: str,
-        model_id: str,
-        model_path: Path,
-        instance_type: str,
-        instance_count: int,
-        tags: dict[str, str],
-        request_timeout_ms: int,
-        liveness_initial_delay_s: int,
-        owner: str | None = None,
-    ) -> None:
+    def begin_create_deployment(self, spec: DeploymentSpec, model_path: Path) -> None:
+        endpoint, name, model_id = spec.endpoint_name, spec.name, spec.model_id
+        instance_type, instance_count = spec.instance_type, spec.instance_count
         check_endpoint_name(name, field="deployment_name")
         problem = size_problem(instance_type, instance_count)
         if problem:
@@ -365,7 +345,9 @@ class LocalEndpoints:
             raise InvalidRequest(f"model {model_id} has no MLflow model at {model_path}")
 
         def add(config: dict[str, Any]) -> None:
-            refuse_foreign(f"endpoint {endpoint}", config.get("tags", {}), owner, ENDPOINT_ADVICE)
+            refuse_foreign(
+                f"endpoint {endpoint}", config.get("tags", {}), spec.owner, ENDPOINT_ADVICE
+            )
             if name in config["deployments"]:
                 return
             config["deployments"][name] = {
@@ -373,9 +355,9 @@ class LocalEndpoints:
                 "model_path": str(model_path),
                 "instance_type": instance_type,
                 "instance_count": instance_count,
-                "tags": tags,
-                "request_timeout_ms": request_timeout_ms,
-                "liveness_initial_delay_s": liveness_initial_delay_s,
+                "tags": spec.tags,
+                "request_timeout_ms": spec.request_timeout_ms,
+                "liveness_initial_delay_s": spec.liveness_initial_delay_s,
                 "provisioning_state": "Creating",
                 **_created(),
             }

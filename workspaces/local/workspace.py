@@ -21,9 +21,11 @@ from workspaces.errors import InvalidRequest, JobFailed, QuotaExceeded, Resource
 from workspaces.interface import (
     ComputeTarget,
     Deployment,
+    DeploymentSpec,
     Endpoint,
     EndpointActivity,
     EndpointKeys,
+    EndpointSpec,
     FinetuneJob,
     FinetuneJobSpec,
     FoundationModel,
@@ -275,46 +277,18 @@ class LocalWorkspace(Workspace):
     def list_endpoints(self) -> list[Endpoint]:
         return self.endpoints.list()
 
-    def begin_create_endpoint(
-        self,
-        name: str,
-        description: str,
-        tags: dict[str, str],
-        owner: str | None = None,
-        take_over: bool = False,
-    ) -> None:
-        self.endpoints.begin_create(name, description, tags, owner, take_over)
+    def begin_create_endpoint(self, spec: EndpointSpec) -> None:
+        self.endpoints.begin_create(spec)
 
     def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
         return self.endpoints.get_deployment(endpoint_name, name)
 
-    def begin_create_deployment(
-        self,
-        endpoint_name: str,
-        name: str,
-        model_id: str,
-        instance_type: str,
-        instance_count: int,
-        tags: dict[str, str],
-        liveness_initial_delay_s: int = 600,
-        request_timeout_ms: int = 90000,
-        owner: str | None = None,
-    ) -> None:
-        if self.endpoints.get(endpoint_name) is None:
-            raise ResourceNotFound(f"endpoint {endpoint_name!r} does not exist; create it first")
-        path = self.registry.local_path(model_id)
-        self.endpoints.begin_create_deployment(
-            endpoint_name,
-            name,
-            model_id,
-            path,
-            instance_type,
-            instance_count,
-            tags,
-            request_timeout_ms,
-            liveness_initial_delay_s,
-            owner,
-        )
+    def begin_create_deployment(self, spec: DeploymentSpec) -> None:
+        if self.endpoints.get(spec.endpoint_name) is None:
+            raise ResourceNotFound(
+                f"endpoint {spec.endpoint_name!r} does not exist; create it first"
+            )
+        self.endpoints.begin_create_deployment(spec, self.registry.local_path(spec.model_id))
 
     def set_traffic(
         self, endpoint_name: str, traffic: dict[str, int], owner: str | None = None

@@ -18,6 +18,7 @@ import psutil
 import pytest
 from psutil import _pslinux
 
+from workspaces.interface import EndpointSpec
 from workspaces.local.jobs import LocalJobs
 from workspaces.local.state import (
     PROCESS_FILE,
@@ -180,7 +181,7 @@ def test_a_job_that_failed_on_its_own_stays_failed_while_it_exits(tmp_path):
 
 @pytest.mark.parametrize("seconds", [3600.0, -3600.0])
 def test_a_serving_endpoint_stays_serving_across_a_step(workspace, step_clock, seconds):
-    workspace.begin_create_endpoint("clock-step", "d", {})
+    workspace.begin_create_endpoint(EndpointSpec(name="clock-step", description="d", tags={}))
     deadline = time.monotonic() + 60
     while workspace.get_endpoint("clock-step").provisioning_state != "Succeeded":
         assert time.monotonic() < deadline, "the endpoint never came up"
@@ -190,7 +191,9 @@ def test_a_serving_endpoint_stays_serving_across_a_step(workspace, step_clock, s
     assert endpoint.healthy
     assert endpoint.provisioning_state == "Succeeded"
     server = read_json(workspace.root / "endpoints" / "clock-step" / PROCESS_FILE)["pid"]
-    workspace.begin_create_endpoint("clock-step", "d", {})  # what `restart` does
+    workspace.begin_create_endpoint(EndpointSpec(
+        name="clock-step", description="d", tags={},
+    ))  # what `restart` does
     assert read_json(workspace.root / "endpoints" / "clock-step" / PROCESS_FILE)["pid"] == server
 
 

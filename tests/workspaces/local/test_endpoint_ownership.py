@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import MANAGED_TAGS, register_model
 from workspaces.errors import OwnershipConflict
-from workspaces.interface import TAG_REQUEST
+from workspaces.interface import TAG_REQUEST, DeploymentSpec, EndpointSpec
 
 
 def _tags(request_id: str) -> dict[str, str]:
@@ -35,7 +35,9 @@ def test_requests_creating_one_endpoint_at_once_leave_one_owner(workspace):
     def create(request_id: str) -> None:
         start.wait()
         try:
-            workspace.begin_create_endpoint("race-ep", "d", _tags(request_id), owner=request_id)
+            workspace.begin_create_endpoint(EndpointSpec(
+                name="race-ep", description="d", tags=_tags(request_id), owner=request_id,
+            ))
             outcomes[request_id] = "created"
         except OwnershipConflict as exc:
             outcomes[request_id] = str(exc)
@@ -58,18 +60,26 @@ def test_requests_creating_one_endpoint_at_once_leave_one_owner(workspace):
 def test_the_loser_can_neither_deploy_nor_route(workspace, standin_mlflow_model):
     mine = register_model(workspace, standin_mlflow_model, version="1")
     theirs = register_model(workspace, standin_mlflow_model, version="2")
-    workspace.begin_create_endpoint("owned-ep", "d", _tags("req-a"), owner="req-a")
+    workspace.begin_create_endpoint(EndpointSpec(
+        name="owned-ep", description="d", tags=_tags("req-a"), owner="req-a",
+    ))
     _ready(workspace, "owned-ep")
-    workspace.begin_create_deployment("owned-ep", "blue", mine.id, "Local_CPU", 1,
-                                      _tags("req-a"), owner="req-a")
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name="owned-ep", name="blue", model_id=mine.id, instance_type="Local_CPU",
+        instance_count=1, tags=_tags("req-a"), owner="req-a",
+    ))
     assert _ready(workspace, "owned-ep", "blue").provisioning_state == "Succeeded"
     workspace.set_traffic("owned-ep", {"blue": 100}, owner="req-a")
 
     with pytest.raises(OwnershipConflict, match="belongs to request req-a.*this request is req-b"):
-        workspace.begin_create_endpoint("owned-ep", "d", _tags("req-b"), owner="req-b")
+        workspace.begin_create_endpoint(EndpointSpec(
+            name="owned-ep", description="d", tags=_tags("req-b"), owner="req-b",
+        ))
     with pytest.raises(OwnershipConflict, match="belongs to request req-a"):
-        workspace.begin_create_deployment("owned-ep", "green", theirs.id, "Local_CPU", 1,
-                                          _tags("req-b"), owner="req-b")
+        workspace.begin_create_deployment(DeploymentSpec(
+            endpoint_name="owned-ep", name="green", model_id=theirs.id, instance_type="Local_CPU",
+            instance_count=1, tags=_tags("req-b"), owner="req-b",
+        ))
     with pytest.raises(OwnershipConflict, match="belongs to request req-a"):
         workspace.set_traffic("owned-ep", {"blue": 100}, owner="req-b")
     endpoint = workspace.get_endpoint("owned-ep")
@@ -78,8 +88,9 @@ def test_the_loser_can_neither_deploy_nor_route(workspace, standin_mlflow_model)
     assert endpoint.tags[TAG_REQUEST] == "req-a"
 
     # Taking over is explicit, and re-tags the endpoint; its traffic stays where it was.
-    workspace.begin_create_endpoint("owned-ep", "d", _tags("req-b"), owner="req-b",
-                                    take_over=True)
+    workspace.begin_create_endpoint(EndpointSpec(
+        name="owned-ep", description="d", tags=_tags("req-b"), owner="req-b", take_over=True,
+    ))
     endpoint = workspace.get_endpoint("owned-ep")
     assert endpoint.tags[TAG_REQUEST] == "req-b"
     assert endpoint.traffic == {"blue": 100}

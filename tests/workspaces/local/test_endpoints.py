@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers import chat_body, register_model, serve
 from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound
+from workspaces.interface import DeploymentSpec, EndpointSpec
 from workspaces.local.endpoints import MAX_LOCAL_INSTANCES
 
 
@@ -87,8 +88,10 @@ def test_each_instance_generates_for_one_request_at_a_time(workspace, standin_ml
 
     with pytest.raises(QuotaExceeded, match=rf"instance_count {MAX_LOCAL_INSTANCES + 1}: .* "
                        rf"1 to {MAX_LOCAL_INSTANCES} instances \(one per CPU core"):
-        workspace.begin_create_deployment(one.name, "big", model.id, "Local_CPU",
-                                          MAX_LOCAL_INSTANCES + 1, {})
+        workspace.begin_create_deployment(DeploymentSpec(
+            endpoint_name=one.name, name="big", model_id=model.id, instance_type="Local_CPU",
+            instance_count=MAX_LOCAL_INSTANCES + 1, tags={},
+        ))
 
 
 @pytest.mark.slow
@@ -139,19 +142,28 @@ def test_delete_stops_the_server_and_forgets_the_endpoint(workspace, endpoint):
 
 def test_names_traffic_and_sizes_are_checked(workspace):
     with pytest.raises(ValueError, match="endpoint_name"):
-        workspace.begin_create_endpoint("1-bad", "d", {})
+        workspace.begin_create_endpoint(EndpointSpec(name="1-bad", description="d", tags={}))
     with pytest.raises(ResourceNotFound):
         workspace.set_traffic("nope", {"demo": 100})
     with pytest.raises(ResourceNotFound):
-        workspace.begin_create_deployment("nope", "demo", "models:/x/1", "Local_CPU", 1, {})
+        workspace.begin_create_deployment(DeploymentSpec(
+            endpoint_name="nope", name="demo", model_id="models:/x/1", instance_type="Local_CPU",
+            instance_count=1, tags={},
+        ))
 
 
 def test_traffic_must_name_existing_deployments_and_sum_to_100(workspace, standin_mlflow_model):
     model = register_model(workspace, standin_mlflow_model)
-    workspace.begin_create_endpoint("ep-traffic", "d", {})
+    workspace.begin_create_endpoint(EndpointSpec(name="ep-traffic", description="d", tags={}))
     with pytest.raises(InvalidRequest, match="instance_type 'Standard_NC6s_v3'"):
-        workspace.begin_create_deployment("ep-traffic", "demo", model.id, "Standard_NC6s_v3", 1, {})
-    workspace.begin_create_deployment("ep-traffic", "demo", model.id, "Local_CPU", 1, {})
+        workspace.begin_create_deployment(DeploymentSpec(
+            endpoint_name="ep-traffic", name="demo", model_id=model.id,
+            instance_type="Standard_NC6s_v3", instance_count=1, tags={},
+        ))
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name="ep-traffic", name="demo", model_id=model.id, instance_type="Local_CPU",
+        instance_count=1, tags={},
+    ))
     with pytest.raises(InvalidRequest, match="do not exist: blue"):
         workspace.set_traffic("ep-traffic", {"blue": 100})
     with pytest.raises(InvalidRequest, match="add up to 100"):

@@ -22,6 +22,7 @@ import pytest
 
 from tests.helpers import MANAGED_TAGS, chat_body, processes_under, register_model, serve
 from tests.workspaces.local.test_jobs import spec_for
+from workspaces.interface import EndpointSpec
 from workspaces.local import jobs as local_jobs
 from workspaces.local.endpoints import SERVER_MODULE
 from workspaces.local.state import read_json
@@ -69,7 +70,9 @@ HOLD_FLOW = """
 import sys
 from workspaces.local import LocalWorkspace
 from tests.helpers import MANAGED_TAGS
-LocalWorkspace(sys.argv[1]).begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
+from workspaces.interface import EndpointSpec
+LocalWorkspace(sys.argv[1]).begin_create_endpoint(
+    EndpointSpec(name="orphan-check", description="test", tags=dict(MANAGED_TAGS)))
 """
 
 
@@ -110,7 +113,9 @@ def test_kill_between_start_and_record_leaves_no_unknown_server(workspace, tmp_p
     assert len(processes_under(folder)) == 1  # the server outlived its killed caller
 
     # The re-run serves the endpoint (not Failed) with exactly one, recorded, server.
-    workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
+    workspace.begin_create_endpoint(EndpointSpec(
+        name="orphan-check", description="test", tags=dict(MANAGED_TAGS),
+    ))
     endpoint = _serving(workspace, "orphan-check")
     assert endpoint.provisioning_state == "Succeeded" and endpoint.healthy, endpoint
     assert [e.name for e in workspace.list_endpoints()] == ["orphan-check"]
@@ -133,7 +138,9 @@ def test_kill_between_start_and_record_leaves_no_unknown_server(workspace, tmp_p
 def test_an_unrecorded_server_is_ended_and_never_serves_new_keys(workspace):
     """Defect 2: an orphan answered `restart`'s health check, survived delete, and took
     over a re-made endpoint with its new keys."""
-    workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
+    workspace.begin_create_endpoint(EndpointSpec(
+        name="orphan-check", description="test", tags=dict(MANAGED_TAGS),
+    ))
     assert _serving(workspace, "orphan-check").healthy
     folder = workspace.root / "endpoints" / "orphan-check"
     (orphan,) = processes_under(folder)
@@ -150,7 +157,9 @@ def test_an_unrecorded_server_is_ended_and_never_serves_new_keys(workspace):
         (folder / record).unlink(missing_ok=True)
     workspace.begin_delete_endpoint("orphan-check")
     assert processes_under(folder) == []
-    workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
+    workspace.begin_create_endpoint(EndpointSpec(
+        name="orphan-check", description="test", tags=dict(MANAGED_TAGS),
+    ))
     assert _serving(workspace, "orphan-check").healthy
     assert len(processes_under(folder)) == 1 and _unrecorded(workspace.root) == []
 
@@ -165,7 +174,9 @@ def _raw_score(endpoint, key: str, content: bytes) -> httpx.Response:
 def test_an_orphan_whose_endpoint_was_made_again_never_accepts_its_new_keys(workspace):
     """Defect 2: an orphan left by a delete that never saw it re-read the re-made endpoint's
     folder and accepted its new keys. A server now exits once its endpoint is not its own."""
-    workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
+    workspace.begin_create_endpoint(EndpointSpec(
+        name="orphan-check", description="test", tags=dict(MANAGED_TAGS),
+    ))
     assert _serving(workspace, "orphan-check").healthy
     folder = workspace.root / "endpoints" / "orphan-check"
     (orphan,) = processes_under(folder)
@@ -176,7 +187,9 @@ def test_an_orphan_whose_endpoint_was_made_again_never_accepts_its_new_keys(work
     for child in folder.iterdir():
         child.unlink()
 
-    workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
+    workspace.begin_create_endpoint(EndpointSpec(
+        name="orphan-check", description="test", tags=dict(MANAGED_TAGS),
+    ))
     assert _serving(workspace, "orphan-check").healthy
     new_key = workspace.get_endpoint_keys("orphan-check").primary.get_secret_value()
     # It re-reads the folder every 0.5 s; a busy machine may take longer to schedule it.
@@ -196,7 +209,9 @@ def test_an_orphan_whose_endpoint_was_made_again_never_accepts_its_new_keys(work
 
 def test_delete_all_from_the_shell_ends_a_server_no_record_knows(workspace):
     """Defect 2: the orphan survived `make endpoints-delete` (`chatft endpoints delete --all`)."""
-    workspace.begin_create_endpoint("orphan-check", "test", dict(MANAGED_TAGS))
+    workspace.begin_create_endpoint(EndpointSpec(
+        name="orphan-check", description="test", tags=dict(MANAGED_TAGS),
+    ))
     assert _serving(workspace, "orphan-check").healthy
     folder = workspace.root / "endpoints" / "orphan-check"
     assert len(processes_under(folder)) == 1
