@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -32,6 +33,8 @@ from workspaces.scoring import build_body, read_reply, up_to_last_question
 from workspaces.ultrachat import read_jsonl
 
 PROVISIONED = ("Succeeded", "Failed", "Canceled")
+# What wait_provisioned polls: an endpoint or a deployment.
+Resource = TypeVar("Resource", Endpoint, Deployment)
 
 
 # Endpoint tasks are not cached by Prefect: an endpoint may be deleted between runs (the
@@ -78,21 +81,9 @@ def create_endpoint(workspace: Workspace, spec: EndpointSpec, timeout_minutes: f
         workspace.begin_create_endpoint(spec.model_copy(update={"take_over": False}))
         logger.info("Creating endpoint %s", name)
 
-    def read() -> Endpoint:
-        current = workspace.get_endpoint(name)
-        if current is None:
-            raise ResourceNotFound(f"endpoint {name} vanished while it was being created")
-        return current
-
-    endpoint = poll_until(
-        read, lambda e: e.provisioning_state in PROVISIONED, timeout_minutes * 60,
-        f"endpoint {name} provisioning", max_delay_s=workspace.max_poll_interval_s,
+    return wait_provisioned(
+        workspace, f"endpoint {name}", lambda: workspace.get_endpoint(name), timeout_minutes
     )
-    if endpoint.provisioning_state != "Succeeded":
-        raise provisioning_failure(
-            f"endpoint {name}", endpoint.provisioning_state, endpoint.error
-        )
-    return endpoint
 
 
 @task(name="create-deployment", cache_policy=NO_CACHE, **transient_retries())
@@ -132,27 +123,49 @@ def create_deployment(
         workspace.begin_create_deployment(spec)
         logger.info("Creating deployment %s on %s (%s x %d)",
                     name, endpoint_name, spec.instance_type, spec.instance_count)
+    return wait_provisioned(
+        workspace, f"deployment {name} on {endpoint_name}",
+        lambda: workspace.get_deployment(endpoint_name, name), timeout_minutes,
+        logs=lambda: _log_tail(workspace, endpoint_name, name),
+    )
+
+
+def wait_provisioned(
+    workspace: Workspace,
+    what: str,
+    read: Callable[[], Resource | None],
+    timeout_minutes: float,
+    logs: Callable[[], str] = lambda: "",
+) -> Resource:
+    """Poll ``read`` until the endpoint or deployment is provisioned; log each new state.
+
+    Returns:
+        The resource once Succeeded.
+
+    Raises:
+        WorkspaceError: it ended Failed or Canceled (the service's error, advice, and the
+            ``logs`` tail), or it vanished while it was being created.
+        DeadlineExceeded: still provisioning after ``timeout_minutes``.
+    """
+    logger = get_run_logger()
     last: dict[str, str] = {}
 
-    def read() -> Deployment:
-        current = workspace.get_deployment(endpoint_name, name)
-        if current is None:
-            raise ResourceNotFound(f"deployment {name} vanished while it was being created")
-        if current.provisioning_state != last.get("state"):
-            logger.info("Deployment %s: %s", name, current.provisioning_state)
-            last["state"] = current.provisioning_state
-        return current
+    def current() -> Resource:
+        resource = read()
+        if resource is None:
+            raise ResourceNotFound(f"{what} vanished while it was being created")
+        if resource.provisioning_state != last.get("state"):
+            logger.info("%s: %s", what[0].upper() + what[1:], resource.provisioning_state)
+            last["state"] = resource.provisioning_state
+        return resource
 
-    deployment = poll_until(
-        read, lambda d: d.provisioning_state in PROVISIONED, timeout_minutes * 60,
-        f"deployment {name} on {endpoint_name}", max_delay_s=workspace.max_poll_interval_s,
+    resource = poll_until(
+        current, lambda r: r.provisioning_state in PROVISIONED, timeout_minutes * 60,
+        f"{what} provisioning", max_delay_s=workspace.max_poll_interval_s,
     )
-    if deployment.provisioning_state != "Succeeded":
-        raise provisioning_failure(
-            f"deployment {name} on {endpoint_name}", deployment.provisioning_state,
-            deployment.error, _log_tail(workspace, endpoint_name, name),
-        )
-    return deployment
+    if resource.provisioning_state != "Succeeded":
+        raise provisioning_failure(what, resource.provisioning_state, resource.error, logs())
+    return resource
 
 
 def provisioning_failure(
