@@ -151,6 +151,13 @@ def smoke_test_endpoints(
         workspace_block: where to run, as a Prefect block: local-workspace/<name> or
             azure-ml-workspace/<name>. Leave empty for the embedded local workspace in
             $CHATFT_STATE_DIR (default ./.workspace).
+
+    Returns:
+        The endpoints tested and skipped; a failed probe fails the run (after the
+        ``smoke-test-results`` artifact is written) and emits ``chatft.smoke-test.failed``.
+
+    Example:
+        ``smoke_test_endpoints(request=SmokeTestRequest(endpoint_names=["my-endpoint"]))``
     """
     endpoint_names, seed, scoring = request.endpoint_names, request.seed, request.scoring
     requests_per_deployment = request.requests_per_deployment

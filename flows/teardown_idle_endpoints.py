@@ -171,6 +171,13 @@ def teardown_idle_endpoints(
         workspace_block: where to run, as a Prefect block: local-workspace/<name> or
             azure-ml-workspace/<name>. Leave empty for the embedded local workspace in
             $CHATFT_STATE_DIR (default ./.workspace).
+
+    Returns:
+        Every decision of the pass (the rows of the ``teardown-decisions`` artifact); a
+        failed deletion fails the run after the others went ahead.
+
+    Example:
+        ``teardown_idle_endpoints(request=TeardownRequest(idle_hours=24, dry_run=True))``
     """
     logger = get_run_logger()
     dry_run = request.dry_run
