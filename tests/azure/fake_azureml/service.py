@@ -751,10 +751,37 @@ class FakeAzureML:
     def _endpoints(self, req: Recorded) -> Response:
         return Response(200, {"value": list(self.endpoints.values())})
 
+    def _traffic_refusal(self, name: str, properties: dict[str, Any]) -> Response | None:
+        """What Azure refuses in an endpoint's traffic (documented for safe rollout): live
+        traffic that names a missing deployment or does not add up to 100, mirrored traffic
+        to more than one deployment, over 50 %, or to a deployment that takes live traffic.
+        The codes and wording are the fake's own; the refusal (a 400) is Azure's."""
+        existing = set(self.deployments.get(name, {}))
+        live = {k: v for k, v in (properties.get("traffic") or {}).items() if v}
+        mirror = {k: v for k, v in (properties.get("mirrorTraffic") or {}).items() if v}
+        unknown = sorted((set(live) | set(mirror)) - existing)
+        if unknown:
+            return arm_error(400, "BadArgument",
+                             f"traffic names deployments that do not exist: {', '.join(unknown)}")
+        if live and sum(live.values()) != 100:
+            return arm_error(400, "BadArgument",
+                             f"live traffic must add up to 100, not {sum(live.values())}")
+        if len(mirror) > 1:
+            return arm_error(400, "BadArgument", "traffic can be mirrored to one deployment only")
+        if any(v > 50 for v in mirror.values()):
+            return arm_error(400, "BadArgument", "mirrored traffic is at most 50 percent")
+        if set(mirror) & set(live):
+            return arm_error(400, "BadArgument",
+                             "a deployment cannot take live and mirrored traffic at once")
+        return None
+
     def _endpoint(self, req: Recorded, name: str) -> Response:
         if req.method == "PUT":
             body = example("OnlineEndpoint_get.json")
             sent = req.json
+            refusal = self._traffic_refusal(name, sent.get("properties") or {})
+            if refusal is not None:
+                return refusal
             body.update(
                 id=f"{self.ws_path}/onlineEndpoints/{name}",
                 name=name,
@@ -825,6 +852,12 @@ class FakeAzureML:
         if name not in store:
             return arm_error(404, "ResourceNotFound", f"deployment {name} not found")
         if req.method == "DELETE":
+            share = self.endpoints[endpoint]["properties"].get("traffic", {}).get(name, 0)
+            if share:
+                return arm_error(400, "BadArgument", f"deployment {name} takes {share}% of the "
+                                 "live traffic; route it elsewhere before deleting it")
+            mirrored = self.endpoints[endpoint]["properties"].get("mirrorTraffic") or {}
+            mirrored.pop(name, None)
             del store[name]
             return self._delete_started(name)
         return Response(200, store[name])
