@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers import MANAGED_TAGS, chat_body, processes_under, register_model, serve
 from tests.workspaces.local.test_jobs import spec_for
-from workspaces.interface import EndpointSpec
+from workspaces.interface import DeploymentSpec, EndpointSpec
 from workspaces.local import jobs as local_jobs
 from workspaces.local.endpoints import SERVER_MODULE
 from workspaces.local.state import read_json
@@ -284,8 +284,12 @@ def test_next_flow_run_brings_a_dead_endpoint_server_back(
 
     @flow
     def rerun() -> None:
-        create_endpoint(workspace, "revive-me", "test", dict(MANAGED_TAGS), 3)
-        create_deployment(workspace, "revive-me", "demo", model.id, "Local_CPU", 1, {}, 3)
+        create_endpoint(workspace, EndpointSpec(
+            name="revive-me", description="test", tags=dict(MANAGED_TAGS),
+        ), 3)
+        create_deployment(workspace, DeploymentSpec(
+            endpoint_name="revive-me", name="demo", model_id=model.id, instance_type="Local_CPU",
+        ), 3)
 
     rerun()
     answer = workspace.invoke("revive-me", chat_body(), timeout_s=60)
