@@ -177,6 +177,7 @@ def test_keys_logs_and_listing(fake, workspace, deployed):
 
 
 def test_delete_deployment_and_endpoint(fake, workspace, deployed):
+    workspace.set_traffic(EP, {"demo": 0})  # Azure deletes no deployment with live traffic
     workspace.begin_delete_deployment(EP, "demo")
     assert fake.sent("DELETE", rf"/onlineEndpoints/{EP}/deployments/demo$")
     workspace.begin_delete_endpoint(EP)

@@ -301,10 +301,12 @@ class FakeAzureML:
         """A provisioned endpoint with ``deployments`` (name -> size, traffic split evenly),
         put straight into the state: tests that count requests seed without HTTP."""
         model = f"{self.ws_path}/models/chatft/versions/1"
-        share = 100 // max(len(deployments), 1)
-        traffic = {dep: share for dep in deployments}
+        # Shares that add up to 100 (Azure refuses any other sum), set once the deployments
+        # exist (Azure refuses traffic to a deployment that does not).
+        share, rest = divmod(100, max(len(deployments), 1))
+        traffic = {dep: share + (rest if i == 0 else 0) for i, dep in enumerate(deployments)}
         sent = {"location": self.location, "tags": tags,
-                "properties": {"authMode": "Key", "description": "seeded", "traffic": traffic,
+                "properties": {"authMode": "Key", "description": "seeded", "traffic": {},
                                "properties": {}}}
         self._endpoint(_seed_request("PUT", json.dumps(sent)), name)
         endpoint = self.endpoints[name]
@@ -320,6 +322,8 @@ class FakeAzureML:
                                                        "requestTimeout": "PT1M30S"}}}
             self._deployment(_seed_request("PUT", json.dumps(sent)), name, dep)
             self.deployments[name][dep]["properties"]["provisioningState"] = "Succeeded"
+        endpoint["properties"]["traffic"] = traffic
+
     def fail_next_operation(self, resource: str, code: str, message: str) -> None:
         """The next create/update of endpoint or deployment ``resource`` is accepted, then
         its long-running operation ends Failed with this error (as Azure reports
