@@ -18,7 +18,6 @@ from workspaces.compute_rules import check_inference_size
 from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound, WorkspaceError
 from workspaces.failure_advice import failure_class, with_advice
 from workspaces.interface import (
-    TAG_REQUEST,
     Deployment,
     DeploymentSpec,
     Endpoint,
@@ -333,16 +332,13 @@ def check_endpoint_ownership(
     endpoint = workspace.get_endpoint(endpoint_name)
     if endpoint is None:
         return
-    owners = []
-    endpoint_owner = endpoint.tags.get(TAG_REQUEST)
-    if endpoint_owner != request_id:
-        owners.append(f"endpoint {endpoint_name} belongs to "
-                      + (f"request {endpoint_owner}" if endpoint_owner else "no request of ours"))
     deployment = workspace.get_deployment(endpoint_name, deployment_name)
-    if deployment is not None and deployment.tags.get(TAG_REQUEST) != request_id:
-        owner = deployment.tags.get(TAG_REQUEST)
-        owners.append(f"deployment {deployment_name} on it belongs to "
-                      + (f"request {owner}" if owner else "no request of ours"))
+    problems = [foreign(f"endpoint {endpoint_name}", endpoint.tags, request_id)]
+    if deployment is not None:
+        problems.append(
+            foreign(f"deployment {deployment_name} on it", deployment.tags, request_id)
+        )
+    owners = [problem for problem in problems if problem]
     if not owners:
         return
     if take_over:

@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.policies import transient_retries
 from workspaces.interface import RegisteredModel, Workspace
-from workspaces.ownership import owner_of, refuse_foreign
+from workspaces.ownership import owner_of, refuse_foreign_model
 
 
 # Not cached by Prefect: the registry is the record, and (name, version) is unique there.
@@ -29,8 +29,7 @@ def register_model(
     owner = owner_of(tags)
     existing = workspace.get_model(name, version)
     if existing is not None:
-        refuse_foreign(f"model {name} version {version}", existing.tags, owner,
-                       "its weights are not this request's; nothing was registered")
+        refuse_foreign_model(name, version, existing.tags, owner)
         logger.info("Reusing registered model %s version %s", name, version)
         return existing
     logger.info("Registering the output of job %s as model %s version %s (copies the "

@@ -34,6 +34,14 @@ def refuse_foreign(what: str, tags: dict[str, str], request_id: str | None, advi
         raise OwnershipConflict(f"{problem} (this request is {request_id}); {advice}")
 
 
+def refuse_foreign_model(
+    name: str, version: str, tags: dict[str, str], request_id: str | None
+) -> None:
+    """Refuse a registered version another request made: its weights are not ours."""
+    refuse_foreign(f"model {name} version {version}", tags, request_id,
+                   "its weights are not this request's; nothing was registered")
+
+
 ENDPOINT_ADVICE = (
     "choose another endpoint_name, or set take_over=true to take the endpoint over"
 )

@@ -52,7 +52,7 @@ from workspaces.interface import (
     Workspace,
 )
 from workspaces.naming import check_endpoint_name
-from workspaces.ownership import ENDPOINT_ADVICE, foreign, refuse_foreign
+from workspaces.ownership import ENDPOINT_ADVICE, foreign, refuse_foreign, refuse_foreign_model
 
 # How long a read of a Failed resource waits for its operation to report the error.
 OPERATION_GRACE_S = 10.0
@@ -373,10 +373,7 @@ class AzureMLWorkspace(Workspace):
             # is refused, never answered as ours.
             existing = self.get_model(name, version)
             if existing is not None:
-                refuse_foreign(
-                    f"model {name} version {version}", existing.tags, owner,
-                    "its weights are not this request's; nothing was registered",
-                )
+                refuse_foreign_model(name, version, existing.tags, owner)
                 return existing
         model = Model(
             path=f"azureml://jobs/{job_name}/outputs/trained_model",
@@ -454,8 +451,11 @@ class AzureMLWorkspace(Workspace):
         if (endpoint.auth_mode or "").lower() == "key":
             self._key_auth.add(endpoint.name)
 
-    def _owned_endpoint(self, name: str, owner: str | None) -> OnlineEndpoint | None:
-        """The endpoint read just before a write, refused when another request owns it.
+    def _endpoint_before_write(
+        self, name: str, owner: str | None, take_over: bool = False
+    ) -> OnlineEndpoint | None:
+        """The endpoint read just before a write for ``owner``, or None when there is none
+        (or no owner is stated); another request's is refused unless ``take_over``.
 
         Online endpoints offer no ETag / If-Match to make the check and the write one
         operation, so the check is a read right before the write: the window between two
@@ -468,30 +468,24 @@ class AzureMLWorkspace(Workspace):
                 existing = self._read_endpoint(name)
             except ResourceNotFoundError:
                 return None
-        refuse_foreign(f"endpoint {name}", dict(existing.tags or {}), owner, ENDPOINT_ADVICE)
+        if not take_over:
+            refuse_foreign(f"endpoint {name}", dict(existing.tags or {}), owner, ENDPOINT_ADVICE)
         return existing
 
     def begin_create_endpoint(self, spec: EndpointSpec) -> None:
-        name, description, tags, owner = spec.name, spec.description, spec.tags, spec.owner
-        _valid_name(name, "endpoint_name")
+        name, description, tags = spec.name, spec.description, spec.tags
+        check_endpoint_name(name, "endpoint_name")
         endpoint = ManagedOnlineEndpoint(
             name=name, auth_mode="key", description=description, tags=tags
         )
-        if spec.take_over and owner is not None:
-            with azure_errors(f"getting endpoint {name}"):
-                try:
-                    existing = self._read_endpoint(name)
-                except ResourceNotFoundError:
-                    existing = None
-            if existing is not None and foreign(
-                f"endpoint {name}", dict(existing.tags or {}), owner
-            ):
-                # Taken over: the same endpoint (its traffic kept) tagged as this request's.
-                existing.tags = dict(tags)
-                existing.description = description
-                endpoint = existing
-        else:
-            self._owned_endpoint(name, owner)
+        existing = self._endpoint_before_write(name, spec.owner, spec.take_over)
+        if existing is not None and foreign(
+            f"endpoint {name}", dict(existing.tags or {}), spec.owner
+        ):
+            # Taken over: the same endpoint (its traffic kept) tagged as this request's.
+            existing.tags = dict(tags)
+            existing.description = description
+            endpoint = existing
         with azure_errors(f"creating endpoint {name}"):
             self._operations[name] = self._clients.ml.online_endpoints.begin_create_or_update(
                 endpoint
@@ -510,8 +504,8 @@ class AzureMLWorkspace(Workspace):
 
     def begin_create_deployment(self, spec: DeploymentSpec) -> None:
         name, endpoint_name = spec.name, spec.endpoint_name
-        _valid_name(name, "deployment_name")
-        self._owned_endpoint(endpoint_name, spec.owner)
+        check_endpoint_name(name, "deployment_name")
+        self._endpoint_before_write(endpoint_name, spec.owner)
         deployment = ManagedOnlineDeployment(
             name=name,
             endpoint_name=endpoint_name,
@@ -666,6 +660,3 @@ def _sdk_tier(tier: str) -> str:
         tier.lower().replace("-", "_"), "dedicated"
     )
 
-
-def _valid_name(name: str, field: str) -> None:
-    check_endpoint_name(name, field)

@@ -48,7 +48,6 @@ from workspaces.local.state import (
 from workspaces.scoring import BadScoringBody, parse_body, reply_body
 
 MAX_BODY_BYTES = 1 << 20
-BOOT_ID = boot_id()
 MAX_CONCURRENT_PER_INSTANCE = 1
 # What a 429 tells the caller to wait, in seconds (Azure sends Retry-After too).
 RETRY_AFTER_S = 1
@@ -271,7 +270,7 @@ def create_app(endpoint_dir: Path) -> FastAPI:
         record: dict[str, Any] = {
             "time": time.time(),
             "since_boot": since_boot(),
-            "boot_id": BOOT_ID,
+            "boot_id": boot_id(),
             "request_id": str(uuid.uuid4()),
             "caller": caller,
             "deployment": None,

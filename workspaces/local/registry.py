@@ -14,7 +14,7 @@ from workspaces.errors import InvalidRequest, ResourceNotFound
 from workspaces.interface import RegisteredModel
 from workspaces.local import mlflow_store
 from workspaces.local.state import locked
-from workspaces.ownership import refuse_foreign
+from workspaces.ownership import refuse_foreign_model
 
 VERSION_TAG = "chatft-version"
 
@@ -79,10 +79,7 @@ class LocalRegistry:
         with locked(self.lock_path):
             existing = self.get(name, version)
             if existing:
-                refuse_foreign(
-                    f"model {name} version {version}", existing.tags, owner,
-                    "its weights are not this request's; nothing was registered",
-                )
+                refuse_foreign_model(name, version, existing.tags, owner)
                 return existing
             client = _client(self.tracking_uri)
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import secrets
@@ -74,8 +75,12 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # uptime) moves, and every start time read as "boot time + ticks" moves too. A process's
 # start in clock ticks since boot, and the time since boot, never move: liveness and ages
 # are judged on those, within one boot (the boot id tells).
+@functools.cache
 def boot_id() -> str:
-    """This boot's identity: a start tick or a time since boot means something only in it."""
+    """This boot's identity: a start tick or a time since boot means something only in it.
+
+    Read once per process (a process never outlives its boot); the request log's activity
+    read compares it for every line."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
