@@ -369,14 +369,10 @@ def report_pipeline_inputs(result: InputCheck) -> None:
         value = "(after compute)" if item.value is None else f"`{item.value}`".replace("|", "\\|")
         rows.append(f"| `{item.name}` | {value} | {item.field} | {verdict} |")
     problems = "".join(f"\n- {p}" for p in result.problems)
-    replaced = [item for item in result.checked if item.replaced]
-    if replaced:
-        problems_note = "".join(
-            f"\n- `{item.name}`: the request's {item.replaced} was replaced by `{item.value}`"
-            for item in replaced
-        )
-    else:
-        problems_note = ""
+    replacements = "".join(
+        f"\n- `{item.name}`: the request's {item.replaced} was replaced by `{item.value}`"
+        for item in result.checked if item.replaced
+    )
     create_markdown_artifact(
         key="pipeline-inputs",
         description=f"Fine-tune inputs checked against {result.interface}",
@@ -384,8 +380,8 @@ def report_pipeline_inputs(result: InputCheck) -> None:
             f"## Fine-tune inputs checked against {result.interface}\n"
             + (f"\n**Refused:**{problems}\n" if problems else "\nAll inputs fit.\n")
             + (f"\n**Replaced by the model's model_specific_defaults** (turn off "
-               f"'Use the model's recommended settings' to keep yours):{problems_note}\n"
-               if problems_note else "")
+               f"'Use the model's recommended settings' to keep yours):{replacements}\n"
+               if replacements else "")
             + "\n| input | value | set by | verdict |\n|---|---|---|---|\n"
             + "\n".join(rows)
         ),
