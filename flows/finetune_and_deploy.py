@@ -23,12 +23,14 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from pydantic import BaseModel
+from prefect.states import Completed, State
+from pydantic import BaseModel, Field
 
 from blocks import load_workspace
 from flows.cli import parse_request
 from flows.parameters import FinetuneRequest, WorkspaceBlock
 from flows.preflight import FinetunePlan, run_preflight
+from flows.rollout import ReleaseOutcome, release
 from tasks import reports
 from tasks.compute import ensure_compute
 from tasks.data import ensure_dataset, first_rows
@@ -95,6 +97,11 @@ class FinetuneResult(BaseModel):
     tuning_summary: str = ""
     endpoint_deleted: bool = False
     sample_request_file: str = ""
+    rollout: str = Field(
+        "", description="How a canary release ended: first-release, promoted, held, "
+        "rolled-back, rejected or already-serving (empty: strategy new-endpoint)"
+    )
+    rollout_message: str = ""
 
 
 @flow(
@@ -137,9 +144,17 @@ def finetune_and_deploy(
     # 5-6. fine-tune, register
     job, metrics, tuning = fine_tune(workspace, request, plan, prepared, compute, gpus, this_run)
     registered = register(workspace, plan, job, prepared, this_run)
-    # 7-8. deploy, score a sample
-    endpoint, endpoint_reused = deploy(workspace, request, plan, registered, this_run)
-    reply, sample_file = score(workspace, request, plan, prepared, metrics)
+    # 7-8. deploy (or release onto a live endpoint), score a sample
+    outcome: ReleaseOutcome | None = None
+    if plan.rollout is not None:
+        outcome = release(workspace, request, plan, registered, metrics,
+                          prepared.files["test_gen"], this_run)
+        endpoint, endpoint_reused = outcome.endpoint, plan.rollout.endpoint_exists
+    else:
+        endpoint, endpoint_reused = deploy(workspace, request, plan, registered, this_run)
+    reply, sample_file = "", Path()
+    if outcome is None or outcome.serving == plan.deployment_name:
+        reply, sample_file = score(workspace, request, plan, prepared, metrics)
     # 9. clean up (off by default: teardown_idle_endpoints owns clean-up)
     deleted = request.delete_endpoint and clean_up(workspace, plan.endpoint_name)
 
@@ -147,9 +162,13 @@ def finetune_and_deploy(
         workspace=workspace.cache_scope, request_id=plan.request_id, suffix=plan.suffix,
         job_name=job.name, job_reused=job.tags.get(TAG_FLOW_RUN) != this_run,
         model_name=registered.name, model_version=registered.version,
-        endpoint_name=plan.endpoint_name, scoring_uri=endpoint.scoring_uri,
+        endpoint_name=plan.endpoint_name,
+        scoring_uri=endpoint.scoring_uri if endpoint is not None else None,
         endpoint_reused=endpoint_reused, deployment_name=plan.deployment_name, reply=reply,
-        tuning_summary=tuning, endpoint_deleted=deleted, sample_request_file=str(sample_file),
+        tuning_summary=tuning, endpoint_deleted=deleted,
+        sample_request_file=str(sample_file) if reply or sample_file.name else "",
+        rollout=outcome.outcome if outcome else "",
+        rollout_message=outcome.message if outcome else "",
     )
     logger = get_run_logger()
     logger.info(
@@ -160,7 +179,23 @@ def finetune_and_deploy(
     )
     logger.info("Reply of the tuned model: %r", reply)
     logger.info(tuning)
+    if outcome is not None:
+        logger.info("Rollout: %s", outcome.message)
+        return rollout_state(outcome, result)
     return result
+
+
+# A correct refusal is not a failure: the run did its job, and the model is not released.
+# The state's name says which way it went (the UI shows it), its type stays Completed.
+ROLLOUT_STATE_NAMES = {"rejected": "Rejected", "rolled-back": "RolledBack", "held": "Held"}
+
+
+def rollout_state(outcome: ReleaseOutcome, result: FinetuneResult) -> FinetuneResult | State:
+    """The run's final state: Completed, named for a release that did not happen."""
+    name = ROLLOUT_STATE_NAMES.get(outcome.outcome)
+    if name is None:
+        return result
+    return Completed(name=name, message=outcome.message, data=result)
 
 
 def fine_tune(
@@ -251,6 +286,8 @@ def register(
             TAG_FLOW_RUN: this_run,
             TAG_REQUEST: plan.request_id,
             "base-model": plan.model.id,
+            # the job whose evaluation the rollout's gate reads for this version
+            "job-name": job.name,
             **lineage,
         },
     )

@@ -188,6 +188,65 @@ class ScoringParameters(FormModel):
     max_new_tokens: int = Field(200, ge=1, le=2048, title="Longest reply (tokens)")
 
 
+class RolloutParameters(FormModel):
+    """How a new model reaches an endpoint that already serves one (docs/rollout.md)."""
+
+    model_config = ConfigDict(title="Release onto a live endpoint")
+
+    strategy: Literal["new-endpoint", "canary"] = Field(
+        "new-endpoint", title="Release strategy",
+        description="new-endpoint = a new endpoint (or the named one) takes the model at "
+        "once; canary = the named endpoint_name keeps serving its model while the new one is "
+        "compared, tried, given a share of traffic and watched, then promoted or rolled back",
+    )
+    canary_percent: int = Field(
+        10, ge=1, le=50, title="Canary share (%)",
+        description="Share of live traffic the new deployment takes while it is watched",
+    )
+    mirror_percent: int = Field(
+        0, ge=0, le=50, title="Mirrored share first (%, Azure only)",
+        description="Azure: copy this share of live traffic to the new deployment before "
+        "the canary (replies discarded); 0 = no mirror step. The local workspace has none",
+    )
+    watch_seconds: float = Field(
+        60, ge=5, le=86400, title="Watch at least (seconds)",
+        description="How long the canary is watched before a decision",
+    )
+    watch_requests: int = Field(
+        10, ge=1, le=10000, title="Requests to watch per deployment",
+        description="Requests each deployment must have answered before a decision; the "
+        "rollout sends probes to make up what real traffic does not bring",
+    )
+    max_error_rate: float = Field(
+        0.05, ge=0, le=1, title="Largest error rate of the new deployment",
+        description="Share of its requests answered with a server error (5xx, 408, 424)",
+    )
+    max_latency_ratio: float = Field(
+        2.0, ge=1, le=100, title="Largest latency ratio (new / current)",
+        description="Median latency of the new deployment over the current one's",
+    )
+    gate_loss_margin: float = Field(
+        0.0, ge=0, le=10, title="Gate: test loss margin",
+        description="The new model's held-out loss may exceed the production and base "
+        "models' by at most this much",
+    )
+    gate_exact_answer_margin: float = Field(
+        0.0, ge=0, le=1, title="Gate: exact-answer margin",
+        description="The new model's exact-answer rate may fall below the production and "
+        "base models' by at most this much (0.05 = 5 points)",
+    )
+    auto_promote: StrictBool = Field(
+        True, title="Promote when the canary is healthy",
+        description="Off = a healthy canary is held at its share until a person re-runs "
+        "the request with this on",
+    )
+    keep_previous: StrictBool = Field(
+        False, title="Keep the previous deployment",
+        description="On = after promotion the old deployment stays at 0 % (it keeps costing); "
+        "off = it is deleted",
+    )
+
+
 class FinetuneRequest(FormModel):
     """What to fine-tune, on which data and compute, and how to deploy and try it.
 
@@ -268,6 +327,9 @@ class FinetuneRequest(FormModel):
     deployment_timeout_minutes: float = Field(
         90, gt=0, le=1440, title="Deployment time limit (minutes)"
     )
+    rollout: RolloutParameters = Field(
+        default_factory=RolloutParameters, title="Release onto a live endpoint"
+    )
     delete_endpoint: StrictBool = Field(
         False, title="Delete the endpoint at the end",
         description="Off = it keeps serving; the teardown flow removes endpoints nobody uses",
@@ -297,9 +359,14 @@ class FinetuneRequest(FormModel):
             exclude={
                 "scoring", "delete_endpoint", "job_timeout_minutes",
                 "deployment_timeout_minutes", "cancel_job_on_timeout", "resubmit_failed_job",
-                "take_over",
+                "take_over", "rollout",
             },
         )
+        # The strategy decides what the request makes (its deployment's name); how the
+        # canary is watched and decided are knobs a re-run may turn, such as auto_promote.
+        # The default strategy adds nothing, so requests made before rollouts keep their id.
+        if self.rollout.strategy != "new-endpoint":
+            identity["rollout_strategy"] = self.rollout.strategy
         blob = json.dumps({"workspace": workspace_scope, **identity}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

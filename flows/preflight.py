@@ -27,9 +27,10 @@ from tasks.compute import ComputePlan, check_compute
 from tasks.endpoints import check_endpoint_ownership, check_serving_size
 from tasks.finetune import allocate_suffix
 from tasks.foundation_model import get_foundation_model, resolve_finetune_parameters
+from tasks.rollout import RolloutPlan, canary_deployment_name, check_rollout_target
 from tasks.workspace_access import check_workspace_access
 from workspaces.interface import FoundationModel, Workspace
-from workspaces.naming import endpoint_name_for
+from workspaces.naming import endpoint_name_for, registered_model_name
 
 
 class FinetunePlan(BaseModel):
@@ -48,6 +49,9 @@ class FinetunePlan(BaseModel):
     deployment_name: str
     instance_type: str
     instance_count: int
+    rollout: RolloutPlan | None = Field(
+        None, description="Where a canary release starts from (None: new-endpoint)"
+    )
 
 
 def run_preflight(workspace: Workspace, request: FinetuneRequest) -> FinetunePlan:
@@ -95,17 +99,27 @@ def run_preflight(workspace: Workspace, request: FinetuneRequest) -> FinetunePla
     request_id = request.request_id(workspace.cache_scope)
     suffix = allocate_suffix(workspace, request_id)
     endpoint_name = request.endpoint_name or endpoint_name_for(suffix)
-    # An endpoint or deployment another request made is refused before training (and
-    # again at every write: another run may take the name while this one trains).
-    check_endpoint_ownership(
-        workspace, endpoint_name, request.deployment_name, request_id, request.take_over
-    )
+    deployment_name, rollout = request.deployment_name, None
+    if request.rollout.strategy == "canary":
+        # A release onto a live endpoint: the endpoint is another request's by design; the
+        # rollout claims it at its first write, refused while another rollout is under way.
+        deployment_name = canary_deployment_name(request.deployment_name, suffix)
+        rollout = check_rollout_target(
+            workspace, request.endpoint_name, registered_model_name(model.name), request_id,
+            deployment_name, request.rollout.mirror_percent, request.delete_endpoint,
+        )
+    else:
+        # An endpoint or deployment another request made is refused before training (and
+        # again at every write: another run may take the name while this one trains).
+        check_endpoint_ownership(
+            workspace, endpoint_name, request.deployment_name, request_id, request.take_over
+        )
     return FinetunePlan(
         request_id=request_id, suffix=suffix, model=model, parameters=parameters,
         component_version=pipeline.version, compute=compute,
         dataset=request.dataset or workspace.default_dataset,
         dataset_split_pc=request.dataset_split_pc,
         data_root=str(workspace.local_data_root() or request.download_dir),
-        endpoint_name=endpoint_name, deployment_name=request.deployment_name,
-        instance_type=instance_type, instance_count=request.instance_count,
+        endpoint_name=endpoint_name, deployment_name=deployment_name,
+        instance_type=instance_type, instance_count=request.instance_count, rollout=rollout,
     )

@@ -6,7 +6,12 @@ so the local workspace trains and serves offline. The conversations are generate
 templates (arithmetic, units, geography, word games): simple enough that a tiny model
 learns their shape in seconds.
 
-Run: ``python scripts/make_sample_data.py`` (rewrites workspaces/local/sample_data/).
+Beside it, ``sample_data_wrong_answers/``: the same questions with wrong answers in
+train_sft (each row takes the next row's answers), and the sample's own held-out files
+(links to them, so byte-identical). A model tuned on it must lose the release gate against
+one tuned on the sample (docs/rollout.md).
+
+Run: ``python scripts/make_sample_data.py`` (rewrites both folders).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import random
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "workspaces" / "local" / "sample_data"
+WRONG_OUT = OUT.with_name("sample_data_wrong_answers")
 SIZES = {"train_sft": 2079, "test_sft": 231, "train_gen": 2560, "test_gen": 283}
 
 CAPITALS = {
@@ -148,6 +154,36 @@ def main() -> None:
             for _ in range(size):
                 handle.write(json.dumps(make_row(rng)) + "\n")
         print(f"wrote {size} rows to {OUT / (split + '.jsonl')}")
+    write_wrong_answers()
+
+
+def wrong_answers(rows: list[dict]) -> list[dict]:
+    """Each row keeps its questions and takes the next row's answers (cycled)."""
+    wrong = []
+    for index, row in enumerate(rows):
+        donor = [m["content"] for m in rows[(index + 1) % len(rows)]["messages"]
+                 if m["role"] == "assistant"]
+        answers = iter(donor * len(row["messages"]))
+        messages = [
+            {"content": next(answers) if m["role"] == "assistant" else m["content"],
+             "role": m["role"]}
+            for m in row["messages"]
+        ]
+        wrong.append({**row, "messages": messages})
+    return wrong
+
+
+def write_wrong_answers() -> None:
+    WRONG_OUT.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in (OUT / "train_sft.jsonl").read_text().splitlines()]
+    with (WRONG_OUT / "train_sft.jsonl").open("w", encoding="utf-8") as handle:
+        for row in wrong_answers(rows):
+            handle.write(json.dumps(row) + "\n")
+    for split in ("train_gen", "test_sft", "test_gen"):
+        link = WRONG_OUT / f"{split}.jsonl"
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path("..") / OUT.name / f"{split}.jsonl")
+    print(f"wrote {len(rows)} rows with wrong answers to {WRONG_OUT / 'train_sft.jsonl'}")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,24 @@ SPLIT_SHA256_TAGS = {
 }
 LINEAGE_TAGS = (TAG_DATASET, "dataset-split-pc", *SPLIT_SHA256_TAGS.values())
 
+# A release onto a live endpoint (flows/rollout.py) keeps its state on the endpoint itself,
+# so a re-run or the scheduled smoke test can finish or undo what a killed run left.
+TAG_ROLLOUT_REQUEST = "chatft-rollout-request"
+TAG_ROLLOUT_STEP = "chatft-rollout-step"
+TAG_ROLLOUT_FROM = "chatft-rollout-from"
+TAG_ROLLOUT_TO = "chatft-rollout-to"
+TAG_ROLLOUT_SINCE = "chatft-rollout-since"
+TAG_ROLLOUT_EXPIRES = "chatft-rollout-expires"
+# Steps a rollout can be in. While one of ROLLOUT_ACTIVE_STEPS is recorded the endpoint
+# has work left (a deployment to watch, or one to delete); "held" waits for a person (a
+# healthy canary with auto_promote off); "done" and "undone" leave one deployment serving.
+ROLLOUT_ACTIVE_STEPS = frozenset({"deploying", "mirror", "canary", "promoted", "rolled-back"})
+ROLLOUT_STEPS = ("deploying", "mirror", "canary", "held", "promoted", "rolled-back", "done",
+                 "undone")
+# The stage of a registered version: MLflow aliases locally, the tag on both workspaces.
+TAG_STAGE = "chatft-stage"
+ModelStage = Literal["production", "candidate", "rejected", "retired"]
+
 # Header the project's own scoring requests carry, so activity can tell them from real use.
 CALLER_HEADER = "x-chatft-caller"
 
@@ -340,6 +358,15 @@ class EndpointActivity(BaseModel):
     total_requests: int = 0
     requests_by_caller: dict[str, int] = Field(default_factory=dict)
     requests_by_deployment: dict[str, int] = Field(default_factory=dict)
+    errors_by_deployment: dict[str, int] = Field(
+        default_factory=dict,
+        description="Requests each deployment answered with a server error (5xx, 408, 424), "
+        "when the workspace can tell",
+    )
+    latency_ms_by_deployment: dict[str, float] = Field(
+        default_factory=dict,
+        description="Median latency of each deployment's answered requests, when known",
+    )
     last_request_at: datetime | None = None
     last_organic_request_at: datetime | None = None
 
@@ -520,12 +547,36 @@ class Workspace(ABC):
 
     @abstractmethod
     def set_traffic(
-        self, endpoint_name: str, traffic: dict[str, int], owner: str | None = None
+        self,
+        endpoint_name: str,
+        traffic: dict[str, int] | None,
+        owner: str | None = None,
+        *,
+        mirror: dict[str, int] | None = None,
+        tags: dict[str, str] | None = None,
+        claim: bool = False,
     ) -> Endpoint:
-        """Route traffic percentages to deployments and update the endpoint.
+        """Route traffic percentages to deployments and update the endpoint, in one write.
+
+        ``traffic`` None keeps the live shares; ``mirror`` (Azure only) sets the mirrored
+        shares ({} clears them, None keeps them); ``tags`` are set on the endpoint in the
+        same write (an empty value removes the tag), so a rollout's recorded step never
+        disagrees with the traffic it describes.
 
         With ``owner``, the endpoint must belong to that request when the write is made.
+        With ``claim`` as well, the endpoint becomes ``owner``'s unless another request's
+        rollout is under way on it (``OwnershipConflict``).
         """
+
+    def set_model_stage(
+        self, name: str, version: str, stage: ModelStage, tags: dict[str, str] | None = None
+    ) -> RegisteredModel:
+        """Record a registered version's stage (and ``tags``, such as the gate's figures).
+
+        "production" and "candidate" name at most one version of a model: giving the stage
+        to one version takes it from the others.
+        """
+        raise NotImplementedError(f"{self.kind} workspace does not record model stages")
 
     @abstractmethod
     def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:

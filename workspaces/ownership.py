@@ -8,7 +8,13 @@ the resource's lock, on Azure by a read just before the write) and refuses a for
 from __future__ import annotations
 
 from workspaces.errors import OwnershipConflict
-from workspaces.interface import TAG_REQUEST
+from workspaces.interface import (
+    ROLLOUT_ACTIVE_STEPS,
+    TAG_REQUEST,
+    TAG_ROLLOUT_REQUEST,
+    TAG_ROLLOUT_SINCE,
+    TAG_ROLLOUT_STEP,
+)
 
 
 def owner_of(tags: dict[str, str]) -> str | None:
@@ -45,3 +51,38 @@ def refuse_foreign_model(
 ENDPOINT_ADVICE = (
     "choose another endpoint_name, or set take_over=true to take the endpoint over"
 )
+
+
+def rollout_under_way(tags: dict[str, str]) -> str | None:
+    """The request whose rollout is under way on an endpoint with these tags, else None."""
+    if tags.get(TAG_ROLLOUT_STEP) in ROLLOUT_ACTIVE_STEPS:
+        return tags.get(TAG_ROLLOUT_REQUEST) or None
+    return None
+
+
+def claim_for_rollout(what: str, tags: dict[str, str], request_id: str) -> dict[str, str]:
+    """The endpoint's tags once ``request_id`` has claimed it for a release.
+
+    Refused while another request's rollout is under way: two releases onto one endpoint
+    would route each other's deployments.
+    """
+    busy = rollout_under_way(tags)
+    if busy and busy != request_id:
+        raise OwnershipConflict(
+            f"{what} is in the middle of a rollout of request {busy} (step "
+            f"{tags.get(TAG_ROLLOUT_STEP)} since {tags.get(TAG_ROLLOUT_SINCE, 'unknown')}; "
+            f"this request is {request_id}); wait for it to finish, or for the smoke test "
+            "to undo it once it expires"
+        )
+    return {**tags, TAG_REQUEST: request_id}
+
+
+def merge_tags(tags: dict[str, str], changes: dict[str, str] | None) -> dict[str, str]:
+    """``tags`` with ``changes`` applied: an empty value removes the tag."""
+    merged = dict(tags)
+    for key, value in (changes or {}).items():
+        if value:
+            merged[key] = value
+        else:
+            merged.pop(key, None)
+    return merged

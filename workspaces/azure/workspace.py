@@ -33,6 +33,7 @@ from workspaces.azure.pipeline import COMPONENT_NAME, build_pipeline_job
 from workspaces.errors import InvalidRequest, ResourceNotFound
 from workspaces.interface import (
     TAG_REQUEST,
+    TAG_STAGE,
     ComputeTarget,
     Deployment,
     DeploymentSpec,
@@ -44,6 +45,7 @@ from workspaces.interface import (
     FinetuneJobSpec,
     FoundationModel,
     JobMetrics,
+    ModelStage,
     PipelineInterface,
     QuotaCheck,
     RegisteredModel,
@@ -52,7 +54,14 @@ from workspaces.interface import (
     Workspace,
 )
 from workspaces.naming import check_endpoint_name
-from workspaces.ownership import ENDPOINT_ADVICE, foreign, refuse_foreign, refuse_foreign_model
+from workspaces.ownership import (
+    ENDPOINT_ADVICE,
+    claim_for_rollout,
+    foreign,
+    merge_tags,
+    refuse_foreign,
+    refuse_foreign_model,
+)
 
 # How long a read of a Failed resource waits for its operation to report the error.
 OPERATION_GRACE_S = 10.0
@@ -522,18 +531,53 @@ class AzureMLWorkspace(Workspace):
             )
 
     def set_traffic(
-        self, endpoint_name: str, traffic: dict[str, int], owner: str | None = None
+        self,
+        endpoint_name: str,
+        traffic: dict[str, int] | None,
+        owner: str | None = None,
+        *,
+        mirror: dict[str, int] | None = None,
+        tags: dict[str, str] | None = None,
+        claim: bool = False,
     ) -> Endpoint:
         with azure_errors(f"routing traffic of endpoint {endpoint_name}"):
             ep = self._clients.ml.online_endpoints.get(endpoint_name)
         # The read the update is built from is the ownership check, just before the write.
-        refuse_foreign(f"endpoint {endpoint_name}", dict(ep.tags or {}), owner, ENDPOINT_ADVICE)
+        what = f"endpoint {endpoint_name}"
+        tags_now = dict(ep.tags or {})
+        if claim and owner:
+            tags_now = claim_for_rollout(what, tags_now, owner)
+        else:
+            refuse_foreign(what, tags_now, owner, ENDPOINT_ADVICE)
         with azure_errors(f"routing traffic of endpoint {endpoint_name}"):
-            ep.traffic = dict(traffic)
+            if traffic is not None:
+                ep.traffic = dict(traffic)
+            if mirror is not None:
+                ep.mirror_traffic = dict(mirror)
+            ep.tags = merge_tags(tags_now, tags)
             # A traffic update is quick; waiting keeps the returned state truthful.
             updated = self._clients.ml.online_endpoints.begin_create_or_update(ep).result()
         self._remember_scoring_uri(updated)
         return records.endpoint(updated, self._deployments(endpoint_name), self.address.arm_id)
+
+    def set_model_stage(
+        self, name: str, version: str, stage: ModelStage, tags: dict[str, str] | None = None
+    ) -> RegisteredModel:
+        # Azure ML has no aliases for workspace models: the stage is a tag, and a stage that
+        # names one version is taken from the version that held it.
+        with azure_errors(f"reading model {name}"):
+            versions = list(self._clients.ml.models.list(name=name))
+        with azure_errors(f"recording the stage of model {name}:{version}"):
+            model = self._clients.ml.models.get(name, version=version)
+            if stage in ("production", "candidate"):
+                for other in versions:
+                    if other.version != version and (other.tags or {}).get(TAG_STAGE) == stage:
+                        held = self._clients.ml.models.get(name, version=other.version)
+                        held.tags = {**(held.tags or {}), TAG_STAGE: "retired"}
+                        self._clients.ml.models.create_or_update(held)
+            model.tags = {**(model.tags or {}), **(tags or {}), TAG_STAGE: stage}
+            updated = self._clients.ml.models.create_or_update(model)
+        return records.registered_model(updated, self.address.arm_id)
 
     def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:
         operations = self._clients.ml.online_endpoints

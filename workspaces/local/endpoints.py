@@ -48,7 +48,13 @@ from workspaces.local.state import (
     write_json,
 )
 from workspaces.naming import check_endpoint_name
-from workspaces.ownership import ENDPOINT_ADVICE, foreign, refuse_foreign
+from workspaces.ownership import (
+    ENDPOINT_ADVICE,
+    claim_for_rollout,
+    foreign,
+    merge_tags,
+    refuse_foreign,
+)
 
 SERVER_MODULE = "workspaces.local.endpoint_server"
 LOCAL_INSTANCE_TYPES = ("Local_CPU",)
@@ -86,6 +92,29 @@ def http_client() -> httpx.Client:
             # Only 127.0.0.1 is ever called: no proxies from the environment, no TLS.
             _CLIENT = httpx.Client(limits=_CLIENT_LIMITS, trust_env=False)
         return _CLIENT
+
+
+def checked_traffic(traffic: dict[str, int], config: dict[str, Any]) -> dict[str, int]:
+    """Live shares as Azure takes them: existing deployments, 0-100 each, adding up to 100."""
+    unknown = sorted(set(traffic) - set(config["deployments"]))
+    if unknown:
+        raise InvalidRequest(
+            f"traffic names deployments that do not exist: {', '.join(unknown)}; "
+            f"existing: {', '.join(sorted(config['deployments'])) or 'none'}"
+        )
+    if any(not 0 <= v <= 100 for v in traffic.values()) or sum(traffic.values()) not in (0, 100):
+        raise InvalidRequest(f"traffic {traffic} must be percentages that add up to 100")
+    return {k: int(v) for k, v in traffic.items() if v > 0}
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+# What a deployment answered as its own failure (not the caller's: 400, 401, 413, 429).
+SERVER_ERRORS = frozenset({408, 424})
 
 
 def _free_port() -> int:
@@ -387,21 +416,24 @@ class LocalEndpoints:
         """Fault drill: make a deployment answer slowly or with a fixed reply (None clears)."""
         self._update(endpoint, lambda c: c["deployments"][name].update(simulate=simulate or {}))
 
-    def set_traffic(self, endpoint: str, traffic: dict[str, int], owner: str | None = None) -> None:
+    def set_traffic(
+        self,
+        endpoint: str,
+        traffic: dict[str, int] | None,
+        owner: str | None = None,
+        tags: dict[str, str] | None = None,
+        claim: bool = False,
+    ) -> None:
         def route(config: dict[str, Any]) -> None:
-            refuse_foreign(f"endpoint {endpoint}", config.get("tags", {}), owner, ENDPOINT_ADVICE)
-            unknown = sorted(set(traffic) - set(config["deployments"]))
-            if unknown:
-                raise InvalidRequest(
-                    f"traffic names deployments that do not exist: {', '.join(unknown)}; "
-                    f"existing: {', '.join(sorted(config['deployments'])) or 'none'}"
-                )
-            if any(not 0 <= v <= 100 for v in traffic.values()) or sum(traffic.values()) not in (
-                0,
-                100,
-            ):
-                raise InvalidRequest(f"traffic {traffic} must be percentages that add up to 100")
-            config["traffic"] = {k: int(v) for k, v in traffic.items() if v > 0}
+            what = f"endpoint {endpoint}"
+            tags_now = config.get("tags", {})
+            if claim and owner:
+                tags_now = claim_for_rollout(what, tags_now, owner)
+            else:
+                refuse_foreign(what, tags_now, owner, ENDPOINT_ADVICE)
+            if traffic is not None:
+                config["traffic"] = checked_traffic(traffic, config)
+            config["tags"] = merge_tags(tags_now, tags)
 
         self._update(endpoint, route)
 
@@ -452,6 +484,7 @@ class LocalEndpoints:
             return result
         begin, finish = start.timestamp(), end.timestamp()
         last = last_organic = None
+        latencies: dict[str, list[float]] = {}
         try:
             lines = log.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
@@ -472,9 +505,15 @@ class LocalEndpoints:
             if record.get("deployment"):
                 d = record["deployment"]
                 result.requests_by_deployment[d] = result.requests_by_deployment.get(d, 0) + 1
+                status = int(record.get("status") or 0)
+                if status >= 500 or status in SERVER_ERRORS:
+                    result.errors_by_deployment[d] = result.errors_by_deployment.get(d, 0) + 1
+                elif status == 200 and record.get("latency_ms") is not None:
+                    latencies.setdefault(d, []).append(float(record["latency_ms"]))
             last = max(last or 0, record["time"])
             if caller == "organic":
                 last_organic = max(last_organic or 0, record["time"])
+        result.latency_ms_by_deployment = {d: _median(v) for d, v in latencies.items()}
         result.last_request_at = datetime.fromtimestamp(last, UTC) if last else None
         result.last_organic_request_at = (
             datetime.fromtimestamp(last_organic, UTC) if last_organic else None

@@ -11,12 +11,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from workspaces.errors import InvalidRequest, ResourceNotFound
-from workspaces.interface import RegisteredModel
+from workspaces.interface import TAG_STAGE, ModelStage, RegisteredModel
 from workspaces.local import mlflow_store
 from workspaces.local.state import locked
 from workspaces.ownership import refuse_foreign_model
 
 VERSION_TAG = "chatft-version"
+# MLflow model-version aliases for the stages that name one version at a time.
+SINGLE_STAGES = ("production", "candidate")
 
 
 def _client(tracking_uri: str):
@@ -48,6 +50,9 @@ class LocalRegistry:
 
     def _record(self, mv, version: str) -> RegisteredModel:
         tags = {k: v for k, v in mv.tags.items() if k != VERSION_TAG}
+        aliases = list(getattr(mv, "aliases", None) or [])
+        if aliases:
+            tags["mlflow-aliases"] = ",".join(sorted(aliases))
         return RegisteredModel(
             name=mv.name,
             version=version,
@@ -94,6 +99,26 @@ class LocalRegistry:
                 tags={**tags, VERSION_TAG: version},
             )
             return self._record(mv, version)
+
+    def set_stage(
+        self, name: str, version: str, stage: ModelStage, tags: dict[str, str]
+    ) -> RegisteredModel:
+        """Tag the version with its stage; "production" and "candidate" are also MLflow
+        aliases, which name one version at a time (MLflow moves an alias, never copies it)."""
+        with locked(self.lock_path):
+            mv = self._find(name, version)
+            if mv is None:
+                raise ResourceNotFound(f"model {name} version {version} is not registered")
+            client = _client(self.tracking_uri)
+            for key, value in {**tags, TAG_STAGE: stage}.items():
+                client.set_model_version_tag(name, mv.version, key, value)
+            if stage in SINGLE_STAGES:
+                client.set_registered_model_alias(name, stage, mv.version)
+            held = client.get_registered_model(name).aliases or {}
+            for alias in SINGLE_STAGES:
+                if alias != stage and str(held.get(alias)) == str(mv.version):
+                    client.delete_registered_model_alias(name, alias)
+            return self._record(self._find(name, version), version)
 
     def local_path(self, model_id_: str) -> Path:
         """The folder of an MLflow model a deployment should load."""

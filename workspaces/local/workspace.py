@@ -30,6 +30,7 @@ from workspaces.interface import (
     FinetuneJobSpec,
     FoundationModel,
     JobMetrics,
+    ModelStage,
     PipelineInterface,
     QuotaCheck,
     RegisteredModel,
@@ -291,12 +292,29 @@ class LocalWorkspace(Workspace):
         self.endpoints.begin_create_deployment(spec, self.registry.local_path(spec.model_id))
 
     def set_traffic(
-        self, endpoint_name: str, traffic: dict[str, int], owner: str | None = None
+        self,
+        endpoint_name: str,
+        traffic: dict[str, int] | None,
+        owner: str | None = None,
+        *,
+        mirror: dict[str, int] | None = None,
+        tags: dict[str, str] | None = None,
+        claim: bool = False,
     ) -> Endpoint:
-        self.endpoints.set_traffic(endpoint_name, traffic, owner)
+        if mirror:
+            raise InvalidRequest(
+                "mirrored traffic is an Azure ML feature; the local workspace serves live "
+                "traffic only (leave rollout.mirror_percent at 0)"
+            )
+        self.endpoints.set_traffic(endpoint_name, traffic, owner, tags, claim)
         endpoint = self.endpoints.get(endpoint_name)
         assert endpoint is not None
         return endpoint
+
+    def set_model_stage(
+        self, name: str, version: str, stage: ModelStage, tags: dict[str, str] | None = None
+    ) -> RegisteredModel:
+        return self.registry.set_stage(name, version, stage, tags or {})
 
     def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:
         return self.endpoints.keys(endpoint_name)

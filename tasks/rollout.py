@@ -1,0 +1,365 @@
+"""The tasks of a release onto a live endpoint: its pre-flight, its recorded steps, the watch.
+
+The orchestration (which step follows which, and how a re-run resumes) is in
+flows/rollout.py; docs/rollout.md tells the whole procedure. Every write that moves
+traffic also records the rollout's step in the endpoint's tags, in the same request, so
+what the endpoint says and what it does never disagree, whoever reads it after a crash.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from tasks.endpoints import DELETE_POLL_MAX_DELAY_S
+from tasks.policies import transient_retries
+from tasks.smoke_test import ProbeResult, SmokeTarget, _probe_once
+from tasks.waiting import poll_until
+from workspaces.errors import InvalidRequest, ResourceNotFound
+from workspaces.interface import (
+    TAG_MODEL,
+    TAG_MODEL_VERSION,
+    TAG_ROLLOUT_EXPIRES,
+    TAG_ROLLOUT_FROM,
+    TAG_ROLLOUT_REQUEST,
+    TAG_ROLLOUT_SINCE,
+    TAG_ROLLOUT_STEP,
+    TAG_ROLLOUT_TO,
+    Endpoint,
+    Workspace,
+)
+from workspaces.ownership import rollout_under_way
+
+# The caller marker of the rollout's own probes: activity counts them as the project's.
+ROLLOUT_CALLER = "rollout"
+
+
+class WatchLimits(BaseModel):
+    """How the canary is watched and judged (the request's ``rollout`` settings)."""
+
+    canary_percent: int
+    watch_seconds: float
+    watch_requests: int
+    max_error_rate: float
+    max_latency_ratio: float
+
+
+class RolloutPlan(BaseModel):
+    """Where a canary release starts from, as the pre-flight found the endpoint."""
+
+    endpoint_exists: bool
+    current_deployment: str | None = Field(
+        None, description="The deployment taking the largest live share now, if any"
+    )
+    current_model: str | None = None
+    current_version: str | None = None
+    new_deployment: str
+    resume_step: str | None = Field(
+        None, description="This request's own rollout found on the endpoint, at this step"
+    )
+
+
+def serving_deployment(endpoint: Endpoint) -> str | None:
+    """The deployment with the largest live share (None: no live traffic)."""
+    live = {name: share for name, share in endpoint.traffic.items() if share > 0}
+    return max(live, key=lambda name: (live[name], name)) if live else None
+
+
+def canary_deployment_name(deployment_name: str, suffix: str) -> str:
+    """``<deployment_name>-<suffix>``: a new name per release, within Azure's 32 characters."""
+    return f"{deployment_name[:21].rstrip('-')}-{suffix}"
+
+
+# Not cached: the endpoint can change between runs (another release, a teardown).
+@task(name="check-rollout-target", cache_policy=NO_CACHE, **transient_retries())
+def check_rollout_target(
+    workspace: Workspace,
+    endpoint_name: str | None,
+    model_name: str,
+    request_id: str,
+    new_deployment: str,
+    mirror_percent: int,
+    delete_endpoint: bool,
+) -> RolloutPlan:
+    """Refuse, before any training, a canary that cannot be carried out; else say where
+    it starts from.
+
+    Raises:
+        InvalidRequest: naming the field: no endpoint_name, an endpoint this project does
+            not manage or that serves another base model family, another request's rollout
+            under way, mirroring on a workspace without it, delete_endpoint with a canary.
+    """
+    if not endpoint_name:
+        raise InvalidRequest(
+            "endpoint_name: rollout.strategy canary releases onto a named endpoint; name the "
+            "endpoint your applications call (or use rollout.strategy new-endpoint)"
+        )
+    if delete_endpoint:
+        raise InvalidRequest(
+            "delete_endpoint: a canary release keeps the endpoint serving; it cannot also "
+            "delete it (set delete_endpoint=false)"
+        )
+    if mirror_percent and workspace.kind != "azure":
+        raise InvalidRequest(
+            f"rollout.mirror_percent: mirrored traffic is an Azure ML feature; the "
+            f"{workspace.kind} workspace has none (allowed here: 0)"
+        )
+    endpoint = workspace.get_endpoint(endpoint_name)
+    if endpoint is None:
+        return RolloutPlan(endpoint_exists=False, new_deployment=new_deployment)
+    if not endpoint.managed:
+        raise InvalidRequest(
+            f"endpoint_name: endpoint {endpoint_name} is not managed by this project (it has "
+            "no managed-by=chat-finetune-flows tag); a canary goes only onto an endpoint this "
+            "project made"
+        )
+    busy = rollout_under_way(endpoint.tags)
+    if busy and busy != request_id:
+        raise InvalidRequest(
+            f"endpoint_name: endpoint {endpoint_name} is in the middle of a rollout of request "
+            f"{busy} (step {endpoint.tags.get(TAG_ROLLOUT_STEP)} since "
+            f"{endpoint.tags.get(TAG_ROLLOUT_SINCE, 'unknown')}); wait for it to finish, or "
+            "for the smoke test to undo it once it expires"
+        )
+    current = serving_deployment(endpoint)
+    deployment = next((d for d in endpoint.deployments if d.name == current), None)
+    tags = deployment.tags if deployment is not None else endpoint.tags
+    serves = tags.get(TAG_MODEL)
+    if current and serves and serves != model_name:
+        raise InvalidRequest(
+            f"endpoint_name: endpoint {endpoint_name} serves {serves}, a model of another base "
+            f"family than this request's ({model_name}); a canary compares models of one "
+            "family: choose that family's foundation_model, or another endpoint_name"
+        )
+    mine = endpoint.tags.get(TAG_ROLLOUT_REQUEST) == request_id
+    return RolloutPlan(
+        endpoint_exists=True,
+        current_deployment=current,
+        current_model=serves if current else None,
+        current_version=tags.get(TAG_MODEL_VERSION) if current else None,
+        new_deployment=new_deployment,
+        resume_step=endpoint.tags.get(TAG_ROLLOUT_STEP) if mine else None,
+    )
+
+
+def step_tags(
+    request_id: str, step: str, old: str | None, new: str, expires_in_s: float | None
+) -> dict[str, str]:
+    """The endpoint tags recording a rollout at ``step`` (an empty value removes a tag)."""
+    now = datetime.now(UTC)
+    return {
+        TAG_ROLLOUT_REQUEST: request_id,
+        TAG_ROLLOUT_STEP: step,
+        TAG_ROLLOUT_FROM: old or "",
+        TAG_ROLLOUT_TO: new,
+        TAG_ROLLOUT_SINCE: now.isoformat(timespec="seconds"),
+        TAG_ROLLOUT_EXPIRES: (
+            (now + timedelta(seconds=expires_in_s)).isoformat(timespec="seconds")
+            if expires_in_s is not None else ""
+        ),
+    }
+
+
+@task(name="record-rollout-step", task_run_name="rollout-{step}", cache_policy=NO_CACHE,
+      **transient_retries())
+def record_step(
+    workspace: Workspace,
+    endpoint_name: str,
+    step: str,
+    request_id: str,
+    old: str | None,
+    new: str,
+    traffic: dict[str, int] | None = None,
+    mirror: dict[str, int] | None = None,
+    expires_in_s: float | None = None,
+    claim: bool = False,
+) -> Endpoint:
+    """Move traffic (or not) and record the rollout's ``step`` on the endpoint, in one write."""
+    endpoint = workspace.set_traffic(
+        endpoint_name, traffic, owner=request_id, mirror=mirror, claim=claim,
+        tags=step_tags(request_id, step, old, new, expires_in_s),
+    )
+    get_run_logger().info(
+        "Rollout on %s: step %s, traffic %s%s", endpoint_name, step, endpoint.traffic,
+        f", mirrored {mirror}" if mirror else "",
+    )
+    return endpoint
+
+
+@task(name="delete-deployment", cache_policy=NO_CACHE, **transient_retries())
+def delete_deployment(
+    workspace: Workspace, endpoint_name: str, name: str, timeout_minutes: float = 30
+) -> bool:
+    """Delete one deployment and wait until it is gone; False when it was gone already."""
+    try:
+        workspace.begin_delete_deployment(endpoint_name, name)
+    except ResourceNotFound:
+        return False
+    poll_until(
+        lambda: workspace.deletion_finished(endpoint_name, name), bool, timeout_minutes * 60,
+        f"deletion of deployment {name} of endpoint {endpoint_name}",
+        max_delay_s=DELETE_POLL_MAX_DELAY_S,
+    )
+    get_run_logger().info("Deleted deployment %s of endpoint %s", name, endpoint_name)
+    return True
+
+
+@task(name="check-deployment-contract", cache_policy=NO_CACHE)
+def check_contract(
+    workspace: Workspace, endpoint_name: str, deployment: str, bodies: list[dict[str, Any]],
+    timeout_s: float,
+) -> list[ProbeResult]:
+    """The smoke test's contract checks, sent to one deployment by its header (0 % traffic)."""
+    target = SmokeTarget(endpoint=endpoint_name, deployment=deployment)
+    results = [_probe_once(workspace, target, body, timeout_s) for body in bodies]
+    logger = get_run_logger()
+    for result in results:
+        (logger.info if result.ok else logger.warning)(
+            "Contract check of %s/%s: %s in %s ms %s", endpoint_name, deployment,
+            result.status, result.latency_ms, result.reason)
+    return results
+
+
+class DeploymentFigures(BaseModel):
+    """What one deployment did while the canary was watched."""
+
+    deployment: str
+    role: str = Field(description="current or new")
+    requests: int = 0
+    errors: int = 0
+    median_latency_ms: float | None = None
+    probes: int = 0
+    probe_errors: int = 0
+    source: str = ""
+
+    @property
+    def error_rate(self) -> float:
+        """Errors over requests (0 when there were none)."""
+        return self.errors / self.requests if self.requests else 0.0
+
+
+class WatchVerdict(BaseModel):
+    """The canary's figures and whether they allow promotion."""
+
+    healthy: bool
+    seconds: float
+    share: int
+    current: DeploymentFigures | None
+    new: DeploymentFigures
+    reasons: list[str]
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _figures(
+    name: str, role: str, probes: list[ProbeResult], activity: Any
+) -> DeploymentFigures:
+    """A deployment's figures: from the workspace's per-deployment log when it keeps one
+    (real traffic and probes together), else from the probes' own results."""
+    mine = [p for p in probes if p.deployment == name]
+    failed = [p for p in mine if p.status not in ("ok",) and not _caller_fault(p)]
+    figures = DeploymentFigures(deployment=name, role=role, probes=len(mine),
+                                probe_errors=len(failed))
+    if activity is not None and activity.available and name in activity.latency_ms_by_deployment:
+        figures.requests = activity.requests_by_deployment.get(name, 0)
+        figures.errors = activity.errors_by_deployment.get(name, 0)
+        figures.median_latency_ms = activity.latency_ms_by_deployment[name]
+        figures.source = "endpoint request log (real traffic and probes)"
+    else:
+        figures.requests, figures.errors = len(mine), len(failed)
+        figures.median_latency_ms = _median(
+            [p.latency_ms for p in mine if p.ok and p.latency_ms is not None])
+        figures.source = "the rollout's probes"
+    return figures
+
+
+def _caller_fault(probe: ProbeResult) -> bool:
+    # Throttling (429) says the deployment is busy, not broken; it is not an error here.
+    return probe.status == "throttled_429"
+
+
+@task(name="watch-canary", cache_policy=NO_CACHE)
+def watch_canary(
+    workspace: Workspace,
+    endpoint_name: str,
+    current: str | None,
+    new: str,
+    bodies: list[dict[str, Any]],
+    settings: WatchLimits,
+    timeout_s: float = 60.0,
+) -> WatchVerdict:
+    """Watch both deployments under the canary share, then judge the new one.
+
+    Real traffic is split by the endpoint; probes (one at a time, by deployment header)
+    make up what it does not bring, until each deployment has answered
+    ``watch_requests`` requests and ``watch_seconds`` have passed (at most three times
+    that long, and a minute, when requests stay scarce).
+    """
+    logger = get_run_logger()
+    start_wall = datetime.now(UTC)
+    started = time.monotonic()
+    deadline = settings.watch_seconds * 3 + 60
+    names = [n for n in (current, new) if n]
+    probes: list[ProbeResult] = []
+    turn = 0
+    while True:
+        elapsed = time.monotonic() - started
+        seen = {n: sum(p.deployment == n for p in probes) for n in names}
+        wanting = [n for n in names if seen[n] < settings.watch_requests]
+        if (elapsed >= settings.watch_seconds and not wanting) or elapsed >= deadline:
+            break
+        if not wanting:
+            time.sleep(min(1.0, settings.watch_seconds - elapsed))
+            continue
+        name = wanting[turn % len(wanting)]
+        body = bodies[turn % len(bodies)]
+        turn += 1
+        probes.append(_probe_once(
+            workspace, SmokeTarget(endpoint=endpoint_name, deployment=name), body, timeout_s))
+    seconds = time.monotonic() - started
+    try:
+        activity = workspace.get_endpoint_activity(endpoint_name, start_wall, datetime.now(UTC))
+    except Exception as exc:  # noqa: BLE001 - the probes' own results still judge
+        logger.warning("Could not read the activity of %s (%s); judging on the probes alone",
+                       endpoint_name, exc)
+        activity = None
+    new_figures = _figures(new, "new", probes, activity)
+    current_figures = _figures(current, "current", probes, activity) if current else None
+    reasons = []
+    healthy = True
+    if new_figures.requests < settings.watch_requests:
+        healthy = False
+        reasons.append(f"FAIL the new deployment answered {new_figures.requests} request(s) in "
+                       f"{seconds:.0f} s; {settings.watch_requests} were needed to judge it")
+    rate = new_figures.error_rate
+    ok = rate <= settings.max_error_rate
+    healthy &= ok
+    reasons.append(f"{'pass' if ok else 'FAIL'} error rate {rate:.1%} "
+                   f"({new_figures.errors}/{new_figures.requests}) <= "
+                   f"{settings.max_error_rate:.1%}")
+    base = current_figures.median_latency_ms if current_figures else None
+    if base and new_figures.median_latency_ms is not None:
+        ratio = new_figures.median_latency_ms / base
+        ok = ratio <= settings.max_latency_ratio
+        healthy &= ok
+        reasons.append(f"{'pass' if ok else 'FAIL'} median latency {ratio:.2f}x the current "
+                       f"deployment's ({new_figures.median_latency_ms:.0f} ms / {base:.0f} ms) "
+                       f"<= {settings.max_latency_ratio:g}x")
+    elif new_figures.median_latency_ms is None:
+        healthy = False
+        reasons.append("FAIL the new deployment answered no request successfully")
+    for line in reasons:
+        (logger.info if line.startswith("pass") else logger.warning)("Canary: %s", line)
+    return WatchVerdict(healthy=healthy, seconds=round(seconds, 1), share=settings.canary_percent,
+                        current=current_figures, new=new_figures, reasons=reasons)
