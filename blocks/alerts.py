@@ -9,7 +9,9 @@ the Prefect server has
   (``CHATFT_ALERT_WEBHOOK_URL`` at ``server-up``);
 - the automation ``chatft smoke test failed``: on every ``chatft.smoke-test.failed``
   event (one per failing endpoint) it sends the block a message naming the endpoint, the
-  failure class of each deployment and a link to the smoke-test run. Kept in step with
+  failure class of each deployment and a link to the smoke-test run; on every
+  ``chatft.rollout.rolled-back`` (a canary release undone, by its run or by the smoke test
+  after the run died) a message naming the deployment, the one restored and why. Kept in step with
   this file: an automation of that name is updated, never duplicated. It is enabled once
   the block holds a real URL (while it holds the placeholder, every failed smoke test
   would end in a failed delivery and a traceback in the server log): after filling in
@@ -34,10 +36,24 @@ AUTOMATION_NAME = "chatft smoke test failed"
 PLACEHOLDER_URL = "https://example.invalid/replace-with-your-webhook"
 URL_ENV = "CHATFT_ALERT_WEBHOOK_URL"
 
-SUBJECT = "Smoke test failed: {{ event.resource['prefect.resource.name'] }}"
-# Jinja, rendered by the server when the event arrives; `flow_run` is the smoke-test run
-# the event came from (Prefect relates events emitted in a run to that run).
+# The events it sends: a failed smoke test, and a release rolled back (flows/rollout.py).
+EVENTS = {"chatft.smoke-test.failed", "chatft.rollout.rolled-back"}
+SUBJECT = (
+    "{% if event.event == 'chatft.rollout.rolled-back' %}Release rolled back{% else %}"
+    "Smoke test failed{% endif %}: {{ event.resource['prefect.resource.name'] }}"
+)
+# Jinja, rendered by the server when the event arrives; `flow_run` is the run the event
+# came from (Prefect relates events emitted in a run to that run).
 BODY = """\
+{% if event.event == 'chatft.rollout.rolled-back' %}\
+Endpoint {{ event.resource['prefect.resource.name'] }} \
+({{ event.resource['chatft.workspace'] }} workspace): the release of deployment \
+{{ event.payload.deployment }} was rolled back at \
+{{ event.occurred.strftime('%Y-%m-%d %H:%M:%S UTC') }}; \
+{{ event.payload.restored or 'no deployment' }} takes all traffic again.
+Why: {{ event.payload.reason }}
+Run: {{ flow_run|ui_url }}
+{% else %}\
 Endpoint {{ event.resource['prefect.resource.name'] }} \
 ({{ event.resource['chatft.workspace'] }} workspace) failed its smoke test \
 at {{ event.occurred.strftime('%Y-%m-%d %H:%M:%S UTC') }}.
@@ -46,7 +62,7 @@ Failure class: {{ event.resource['chatft.smoke-test.status'] }}
 {{ f.reason }}
 {% endfor %}\
 Smoke-test run: {{ flow_run|ui_url }}
-"""
+{% endif %}"""
 
 
 def ensure_webhook_block(url: str | None = None) -> tuple[UUID, bool]:
@@ -74,11 +90,11 @@ def smoke_test_automation(block_id: UUID, enabled: bool = True) -> Automation:
     return Automation(
         name=AUTOMATION_NAME,
         description="An endpoint managed by chat-finetune-flows did not answer its smoke "
-        "test. Created by make server-up (blocks/alerts.py); edit block chatft-alerts to "
-        "choose where the message goes.",
+        "test, or a release onto it was rolled back. Created by make server-up "
+        "(blocks/alerts.py); edit block chatft-alerts to choose where the message goes.",
         enabled=enabled,
         trigger=EventTrigger(
-            expect={"chatft.smoke-test.failed"},
+            expect=EVENTS,
             match={"prefect.resource.id": "chatft.endpoint.*"},
             for_each={"prefect.resource.id"},
             posture=Posture.Reactive,

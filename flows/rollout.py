@@ -22,6 +22,9 @@ figures, and an event: ``chatft.rollout.started``, ``.promoted``, ``.rolled-back
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
@@ -73,6 +76,15 @@ from workspaces.interface import (
 # dead run's, and the smoke test undoes it.
 EXPIRY_MARGIN_S = 15 * 60
 PROBE_SEEDS = 5
+# Tests hold a run right after a step ("<point>:<marker file>") to kill it there with -9.
+HOLD_ENV = "CHATFT_HOLD_AFTER_ROLLOUT"
+
+
+def _checkpoint(point: str) -> None:
+    held = os.environ.get(HOLD_ENV, "")
+    if held.partition(":")[0] == point:
+        Path(held.partition(":")[2]).touch()
+        time.sleep(3600)
 
 
 class ReleaseOutcome(BaseModel):
@@ -111,24 +123,32 @@ def release(
     if endpoint is None or not rollout.endpoint_exists:
         return _first_release(workspace, request, plan, model, this_run)
     step = endpoint.tags.get(TAG_ROLLOUT_STEP) if rollout.resume_step else None
-    old, new = rollout.current_deployment, rollout.new_deployment
-    if step == "done" or (old == new and step not in ("rolled-back", "undone")):
+    new = rollout.new_deployment
+    # Resuming this request's own rollout: where it started from is what the endpoint
+    # recorded (the traffic may already have moved).
+    old = old_of(endpoint, new) if step else rollout.current_deployment
+    if step == "done" or (step is None and old == new):
         return ReleaseOutcome(outcome="already-serving", released=True, serving=new,
                               endpoint=endpoint,
                               message=f"{model.name}:{model.version} already serves "
                               f"{plan.endpoint_name} (deployment {new})")
-    if step in ("rolled-back", "undone"):
-        return _roll_back(workspace, request, plan, model, old_of(endpoint, new), new, None,
+    if step == "undone":
+        return ReleaseOutcome(outcome="rolled-back", released=False, serving=old,
+                              endpoint=endpoint,
+                              message=f"an earlier run of this request rolled {new} back; "
+                              f"{old} serves {plan.endpoint_name}")
+    if step == "rolled-back":
+        return _roll_back(workspace, request, plan, model, old, new, None,
                           "finishing the rollback a killed run left")
     if step == "promoted":
-        return _finish_promotion(workspace, request, plan, model, old_of(endpoint, new), new,
+        return _finish_promotion(workspace, request, plan, model, old, new,
                                  "finishing the promotion a killed run left")
     if step == "held" and not settings.auto_promote:
         return ReleaseOutcome(outcome="held", released=True, serving=old, endpoint=endpoint,
                               message=f"{new} is held at its canary share; re-run with "
                               "rollout.auto_promote=true to promote it")
     if step == "held":
-        return _promote(workspace, request, plan, model, old_of(endpoint, new), new,
+        return _promote(workspace, request, plan, model, old, new,
                         "promoted by a re-run with auto_promote on (the canary was healthy)")
     if step:
         logger.info("Resuming this request's rollout on %s from step %s", plan.endpoint_name,
@@ -170,6 +190,7 @@ def release(
         ),
         request.deployment_timeout_minutes,
     )
+    _checkpoint("deployment-created")
     if old is None:
         # Nothing serves yet: no traffic to compare with; the contract decides.
         return _promote_after_contract(workspace, request, plan, model, None, new,
@@ -197,6 +218,7 @@ def release(
     record_step(workspace, plan.endpoint_name, "canary", plan.request_id, old, new,
                 traffic={old: 100 - settings.canary_percent, new: settings.canary_percent},
                 mirror={} if settings.mirror_percent else None, expires_in_s=watch_s)
+    _checkpoint("canary-set")
     # 5. watch, decide
     verdict = watch_canary(workspace, plan.endpoint_name, old, new, bodies, limits)
     report_watch(plan.endpoint_name, verdict, f"canary {settings.canary_percent} %")
@@ -318,7 +340,9 @@ def _promote(
     old: str | None, new: str, why: str,
 ) -> ReleaseOutcome:
     record_step(workspace, plan.endpoint_name, "promoted", plan.request_id, old, new,
-                traffic={new: 100}, expires_in_s=EXPIRY_MARGIN_S)
+                traffic={new: 100}, expires_in_s=EXPIRY_MARGIN_S,
+                keep_previous=request.rollout.keep_previous)
+    _checkpoint("promoted")
     return _finish_promotion(workspace, request, plan, model, old, new, why)
 
 
@@ -332,6 +356,7 @@ def _finish_promotion(
     if old and not request.rollout.keep_previous:
         delete_deployment(workspace, plan.endpoint_name, old,
                           request.deployment_timeout_minutes)
+        _checkpoint("old-deleted")
     endpoint = record_step(workspace, plan.endpoint_name, "done", plan.request_id, old, new)
     reports.emit("rollout.promoted", plan.endpoint_name, workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "previous": old,

@@ -41,6 +41,7 @@ from tasks import reports
 from tasks.data import ensure_dataset
 from tasks.endpoints import sample_requests
 from tasks.own_traffic import record_own_requests
+from tasks.rollout_recovery import settle_abandoned_rollouts
 from tasks.smoke_test import (
     SMOKE_TEST_CALLER,
     ProbeResult,
@@ -163,6 +164,9 @@ def smoke_test_endpoints(
     requests_per_deployment = request.requests_per_deployment
     logger = get_run_logger()
     workspace = load_workspace(workspace_block)
+    # A release whose run died is finished or undone first, so what is probed is what
+    # will serve (tasks/rollout_recovery.py).
+    settle_abandoned_rollouts(workspace)
     plan = find_endpoints_to_test(workspace, endpoint_names)
 
     results: list[ProbeResult] = []

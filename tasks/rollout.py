@@ -26,6 +26,7 @@ from workspaces.interface import (
     TAG_MODEL_VERSION,
     TAG_ROLLOUT_EXPIRES,
     TAG_ROLLOUT_FROM,
+    TAG_ROLLOUT_KEEP_PREVIOUS,
     TAG_ROLLOUT_REQUEST,
     TAG_ROLLOUT_SINCE,
     TAG_ROLLOUT_STEP,
@@ -148,11 +149,13 @@ def check_rollout_target(
 
 
 def step_tags(
-    request_id: str, step: str, old: str | None, new: str, expires_in_s: float | None
+    request_id: str, step: str, old: str | None, new: str, expires_in_s: float | None,
+    keep_previous: bool = False,
 ) -> dict[str, str]:
     """The endpoint tags recording a rollout at ``step`` (an empty value removes a tag)."""
     now = datetime.now(UTC)
     return {
+        TAG_ROLLOUT_KEEP_PREVIOUS: "true" if keep_previous else "",
         TAG_ROLLOUT_REQUEST: request_id,
         TAG_ROLLOUT_STEP: step,
         TAG_ROLLOUT_FROM: old or "",
@@ -178,11 +181,12 @@ def record_step(
     mirror: dict[str, int] | None = None,
     expires_in_s: float | None = None,
     claim: bool = False,
+    keep_previous: bool = False,
 ) -> Endpoint:
     """Move traffic (or not) and record the rollout's ``step`` on the endpoint, in one write."""
     endpoint = workspace.set_traffic(
         endpoint_name, traffic, owner=request_id, mirror=mirror, claim=claim,
-        tags=step_tags(request_id, step, old, new, expires_in_s),
+        tags=step_tags(request_id, step, old, new, expires_in_s, keep_previous),
     )
     get_run_logger().info(
         "Rollout on %s: step %s, traffic %s%s", endpoint_name, step, endpoint.traffic,

@@ -18,7 +18,16 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel, Field
 
 from tasks.teardown import PriceTable, format_usd
-from workspaces.interface import TAG_PROTECTED, Endpoint, EndpointActivity
+from workspaces.interface import (
+    ROLLOUT_ACTIVE_STEPS,
+    TAG_PROTECTED,
+    TAG_ROLLOUT_EXPIRES,
+    TAG_ROLLOUT_SINCE,
+    TAG_ROLLOUT_STEP,
+    TAG_ROLLOUT_TO,
+    Endpoint,
+    EndpointActivity,
+)
 
 # Tag values that switch protection off; any other value (even empty) protects.
 NOT_PROTECTED_VALUES = frozenset({"false", "0", "no", "off"})
@@ -89,6 +98,14 @@ def hold_reason(endpoint: Endpoint, rules: TeardownRules) -> str | None:
     """Why the endpoint is kept without even reading its activity, or None."""
     if is_protected(endpoint):
         return f"protected (tag {TAG_PROTECTED}={endpoint.tags[TAG_PROTECTED]!r})"
+    step = endpoint.tags.get(TAG_ROLLOUT_STEP)
+    if step in ROLLOUT_ACTIVE_STEPS or step == "held":
+        # Deleting it would cut the release in two: the re-run or the smoke test ends it.
+        expires = endpoint.tags.get(TAG_ROLLOUT_EXPIRES)
+        return (f"a rollout is under way (step {step} since "
+                f"{endpoint.tags.get(TAG_ROLLOUT_SINCE, 'unknown')}"
+                + (f", expires {expires}: then the smoke test undoes it" if expires else
+                   ": it waits for a person to promote it") + ")")
     if endpoint.provisioning_state in CHANGING_STATES:
         return f"endpoint is {endpoint.provisioning_state}; the next pass decides"
     changing = [d.name for d in endpoint.deployments if d.provisioning_state in CHANGING_STATES]
@@ -147,6 +164,27 @@ def failed_deployment_rows(endpoint: Endpoint, prices: PriceTable) -> list[Decis
     return rows
 
 
+def leftover_deployment_rows(endpoint: Endpoint, prices: PriceTable) -> list[Decision]:
+    """Rows naming working deployments that take no traffic: kept after a promotion, or
+    left by a rollout that ended badly. Reported, never deleted: a person decides."""
+    rows = []
+    releasing = endpoint.tags.get(TAG_ROLLOUT_TO)
+    for deployment in endpoint.deployments:
+        if (deployment.provisioning_state != "Succeeded"
+                or endpoint.traffic.get(deployment.name, 0) > 0
+                or deployment.name == releasing and endpoint.tags.get(TAG_ROLLOUT_STEP) != "done"):
+            continue
+        rows.append(Decision(
+            endpoint=endpoint.name, deployment=deployment.name, delete=False,
+            reason="leftover: takes no traffic and still costs (kept after a promotion, or "
+            "left by a rollout); delete it if it is not wanted",
+            created_at=endpoint.created_at,
+            instances=f"{deployment.instance_type} x {deployment.instance_count}",
+            usd_per_hour=prices.deployment_cost(deployment),
+        ))
+    return rows
+
+
 def apply_cap(decisions: list[Decision], cap: int) -> None:
     """Let the first ``cap`` deletions (oldest endpoints first) through; skip the rest."""
     allowed = cap
@@ -182,7 +220,10 @@ def judge_endpoint(
     row.activity = _activity_text(activity)
     row.last_organic_request_at = activity.last_organic_request_at
     row.delete, row.reason = activity_verdict(endpoint, activity, rules)
-    return [row] if row.delete else [row, *failed_deployment_rows(endpoint, prices)]
+    if row.delete:
+        return [row]
+    return [row, *failed_deployment_rows(endpoint, prices),
+            *leftover_deployment_rows(endpoint, prices)]
 
 
 # -- report ------------------------------------------------------------------------------

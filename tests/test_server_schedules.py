@@ -281,5 +281,20 @@ def test_a_failing_smoke_test_notifies_the_webhook(server_up: ServerUp) -> None:
         assert gone in message["subject"]
         assert "Failure class: not_found" in text
         assert f"{server_up.server.ui_url}/runs/flow-run/{flow_run.id}" in text, text
+
+        # A release rolled back goes to the same webhook, through the same automation.
+        emit = ("from tasks import reports; reports.emit('rollout.rolled-back', 'release-ep', "
+                "'local', {'deployment': 'demo-2', 'restored': 'demo-1', "
+                "'reason': 'error rate 100.0% (5/5) <= 5.0%'})")
+        subprocess.run([sys.executable, "-c", emit], env=env, check=True, cwd=PROJECT_DIR)
+        deadline = time.monotonic() + 60
+        while len(receiver.received) < 2:
+            assert time.monotonic() < deadline, f"no rollback notification\n{server_up.logs()}"
+            time.sleep(0.5)
+        message = receiver.received[1][1]
+        assert message["subject"] == "Release rolled back: release-ep", message
+        assert "deployment demo-2 was rolled back" in message["text"]
+        assert "demo-1 takes all traffic again" in message["text"]
+        assert "Why: error rate 100.0%" in message["text"]
     finally:
         receiver.close()

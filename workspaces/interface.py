@@ -69,6 +69,7 @@ TAG_ROLLOUT_FROM = "chatft-rollout-from"
 TAG_ROLLOUT_TO = "chatft-rollout-to"
 TAG_ROLLOUT_SINCE = "chatft-rollout-since"
 TAG_ROLLOUT_EXPIRES = "chatft-rollout-expires"
+TAG_ROLLOUT_KEEP_PREVIOUS = "chatft-rollout-keep-previous"
 # Steps a rollout can be in. While one of ROLLOUT_ACTIVE_STEPS is recorded the endpoint
 # has work left (a deployment to watch, or one to delete); "held" waits for a person (a
 # healthy canary with auto_promote off); "done" and "undone" leave one deployment serving.

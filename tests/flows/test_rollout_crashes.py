@@ -1,0 +1,142 @@
+"""A real kill -9 of a canary release after each of its steps, then a re-run; and the
+smoke test and the teardown meeting a rollout whose run died.
+
+The run is held right after a step (``CHATFT_HOLD_AFTER_ROLLOUT``) and its whole process
+group killed. What is left is read from the workspace's files, then one re-run of the
+same request must converge: one deployment (the new model's) at 100 %, the old one gone,
+no second model version, no process nobody knows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from flows.finetune_and_deploy import finetune_and_deploy
+from flows.parameters import (
+    FinetuneRequest,
+    RolloutParameters,
+    TeardownRequest,
+    TrainingParameters,
+)
+from flows.rollout import HOLD_ENV
+from flows.smoke_test_endpoints import smoke_test_endpoints
+from flows.teardown_idle_endpoints import teardown_idle_endpoints
+from tests.flows.test_kill_matrix import RUN_FLOW, _model_versions, _unknown
+from tests.helpers import run_artifacts
+from workspaces.interface import TAG_ROLLOUT_EXPIRES, TAG_ROLLOUT_STEP, TAG_STAGE
+from workspaces.local import LocalWorkspace
+from workspaces.local.state import read_json
+
+STANDIN = "phi3-tiny-standin"
+ENDPOINT = "crash-ep"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+WATCH = RolloutParameters(strategy="canary", watch_seconds=5, watch_requests=3)
+
+
+def _request(tmp_path: Path, epochs: int, lr: float) -> FinetuneRequest:
+    return FinetuneRequest(
+        foundation_model=STANDIN, endpoint_name=ENDPOINT, dataset_split_pc=3,
+        download_dir=str(tmp_path / "dl"), rollout=WATCH,
+        training=TrainingParameters(num_train_epochs=epochs, learning_rate=lr,
+                                    apply_model_specific_defaults=False),
+    )
+
+
+def _config(ws: LocalWorkspace) -> dict:
+    return read_json(ws.root / "endpoints" / ENDPOINT / "endpoint.json") or {}
+
+
+def _kill_after(point: str, request: FinetuneRequest, tmp_path: Path) -> None:
+    """Run the request in its own process, held after ``point``; kill -9 its group there."""
+    from prefect.settings import PREFECT_API_URL
+
+    marker = tmp_path / f"held-{point}"
+    marker.unlink(missing_ok=True)
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(),
+               **{HOLD_ENV: f"{point}:{marker}"})
+    log = tmp_path / "flow.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", RUN_FLOW, request.model_dump_json()], env=env,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT)
+    try:
+        deadline = time.monotonic() + 900
+        while not marker.exists():
+            assert process.poll() is None, f"{point}: " + log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the run never reached {point}"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_kill_9_after_each_rollout_step_then_rerun_converges(
+    prefect_server, workspace, tmp_path, monkeypatch
+):
+    root = workspace.root.resolve()
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(root))
+    first = finetune_and_deploy(request=_request(tmp_path, 1, 5e-4))
+    old = first.deployment_name
+    request = _request(tmp_path, 2, 1e-3)
+
+    # After each kill: what the endpoint says (its step) matches what it does (traffic).
+    expected = {
+        "deployment-created": ("deploying", lambda t, new: t == {old: 100}),
+        "canary-set": ("canary", lambda t, new: t == {old: 90, new: 10}),
+        "promoted": ("promoted", lambda t, new: t == {new: 100}),
+        "old-deleted": ("promoted", lambda t, new: t == {new: 100}),
+    }
+    for point, (step, traffic_ok) in expected.items():
+        _kill_after(point, request, tmp_path)
+        config = _config(workspace)
+        new = config["tags"]["chatft-rollout-to"]
+        assert config["tags"][TAG_ROLLOUT_STEP] == step, point
+        assert traffic_ok(config["traffic"], new), (point, config["traffic"])
+        assert _model_versions(workspace) == 2, point
+        assert len(config["deployments"]) == (1 if point == "old-deleted" else 2), point
+        assert _unknown(root) == [], point
+
+    result = finetune_and_deploy(request=request)
+    config = _config(workspace)
+    assert result.rollout == "promoted", result.rollout_message
+    assert list(config["deployments"]) == [result.deployment_name] != [old]
+    assert config["traffic"] == {result.deployment_name: 100}
+    assert config["tags"][TAG_ROLLOUT_STEP] == "done"
+    assert _model_versions(workspace) == 2
+    assert _unknown(root) == []
+    assert workspace.get_model(result.model_name, result.model_version).tags[
+        TAG_STAGE] == "production"
+
+    # A third release dies under its canary share. While it is under way the teardown
+    # keeps the endpoint whatever its idleness; once the step has expired (its clock
+    # moved past: the run is dead), the smoke test undoes it and notifies.
+    _kill_after("canary-set", _request(tmp_path, 3, 5e-4), tmp_path)
+    dead = _config(workspace)["tags"]["chatft-rollout-to"]
+    teardown = teardown_idle_endpoints(
+        request=TeardownRequest(idle_hours=0.0001, grace_minutes=0, dry_run=False))
+    assert ENDPOINT not in teardown.named("deleted")
+    [row] = [d for d in teardown.decisions if d.endpoint == ENDPOINT and not d.deployment]
+    assert "rollout is under way (step canary" in row.reason
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")
+    workspace.set_traffic(ENDPOINT, None, tags={TAG_ROLLOUT_EXPIRES: past})
+    state = smoke_test_endpoints(return_state=True)
+    assert state.is_completed(), state.message
+    config = _config(workspace)
+    assert config["traffic"] == {result.deployment_name: 100}
+    assert list(config["deployments"]) == [result.deployment_name]
+    assert config["tags"][TAG_ROLLOUT_STEP] == "undone"
+    recovery = run_artifacts(state.state_details.flow_run_id, "rollout-recovery")
+    assert recovery and dead in recovery[0].data and "rolled back" in recovery[0].data
+    dead_version = dead.rsplit("-", 1)[1]
+    assert workspace.get_model(result.model_name, dead_version).tags[TAG_STAGE] == "rejected"
+    assert _unknown(root) == []
