@@ -257,12 +257,12 @@ def gate(
     settings: RolloutParameters,
 ) -> GateDecision:
     """Compare the new model with the base model and the model in production."""
-    evaluation = metrics.evaluation
     new = Contender(label=f"new ({model.name}:{model.version})",
-                    figures=job_figures(evaluation), source=f"job {model.tags.get('job-name')}")
-    rivals = [Contender(label="base (the foundation model)",
-                        figures=job_figures(evaluation, "base_"),
-                        source="the same job's evaluation before tuning")]
+                    figures=job_figures(metrics), source=f"job {model.tags.get('job-name')}")
+    base = job_figures(metrics, "base_")
+    rivals = [Contender(label="base (the foundation model)", figures=base, required=False,
+                        source="the same job's evaluation before tuning" if base else
+                        "the workspace's pipeline does not evaluate the base model")]
     same_data = True
     if rollout.current_model and rollout.current_version:
         production = workspace.get_model(rollout.current_model, rollout.current_version)
@@ -278,7 +278,7 @@ def gate(
         else:
             job = production.tags.get("job-name", "")
             theirs = get_job_metrics(workspace, job) if job else JobMetrics()
-            rivals.append(Contender(label=label, figures=job_figures(theirs.evaluation),
+            rivals.append(Contender(label=label, figures=job_figures(theirs),
                                     source=f"job {job}, same held-out files"))
     decision = judge(new, rivals, GateMargins(loss=settings.gate_loss_margin,
                                               exact_answer=settings.gate_exact_answer_margin))

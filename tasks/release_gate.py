@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from workspaces.interface import JobMetrics
+
 # (figure, label, whether lower is better)
 FIGURES = (
     ("eval_loss", "test_sft loss", True),
@@ -38,6 +40,11 @@ class Contender(BaseModel):
     label: str = Field(description="What the figures are of, e.g. 'production (model:3)'")
     figures: dict[str, float] = Field(default_factory=dict)
     source: str = Field("", description="Where the figures come from (the job, a re-score)")
+    required: bool = Field(
+        True, description="A comparison that cannot be made fails the gate (the production "
+        "model); False: it is reported and skipped (the base model, which Azure's pipeline "
+        "does not evaluate)",
+    )
 
 
 class GateDecision(BaseModel):
@@ -74,20 +81,31 @@ def same_held_out_data(new_tags: dict[str, str], production_tags: dict[str, str]
 
 
 def judge(new: Contender, rivals: list[Contender], margins: GateMargins) -> GateDecision:
-    """Pass only when ``new`` is at least as good as every rival on every figure, within
-    the margins. A missing figure fails: an unknown comparison is not a win."""
+    """Pass only when ``new`` is at least as good as every rival on every figure both were
+    measured on, within the margins.
+
+    A figure measured for one side only cannot be compared: against a required rival that
+    fails (an unknown comparison is not a win), against another it is reported. A required
+    rival with no figure in common with ``new`` fails the gate.
+    """
     reasons: list[str] = []
     passed = True
-    for key, label, lower_better in FIGURES:
-        margin = margins.loss if lower_better else margins.exact_answer
-        mine = new.figures.get(key)
-        for rival in rivals:
-            theirs = rival.figures.get(key)
-            if mine is None or theirs is None:
-                passed = False
-                reasons.append(f"FAIL {label}: not known for "
-                               f"{new.label if mine is None else rival.label}")
+    for rival in rivals:
+        compared = 0
+        for key, label, lower_better in FIGURES if rival.figures else ():
+            margin = margins.loss if lower_better else margins.exact_answer
+            mine, theirs = new.figures.get(key), rival.figures.get(key)
+            if mine is None and theirs is None:
                 continue
+            if mine is None or theirs is None:
+                unknown = new.label if mine is None else rival.label
+                if rival.required:
+                    passed = False
+                    reasons.append(f"FAIL {label}: not known for {unknown}")
+                else:
+                    reasons.append(f"skip {label}: not known for {unknown}, not compared")
+                continue
+            compared += 1
             ok = mine <= theirs + margin if lower_better else mine >= theirs - margin
             passed &= ok
             sign = "<=" if lower_better else ">="
@@ -96,9 +114,27 @@ def judge(new: Contender, rivals: list[Contender], margins: GateMargins) -> Gate
                 f"{'pass' if ok else 'FAIL'} {label}: new {mine:.4f} {sign} {bound:.4f} "
                 f"({rival.label} {theirs:.4f}, margin {margin:g})"
             )
+        if not compared:
+            why = rival.source or "no figure in common"
+            if rival.required:
+                passed = False
+                reasons.append(f"FAIL {rival.label}: nothing to compare ({why})")
+            else:
+                reasons.append(f"skip {rival.label}: not measured ({why})")
+    if not any(r.startswith(("pass", "FAIL")) for r in reasons):
+        passed = False
+        reasons.append("FAIL no figure was compared: the job reported no evaluation")
     return GateDecision(passed=passed, new=new, rivals=rivals, reasons=reasons)
 
 
-def job_figures(evaluation: dict[str, float], prefix: str = "") -> dict[str, float]:
-    """The gate's figures out of a job's evaluation metrics (``base_`` for the base model)."""
-    return {key: evaluation[prefix + key] for key, _, _ in FIGURES if prefix + key in evaluation}
+def job_figures(metrics: JobMetrics, prefix: str = "") -> dict[str, float]:
+    """The gate's figures out of a job's metrics (``base_`` for the base model).
+
+    The evaluation step's figures first; a test loss only the finetune step logged (Azure's
+    pipeline evaluates the held-out split in its finetune step) counts for the tuned model.
+    """
+    figures = {key: metrics.evaluation[prefix + key] for key, _, _ in FIGURES
+               if prefix + key in metrics.evaluation}
+    if not prefix and "eval_loss" not in figures and "eval_loss" in metrics.finetune:
+        figures["eval_loss"] = metrics.finetune["eval_loss"]
+    return figures
