@@ -27,7 +27,12 @@ from tasks.compute import ComputePlan, check_compute
 from tasks.endpoints import check_endpoint_ownership, check_serving_size
 from tasks.finetune import allocate_suffix
 from tasks.foundation_model import get_foundation_model, resolve_finetune_parameters
-from tasks.rollout import RolloutPlan, canary_deployment_name, check_rollout_target
+from tasks.rollout import (
+    RolloutPlan,
+    canary_deployment_name,
+    check_canary_room,
+    check_rollout_target,
+)
 from tasks.workspace_access import check_workspace_access
 from workspaces.interface import FoundationModel, Workspace
 from workspaces.naming import endpoint_name_for, registered_model_name
@@ -108,6 +113,9 @@ def run_preflight(workspace: Workspace, request: FinetuneRequest) -> FinetunePla
             workspace, request.endpoint_name, registered_model_name(model.name), request_id,
             deployment_name, request.rollout.mirror_percent, request.delete_endpoint,
         )
+        if rollout.current_deployment and rollout.resume_step is None:
+            # Both deployments serve at once during a canary: the new one needs room.
+            check_canary_room(workspace, instance_type, request.instance_count)
     else:
         # An endpoint or deployment another request made is refused before training (and
         # again at every write: another run may take the name while this one trains).

@@ -148,6 +148,26 @@ def check_rollout_target(
     )
 
 
+# Not cached: quota changes with everything else running in the subscription.
+@task(name="check-canary-room", cache_policy=NO_CACHE, **transient_retries())
+def check_canary_room(workspace: Workspace, instance_type: str, instance_count: int) -> None:
+    """Refuse, before training, a canary the workspace has no quota to run beside the
+    deployment that serves now.
+
+    Raises:
+        QuotaExceeded: naming the vCPUs needed and free, and what to do.
+    """
+    from workspaces.errors import QuotaExceeded
+    from workspaces.failure_advice import QUOTA_ADVICE
+
+    problem = workspace.serving_quota_problem(instance_type, instance_count)
+    if problem:
+        raise QuotaExceeded(
+            f"rollout: {problem}. {QUOTA_ADVICE}; or choose a smaller instance_type or "
+            "instance_count, or release with rollout.strategy new-endpoint (a new endpoint "
+            "once the old one is deleted)")
+
+
 def step_tags(
     request_id: str, step: str, old: str | None, new: str, expires_in_s: float | None,
     keep_previous: bool = False,

@@ -466,6 +466,12 @@ class Workspace(ABC):
         training; None when it can, or when only the service can tell."""
         return None
 
+    def serving_quota_problem(self, instance_type: str, instance_count: int) -> str | None:
+        """Why a deployment of ``instance_count`` x ``instance_type`` cannot be added now,
+        beside what already serves (quota left, upgrade reserve included); None when it can,
+        or when the workspace cannot tell."""
+        return None
+
     # -- fine-tune jobs ------------------------------------------------------------------
     @abstractmethod
     def get_pipeline_interface(self, version: str | None = None) -> PipelineInterface:

@@ -15,6 +15,7 @@ import pytest
 import flows.rollout as rollout_module
 from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest, RolloutParameters, TrainingParameters
+from tests.azure.fake_azureml.service import quota_row
 from tests.helpers import run_artifacts
 from workspaces.interface import TAG_ROLLOUT_STEP, TAG_STAGE
 
@@ -91,3 +92,22 @@ def test_a_canary_release_resumes_after_stops_at_two_steps(fake, azure_flow, tmp
     assert "the rollout's probes" in canary and "healthy" in canary
     decision = run_artifacts(state.state_details.flow_run_id, "rollout-decision")[0].data
     assert "Promoted" in decision and "finishing the promotion" in decision
+
+
+def test_a_canary_without_quota_for_two_deployments_is_refused_before_training(
+    fake, azure_flow, tmp_path
+):
+    first = finetune_and_deploy(request=_request(tmp_path, 5e-6))
+    assert first.rollout == "first-release"
+    jobs = len(fake.sent("PUT", r"/jobs/[^/]+$"))
+    # 40 of 48 NCSv3 vCPUs in use: one more NC6s_v3 (6 vCPUs) fits, but Azure reserves
+    # 20 % more for upgrades: two instances, 12 vCPUs.
+    fake.quota[quota_row("standardNCSv3Family")] = (40, 48)
+    state = finetune_and_deploy(request=_request(tmp_path, 2e-5), return_state=True)
+    assert state.is_failed()
+    assert "rollout: a canary needs room for a second deployment" in state.message
+    assert "2 instance(s), 12 vCPUs; family NCSv3 has 8 of 48 dedicated vCPUs free" in (
+        state.message)
+    assert "Request more quota" in state.message
+    assert len(fake.sent("PUT", r"/jobs/[^/]+$")) == jobs  # nothing trained
+    assert list(fake.deployments[EP]) == [first.deployment_name]

@@ -140,3 +140,36 @@ def check_quota(
             f"Considered: {'. '.join(notes)}. {ADVICE}."
         )
     return QuotaCheck(tiers=fits, notes=notes, refusal=refusal)
+
+
+# Azure keeps 20 % more instances than a deployment asks for, for upgrades: ten instances
+# need quota for twelve (Azure ML docs, "Manage and increase quotas", managed online
+# endpoints). Deployments draw on the same dedicated vCPU rows as training clusters.
+UPGRADE_RESERVE = 1.2
+
+
+def serving_room(
+    rows: list[UsageRow], size: str, family: str, vcpus: int, instances: int
+) -> str | None:
+    """Why ``instances`` more instances of ``size`` cannot be deployed now, or None."""
+    import math
+
+    reserved = math.ceil(instances * UPGRADE_RESERVE)
+    needed = vcpus * reserved
+    subscription = {r.key: r for r in rows if r.scope == "subscription"}
+    short = []
+    for label, key in ((f"family {_family_label(family)}", family_row_key(family, "Dedicated")),
+                       ("region", REGIONAL["Dedicated"])):
+        row = subscription.get(key)
+        if row is None or row.limit is None:
+            continue
+        free = row.limit - row.used
+        if free < needed:
+            short.append(f"{label} has {max(free, 0)} of {row.limit} dedicated vCPUs free")
+    if not short:
+        return None
+    return (
+        f"a canary needs room for a second deployment while the current one serves: "
+        f"{instances} x {size} plus Azure's 20 % upgrade reserve = {reserved} instance(s), "
+        f"{needed} vCPUs; {'; '.join(short)}"
+    )

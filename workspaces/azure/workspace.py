@@ -269,6 +269,16 @@ class AzureMLWorkspace(Workspace):
             self.address.workspace_name, existing,
         )
 
+    def serving_quota_problem(self, instance_type: str, instance_count: int) -> str | None:
+        match = next(
+            (s for s in self.list_vm_sizes() if s.name.lower() == instance_type.lower()), None)
+        if match is None or not match.family or not match.vcpus:
+            return None
+        with azure_errors("reading the vCPU quota of the workspace's region"):
+            rows = quota.usage_rows(
+                self._clients.ml.compute.list_usage(location=self._location()))
+        return quota.serving_room(rows, match.name, match.family, match.vcpus, instance_count)
+
     # -- fine-tune jobs ----------------------------------------------------------------
     def find_jobs(self, request_id: str) -> list[FinetuneJob]:
         with azure_errors(f"listing jobs of request {request_id}"):
