@@ -76,6 +76,7 @@ class LoadedModel:
     def __init__(self, path: Path, instances: int = 1) -> None:
         import mlflow
 
+        self.path = path
         components = mlflow.transformers.load_model(str(path), return_type="components")
         self.model = components["model"]
         self.tokenizer = components["tokenizer"]
@@ -158,8 +159,20 @@ class EndpointState:
         self.config = read_json(path) or {}
         self.keys = read_json(self.dir / "keys.json") or {}
         self.mtime = mtime
-        for name, deployment in self.config.get("deployments", {}).items():
-            if name not in self.models and not (self.dir / f"deployment-{name}.json").exists():
+        deployments = self.config.get("deployments", {})
+        # A deployment deleted (or made again with another model under its name, as a
+        # rollback and a re-release do) lets go of the model it held: a request must never
+        # be answered by the weights of a deployment that no longer exists.
+        for name, model in list(self.models.items()):
+            if deployments.get(name, {}).get("model_path") != str(model.path):
+                del self.models[name]
+                (self.dir / f"deployment-{name}.json").unlink(missing_ok=True)
+        for name, deployment in deployments.items():
+            status_file = self.dir / f"deployment-{name}.json"
+            if name in self.models and not status_file.exists():
+                # Deleted and made again with the same model between two reads: it is loaded.
+                write_json(status_file, {"state": "Succeeded", "ready_at": time.time()})
+            elif name not in self.models and not status_file.exists():
                 threading.Thread(target=self._load, args=(name, deployment), daemon=True).start()
 
     def _load(self, name: str, deployment: dict[str, Any]) -> None:
@@ -254,6 +267,8 @@ def create_app(endpoint_dir: Path) -> FastAPI:
             "endpoint_id": state.endpoint_id,
             "token": state.token,
             "deployments": ready,
+            # the model folder each loaded deployment serves
+            "models": {name: str(model.path) for name, model in list(state.models.items())},
             # requests generating now, of how many the deployment's instances take at once
             "generating": {
                 name: {"now": model.generating, "instances": model.instances}

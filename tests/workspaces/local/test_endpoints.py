@@ -1,6 +1,7 @@
 """Local endpoints: a real server process, key auth, the scoring contract, request log."""
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -10,7 +11,7 @@ import pytest
 from tests.helpers import chat_body, register_model, serve
 from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound
 from workspaces.interface import DeploymentSpec, EndpointSpec
-from workspaces.local.endpoints import MAX_LOCAL_INSTANCES
+from workspaces.local.endpoints import MAX_LOCAL_INSTANCES, http_client
 
 
 @pytest.fixture
@@ -168,3 +169,42 @@ def test_traffic_must_name_existing_deployments_and_sum_to_100(workspace, standi
         workspace.set_traffic("ep-traffic", {"blue": 100})
     with pytest.raises(InvalidRequest, match="add up to 100"):
         workspace.set_traffic("ep-traffic", {"demo": 50})
+
+
+def test_a_deployment_made_again_under_its_old_name_loads_its_new_model(
+    workspace, standin_mlflow_model, tmp_path
+):
+    """Deleted, then created again with another model (a rollback, then a re-release): the
+    server must load the new model, not keep serving the one it held under that name."""
+    import shutil
+
+    first = register_model(workspace, standin_mlflow_model, version="1")
+    copy = tmp_path / "second-model"
+    shutil.copytree(standin_mlflow_model, copy)
+    second = register_model(workspace, copy, version="2")
+    serve(workspace, first, "rename-ep", deployment="blue")
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name="rename-ep", name="green", model_id=first.id, instance_type="Local_CPU"))
+    _until_ready(workspace, "rename-ep", "green")
+    workspace.begin_delete_deployment("rename-ep", "green")
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name="rename-ep", name="green", model_id=second.id, instance_type="Local_CPU"))
+    _until_ready(workspace, "rename-ep", "green")
+    health = http_client().get(
+        workspace.get_endpoint("rename-ep").scoring_uri.replace("/score", "/health")).json()
+    assert health["models"]["green"] == str(copy)
+    assert health["models"]["blue"] == str(standin_mlflow_model)
+    # and made again with the very model it had, faster than the server looks
+    workspace.begin_delete_deployment("rename-ep", "green")
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name="rename-ep", name="green", model_id=second.id, instance_type="Local_CPU"))
+    _until_ready(workspace, "rename-ep", "green")
+    assert workspace.invoke("rename-ep", chat_body(), deployment_name="green").status_code == 200
+
+
+def _until_ready(workspace, endpoint: str, name: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (d := workspace.get_deployment(endpoint, name)).provisioning_state == "Creating":
+        assert time.monotonic() < deadline, f"deployment {name} still Creating"
+        time.sleep(0.2)
+    assert d.provisioning_state == "Succeeded", d.error
