@@ -14,7 +14,7 @@ MODEL := .models/SmolLM2-135M-Instruct.Q4_1.gguf
 # again: `import prefect` took 3.2 s instead of 1.5 s. The venv is the project's to write.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install demo test lint endpoints endpoints-delete bench server-up server-down screenshots clean
+.PHONY: install demo demo-rollout test lint endpoints endpoints-delete bench server-up server-down screenshots clean
 
 install: $(STAMP) $(MODEL)
 
@@ -34,8 +34,20 @@ $(MODEL): workspaces/local/model_files.py | $(STAMP)
 	$(BIN)/python scripts/fetch_model.py
 	touch $(MODEL)
 
+# The demo releases onto one endpoint, chatft-demo, the way a team releases onto the URL
+# its applications call (docs/rollout.md): the first run creates it; demo-rollout trains a
+# second model with other settings and releases it through the gate and a canary.
+DEMO_ENDPOINT ?= chatft-demo
+DEMO_RELEASE := --endpoint-name $(DEMO_ENDPOINT) --rollout.strategy canary
+
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m flows.finetune_and_deploy
+	HF_HUB_OFFLINE=1 $(BIN)/python -m flows.finetune_and_deploy $(DEMO_RELEASE)
+
+# A second model (four epochs instead of three) onto the demo's endpoint: compared with the
+# model in production, given 10 % of the traffic and watched for 20 s, then promoted (or not).
+demo-rollout: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m flows.finetune_and_deploy $(DEMO_RELEASE) \
+		--training.num-train-epochs 4 --rollout.watch-seconds 20 --rollout.watch-requests 10
 
 test: install
 	$(BIN)/python -m pytest

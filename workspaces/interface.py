@@ -575,6 +575,18 @@ class Workspace(ABC):
         rollout is under way on it (``OwnershipConflict``).
         """
 
+    def evaluate_model(
+        self, model: RegisteredModel, test_file: str, test_gen_file: str,
+        parameters: dict[str, str],
+    ) -> dict[str, float] | None:
+        """Score a registered model on held-out files with the fine-tune job's evaluation
+        code (test_sft loss, exact-answer rate), ``parameters`` being the job's inputs.
+
+        None when the workspace cannot (Azure: its pipeline evaluates only the model it
+        trains; scoring another needs an evaluation job of its own).
+        """
+        return None
+
     def set_model_stage(
         self, name: str, version: str, stage: ModelStage, tags: dict[str, str] | None = None
     ) -> RegisteredModel:

@@ -34,7 +34,8 @@ FAST_WATCH = RolloutParameters(strategy="canary", watch_seconds=5, watch_request
 
 def _request(tmp_path: Path, epochs: int, lr: float, **fields) -> FinetuneRequest:
     return FinetuneRequest(
-        foundation_model=STANDIN, endpoint_name=ENDPOINT, dataset_split_pc=3,
+        foundation_model=STANDIN, endpoint_name=ENDPOINT,
+        dataset_split_pc=fields.pop("dataset_split_pc", 3),
         download_dir=str(tmp_path / "dl"), rollout=fields.pop("rollout", FAST_WATCH),
         training=TrainingParameters(num_train_epochs=epochs, learning_rate=lr,
                                     apply_model_specific_defaults=False),
@@ -155,6 +156,17 @@ def test_first_release_promotion_gate_rejection_and_rollback(
     assert after["tags"][TAG_ROLLOUT_STEP] == "undone"
     assert _stage(workspace, failed.model_name, failed.model_version) == "rejected"
     assert _stage(workspace, better.model_name, better.model_version) == "production"
+
+    # 5. a model evaluated on other held-out files (another share of the dataset): the
+    # model in production is scored again on this request's files, with the job's code.
+    state = finetune_and_deploy(
+        request=_request(tmp_path, 2, 1e-3, dataset_split_pc=4), return_state=True)
+    other = state.result()
+    assert other.rollout in ("promoted", "rejected"), other.rollout_message
+    gate = run_artifacts(state.state_details.flow_run_id, "rollout-gate")[0].data
+    assert "scored again on this request's held-out files" in gate, gate
+    production_row = next(line for line in gate.splitlines() if line.startswith("| production"))
+    assert production_row.count("| - ") == 0, production_row  # both figures measured
 
 
 def test_canary_requests_are_checked_before_anything_is_made(

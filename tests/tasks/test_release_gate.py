@@ -48,10 +48,15 @@ def test_a_figure_only_one_side_has_fails_against_production():
     assert "FAIL exact-answer rate: not known for production (m:1)" in decision.reasons
 
 
-def test_a_job_that_reported_nothing_is_never_released():
-    decision = judge(Contender(label="new"), [Contender(label="base", required=False)],
-                     GateMargins())
-    assert not decision.passed and decision.reasons[-1].startswith("FAIL no figure")
+def test_a_job_that_reported_nothing_is_refused_against_production_only():
+    production = _production(0.3, 0.4)
+    decision = judge(Contender(label="new"), [production], GateMargins())
+    assert not decision.passed
+    assert decision.reasons[0] == "FAIL test_sft loss: not known for new"
+    # a first release (nothing in production) where the base was not measured either
+    first = judge(Contender(label="new"), [Contender(label="base", required=False)],
+                  GateMargins())
+    assert first.passed and first.reasons[-1].startswith("note: nothing could be compared")
 
 
 def test_figures_come_from_the_evaluation_then_the_finetune_steps_loss():

@@ -316,6 +316,34 @@ class LocalWorkspace(Workspace):
     ) -> RegisteredModel:
         return self.registry.set_stage(name, version, stage, tags or {})
 
+    def evaluate_model(
+        self, model: RegisteredModel, test_file: str, test_gen_file: str,
+        parameters: dict[str, str],
+    ) -> dict[str, float] | None:
+        import json
+        import subprocess
+        import sys
+        import tempfile
+
+        from workspaces.local.finetune_job import training_settings
+        from workspaces.local.state import child_env
+
+        settings = training_settings(parameters)
+        with tempfile.TemporaryDirectory(dir=self.root) as folder:
+            out = Path(folder) / "metrics.json"
+            done = subprocess.run(
+                [sys.executable, "-m", "workspaces.local.evaluate_model",
+                 str(self.registry.local_path(model.id)), test_file, test_gen_file, str(out),
+                 "--max-seq-length", str(settings["max_seq_length"]),
+                 "--batch-size", str(settings["per_device_eval_batch_size"])],
+                env=child_env(), capture_output=True, text=True, timeout=3600,
+            )
+            if done.returncode != 0:
+                raise JobFailed(
+                    f"scoring model {model.name}:{model.version} on the held-out files "
+                    f"failed:\n{done.stderr[-2000:]}")
+            return json.loads(out.read_text())
+
     def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:
         return self.endpoints.keys(endpoint_name)
 
