@@ -255,16 +255,16 @@ def gate(
     parameters: dict[str, str],
 ) -> GateDecision:
     """Compare the new model with the base model and the model in production."""
-    new = Contender(label=f"new ({model.name}:{model.version})",
+    new = Contender(label=f"new (version {model.version})",
                     figures=job_figures(metrics), source=f"job {model.tags.get('job-name')}")
     base = job_figures(metrics, "base_")
-    rivals = [Contender(label="base (the foundation model)", figures=base, required=False,
+    rivals = [Contender(label="base (foundation model)", figures=base, required=False,
                         source="the same job's evaluation before tuning" if base else
                         "the workspace's pipeline does not evaluate the base model")]
     same_data = True
     if rollout.current_model and rollout.current_version:
         production = workspace.get_model(rollout.current_model, rollout.current_version)
-        label = f"production ({rollout.current_model}:{rollout.current_version})"
+        label = f"production (version {rollout.current_version})"
         if production is None:
             rivals.append(Contender(label=label, source="the model is not in the registry"))
         elif not same_held_out_data(model.tags, production.tags):
@@ -470,6 +470,9 @@ def report_watch(endpoint_name: str, verdict: WatchVerdict, phase: str) -> None:
     rows = [f for f in (verdict.current, verdict.new) if f is not None]
     table = ("| deployment | role | requests | errors | error rate | median latency (ms) | "
              "probes | figures from |\n|---|---|---|---|---|---|---|---|\n")
+    legend = ("\n\nFigures from the *request log*: the endpoint's per-deployment log, real "
+              "traffic and the rollout's probes together; from *probes*: the probes' own "
+              "results (the workspace keeps no per-deployment latency).")
     table += "\n".join(
         f"| {f.deployment} | {f.role} | {f.requests} | {f.errors} | {f.error_rate:.1%} | "
         f"{f.median_latency_ms:.0f} | {f.probes} | {f.source} |"
@@ -479,7 +482,7 @@ def report_watch(endpoint_name: str, verdict: WatchVerdict, phase: str) -> None:
     create_markdown_artifact(
         key="rollout-canary",
         markdown=f"## {endpoint_name}: {phase}, watched {verdict.seconds:.0f} s: "
-        f"{'healthy' if verdict.healthy else 'unhealthy'}\n\n{table}\n\n"
+        f"{'healthy' if verdict.healthy else 'unhealthy'}\n\n{table}{legend}\n\n"
         + "\n".join(f"- {r}" for r in verdict.reasons),
         description=f"The canary of {endpoint_name} under watch",
     )

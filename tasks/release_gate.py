@@ -111,7 +111,7 @@ def judge(new: Contender, rivals: list[Contender], margins: GateMargins) -> Gate
             sign = "<=" if lower_better else ">="
             bound = theirs + margin if lower_better else theirs - margin
             reasons.append(
-                f"{'pass' if ok else 'FAIL'} {label}: new {mine:.4f} {sign} {bound:.4f} "
+                f"{'pass' if ok else 'FAIL'} {label}: new {mine:.4f}, needs {sign} {bound:.4f} "
                 f"({rival.label} {theirs:.4f}, margin {margin:g})"
             )
         if not compared:

@@ -299,12 +299,12 @@ def _figures(
         figures.requests = activity.requests_by_deployment.get(name, 0)
         figures.errors = activity.errors_by_deployment.get(name, 0)
         figures.median_latency_ms = activity.latency_ms_by_deployment[name]
-        figures.source = "endpoint request log (real traffic and probes)"
+        figures.source = "request log"
     else:
         figures.requests, figures.errors = len(mine), len(failed)
         figures.median_latency_ms = _median(
             [p.latency_ms for p in mine if p.ok and p.latency_ms is not None])
-        figures.source = "the rollout's probes"
+        figures.source = "probes"
     return figures
 
 
@@ -370,7 +370,7 @@ def watch_canary(
     ok = rate <= settings.max_error_rate
     healthy &= ok
     reasons.append(f"{'pass' if ok else 'FAIL'} error rate {rate:.1%} "
-                   f"({new_figures.errors}/{new_figures.requests}) <= "
+                   f"({new_figures.errors}/{new_figures.requests}), needs <= "
                    f"{settings.max_error_rate:.1%}")
     base = current_figures.median_latency_ms if current_figures else None
     if base and new_figures.median_latency_ms is not None:
@@ -378,8 +378,8 @@ def watch_canary(
         ok = ratio <= settings.max_latency_ratio
         healthy &= ok
         reasons.append(f"{'pass' if ok else 'FAIL'} median latency {ratio:.2f}x the current "
-                       f"deployment's ({new_figures.median_latency_ms:.0f} ms / {base:.0f} ms) "
-                       f"<= {settings.max_latency_ratio:g}x")
+                       f"deployment's ({new_figures.median_latency_ms:.0f} ms / {base:.0f} ms), "
+                       f"needs <= {settings.max_latency_ratio:g}x")
     elif new_figures.median_latency_ms is None:
         healthy = False
         reasons.append("FAIL the new deployment answered no request successfully")

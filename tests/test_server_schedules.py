@@ -285,7 +285,7 @@ def test_a_failing_smoke_test_notifies_the_webhook(server_up: ServerUp) -> None:
         # A release rolled back goes to the same webhook, through the same automation.
         emit = ("from tasks import reports; reports.emit('rollout.rolled-back', 'release-ep', "
                 "'local', {'deployment': 'demo-2', 'restored': 'demo-1', "
-                "'reason': 'error rate 100.0% (5/5) <= 5.0%'})")
+                "'reason': 'error rate 100.0% (5/5), needs <= 5.0%'})")
         subprocess.run([sys.executable, "-c", emit], env=env, check=True, cwd=PROJECT_DIR)
         deadline = time.monotonic() + 60
         while len(receiver.received) < 2:

@@ -116,7 +116,7 @@ def test_first_release_promotion_gate_rejection_and_rollback(
     assert "production (" in artifacts["rollout-gate"].data  # compared with version 1
     assert "Promoted" in artifacts["rollout-decision"].data
     canary = artifacts["rollout-canary"].data
-    assert "endpoint request log" in canary and "healthy" in canary
+    assert "| request log |" in canary and "healthy" in canary
     # the endpoint answers, from the new model
     reply = workspace.invoke(ENDPOINT, chat_body(), timeout_s=60)
     assert reply.status_code == 200

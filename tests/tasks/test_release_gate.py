@@ -23,7 +23,7 @@ def test_a_model_at_least_as_good_as_production_on_both_figures_passes():
 def test_a_worse_loss_or_fewer_exact_answers_fails_unless_the_margin_allows_it():
     worse_loss = judge(NEW, [_production(0.29, 0.40)], GateMargins())
     assert not worse_loss.passed
-    assert "FAIL test_sft loss: new 0.3000 <= 0.2900" in worse_loss.reasons[0]
+    assert "FAIL test_sft loss: new 0.3000, needs <= 0.2900" in worse_loss.reasons[0]
     assert judge(NEW, [_production(0.29, 0.40)], GateMargins(loss=0.02)).passed
     fewer = judge(NEW, [_production(0.31, 0.45)], GateMargins())
     assert not fewer.passed and fewer.reasons[1].startswith("FAIL exact-answer rate")
