@@ -5,8 +5,15 @@ Needs a running server with the deployments and at least one finished
 Chromium (Debian: ``apt-get install -y chromium``). The smoke-test deployment's Upcoming
 tab shows the runs the scheduler created from its hourly schedule.
 
+``--rollout`` takes the release pages instead, in the UI that ``/`` opens (the classic
+one): the artifacts of the latest canary release that was watched (``rollout-gate``,
+``rollout-canary``, ``rollout-decision``) and the latest run the gate refused. Make them
+with ``make demo``, ``make demo-rollout`` and ``make demo`` again, with
+``PREFECT_API_URL`` set to the server.
+
     python scripts/screenshots.py                       # server at http://127.0.0.1:4200
     python scripts/screenshots.py --url http://127.0.0.1:4311 --out docs/screenshots
+    python scripts/screenshots.py --url http://127.0.0.1:4300 --rollout
 """
 
 from __future__ import annotations
@@ -67,6 +74,30 @@ def pages(url: str) -> dict[str, str]:
     return shots
 
 
+def rollout_pages(url: str) -> dict[str, str]:
+    """File name -> classic-UI address of each release page to capture."""
+    canaries = api(url, "/artifacts/filter", {
+        "artifacts": {"key": {"any_": ["rollout-canary"]}}, "sort": "CREATED_DESC", "limit": 1,
+    })
+    if not canaries:
+        raise SystemExit("no watched canary release yet: run make demo, then make demo-rollout")
+    run_id = canaries[0]["flow_run_id"]
+    shots = {}
+    for key in ("rollout-gate", "rollout-canary", "rollout-decision"):
+        found = api(url, "/artifacts/filter", {
+            "artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": [run_id]}},
+            "limit": 1,
+        })
+        shots[f"{key}.png"] = f"{url}/artifacts/artifact/{found[0]['id']}"
+    rejected = api(url, "/flow_runs/filter", {
+        "flow_runs": {"state": {"name": {"any_": ["Rejected"]}}},
+        "sort": "END_TIME_DESC", "limit": 1,
+    })
+    if rejected:
+        shots["rollout-rejected-run.png"] = f"{url}/runs/flow-run/{rejected[0]['id']}"
+    return shots
+
+
 def shoot(chromium: str, address: str, target: Path) -> None:
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
@@ -93,10 +124,11 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:4200", help="Prefect UI address")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "docs" / "screenshots")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    parser.add_argument("--rollout", action="store_true", help="the release pages only")
     args = parser.parse_args()
     url = args.url.rstrip("/")
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, address in pages(url).items():
+    for name, address in (rollout_pages(url) if args.rollout else pages(url)).items():
         shoot(args.chromium, address, args.out / name)
         print(f"{args.out / name}  {(args.out / name).stat().st_size // 1024} KB  <- {address}")
 
