@@ -284,6 +284,31 @@ def test_failed_deployment_is_deleted_and_the_used_endpoint_kept_until_idle(
     assert names(workspace) == set()
 
 
+def test_a_working_deployment_without_traffic_is_reported_as_a_leftover_not_deleted(
+    workspace: LocalWorkspace, run, standin_mlflow_model: Path
+) -> None:
+    """Kept after a promotion (keep_previous) or left by a rollout: it costs, so the pass
+    names it; whether it goes is a person's decision."""
+    model = register_model(workspace, standin_mlflow_model)
+    serve(workspace, model, "ep-kept")
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name="ep-kept", name="previous", model_id=model.id, instance_type="Local_CPU"))
+    deadline = time.monotonic() + 60
+    while workspace.get_deployment("ep-kept", "previous").provisioning_state == "Creating":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    now = later()
+    log_requests(workspace, "ep-kept", (now - timedelta(hours=1), "organic"))
+
+    result = run(workspace, now=now, dry_run=False)
+
+    assert outcomes(result) == {"ep-kept": "kept", "ep-kept/previous": "kept"}
+    leftover = next(d for d in result.decisions if d.deployment == "previous")
+    assert leftover.reason.startswith("leftover: takes no traffic")
+    assert [d.name for d in workspace.get_endpoint("ep-kept").deployments] == [
+        "demo", "previous"]
+
+
 def test_price_table_is_dated_and_unknown_sizes_say_so() -> None:
     from tasks.teardown import PRICE_FILE, format_usd, load_prices
     from workspaces.interface import Deployment, Endpoint
