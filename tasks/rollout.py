@@ -129,7 +129,9 @@ def check_rollout_target(
         )
     current = serving_deployment(endpoint)
     deployment = next((d for d in endpoint.deployments if d.name == current), None)
-    tags = deployment.tags if deployment is not None else endpoint.tags
+    # The deployment's own tags first; a deployment made without them serves the model
+    # the endpoint was tagged with.
+    tags = {**endpoint.tags, **(deployment.tags if deployment is not None else {})}
     serves = tags.get(TAG_MODEL)
     if current and serves and serves != model_name:
         raise InvalidRequest(

@@ -111,3 +111,22 @@ def test_a_canary_without_quota_for_two_deployments_is_refused_before_training(
     assert "Request more quota" in state.message
     assert len(fake.sent("PUT", r"/jobs/[^/]+$")) == jobs  # nothing trained
     assert list(fake.deployments[EP]) == [first.deployment_name]
+
+
+def test_a_mirrored_share_goes_before_the_canary_and_is_cleared(fake, azure_flow, tmp_path):
+    first = finetune_and_deploy(request=_request(tmp_path, 5e-6))
+    mirrored = _request(tmp_path, 2e-5)
+    mirrored.rollout = CANARY.model_copy(update={"mirror_percent": 20})
+    result = finetune_and_deploy(request=mirrored)
+    assert result.rollout == "promoted", result.rollout_message
+    bodies = [r.json["properties"] for r in fake.sent("PUT", rf"/onlineEndpoints/{EP}$")
+              if r.json]
+    mirrors = [b.get("mirrorTraffic") for b in bodies]
+    new, old = result.deployment_name, first.deployment_name
+    # mirrored to the new deployment while the old one takes all live traffic, then cleared
+    # in the write that sets the canary share
+    at = mirrors.index({new: 20})
+    assert bodies[at]["traffic"] == {old: 100}
+    assert {old: 90, new: 10} in [b["traffic"] for b in bodies[at + 1:]]
+    assert not fake.endpoints[EP]["properties"].get("mirrorTraffic")
+    assert list(fake.deployments[EP]) == [new]

@@ -193,3 +193,28 @@ def test_canary_requests_are_checked_before_anything_is_made(
             RolloutParameters(**{field: value})
     assert not (workspace.root / "endpoints").exists() or not list(
         (workspace.root / "endpoints").iterdir())
+
+
+def test_a_canary_onto_a_foreign_endpoint_or_another_family_is_refused_naming_the_field(
+    prefect_server, workspace, standin_mlflow_model, monkeypatch
+):
+    from flows.preflight import run_preflight
+    from tests.helpers import register_model, serve
+    from workspaces.errors import InvalidRequest
+
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
+    model = register_model(workspace, standin_mlflow_model)
+    serve(workspace, model, "hand-made", tags={})  # no managed-by tag: not ours
+    serve(workspace, model, "standin-ep")  # serves phi3-tiny-standin-ultrachat-200k
+    canary = RolloutParameters(strategy="canary")
+    with pytest.raises(InvalidRequest, match="endpoint_name: endpoint hand-made is not managed"):
+        run_preflight(workspace, FinetuneRequest(
+            foundation_model=STANDIN, endpoint_name="hand-made", rollout=canary))
+    with pytest.raises(InvalidRequest, match=(
+            "endpoint_name: endpoint standin-ep serves phi3-tiny-standin-ultrachat-200k, a "
+            "model of another base family than this request's "
+            r"\(SmolLM2-135M-Instruct-ultrachat-200k\)")):
+        run_preflight(workspace, FinetuneRequest(endpoint_name="standin-ep", rollout=canary))
+    # nothing moved on either endpoint
+    assert workspace.get_endpoint("standin-ep").traffic == {"demo": 100}
+    assert [d.name for d in workspace.get_endpoint("hand-made").deployments] == ["demo"]
