@@ -19,6 +19,8 @@ or from a Prefect server: the ``finetune-and-deploy`` deployment in prefect.yaml
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -418,10 +420,12 @@ def main(argv: list[str] | None = None) -> None:
     if result.rollout:
         print(f"Release:     {result.rollout}: {result.rollout_message}")
     if not result.endpoint_deleted and result.workspace.startswith("local:"):
-        print(
-            "The endpoint keeps serving. Stop and delete local endpoints with: "
-            "make endpoints-delete"
-        )
+        # Pasteable as printed: this interpreter and the workspace this run used, whatever
+        # the shell's current folder or $CHATFT_STATE_DIR is later.
+        state_dir = result.workspace.removeprefix("local:").rsplit(":", 1)[0]
+        print("The endpoint keeps serving. Stop and delete this workspace's endpoints with:\n  "
+              + shlex.join([sys.executable, "-m", "workspaces.local.cli", "--state-dir",
+                            state_dir, "endpoints", "delete", "--all"]))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ server. Pid files and logs live next to the database in the Prefect home folder.
     python scripts/local_server.py down
 
 Endpoints started by flow runs keep serving after ``down`` (they belong to the workspace,
-not to the server); stop and delete them with ``make endpoints-delete``.
+not to the server); ``down`` lists them with the commands that stop or delete them. Every
+command ``up`` and ``down`` print can be pasted as it is: it names the interpreter, the
+port, the Prefect home and the state folder in use.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -308,6 +311,22 @@ def start_worker(server: Server, query_seconds: float | None = None) -> None:
     print(f"Worker started (pool {WORK_POOL}); log {server.log_file('worker')}")
 
 
+def server_command(command: str, server: Server, state_dir: Path) -> str:
+    """``command`` (up, down, status) as a person can paste it: this interpreter (the one
+    that has the project's packages), this script, and the options in use."""
+    return shlex.join([
+        sys.executable, str(Path(__file__).resolve()), command, "--host", server.host,
+        "--port", str(server.port), "--home", str(server.home),
+        "--state-dir", str(state_dir.resolve()),
+    ])
+
+
+def endpoints_command(state_dir: Path, *words: str) -> str:
+    """A local endpoints command (``chatft``) for the workspace in ``state_dir``, pasteable."""
+    return shlex.join([sys.executable, "-m", "workspaces.local.cli", "--state-dir",
+                       str(state_dir.resolve()), "endpoints", *words])
+
+
 def up(server: Server, state_dir: Path, query_seconds: float | None = None) -> list[str]:
     start_server(server)
     deployed = configure(server, state_dir)
@@ -336,8 +355,9 @@ def report_endpoints(server: Server, state_dir: Path) -> None:
         return
     print("\nThese local endpoints keep serving (they belong to the workspace, not to the "
           "server):\n" + text)
-    print("Stop one and keep it:   chatft endpoints stop NAME   (later: chatft endpoints "
-          "restart NAME)\nStop and delete them:   make endpoints-delete")
+    print(f"Stop one and keep it:   {endpoints_command(state_dir, 'stop', 'NAME')}\n"
+          f"Serve it again later:   {endpoints_command(state_dir, 'restart', 'NAME')}\n"
+          f"Stop and delete them:   {endpoints_command(state_dir, 'delete', '--all')}")
 
 
 def status(server: Server) -> dict[str, object]:
@@ -370,7 +390,7 @@ def main() -> None:
         deployed = up(server, args.state_dir, args.worker_query_seconds)
         print(f"\nPrefect UI: {server.ui_url}   deployments: {', '.join(deployed) or 'none'}")
         print(f"Use it from this shell:  export PREFECT_API_URL={server.api_url}")
-        print("Stop it:                 python scripts/local_server.py down")
+        print(f"Stop it:                 {server_command('down', server, args.state_dir)}")
     elif args.command == "down":
         down(server, args.state_dir)
     else:

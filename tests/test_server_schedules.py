@@ -77,28 +77,43 @@ class ServerUp:
 
 @pytest.fixture(scope="module")
 def server_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUp]:
+    """The server as a person starts it: ``scripts/local_server.py up`` run as a command,
+    with a non-default port, home and state folder; it is stopped at the end by pasting the
+    ``Stop it:`` command that ``up`` printed (test_the_printed_commands_stop_what_up_started)."""
+    import os
+    import subprocess
+    import sys
+
     root = tmp_path_factory.mktemp("server-schedules")
-    server = local_server.Server(
-        root / "prefect-home", "127.0.0.1", free_port(),
-        extra_env={
-            # The scheduler's pass every 2 s instead of 60 s, and a few runs per pass:
-            # settings of this test's server only.
-            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-            "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2",
-            "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "5",
-            "HF_HUB_OFFLINE": "1",
-        },
-    )
+    home, state, port = root / "prefect-home", root / "workspace", free_port()
+    # The scheduler's pass every 2 s instead of 60 s, and a few runs per pass: settings of
+    # this test's server only, given to it through the environment `up` passes on.
+    env = dict(os.environ, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+               PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS="2",
+               PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS="5", HF_HUB_OFFLINE="1")
+    env.pop("PREFECT_API_URL", None)
+    server = local_server.Server(home, "127.0.0.1", port)
     running: ServerUp | None = None
     started = time.monotonic()
     try:
-        deployed = local_server.up(server, root / "workspace", query_seconds=2)
+        done = subprocess.run(
+            [sys.executable, str(PROJECT_DIR / "scripts" / "local_server.py"), "up",
+             "--port", str(port), "--home", str(home), "--state-dir", str(state),
+             "--worker-query-seconds", "2"],
+            env=env, cwd=root, capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        deployed = [line.removeprefix("Deployed ") for line in done.stdout.splitlines()
+                    if line.startswith("Deployed ")]
         running = ServerUp(server, started, deployed)
+        running.printed = done.stdout
         yield running
     finally:
         if running is not None:
             running.client.__exit__(None, None, None)
-        local_server.down(server)
+        # Whatever a test left: nothing of this server may outlive the module.
+        if server.running_pid("server") or server.running_pid("worker"):
+            local_server.down(server)
 
 
 def test_scheduler_creates_runs_and_one_completes_through_the_worker(server_up: ServerUp) -> None:
@@ -298,3 +313,24 @@ def test_a_failing_smoke_test_notifies_the_webhook(server_up: ServerUp) -> None:
         assert "Why: error rate 100.0%" in message["text"]
     finally:
         receiver.close()
+
+
+def test_the_printed_commands_stop_what_up_started(server_up: ServerUp) -> None:
+    """Run last: pasted as printed, from another folder, ``Stop it:`` stops the worker and
+    the server of this home and port (printed commands once dropped the options in use, and
+    ``down`` then said "No server running" while both kept running)."""
+    import shlex
+    import subprocess
+
+    [stop] = [line.split(":", 1)[1].strip() for line in server_up.printed.splitlines()
+              if line.startswith("Stop it:")]
+    assert f"--port {server_up.server.port}" in stop and str(server_up.server.home) in stop
+    worker, server = (server_up.server.running_pid(n) for n in ("worker", "server"))
+    assert worker and server
+    done = subprocess.run(shlex.split(stop), cwd="/", capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Stopped worker" in done.stdout and "Stopped server" in done.stdout, done.stdout
+    assert not server_up.server.running_pid("worker")
+    assert not server_up.server.running_pid("server")
+    assert not server_up.server.healthy()
