@@ -34,6 +34,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Completed
 from pydantic import BaseModel
 
 from blocks import load_workspace
@@ -189,6 +190,18 @@ def smoke_test_endpoints(
     report_smoke_test(results, plan.skipped, workspace.kind)
     failed = emit_events(workspace, results, plan.skipped)
     tested = sorted({r.endpoint for r in results})
+    if not tested and not failed:
+        # Nothing probed is not a pass: say so in the run's name and state, not in green
+        # "all answered" (the first scheduled run on a fresh server had nothing to test).
+        why = (f"{len(plan.skipped)} endpoint(s) skipped: "
+               + "; ".join(f"{s.endpoint} ({s.reason})" for s in plan.skipped)
+               if plan.skipped else "no managed endpoint in the workspace")
+        reports.name_run(f"smoke-test: nothing tested ({len(plan.skipped)} skipped)")
+        logger.info("No endpoint was tested: %s", why)
+        return Completed(
+            name="NothingTested", message=f"no endpoint was tested: {why}",
+            data=SmokeTestResult(workspace=workspace.cache_scope, endpoints_tested=[],
+                                 endpoints_failed=[], skipped=plan.skipped, results=[]))
     reports.name_run(
         f"smoke-test: {len(tested)} endpoint(s), "
         + (f"{len(failed)} failed" if failed else "all answered")
@@ -213,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
         SmokeTestRequest, "python -m flows.smoke_test_endpoints", argv
     )
     result = smoke_test_endpoints(request=request, workspace_block=workspace_block)
+    if not result.endpoints_tested:
+        print(f"No endpoint was tested; {len(result.skipped)} skipped.")
+        return
     print(f"All {len(result.endpoints_tested)} endpoint(s) answered; "
           f"{len(result.skipped)} skipped.")
 

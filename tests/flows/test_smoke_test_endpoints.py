@@ -301,3 +301,17 @@ def test_classify_exception_sees_through_workspace_wrapping():
     assert classify_exception(wrapped(requests.ReadTimeout()), 5)[0] == "client_timeout"
     assert classify_exception(wrapped(requests.ConnectionError()), 5)[0] == "unreachable"
     assert classify_exception(ValueError("boom"), 5)[0] == "probe_error"
+
+
+def test_a_pass_that_tested_nothing_says_so_instead_of_all_answered(
+    prefect_server, tmp_path, monkeypatch
+):
+    """#24 point 7: the first scheduled smoke test on a fresh server reported "0
+    endpoint(s), all answered", as green as a real pass, having tested nothing."""
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(tmp_path / "empty-workspace"))
+    state = smoke_test_endpoints(return_state=True)
+    assert state.is_completed()
+    assert state.name == "NothingTested", state.name
+    assert "no endpoint was tested" in state.message
+    assert "no managed endpoint in the workspace" in state.message
+    assert state.result().endpoints_tested == []
