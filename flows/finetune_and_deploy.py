@@ -168,7 +168,7 @@ def finetune_and_deploy(
         scoring_uri=endpoint.scoring_uri if endpoint is not None else None,
         endpoint_reused=endpoint_reused, deployment_name=plan.deployment_name, reply=reply,
         tuning_summary=tuning, endpoint_deleted=deleted,
-        sample_request_file=str(sample_file) if reply or sample_file.name else "",
+        sample_request_file=str(sample_file) if sample_file.name else "",
         rollout=outcome.outcome if outcome else "",
         rollout_message=outcome.message if outcome else "",
     )

@@ -261,7 +261,6 @@ def gate(
     rivals = [Contender(label="base (foundation model)", figures=base, required=False,
                         source="the same job's evaluation before tuning" if base else
                         "the workspace's pipeline does not evaluate the base model")]
-    same_data = True
     if rollout.current_model and rollout.current_version:
         production = workspace.get_model(rollout.current_model, rollout.current_version)
         label = f"production (version {rollout.current_version})"
@@ -269,7 +268,6 @@ def gate(
             rivals.append(Contender(label=label, source="the model is not in the registry"))
         elif not same_held_out_data(model.tags, production.tags):
             # Measured on other files: scored again on this request's, with the job's code.
-            same_data = False
             get_run_logger().info(
                 "The model in production was evaluated on other held-out files; scoring it "
                 "on this request's with the fine-tune job's evaluation code")
@@ -289,7 +287,6 @@ def gate(
                                     source=f"job {job}, same held-out files"))
     decision = judge(new, rivals, GateMargins(loss=settings.gate_loss_margin,
                                               exact_answer=settings.gate_exact_answer_margin))
-    decision.same_data = same_data
     logger = get_run_logger()
     for line in decision.reasons:
         (logger.warning if line.startswith("FAIL") else logger.info)("Gate: %s", line)

@@ -54,7 +54,6 @@ class GateDecision(BaseModel):
     new: Contender
     rivals: list[Contender]
     reasons: list[str] = Field(description="One line per comparison, pass or fail")
-    same_data: bool = True
 
     def tags(self) -> dict[str, str]:
         """The figures as model tags (the verdict stays with the version)."""

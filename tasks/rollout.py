@@ -8,6 +8,7 @@ what the endpoint says and what it does never disagree, whoever reads it after a
 
 from __future__ import annotations
 
+import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from tasks.endpoints import DELETE_POLL_MAX_DELAY_S
 from tasks.policies import transient_retries
-from tasks.smoke_test import ProbeResult, SmokeTarget, _probe_once
+from tasks.smoke_test import ProbeResult, SmokeTarget, probe_once, probe_target
 from tasks.waiting import poll_until
 from workspaces.errors import InvalidRequest, ResourceNotFound
 from workspaces.interface import (
@@ -35,9 +36,6 @@ from workspaces.interface import (
     Workspace,
 )
 from workspaces.ownership import rollout_under_way
-
-# The caller marker of the rollout's own probes: activity counts them as the project's.
-ROLLOUT_CALLER = "rollout"
 
 
 class WatchLimits(BaseModel):
@@ -128,10 +126,7 @@ def check_rollout_target(
             "for the smoke test to undo it once it expires"
         )
     current = serving_deployment(endpoint)
-    deployment = next((d for d in endpoint.deployments if d.name == current), None)
-    # The deployment's own tags first; a deployment made without them serves the model
-    # the endpoint was tagged with.
-    tags = {**endpoint.tags, **(deployment.tags if deployment is not None else {})}
+    tags = endpoint.tags_of(current)
     serves = tags.get(TAG_MODEL)
     if current and serves and serves != model_name:
         raise InvalidRequest(
@@ -217,8 +212,7 @@ def record_step(
     return endpoint
 
 
-@task(name="delete-deployment", cache_policy=NO_CACHE, **transient_retries())
-def delete_deployment(
+def remove_deployment(
     workspace: Workspace, endpoint_name: str, name: str, timeout_minutes: float = 30
 ) -> bool:
     """Delete one deployment and wait until it is gone; False when it was gone already."""
@@ -231,8 +225,18 @@ def delete_deployment(
         f"deletion of deployment {name} of endpoint {endpoint_name}",
         max_delay_s=DELETE_POLL_MAX_DELAY_S,
     )
-    get_run_logger().info("Deleted deployment %s of endpoint %s", name, endpoint_name)
     return True
+
+
+@task(name="delete-deployment", cache_policy=NO_CACHE, **transient_retries())
+def delete_deployment(
+    workspace: Workspace, endpoint_name: str, name: str, timeout_minutes: float = 30
+) -> bool:
+    """The task of :func:`remove_deployment`, saying what it deleted."""
+    deleted = remove_deployment(workspace, endpoint_name, name, timeout_minutes)
+    if deleted:
+        get_run_logger().info("Deleted deployment %s of endpoint %s", name, endpoint_name)
+    return deleted
 
 
 @task(name="check-deployment-contract", cache_policy=NO_CACHE)
@@ -242,7 +246,7 @@ def check_contract(
 ) -> list[ProbeResult]:
     """The smoke test's contract checks, sent to one deployment by its header (0 % traffic)."""
     target = SmokeTarget(endpoint=endpoint_name, deployment=deployment)
-    results = [_probe_once(workspace, target, body, timeout_s) for body in bodies]
+    results = probe_target(workspace, target, bodies, timeout_s)
     logger = get_run_logger()
     for result in results:
         (logger.info if result.ok else logger.warning)(
@@ -280,21 +284,13 @@ class WatchVerdict(BaseModel):
     reasons: list[str]
 
 
-def _median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def _figures(
     name: str, role: str, probes: list[ProbeResult], activity: Any
 ) -> DeploymentFigures:
     """A deployment's figures: from the workspace's per-deployment log when it keeps one
     (real traffic and probes together), else from the probes' own results."""
     mine = [p for p in probes if p.deployment == name]
-    failed = [p for p in mine if p.status not in ("ok",) and not _caller_fault(p)]
+    failed = [p for p in mine if not p.ok and not _caller_fault(p)]
     figures = DeploymentFigures(deployment=name, role=role, probes=len(mine),
                                 probe_errors=len(failed))
     if activity is not None and activity.available and name in activity.latency_ms_by_deployment:
@@ -304,8 +300,8 @@ def _figures(
         figures.source = "request log"
     else:
         figures.requests, figures.errors = len(mine), len(failed)
-        figures.median_latency_ms = _median(
-            [p.latency_ms for p in mine if p.ok and p.latency_ms is not None])
+        answered = [p.latency_ms for p in mine if p.ok and p.latency_ms is not None]
+        figures.median_latency_ms = statistics.median(answered) if answered else None
         figures.source = "probes"
     return figures
 
@@ -351,7 +347,7 @@ def watch_canary(
         name = wanting[turn % len(wanting)]
         body = bodies[turn % len(bodies)]
         turn += 1
-        probes.append(_probe_once(
+        probes.append(probe_once(
             workspace, SmokeTarget(endpoint=endpoint_name, deployment=name), body, timeout_s))
     seconds = time.monotonic() - started
     try:

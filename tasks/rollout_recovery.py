@@ -26,8 +26,7 @@ from pydantic import BaseModel
 
 from tasks import reports
 from tasks.policies import transient_retries
-from tasks.rollout import step_tags
-from tasks.waiting import poll_until
+from tasks.rollout import remove_deployment, step_tags
 from workspaces.errors import ResourceNotFound
 from workspaces.interface import (
     ROLLOUT_ACTIVE_STEPS,
@@ -72,15 +71,7 @@ def expired(endpoint: Endpoint, now: datetime) -> bool:
 
 
 def _delete(workspace: Workspace, endpoint: str, name: str | None) -> bool:
-    if not name:
-        return False
-    try:
-        workspace.begin_delete_deployment(endpoint, name)
-    except ResourceNotFound:
-        return False
-    poll_until(lambda: workspace.deletion_finished(endpoint, name), bool, 30 * 60,
-               f"deletion of deployment {name} of endpoint {endpoint}", max_delay_s=30)
-    return True
+    return bool(name) and remove_deployment(workspace, endpoint, name)
 
 
 def settle(workspace: Workspace, endpoint: Endpoint) -> SettledRollout:

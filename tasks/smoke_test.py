@@ -135,7 +135,7 @@ def _target(endpoint: Endpoint, deployment_name: str) -> SmokeTarget:
     deployment: Deployment | None = next(
         (d for d in endpoint.deployments if d.name == deployment_name), None
     )
-    tags = {**endpoint.tags, **(deployment.tags if deployment else {})}
+    tags = endpoint.tags_of(deployment_name)
     return SmokeTarget(
         endpoint=endpoint.name,
         deployment=deployment_name,
@@ -239,9 +239,10 @@ def classify_exception(exc: BaseException, timeout_s: float) -> tuple[str, str]:
     return "probe_error", f"{type(exc).__name__}: {_excerpt(str(exc))}"
 
 
-def _probe_once(
+def probe_once(
     workspace: Workspace, target: SmokeTarget, body: dict[str, Any], timeout_s: float
 ) -> ProbeResult:
+    """Send one body to ``target`` by its deployment header and give the verdict."""
     started = time.perf_counter()
     fields = target.model_dump()
     try:
@@ -261,11 +262,11 @@ def _probe_once(
     )
 
 
-def _probe_target(
+def probe_target(
     workspace: Workspace, target: SmokeTarget, bodies: list[dict[str, Any]], timeout_s: float
 ) -> list[ProbeResult]:
     """Send each body to one deployment in turn: never two requests in flight at once."""
-    return [_probe_once(workspace, target, body, timeout_s) for body in bodies]
+    return [probe_once(workspace, target, body, timeout_s) for body in bodies]
 
 
 # A measurement, so never cached; and never retried: a flaky answer is what we report.
@@ -295,7 +296,7 @@ def probe_deployments(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smoke-probe") as pool:
         # map keeps the plan's order; each worker holds one deployment's requests at a time.
         per_target = list(pool.map(
-            lambda target: _probe_target(workspace, target, bodies, timeout_s), targets
+            lambda target: probe_target(workspace, target, bodies, timeout_s), targets
         ))
     results = [result for batch in per_target for result in batch]
     # Logged here, not in the worker threads (the run logger lives in this thread), and

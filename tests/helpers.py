@@ -52,11 +52,18 @@ def serve(
         endpoint_name=name, name=deployment, model_id=model.id, instance_type="Local_CPU",
         instance_count=instance_count, tags={},
     ))
-    while (d := ws.get_deployment(name, deployment)).provisioning_state == "Creating":
-        assert time.monotonic() < deadline, f"deployment {deployment} not ready"
+    wait_deployment_ready(ws, name, deployment, deadline - time.monotonic())
+    return ws.set_traffic(name, {deployment: 100})
+
+
+def wait_deployment_ready(ws: LocalWorkspace, endpoint: str, name: str,
+                          timeout_s: float = 120) -> None:
+    """Wait while the deployment is Creating; it must then have Succeeded."""
+    deadline = time.monotonic() + timeout_s
+    while (d := ws.get_deployment(endpoint, name)).provisioning_state == "Creating":
+        assert time.monotonic() < deadline, f"deployment {name} not ready"
         time.sleep(0.2)
     assert d.provisioning_state == "Succeeded", d.error
-    return ws.set_traffic(name, {deployment: 100})
 
 
 def chat_body(text: str = "What is 2 plus 3?", max_new_tokens: int = 8) -> dict:

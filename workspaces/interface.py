@@ -74,8 +74,6 @@ TAG_ROLLOUT_KEEP_PREVIOUS = "chatft-rollout-keep-previous"
 # has work left (a deployment to watch, or one to delete); "held" waits for a person (a
 # healthy canary with auto_promote off); "done" and "undone" leave one deployment serving.
 ROLLOUT_ACTIVE_STEPS = frozenset({"deploying", "mirror", "canary", "promoted", "rolled-back"})
-ROLLOUT_STEPS = ("deploying", "mirror", "canary", "held", "promoted", "rolled-back", "done",
-                 "undone")
 # The stage of a registered version: MLflow aliases locally, the tag on both workspaces.
 TAG_STAGE = "chatft-stage"
 ModelStage = Literal["production", "candidate", "rejected", "retired"]
@@ -320,6 +318,12 @@ class Endpoint(BaseModel):
     def managed(self) -> bool:
         """Whether this project made the endpoint (its managed-by tag)."""
         return self.tags.get(TAG_MANAGED_BY) == MANAGED_BY_VALUE
+
+    def tags_of(self, deployment_name: str | None) -> dict[str, str]:
+        """A deployment's tags over the endpoint's: a deployment made without model tags
+        serves the model the endpoint was tagged with."""
+        deployment = next((d for d in self.deployments if d.name == deployment_name), None)
+        return {**self.tags, **(deployment.tags if deployment is not None else {})}
 
 
 class EndpointKeys(BaseModel):

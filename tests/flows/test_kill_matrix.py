@@ -115,28 +115,35 @@ def _counts(ws: LocalWorkspace) -> dict[str, int]:
 ONE_OF_EACH = dict.fromkeys(("jobs", "model versions", "endpoints", "deployments"), 1)
 
 
-def _kill_flow_at(point: str, hold: str | None, reached, ws, request, log: Path) -> None:
-    """Run the flow in its own process until ``reached``, then kill -9 it (its group)."""
+def kill_flow_when(
+    reached: Callable[[], bool], request: FinetuneRequest, log: Path, what: str,
+    env: dict[str, str] | None = None, deadline_s: float = 600,
+) -> None:
+    """Run the request's flow in its own process (with ``env`` added) until ``reached()``,
+    then kill -9 its whole process group."""
     from prefect.settings import PREFECT_API_URL
 
-    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
-    if hold:
-        env["CHATFT_HOLD_AFTER_SPAWN"] = hold
     with log.open("ab") as out:
         flow_process = subprocess.Popen(
             [sys.executable, "-c", RUN_FLOW, request.model_dump_json()],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=PROJECT_ROOT,
+            env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **(env or {})},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT,
         )
     try:
-        deadline = time.monotonic() + 600
-        while not reached(ws):
-            assert flow_process.poll() is None, f"{point}: " + log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"the flow never reached: {point}"
+        deadline = time.monotonic() + deadline_s
+        while not reached():
+            assert flow_process.poll() is None, f"{what}: " + log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the flow never reached: {what}"
             time.sleep(0.2)
     finally:
         os.killpg(flow_process.pid, signal.SIGKILL)
         flow_process.wait()
+
+
+def _kill_flow_at(point: str, hold: str | None, reached, ws, request, log: Path) -> None:
+    """Kill the flow once the workspace shows ``point`` (held after a spawn, if ``hold``)."""
+    env = {"CHATFT_HOLD_AFTER_SPAWN": hold} if hold else {}
+    kill_flow_when(lambda: reached(ws), request, log, point, env)
 
 
 @pytest.mark.slow

@@ -9,11 +9,6 @@ no second model version, no process nobody knows.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,7 +24,7 @@ from flows.parameters import (
 from flows.rollout import HOLD_ENV
 from flows.smoke_test_endpoints import smoke_test_endpoints
 from flows.teardown_idle_endpoints import teardown_idle_endpoints
-from tests.flows.test_kill_matrix import RUN_FLOW, _model_versions, _unknown
+from tests.flows.test_kill_matrix import _model_versions, _unknown, kill_flow_when
 from tests.helpers import run_artifacts
 from workspaces.interface import TAG_ROLLOUT_EXPIRES, TAG_ROLLOUT_STEP, TAG_STAGE
 from workspaces.local import LocalWorkspace
@@ -56,26 +51,10 @@ def _config(ws: LocalWorkspace) -> dict:
 
 def _kill_after(point: str, request: FinetuneRequest, tmp_path: Path) -> None:
     """Run the request in its own process, held after ``point``; kill -9 its group there."""
-    from prefect.settings import PREFECT_API_URL
-
     marker = tmp_path / f"held-{point}"
     marker.unlink(missing_ok=True)
-    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(),
-               **{HOLD_ENV: f"{point}:{marker}"})
-    log = tmp_path / "flow.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-c", RUN_FLOW, request.model_dump_json()], env=env,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT)
-    try:
-        deadline = time.monotonic() + 900
-        while not marker.exists():
-            assert process.poll() is None, f"{point}: " + log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"the run never reached {point}"
-            time.sleep(0.2)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    kill_flow_when(marker.exists, request, tmp_path / "flow.log", point,
+                   {HOLD_ENV: f"{point}:{marker}"}, deadline_s=900)
 
 
 @pytest.mark.slow

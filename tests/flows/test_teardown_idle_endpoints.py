@@ -23,7 +23,7 @@ from flows.parameters import TeardownRequest
 from flows.teardown_idle_endpoints import teardown_idle_endpoints
 from tasks import reports
 from tasks.teardown import DECISIONS_ARTIFACT
-from tests.helpers import MANAGED_TAGS, register_model, serve
+from tests.helpers import MANAGED_TAGS, register_model, serve, wait_deployment_ready
 from workspaces.errors import InvalidRequest
 from workspaces.interface import TAG_PROTECTED, DeploymentSpec, EndpointActivity, EndpointSpec
 from workspaces.local import LocalWorkspace
@@ -293,10 +293,7 @@ def test_a_working_deployment_without_traffic_is_reported_as_a_leftover_not_dele
     serve(workspace, model, "ep-kept")
     workspace.begin_create_deployment(DeploymentSpec(
         endpoint_name="ep-kept", name="previous", model_id=model.id, instance_type="Local_CPU"))
-    deadline = time.monotonic() + 60
-    while workspace.get_deployment("ep-kept", "previous").provisioning_state == "Creating":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_deployment_ready(workspace, "ep-kept", "previous", timeout_s=60)
     now = later()
     log_requests(workspace, "ep-kept", (now - timedelta(hours=1), "organic"))
 

@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import socket
+import statistics
 import threading
 import time
 import uuid
@@ -105,12 +106,6 @@ def checked_traffic(traffic: dict[str, int], config: dict[str, Any]) -> dict[str
     if any(not 0 <= v <= 100 for v in traffic.values()) or sum(traffic.values()) not in (0, 100):
         raise InvalidRequest(f"traffic {traffic} must be percentages that add up to 100")
     return {k: int(v) for k, v in traffic.items() if v > 0}
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 # What a deployment answered as its own failure (not the caller's: 400, 401, 413, 429).
@@ -513,7 +508,7 @@ class LocalEndpoints:
             last = max(last or 0, record["time"])
             if caller == "organic":
                 last_organic = max(last_organic or 0, record["time"])
-        result.latency_ms_by_deployment = {d: _median(v) for d, v in latencies.items()}
+        result.latency_ms_by_deployment = {d: statistics.median(v) for d, v in latencies.items()}
         result.last_request_at = datetime.fromtimestamp(last, UTC) if last else None
         result.last_organic_request_at = (
             datetime.fromtimestamp(last_organic, UTC) if last_organic else None

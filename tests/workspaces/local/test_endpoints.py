@@ -1,14 +1,13 @@
 """Local endpoints: a real server process, key auth, the scoring contract, request log."""
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
-from tests.helpers import chat_body, register_model, serve
+from tests.helpers import chat_body, register_model, serve, wait_deployment_ready
 from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound
 from workspaces.interface import DeploymentSpec, EndpointSpec
 from workspaces.local.endpoints import MAX_LOCAL_INSTANCES, http_client
@@ -185,11 +184,11 @@ def test_a_deployment_made_again_under_its_old_name_loads_its_new_model(
     serve(workspace, first, "rename-ep", deployment="blue")
     workspace.begin_create_deployment(DeploymentSpec(
         endpoint_name="rename-ep", name="green", model_id=first.id, instance_type="Local_CPU"))
-    _until_ready(workspace, "rename-ep", "green")
+    wait_deployment_ready(workspace, "rename-ep", "green")
     workspace.begin_delete_deployment("rename-ep", "green")
     workspace.begin_create_deployment(DeploymentSpec(
         endpoint_name="rename-ep", name="green", model_id=second.id, instance_type="Local_CPU"))
-    _until_ready(workspace, "rename-ep", "green")
+    wait_deployment_ready(workspace, "rename-ep", "green")
     health = http_client().get(
         workspace.get_endpoint("rename-ep").scoring_uri.replace("/score", "/health")).json()
     assert health["models"]["green"] == str(copy)
@@ -198,13 +197,6 @@ def test_a_deployment_made_again_under_its_old_name_loads_its_new_model(
     workspace.begin_delete_deployment("rename-ep", "green")
     workspace.begin_create_deployment(DeploymentSpec(
         endpoint_name="rename-ep", name="green", model_id=second.id, instance_type="Local_CPU"))
-    _until_ready(workspace, "rename-ep", "green")
+    wait_deployment_ready(workspace, "rename-ep", "green")
     assert workspace.invoke("rename-ep", chat_body(), deployment_name="green").status_code == 200
 
-
-def _until_ready(workspace, endpoint: str, name: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (d := workspace.get_deployment(endpoint, name)).provisioning_state == "Creating":
-        assert time.monotonic() < deadline, f"deployment {name} still Creating"
-        time.sleep(0.2)
-    assert d.provisioning_state == "Succeeded", d.error
