@@ -32,6 +32,7 @@ from blocks import load_workspace
 from flows.cli import parse_request
 from flows.parameters import FinetuneRequest, WorkspaceBlock
 from flows.preflight import FinetunePlan, run_preflight
+from flows.reported_failure import install as quiet_reported_failures
 from flows.rollout import ReleaseOutcome, release
 from tasks import reports
 from tasks.compute import ensure_compute
@@ -79,6 +80,8 @@ from workspaces.naming import (
 )
 from workspaces.scoring import BadReply
 from workspaces.ultrachat import PreparedDataset
+
+quiet_reported_failures()
 
 
 class FinetuneResult(BaseModel):

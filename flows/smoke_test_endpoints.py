@@ -40,6 +40,8 @@ from pydantic import BaseModel
 from blocks import load_workspace
 from flows.cli import parse_request
 from flows.parameters import ScoringParameters, SmokeTestRequest, WorkspaceBlock
+from flows.reported_failure import ReportedFailure
+from flows.reported_failure import install as quiet_reported_failures
 from tasks import reports
 from tasks.data import ensure_dataset
 from tasks.endpoints import sample_requests
@@ -61,8 +63,10 @@ from workspaces.interface import Workspace
 
 SMOKE_DATASET_DIR = "smoke-test-dataset"
 
+quiet_reported_failures()
 
-class SmokeTestFailed(Exception):
+
+class SmokeTestFailed(ReportedFailure):
     """At least one endpoint did not answer as the scoring contract says."""
 
 

@@ -35,6 +35,7 @@ from prefect.states import State
 from blocks import load_workspace
 from flows.cli import parse_request
 from flows.parameters import TeardownRequest, WorkspaceBlock
+from flows.reported_failure import install as quiet_reported_failures
 from tasks import reports
 from tasks.endpoints import delete_endpoint
 from tasks.own_traffic import attribute_own_requests, count_own_requests_by_endpoint
@@ -63,6 +64,8 @@ from tasks.teardown_rules import (
 )
 from workspaces.errors import WorkspaceError
 from workspaces.interface import EndpointActivity, Workspace
+
+quiet_reported_failures()
 
 
 # -- steps -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ port, the Prefect home and the state folder in use.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shlex
@@ -30,11 +31,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+# The constants of the notification (blocks/alerts.py) are the project's; this script is
+# run by path, so the project folder is put on the import path first.
+sys.path.insert(0, str(PROJECT_DIR))
+from blocks import alerts  # noqa: E402
+
 WORK_POOL = "chatft-process"
 BLOCK_NAME = "default"
 BLOCK_MODULES = ("blocks.local_workspace", "blocks.azure_credentials", "blocks.azure_ml_workspace")
@@ -255,13 +262,109 @@ def refuse_unknown_parameters(server: Server, deployment: dict) -> None:
     so ``{"dry_run": true}`` (a field of ``request``, misplaced) would be accepted and
     fail only when the run starts. The request models refuse unknown fields themselves.
     """
-    flow_name = deployment["entrypoint"].rsplit(":", 1)[1].replace("_", "-")
-    found = api(server, "GET", f"/deployments/name/{flow_name}/{deployment['name']}")
+    found = api(server, "GET", f"/deployments/name/{full_name(deployment)}")
     schema = dict(found["parameter_openapi_schema"] or {})
     if schema.get("properties") and schema.get("additionalProperties") is not False:
         schema["additionalProperties"] = False
         api(server, "PATCH", f"/deployments/{found['id']}",
             {"parameter_openapi_schema": schema})
+
+
+# A parameter no flow takes: a run asked with it must be refused (409) by the server.
+UNKNOWN_PARAMETER_PROBE = {"chatft_up_check_unknown_parameter": True}
+
+
+def full_name(deployment: dict) -> str:
+    """``<flow name>/<deployment name>`` of a prefect.yaml deployment."""
+    flow_name = deployment["entrypoint"].rsplit(":", 1)[1].replace("_", "-")
+    return f"{flow_name}/{deployment['name']}"
+
+
+def deployment_id(server: Server, deployment: dict) -> str:
+    return api(server, "GET", f"/deployments/name/{full_name(deployment)}")["id"]
+
+
+def refuses_unknown_parameters(server: Server, deployment: dict) -> bool:
+    """Ask the server for a run with an unknown parameter: True when it refuses (409).
+
+    A run it accepted is deleted at once (it could only fail), so the check leaves nothing.
+    """
+    found = deployment_id(server, deployment)
+    try:
+        run = api(server, "POST", f"/deployments/{found}/create_flow_run",
+                  {"parameters": UNKNOWN_PARAMETER_PROBE})
+    except urllib.error.HTTPError as refused:
+        if refused.code == 409:
+            return True
+        raise
+    api(server, "DELETE", f"/flow_runs/{run['id']}")
+    return False
+
+
+def verify(server: Server, deployed: list[dict]) -> list[str]:
+    """What a person relies on after ``up``, checked against the server itself.
+
+    Each deployment refuses unknown parameters (repaired once if not: an earlier ``up``
+    may have died between deploy and PATCH), and the notification automation exists once.
+    Raises RuntimeError naming what is still wrong; returns the lines to print.
+    """
+    lines = []
+    for deployment in deployed:
+        if not refuses_unknown_parameters(server, deployment):
+            refuse_unknown_parameters(server, deployment)
+            if not refuses_unknown_parameters(server, deployment):
+                raise RuntimeError(
+                    f"deployment {deployment['name']} still accepts unknown parameters; "
+                    f"see {server.log_file('server')}")
+    if deployed:
+        lines.append("Checked: " + ", ".join(d["name"] for d in deployed)
+                     + " refuse a run with an unknown parameter (409)")
+    automations = [a for a in api(server, "POST", "/automations/filter", {}) or []
+                   if a["name"] == alerts.AUTOMATION_NAME]
+    if len(automations) != 1:
+        raise RuntimeError(f"expected one automation {alerts.AUTOMATION_NAME!r}, "
+                           f"found {len(automations)}")
+    state = "enabled" if automations[0]["enabled"] else (
+        f"disabled until block custom-webhook/{alerts.BLOCK_NAME} has a URL")
+    lines.append(f"Checked: automation {alerts.AUTOMATION_NAME!r} exists ({state})")
+    return lines
+
+
+def next_runs(server: Server, deployed: list[dict], now: datetime | None = None) -> list[str]:
+    """When each active schedule of the deployments first fires, as the scheduler sees it.
+
+    The dates come from the server's own schedule classes over the schedules the server
+    holds, so a schedule edited in the UI is reported as edited.
+    """
+    from prefect.server.schemas.schedules import SCHEDULE_TYPES
+    from pydantic import TypeAdapter
+
+    now = now or datetime.now(UTC)
+    parse = TypeAdapter(SCHEDULE_TYPES).validate_python
+    lines = []
+    for deployment in deployed:
+        found = api(server, "GET", f"/deployments/{deployment_id(server, deployment)}")
+        if found.get("paused"):
+            lines.append(f"{deployment['name']}: paused")
+            continue
+        dates = []
+        for entry in found.get("schedules") or []:
+            if entry.get("active"):
+                dates += asyncio.run(parse(entry["schedule"]).get_dates(n=1, start=now))
+        if not dates:
+            lines.append(f"{deployment['name']}: no schedule (start it from the UI)")
+            continue
+        first = min(dates).astimezone(UTC)
+        minutes = max(0, round((first - now).total_seconds() / 60))
+        lines.append(f"{deployment['name']}: first scheduled run at "
+                     f"{first:%Y-%m-%d %H:%M} UTC (in {minutes} min)")
+    return lines
+
+
+def run_now_command(server: Server, deployment: dict) -> str:
+    """``prefect deployment run`` of ``deployment`` on this server, pasteable."""
+    return shlex.join(["env", f"PREFECT_API_URL={server.api_url}", _prefect_executable(),
+                       "deployment", "run", full_name(deployment)])
 
 
 def ensure_alerts(server: Server) -> None:
@@ -328,9 +431,19 @@ def endpoints_command(state_dir: Path, *words: str) -> str:
 
 
 def up(server: Server, state_dir: Path, query_seconds: float | None = None) -> list[str]:
+    """Start or repair everything; safe to run again on the same home, runs in flight."""
     start_server(server)
     deployed = configure(server, state_dir)
     start_worker(server, query_seconds)
+    made = [d for d in deployments_in(server.project_dir) if d["name"] in deployed]
+    for line in verify(server, made):
+        print(line)
+    print("\nSchedules:")
+    for line in next_runs(server, made):
+        print(f"  {line}")
+    smoke = [d for d in made if d["name"] == "smoke-test-endpoints"]
+    if smoke:
+        print(f"Run the first smoke test now:  {run_now_command(server, smoke[0])}")
     return deployed
 
 

@@ -107,6 +107,7 @@ def server_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUp]:
                     if line.startswith("Deployed ")]
         running = ServerUp(server, started, deployed)
         running.printed = done.stdout
+        running.state_dir = state
         yield running
     finally:
         if running is not None:
@@ -281,6 +282,14 @@ def test_a_failing_smoke_test_notifies_the_webhook(server_up: ServerUp) -> None:
             time.sleep(5)
         assert state.is_failed(), state.message
         failed_at = state.timestamp.timestamp()
+        # One readable error in the worker log, and no traceback of ours or of Prefect's
+        # engine (it once held two: "Encountered exception" and "Engine execution exited").
+        time.sleep(2)  # the worker copies the run's output line by line
+        worker_log = server_up.server.log_file("worker").read_text(errors="replace")
+        assert "Engine execution exited" not in worker_log, worker_log[-6000:]
+        assert "Traceback" not in worker_log, worker_log[-6000:]
+        errors = trouble_in(server_up.server.log_file("worker"))
+        assert len(errors) == 1 and "failed the smoke test: gone-endpoint" in errors[0], errors
 
         deadline = time.monotonic() + 60
         while not receiver.received:
@@ -313,6 +322,91 @@ def test_a_failing_smoke_test_notifies_the_webhook(server_up: ServerUp) -> None:
         assert "Why: error rate 100.0%" in message["text"]
     finally:
         receiver.close()
+
+
+def _wait_final(server_up: ServerUp, flow_run_id: Any, timeout_s: float = 300) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (state := server_up.client.read_flow_run(flow_run_id).state).is_final():
+        assert time.monotonic() < deadline, server_up.logs()
+        time.sleep(1)
+    return state
+
+
+def test_up_says_when_schedules_fire_and_its_run_now_command_works(server_up: ServerUp) -> None:
+    """A new user once waited for the next full hour, and nothing said when the first
+    smoke test was due. ``up`` names each schedule's first run and prints a command that
+    runs the smoke test now; pasted as printed, it makes a run that completes."""
+    import re
+    import shlex
+    import subprocess
+
+    printed = server_up.printed
+    assert re.search(r"smoke-test-endpoints: first scheduled run at \d{4}-\d\d-\d\d "
+                     r"\d\d:00 UTC \(in \d+ min\)", printed), printed
+    assert re.search(r"teardown-idle-endpoints: first scheduled run at .* UTC \(in \d+ min\)",
+                     printed), printed
+    assert "finetune-and-deploy: no schedule" in printed
+    assert ("Checked: finetune-and-deploy, smoke-test-endpoints, teardown-idle-endpoints "
+            "refuse a run with an unknown parameter (409)") in printed
+    assert "Checked: automation 'chatft smoke test failed' exists" in printed
+    [run_now] = [line.split(":", 1)[1].strip() for line in printed.splitlines()
+                 if line.startswith("Run the first smoke test now:")]
+    done = subprocess.run(shlex.split(run_now), cwd="/", capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", done.stdout).group(1)
+    state = _wait_final(server_up, flow_run_id)
+    # the state folder of this server has no endpoint yet: said so, not "all answered"
+    assert state.is_completed() and state.name == "NothingTested", state
+
+
+def test_up_again_while_runs_are_in_flight(server_up: ServerUp) -> None:
+    """The docs say to run ``up`` again after filling in the webhook URL; a second ``up``
+    once died on a busy server (503 on a PATCH) and left a deployment accepting unknown
+    parameters. Run again while runs are in flight, it keeps the same server and worker,
+    checks what it configured, and the runs in flight complete."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    server = server_up.server
+    pids = (server.running_pid("server"), server.running_pid("worker"))
+    teardown = server_up.deployment_id("teardown-idle-endpoints")
+    smoke = server_up.deployment_id(DEPLOYMENT)
+    in_flight = [server_up.client.create_flow_run_from_deployment(
+        teardown, parameters={"request": {"dry_run": True}})]
+    server_up.client.resume_deployment(smoke)  # the 20-s schedule of the first test
+    try:
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        env.pop("PREFECT_API_URL", None)
+        again = subprocess.run(
+            [sys.executable, str(PROJECT_DIR / "scripts" / "local_server.py"), "up",
+             "--port", str(server.port), "--home", str(server.home),
+             "--state-dir", str(server_up.state_dir),
+             "--worker-query-seconds", "2"],
+            env=env, cwd="/", capture_output=True, text=True, timeout=600,
+        )
+        in_flight += [r for r in server_up.scheduled_runs(smoke)
+                      if r.state and r.state.is_running()]
+    finally:
+        server_up.client.pause_deployment(smoke)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "Server already running" in again.stdout and "Worker already running" in again.stdout
+    assert (server.running_pid("server"), server.running_pid("worker")) == pids
+    assert "refuse a run with an unknown parameter (409)" in again.stdout
+    assert "Checked: automation 'chatft smoke test failed' exists" in again.stdout
+    for flow_run in in_flight:
+        state = _wait_final(server_up, flow_run.id)
+        assert state.is_completed() or "concurrency limit" in (state.message or ""), state
+    # what the check promised holds: a misplaced top-level field is refused, one automation
+    for deployment in ("teardown-idle-endpoints", DEPLOYMENT, "finetune-and-deploy"):
+        with pytest.raises(PrefectHTTPStatusError) as refused:
+            server_up.client.create_flow_run_from_deployment(
+                server_up.deployment_id(deployment), parameters={"dry_run": True})
+        assert refused.value.response.status_code == 409
+    assert len(server_up.client.read_automations_by_name("chatft smoke test failed")) == 1
 
 
 def test_the_printed_commands_stop_what_up_started(server_up: ServerUp) -> None:
