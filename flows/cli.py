@@ -26,7 +26,7 @@ from flows.parameters import WorkspaceBlock
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
 WORKSPACE_BLOCK_HELP = (
-    "Block slug of the workspace (local-workspace/<name> or azure-ml-workspace/<name>); "
+    "Block slug of the workspace (local-workspace/NAME or azure-ml-workspace/NAME); "
     "empty = the local workspace in ./.workspace"
 )
 
@@ -62,7 +62,7 @@ def parse_request(
         TypeAdapter(WorkspaceBlock).validate_python(workspace_block)
     except ValidationError:
         errors.append({"loc": ("workspace_block",), "msg": (
-            f"{workspace_block!r} is not a block slug; give <block-type>/<name> in lowercase "
+            f"{workspace_block!r} is not a block slug; give BLOCK-TYPE/NAME in lowercase "
             "letters, digits and dashes (e.g. azure-ml-workspace/prod), or leave it empty "
             "for the local workspace")})
     try:

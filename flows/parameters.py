@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
-from workspaces.model_tags import api_string
+from workspaces.local import catalog
+from workspaces.model_tags import api_string, model_specific_defaults
 from workspaces.naming import check_endpoint_name
 from workspaces.training_bounds import field_limits
 from workspaces.training_bounds import problem as bound_problem
@@ -34,7 +35,13 @@ EndpointName = Annotated[
 # type slugs and block names are lowercase letters, digits and dashes.
 WORKSPACE_BLOCK_PATTERN = r"^([a-z0-9-]+/[a-z0-9-]+)?$"
 # (Prefect takes the form's title and description from the flow's docstring.)
-WorkspaceBlock = Annotated[str, Field(pattern=WORKSPACE_BLOCK_PATTERN, max_length=200)]
+WorkspaceBlock = Annotated[str, Field(pattern=WORKSPACE_BLOCK_PATTERN, max_length=200,
+                                      json_schema_extra={"title": "Workspace block"})]
+
+
+def form_title(title: str) -> Any:
+    """The form's title for a flow parameter (Prefect titles it with the raw name else)."""
+    return Field(json_schema_extra={"title": title})
 
 
 
@@ -84,6 +91,24 @@ _VERSIONS_NOTE = (
 ExtraValue = bool | int | float | str
 
 
+# The form cannot know the workspace a run will use, but a person filling it in should
+# see the value the run will take, not one the model replaces without a word. The local
+# default model's own model_specific_defaults are read here and said beside each field they
+# replace (Azure's Phi-3-mini tag is read by the run; the pipeline-inputs artifact lists it).
+_LOCAL_DEFAULT_MODEL = catalog.get_foundation_model(catalog.SMOLLM2_NAME)
+_LOCAL_MODEL_DEFAULTS = model_specific_defaults(_LOCAL_DEFAULT_MODEL)
+
+
+def _replaced(name: str, shown: object, description: str = "") -> dict[str, str]:
+    """``description`` plus, when the local default model replaces ``shown``, its value."""
+    value = _LOCAL_MODEL_DEFAULTS.get(name)
+    if value is None or (shown is not None and api_string(shown) == value):
+        return {"description": description} if description else {}
+    note = (f"With 'Use the model's recommended settings' on, the local default model "
+            f"{_LOCAL_DEFAULT_MODEL.name} runs with {value} instead of the value shown")
+    return {"description": f"{description}. {note}" if description else note}
+
+
 class TrainingParameters(FormModel):
     """How the model is trained (inputs of the chat_completion_pipeline component).
 
@@ -95,19 +120,20 @@ class TrainingParameters(FormModel):
 
     num_train_epochs: int = Field(3, **field_limits("num_train_epochs"), title="Epochs")
     per_device_train_batch_size: int = Field(
-        1, **field_limits("per_device_train_batch_size"), title="Train batch size per device"
+        1, **field_limits("per_device_train_batch_size"), title="Train batch size per device",
+        **_replaced("per_device_train_batch_size", 1),
     )
     per_device_eval_batch_size: int = Field(
-        1, **field_limits("per_device_eval_batch_size"), title="Eval batch size per device"
+        1, **field_limits("per_device_eval_batch_size"), title="Eval batch size per device",
+        **_replaced("per_device_eval_batch_size", 1),
     )
     learning_rate: float = Field(
         5e-6, **field_limits("learning_rate"), title="Learning rate",
-        description="Step size of the optimiser. The model's own recommended settings replace "
-        "this value when it names one and 'Use the model's recommended settings' is on "
-        "(the local SmolLM2 model uses 2e-3)",
+        **_replaced("learning_rate", 5e-6, "Step size of the optimiser"),
     )
     lr_scheduler_type: SchedulerType = Field(
-        "cosine", title="Learning-rate scheduler", description=_VERSIONS_NOTE
+        "cosine", title="Learning-rate scheduler",
+        **_replaced("lr_scheduler_type", "cosine", _VERSIONS_NOTE),
     )
     gradient_accumulation_steps: int | None = Field(
         None, **field_limits("gradient_accumulation_steps"), title="Gradient accumulation steps",
@@ -115,14 +141,17 @@ class TrainingParameters(FormModel):
     )
     max_seq_length: int | None = Field(
         None, **field_limits("max_seq_length"), title="Longest sequence (tokens)",
-        description="Longer conversations are cut; empty = the model's default",
+        **_replaced("max_seq_length", None,
+                    "Longer conversations are cut; empty = the model's default"),
     )
     save_total_limit: int | None = Field(
         None, **field_limits("save_total_limit"), title="Checkpoints kept",
         description="-1 = keep all; empty = the component's default",
     )
-    apply_lora: StrictBool = Field(True, title="Apply LoRA")
-    apply_deepspeed: StrictBool = Field(True, title="Apply DeepSpeed (ignored on CPU)")
+    apply_lora: StrictBool = Field(True, title="Apply LoRA", **_replaced("apply_lora", True))
+    apply_deepspeed: StrictBool = Field(
+        True, title="Apply DeepSpeed (ignored on CPU)", **_replaced("apply_deepspeed", True)
+    )
     deepspeed_stage: DeepSpeedStage = Field(
         2, title="DeepSpeed stage", description=_VERSIONS_NOTE
     )
@@ -136,7 +165,9 @@ class TrainingParameters(FormModel):
     apply_model_specific_defaults: StrictBool = Field(
         True, title="Use the model's recommended settings",
         description="The model's recommended values (its model_specific_defaults tag) replace "
-        "the ones above where it names them, as the walkthrough does",
+        "the ones above where it names them, as the walkthrough does; the local default "
+        f"model {_LOCAL_DEFAULT_MODEL.name} names "
+        + ", ".join(f"{k}={v}" for k, v in sorted(_LOCAL_MODEL_DEFAULTS.items())),
     )
 
     @field_validator(*_CHOICES, mode="before")
@@ -271,7 +302,7 @@ class FinetuneRequest(FormModel):
     dataset: str | None = Field(
         None, title="Dataset",
         description="Hugging Face dataset id, 'sample' (shipped), or a folder of "
-        "<split>.jsonl files; empty = the workspace's default",
+        "SPLIT.jsonl files; empty = the workspace's default",
     )
     dataset_split_pc: float = Field(
         5, gt=0, le=100, title="Share of the dataset (%)",
@@ -299,7 +330,7 @@ class FinetuneRequest(FormModel):
     endpoint_name: EndpointName | None = Field(
         None, title="Endpoint name",
         description="3-32 letters, digits and single hyphens, starting with a letter; "
-        "empty = ultrachat-completion-<number>",
+        "empty = ultrachat-completion-NUMBER",
     )
     deployment_name: EndpointName = Field(
         "demo", title="Deployment name", description="Same rules as the endpoint name"
@@ -397,7 +428,7 @@ class SmokeTestRequest(FormModel):
     dataset: str = Field(
         SAMPLE_SOURCE, min_length=1, title="Dataset",
         description="Where the test conversations come from: 'sample' (shipped), a "
-        "Hugging Face dataset id, or a folder of <split>.jsonl files",
+        "Hugging Face dataset id, or a folder of SPLIT.jsonl files",
     )
     dataset_split_pc: float = Field(5, gt=0, le=100, title="Share of the dataset (%)",
                                     description="Percent of the dataset prepared")

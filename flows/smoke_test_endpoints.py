@@ -30,7 +30,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -39,7 +39,7 @@ from pydantic import BaseModel
 
 from blocks import load_workspace
 from flows.cli import parse_request
-from flows.parameters import ScoringParameters, SmokeTestRequest, WorkspaceBlock
+from flows.parameters import ScoringParameters, SmokeTestRequest, WorkspaceBlock, form_title
 from flows.reported_failure import ReportedFailure
 from flows.reported_failure import install as quiet_reported_failures
 from tasks import reports
@@ -149,15 +149,15 @@ def emit_events(
     log_prints=True,
 )
 def smoke_test_endpoints(
-    request: SmokeTestRequest = SmokeTestRequest(),  # noqa: B008 - Prefect shows it as the form
+    request: Annotated[SmokeTestRequest, form_title("What to test")] = SmokeTestRequest(),  # noqa: B008
     workspace_block: WorkspaceBlock = "",
 ) -> SmokeTestResult:
     """Probe the managed endpoints (or ``request.endpoint_names``) of the workspace.
 
     Args:
         request: which endpoints to probe and how; empty fields take the defaults.
-        workspace_block: where to run, as a Prefect block: local-workspace/<name> or
-            azure-ml-workspace/<name>. Leave empty for the embedded local workspace in
+        workspace_block: where to run, as a Prefect block: local-workspace/NAME or
+            azure-ml-workspace/NAME. Leave empty for the embedded local workspace in
             $CHATFT_STATE_DIR (default ./.workspace).
 
     Returns:

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.states import State
 
 from blocks import load_workspace
 from flows.cli import parse_request
-from flows.parameters import TeardownRequest, WorkspaceBlock
+from flows.parameters import TeardownRequest, WorkspaceBlock, form_title
 from flows.reported_failure import install as quiet_reported_failures
 from tasks import reports
 from tasks.endpoints import delete_endpoint
@@ -164,15 +165,15 @@ def utc_now() -> datetime:
     log_prints=True,
 )
 def teardown_idle_endpoints(
-    request: TeardownRequest = TeardownRequest(),  # noqa: B008 - Prefect shows it as the form
+    request: Annotated[TeardownRequest, form_title("What to tear down")] = TeardownRequest(),  # noqa: B008
     workspace_block: WorkspaceBlock = "",
 ) -> TeardownResult:
     """Delete idle managed endpoints and Failed deployments; report every decision.
 
     Args:
         request: the pass's rules (idle hours, grace period, cap, dry run).
-        workspace_block: where to run, as a Prefect block: local-workspace/<name> or
-            azure-ml-workspace/<name>. Leave empty for the embedded local workspace in
+        workspace_block: where to run, as a Prefect block: local-workspace/NAME or
+            azure-ml-workspace/NAME. Leave empty for the embedded local workspace in
             $CHATFT_STATE_DIR (default ./.workspace).
 
     Returns:
