@@ -22,6 +22,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -30,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from blocks import load_workspace
 from flows.cli import parse_request
-from flows.parameters import FinetuneRequest, WorkspaceBlock
+from flows.parameters import FinetuneRequest, WorkspaceBlock, form_title
 from flows.preflight import FinetunePlan, run_preflight
 from flows.reported_failure import install as quiet_reported_failures
 from flows.rollout import ReleaseOutcome, release
@@ -115,7 +116,9 @@ class FinetuneResult(BaseModel):
     log_prints=True,
 )
 def finetune_and_deploy(
-    request: FinetuneRequest = FinetuneRequest(),  # noqa: B008 - Prefect shows it as the form
+    request: Annotated[FinetuneRequest, form_title("What to fine-tune and deploy")] = (
+        FinetuneRequest()  # noqa: B008 - Prefect shows the default request as the form
+    ),
     workspace_block: WorkspaceBlock = "",
 ) -> FinetuneResult:
     """Steps 1-8 of docs/procedure.md (9 optional) on the workspace ``workspace_block`` names.
@@ -123,8 +126,8 @@ def finetune_and_deploy(
     Args:
         request: what to fine-tune and how to deploy it; empty fields take the
             workspace's defaults.
-        workspace_block: where to run, as a Prefect block: local-workspace/<name> or
-            azure-ml-workspace/<name>. Leave empty for the embedded local workspace in
+        workspace_block: where to run, as a Prefect block: local-workspace/NAME or
+            azure-ml-workspace/NAME. Leave empty for the embedded local workspace in
             $CHATFT_STATE_DIR (default ./.workspace).
 
     Returns:
@@ -371,7 +374,8 @@ def score(
         The reply ("" when it broke the scoring contract) and the file holding the body.
     """
     body = sample_request(
-        prepared.files["test_gen"], request.scoring.model_dump(), seed=int(plan.suffix)
+        prepared.files["test_gen"], request.scoring.model_dump(), seed=int(plan.suffix),
+        evaluated=metrics.samples,
     )
     # The body belongs to this request (its seed, its scoring settings): it is kept in a
     # folder of the request's own, never in a folder other requests write to, and never in
@@ -388,7 +392,7 @@ def score(
             "The sample reply breaks the scoring contract (%s): %s", exc.kind, exc
         )
         reply = ""
-    reports.report_score(body, response, reply, reports.base_reply_to(metrics, body))
+    reports.report_score(body, response, reply, reports.evaluated_sample(metrics, body))
     record_own_requests(plan.endpoint_name, workspace.kind, "finetune-and-deploy", 1)
     return reply, sample_file
 

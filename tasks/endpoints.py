@@ -28,7 +28,7 @@ from workspaces.interface import (
 )
 from workspaces.model_tags import INFERENCE_ALLOW_LIST, allow_list
 from workspaces.ownership import ENDPOINT_ADVICE, foreign, refuse_foreign
-from workspaces.scoring import build_body, read_reply, up_to_last_question
+from workspaces.scoring import build_body, normalize_answer, read_reply, up_to_last_question
 from workspaces.ultrachat import read_jsonl
 
 PROVISIONED = ("Succeeded", "Failed", "Canceled")
@@ -210,9 +210,39 @@ def route_traffic(
     return endpoint
 
 
-def sample_request(test_gen_file: str, parameters: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The step-8 body from one random test_gen row (seeded, so a re-run asks the same)."""
+def sample_request(
+    test_gen_file: str, parameters: dict[str, Any], seed: int,
+    evaluated: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The step-8 body: a held-out question that shows what tuning changed.
+
+    ``evaluated`` are the job's own held-out questions with the base and the tuned model's
+    greedy replies. A question the base model already answered as the tuned one does shows
+    nothing of the tuning, so the body asks, by preference, one the tuned model answers
+    exactly and the base model does not, else one whose two replies differ; only when the
+    job recorded none (Azure's pipeline does not) a random test_gen row. Seeded, so a
+    re-run asks the same.
+    """
+    chosen = telling_question(evaluated or [], seed)
+    if chosen is not None:
+        return build_body(chosen, parameters)
     return sample_requests(test_gen_file, parameters, [seed])[0]
+
+
+def telling_question(
+    evaluated: list[dict[str, Any]], seed: int
+) -> list[dict[str, str]] | None:
+    """The conversation of one evaluated question whose base and tuned replies differ."""
+    def answers(sample: dict[str, Any], key: str) -> bool:
+        return normalize_answer(sample.get(key) or "") == normalize_answer(
+            sample.get("reference") or "")
+
+    differ = [s for s in evaluated if s.get("messages")
+              and normalize_answer(s.get("base_reply") or "")
+              != normalize_answer(s.get("tuned_reply") or "")]
+    fixed = [s for s in differ if answers(s, "tuned_reply") and not answers(s, "base_reply")]
+    pool = fixed or differ
+    return random.Random(seed).choice(pool)["messages"] if pool else None
 
 
 def sample_requests(

@@ -28,6 +28,10 @@ from workspaces.interface import (
 from workspaces.naming import finetune_job_name, suffix_for
 
 PROGRESS_EVERY_S = 2.0
+# The longest the log of a running job stays silent is about SILENCE_S + POLL_CAP_S (the
+# issue asked for no gap over 30 s): a job that says nothing new is said to go on.
+SILENCE_S = 15.0
+POLL_CAP_S = 15.0
 
 
 @task(name="allocate-suffix", cache_policy=WORKSPACE_INPUTS, **transient_retries())
@@ -128,19 +132,34 @@ def wait_for_job(
             raise JobFailed(f"fine-tune job {job_name} disappeared from the workspace")
         return job
 
+    said = {"at": time.monotonic(), "step_at": time.monotonic()}
+
+    def say(message: str, *args: object) -> None:
+        logger.info(message, *args)
+        said["at"] = time.monotonic()
+
     def report(job: FinetuneJob) -> None:
+        now = time.monotonic()
         if (job.status, job.current_step) != (seen.get("status"), seen.get("step")):
-            logger.info(
-                "Job %s: %s%s",
-                job_name,
-                job.status,
-                f" (step {job.current_step})" if job.current_step else "",
-            )
+            say("Job %s: %s%s", job_name, job.status,
+                f" (step {job.current_step})" if job.current_step else "")
             seen.update(status=job.status, step=job.current_step)
+            said["step_at"] = now
         line = training_line(job.training)
         if line and line != seen.get("training"):
-            logger.info("Job %s: %s", job_name, line)
+            say("Job %s: %s", job_name, line)
             seen["training"] = line
+        # What the step does now (loading the weights, question 17-32 of 50): a new activity
+        # is said at once; with nothing new for SILENCE_S, the step is said to go on, so no
+        # phase of a long job leaves the log silent.
+        if job.activity and job.activity != seen.get("activity"):
+            say("Job %s: %s: %s", job_name, job.current_step or job.status, job.activity)
+            seen["activity"] = job.activity
+        elif not job.is_terminal and now - said["at"] >= SILENCE_S:
+            say("Job %s: still %s%s, %s in this step%s", job_name, job.status,
+                f" ({job.current_step})" if job.current_step else "",
+                _duration(now - said["step_at"]),
+                f"; {job.activity}" if job.activity else "")
         # The bar moves at most every PROGRESS_EVERY_S: polls come several times a second
         # locally, and each update is a write on the Prefect server, beside the training.
         if (
@@ -163,8 +182,9 @@ def wait_for_job(
             timeout_minutes * 60,
             f"fine-tune job {job_name}",
             on_change=report,
-            # Training logs arrive every few seconds; a shorter cap keeps them visible live.
-            max_delay_s=min(15.0, workspace.max_poll_interval_s),
+            # Training logs arrive every few seconds; a shorter cap keeps them visible live,
+            # and the log never silent for more than SILENCE_S + the cap.
+            max_delay_s=min(POLL_CAP_S, workspace.max_poll_interval_s),
         )
     except DeadlineExceeded as exc:
         if cancel_on_timeout:
@@ -178,6 +198,12 @@ def wait_for_job(
         raise JobFailed(job_failure(job))
     update_progress_artifact(progress_id, progress=100.0)
     return job
+
+
+def _duration(seconds: float) -> str:
+    """'45 s' or '3 min 5 s'."""
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
 def training_line(training: dict[str, float]) -> str:

@@ -230,7 +230,7 @@ def report_model(model: RegisteredModel) -> None:
         + _md_table(
             [
                 ("name", model.name),
-                ("version", model.version),
+                ("version", _version_text(model)),
                 ("id", f"`{model.id}`"),
                 ("from", f"`{model.path}`"),
                 ("description", model.description),
@@ -238,6 +238,20 @@ def report_model(model: RegisteredModel) -> None:
             + [(f"tag `{k}`", v) for k, v in sorted(model.tags.items())]
         ),
     )
+
+
+def _version_text(model: RegisteredModel) -> str:
+    """The request's version, and MLflow's own number where the registry numbers itself.
+
+    MLflow numbers a model's versions 1, 2, ...; the project's version (the request's
+    suffix, the same on Azure) is kept beside it, so the id ending in MLflow's number and
+    the version shown here would otherwise seem to disagree.
+    """
+    mlflow_version = model.tags.get("mlflow-version")
+    if mlflow_version and mlflow_version != model.version:
+        return (f"{model.version} (this request's version; the MLflow registry numbers it "
+                f"{mlflow_version}, as in the id `{model.id}`)")
+    return model.version
 
 
 def report_endpoint(endpoint: Endpoint, deployment_name: str, reused: bool) -> None:
@@ -273,39 +287,49 @@ def report_endpoint(endpoint: Endpoint, deployment_name: str, reused: bool) -> N
         )
 
 
-def base_reply_to(metrics: JobMetrics, body: dict[str, Any]) -> str | None:
-    """The base model's reply to the body's conversation, from the job's evaluation."""
+def evaluated_sample(metrics: JobMetrics, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's evaluation of the body's question (reference, base and tuned replies)."""
     messages = conversation(body)
-    for sample in metrics.samples:
-        if sample.get("messages") == messages:
-            return sample.get("base_reply")
-    return None
+    return next((s for s in metrics.samples if s.get("messages") == messages), None)
 
 
 def report_score(
-    body: dict[str, Any], response: ScoreResponse, reply: str, base_reply: str | None = None
+    body: dict[str, Any], response: ScoreResponse, reply: str,
+    evaluated: dict[str, Any] | None = None,
 ) -> None:
-    """Artifact ``sample-score``: the question, the tuned reply and the base model's reply."""
+    """Artifact ``sample-score``: the question, the endpoint's reply, and what the job's
+    evaluation recorded for it (the reference, the base and the tuned model's replies)."""
     messages = conversation(body)
     question = messages[-1]["content"] if messages else ""
     earlier = "\n".join(
         f"- **{m['role']}**: {str(m['content'])[:300]}" for m in messages[:-1]
     )
-    base = (
-        f"> {base_reply[:2000] or '(empty)'}\n\n(greedy, from the job's evaluation of the "
-        "base model on the same question)"
-        if base_reply is not None
-        else "(not recorded: the job did not ask the base model this question)"
-    )
+
+    def quoted(text: str | None) -> str:
+        return "\n".join(f"> {line}" for line in ((text or "")[:2000] or "(empty)").splitlines())
+
+    if evaluated is not None:
+        job = (
+            "### The job's evaluation of this question (greedy, same code for both)\n"
+            f"Reference answer:\n{quoted(evaluated.get('reference'))}\n\n"
+            f"Base model:\n{quoted(evaluated.get('base_reply'))}\n\n"
+            f"Tuned model:\n{quoted(evaluated.get('tuned_reply'))}\n\n"
+            "The question was chosen among those whose base and tuned replies differ, so "
+            "this shows what tuning changed."
+        )
+    else:
+        job = ("### Base model\n(not recorded: the job did not ask the base model this "
+               "question)")
     create_markdown_artifact(
         key="sample-score",
-        description="The sample question, the tuned model's reply and the base model's",
+        description="The sample question, the endpoint's reply, and the base and tuned "
+                    "models' replies from the job's evaluation",
         markdown=(
             f"## Sample scoring request\n\n### Question\n> {question[:1000]}\n\n"
             + (f"Earlier turns:\n{earlier}\n\n" if earlier else "")
-            + f"### Tuned model (the endpoint), status **{response.status_code}** in "
-            f"{response.latency_ms:.0f} ms\n> {reply[:2000] or '(empty)'}\n\n"
-            f"### Base model\n{base}\n\n"
+            + f"### The endpoint (tuned model, sampled), status **{response.status_code}** "
+            f"in {response.latency_ms:.0f} ms\n{quoted(reply)}\n\n"
+            f"{job}\n\n"
             f"Parameters: `{json.dumps(body['input_data'].get('parameters', {}))}`\n\n"
             "### Raw response\n```\n" + response.body[:2000] + "\n```\n\n"
             "### Request body (sample_score.json)\n```json\n"

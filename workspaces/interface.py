@@ -203,6 +203,9 @@ class FinetuneJob(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     component_version: str | None = None
     current_step: str | None = Field(default=None, description="Running child step, if known")
+    activity: str | None = Field(
+        default=None, description="What the running step does now, when the workspace says "
+        "(local jobs: 'held-out questions 17-32 of 50'); Azure jobs do not")
     progress: float | None = Field(default=None, description="0..1 when the workspace knows it")
     training: dict[str, float] = Field(
         default_factory=dict,

@@ -62,6 +62,11 @@ def build_body(messages: list[dict[str, str]], parameters: dict[str, Any]) -> di
     return body
 
 
+def normalize_answer(text: str) -> str:
+    """An answer compared loosely: case, spacing and a final full stop do not count."""
+    return " ".join(text.lower().split()).rstrip(".").strip()
+
+
 def conversation(body: dict[str, Any]) -> list[dict[str, str]]:
     """The messages of a body built by :func:`build_body`."""
     return parse_body(body)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +18,8 @@ from pydantic import ValidationError
 
 from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest, TrainingParameters
-from tests.helpers import run_artifacts, run_logs
+from tests.helpers import PROJECT_DIR, run_artifacts, run_logs
+from workspaces.scoring import conversation, normalize_answer
 
 QUICK = TrainingParameters(num_train_epochs=1)
 # The flows' own behaviour is tested on the 2-layer stand-in (seconds, not minutes); one
@@ -172,6 +175,14 @@ def test_killed_flow_rerun_attaches_to_the_running_job(
 # converts the GGUF, evaluates the base model, tunes, evaluates again and serves: minutes on
 # an idle 2-core runner, more than pyproject's 900 s when the machine is shared.
 @pytest.mark.timeout(2700)
+def readme_run_artifacts() -> set[str]:
+    """The artifact keys README.md says every run leaves (less those it marks Azure-only)."""
+    text = (PROJECT_DIR / "README.md").read_text()
+    promise = text.split("Every run leaves artifacts", 1)[1].split("Events:", 1)[0]
+    promise = re.sub(r"`[\w-]+` on Azure", "", promise)
+    return set(re.findall(r"`([a-z]+(?:-[a-z]+)*)`", promise))
+
+
 def test_smollm2_is_converted_tuned_evaluated_and_answers(prefect_server, tmp_path, monkeypatch):
     """The default model end to end: convert, LoRA-tune, evaluate base vs tuned, serve."""
     from mlflow import MlflowClient
@@ -215,12 +226,33 @@ def test_smollm2_is_converted_tuned_evaluated_and_answers(prefect_server, tmp_pa
 
         # progress reached the run's logs while the job trained; artifacts show both models
         run_id = state.state_details.flow_run_id
-        logs = "\n".join(log.message for log in run_logs(run_id))
+        records = run_logs(run_id)
+        logs = "\n".join(log.message for log in records)
+        # no phase is silent for long: the largest gap between two lines of the run
+        gap, after = max(((b.timestamp - a.timestamp).total_seconds(), a.message)
+                         for a, b in itertools.pairwise(records))
+        print(f"\nlargest silent gap of the default run: {gap:.1f} s, after {after!r}")
+        assert gap <= 30, (gap, after)
         assert "converted in" in logs
         assert re.search(r"step \d+/\d+, epoch [\d.]+, loss [\d.]+", logs)
         artifacts = {a.key: a for a in run_artifacts(run_id) if a.key}
         assert "| test_sft loss |" in artifacts["finetune-metrics"].data
-        assert "### Base model\n>" in artifacts["sample-score"].data
+        # The sample question shows what tuning changed: the job's base and tuned replies to
+        # it differ (it was once a question the base model already answered).
+        body = json.loads(Path(result.sample_request_file).read_text())
+        evaluated = next(s for s in workspace.get_job_metrics(result.job_name).samples
+                         if s["messages"] == conversation(body))
+        assert normalize_answer(evaluated["base_reply"]) != normalize_answer(
+            evaluated["tuned_reply"])
+        score = artifacts["sample-score"].data
+        assert "Base model:\n> " + evaluated["base_reply"].splitlines()[0] in score
+        assert "Tuned model:\n> " + evaluated["tuned_reply"].splitlines()[0] in score
+        # The registered-model artifact explains MLflow's own number beside the version.
+        registered = artifacts["registered-model"].data
+        assert (f"| version | {result.model_version} (this request's version; the MLflow "
+                f"registry numbers it {version.version}") in registered
+        # Every artifact the README promises for every run, the run has.
+        assert readme_run_artifacts() <= set(artifacts), readme_run_artifacts() - set(artifacts)
     finally:
         for endpoint in workspace.list_endpoints():
             workspace.begin_delete_endpoint(endpoint.name)

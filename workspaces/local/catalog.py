@@ -350,6 +350,60 @@ def _pretrain(model: Any, tokenizer: Any) -> None:
     model.eval()
 
 
+TENSOR_REPORT_S = 15.0
+
+
+class TensorProgress(io.StringIO):
+    """stderr during the GGUF conversion, and a voice for its quiet parts.
+
+    transformers' GGUF reader draws a tqdm bar ('GGUF tensors ... 123/272'); its redraws
+    are read for the tensors done. Reading the file before the first tensor takes as long
+    again and draws nothing, so a daemon thread says, whenever nothing was said for
+    TENSOR_REPORT_S, how long the conversion has run and how far the tensors are. Other
+    text is kept for the log.
+    """
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        import threading
+
+        super().__init__()
+        self.log = log
+        self.started = self.said_at = time.monotonic()
+        self.done, self.total = "0", "?"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._speak, daemon=True)
+
+    def __enter__(self) -> TensorProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _speak(self) -> None:
+        while not self._stop.wait(1.0):
+            if time.monotonic() - self.said_at >= TENSOR_REPORT_S:
+                self.say(f"still dequantizing, {time.monotonic() - self.started:.0f} s so far; "
+                         f"{self.done} of {self.total} tensors done")
+
+    def say(self, text: str) -> None:
+        self.said_at = time.monotonic()
+        self.log(f"{SMOLLM2_NAME}: {text}")
+
+    def write(self, text: str) -> int:
+        import re
+
+        found = re.findall(r"GGUF tensors[^\r\n]*?(\d+)/(\d+)", text)
+        if found:
+            self.done, self.total = found[-1]
+        return super().write(text)
+
+    def other_lines(self) -> list[str]:
+        lines = self.getvalue().replace("\r", "\n").splitlines()
+        return [line.strip() for line in lines if line.strip() and "GGUF tensors" not in line]
+
+
 def convert_smollm2(target: Path, log: Callable[[str], None] = logger.info) -> Path:
     """Convert the pinned GGUF into a transformers/safetensors folder, once.
 
@@ -371,19 +425,23 @@ def convert_smollm2(target: Path, log: Callable[[str], None] = logger.info) -> P
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # this step logs its own progress
-        log(f"{SMOLLM2_NAME}: loading and dequantizing {gguf.name} (about 15 s on 2 cores)")
+        # Measured: 17-18 s in all on 2 idle cores (2026-12-05); a loaded machine took
+        # 151 s, so the conversion says how far it is whenever it was quiet for 15 s.
+        log(f"{SMOLLM2_NAME}: reading the tokenizer from {gguf.name}")
         # transformers' GGUF reader draws a tqdm bar on stderr whatever its own progress
-        # setting says; in a run's log that is one garbled line of 272 redraws. Keep its
-        # stderr aside and pass on what is not the bar.
-        aside = io.StringIO()
-        with contextlib.redirect_stderr(aside):
+        # setting says; in a run's log that is one garbled line of 272 redraws. Its stderr
+        # is read instead: the bar becomes a line of tensors done now and then, the rest is
+        # passed on.
+        with TensorProgress(log) as bar, contextlib.redirect_stderr(bar):
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            bar.say(f"reading and dequantizing the tensors of {gguf.name} (measured 13 s on "
+                    "2 idle cores)")
             dequantized = AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, dtype=torch.float32
             )
-        for line in aside.getvalue().replace("\r", "\n").splitlines():
-            if line.strip() and "GGUF tensors" not in line:
-                log(f"{SMOLLM2_NAME}: {line.strip()}")
+            bar.say(f"dequantized {bar.done} of {bar.total} tensors")
+        for line in bar.other_lines():
+            log(f"{SMOLLM2_NAME}: {line}")
         # The loaded model still counts as "gguf-quantized" and refuses save_pretrained; its
         # weights are plain float32 now, so move them into an ordinary model of the config.
         config = dequantized.config

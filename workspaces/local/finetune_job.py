@@ -21,12 +21,14 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from workspaces.errors import ParseError
 from workspaces.local import mlflow_store
 from workspaces.local.state import locked, read_json, write_json
+from workspaces.scoring import normalize_answer
 from workspaces.ultrachat import read_jsonl
 
 logger = logging.getLogger("finetune_job")
@@ -173,19 +175,20 @@ GENERATION_EVAL_LIMIT = 50
 GENERATION_EVAL_TOKENS = 32
 
 
-def normalize_answer(text: str) -> str:
-    """An answer compared loosely: case, spacing and a final full stop do not count."""
-    return " ".join(text.lower().split()).rstrip(".").strip()
-
-
 def question_and_answer(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
     """A test_gen row as (conversation up to its last question, the reference answer)."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return list(messages[:last]), messages[last]["content"]
 
 
-def mean_token_loss(model: Any, rows: list[dict], pad_id: int, batch_size: int) -> float:
-    """Cross-entropy per assistant token over ``rows`` (token-weighted, not batch-weighted)."""
+def mean_token_loss(
+    model: Any, rows: list[dict], pad_id: int, batch_size: int,
+    doing: Callable[[str], None] = lambda _: None,
+) -> float:
+    """Cross-entropy per assistant token over ``rows`` (token-weighted, not batch-weighted).
+
+    ``doing`` hears which batch is under way (the job's status says it to the flow).
+    """
     import torch
 
     collate = _collate(pad_id)
@@ -193,6 +196,8 @@ def mean_token_loss(model: Any, rows: list[dict], pad_id: int, batch_size: int) 
     model.eval()
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
+            doing(f"test_sft loss: conversations {start + 1}-"
+                  f"{min(start + batch_size, len(rows))} of {len(rows)}")
             batch = collate(rows[start : start + batch_size])
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
@@ -210,7 +215,8 @@ def mean_token_loss(model: Any, rows: list[dict], pad_id: int, batch_size: int) 
 
 
 def generate_replies(
-    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], batch_size: int = 16
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], batch_size: int = 16,
+    doing: Callable[[str], None] = lambda _: None,
 ) -> list[str]:
     """Greedy replies to each conversation, with the model's chat template (left-padded)."""
     import torch
@@ -221,6 +227,8 @@ def generate_replies(
     model.eval()
     try:
         for start in range(0, len(conversations), batch_size):
+            doing(f"held-out questions {start + 1}-"
+                  f"{min(start + batch_size, len(conversations))} of {len(conversations)}")
             inputs = tokenizer.apply_chat_template(
                 conversations[start : start + batch_size],
                 add_generation_prompt=True,
@@ -243,11 +251,12 @@ def generate_replies(
 
 
 def evaluate(
-    model: Any, tokenizer: Any, test: list[dict], questions: list[tuple], batch_size: int
+    model: Any, tokenizer: Any, test: list[dict], questions: list[tuple], batch_size: int,
+    doing: Callable[[str], None] = lambda _: None,
 ) -> tuple[dict[str, float], list[str]]:
     """test_sft loss and perplexity, and the exact-answer rate on held-out questions."""
-    loss = mean_token_loss(model, test, tokenizer.pad_token_id, batch_size)
-    replies = generate_replies(model, tokenizer, [q for q, _ in questions])
+    loss = mean_token_loss(model, test, tokenizer.pad_token_id, batch_size, doing)
+    replies = generate_replies(model, tokenizer, [q for q, _ in questions], doing=doing)
     exact = sum(normalize_answer(r) == normalize_answer(a) for r, (_, a) in zip(
         replies, questions, strict=True))
     metrics = {
@@ -284,7 +293,12 @@ def input_hashes(spec: dict[str, Any]) -> dict[str, str]:
 def run(job_dir: Path) -> None:
     spec = json.loads((job_dir / "spec.json").read_text())
     status = JobStatus(job_dir)
-    status.update(status="Running", pid=os.getpid(), started_at=time.time(), current_step=STEPS[0])
+    status.update(status="Running", pid=os.getpid(), started_at=time.time(), current_step=STEPS[0],
+                  activity="importing torch, transformers and MLflow")
+
+    def doing(activity: str | None) -> None:
+        """What the running step does now: the flow logs it, so no phase is silent."""
+        status.update(activity=activity)
 
     import mlflow
     import torch
@@ -299,6 +313,7 @@ def run(job_dir: Path) -> None:
     params: dict[str, str] = spec["parameters"]
     settings = training_settings(params)
     # Tables and experiment made under a lock: another first job may open the database now.
+    doing("opening the MLflow tracking store")
     experiment_id = mlflow_store.experiment_id(
         spec["tracking_uri"], spec["experiment_name"], spec["artifact_root"]
     )
@@ -316,18 +331,21 @@ def run(job_dir: Path) -> None:
 
         # model_import
         logger.info("model_import: loading %s", spec["weights"])
+        doing(f"loading the tokenizer of {spec['foundation_model']['name']}")
         tokenizer = AutoTokenizer.from_pretrained(spec["weights"])
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        doing(f"loading the weights of {spec['foundation_model']['name']}")
         model = AutoModelForCausalLM.from_pretrained(spec["weights"], dtype=torch.float32)
 
         # preprocess: the files hashed here are the files trained on (lineage)
         check_cancel(job_dir)
-        status.update(current_step="preprocess")
+        status.update(current_step="preprocess", activity="hashing the input files")
         hashes = input_hashes(spec)
         status.update(inputs_sha256=hashes)
         mlflow.set_tags(hashes)
         max_len = settings["max_seq_length"]
+        doing("tokenizing the conversations")
         train_rows = read_jsonl(Path(spec["train_file"]))
         test_rows = read_jsonl(Path(spec["test_file"]))
         gen_rows = read_jsonl(Path(spec["test_gen_file"])) if spec.get("test_gen_file") else []
@@ -342,16 +360,18 @@ def run(job_dir: Path) -> None:
 
         # the base model, measured the same way as the tuned one will be
         check_cancel(job_dir)
-        status.update(current_step="baseline_evaluation")
+        status.update(current_step="baseline_evaluation", activity=None)
         eval_batch = settings["per_device_eval_batch_size"]
-        base_metrics, base_replies = evaluate(model, tokenizer, test, questions, eval_batch)
+        base_metrics, base_replies = evaluate(model, tokenizer, test, questions, eval_batch,
+                                              doing)
         logger.info("baseline_evaluation: %s", _rounded(base_metrics))
         status.update(base_metrics=base_metrics)
 
         # finetune
         check_cancel(job_dir)
-        status.update(current_step="finetune", progress=0.0)
+        status.update(current_step="finetune", progress=0.0, activity=None)
         if settings["apply_lora"]:
+            doing("adding LoRA adapters")
             from peft import LoraConfig, get_peft_model
 
             targets = _lora_targets(model)
@@ -397,11 +417,17 @@ def run(job_dir: Path) -> None:
                             numeric["loss"],
                         )
 
+                def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+                    doing(f"training step 1 of {state.max_steps} under way")
+
                 def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
                     check_cancel(job_dir)
                     if state.max_steps:
-                        status.update(progress=round(state.global_step / state.max_steps, 4))
+                        # the steps themselves say how far training is from here on
+                        status.update(progress=round(state.global_step / state.max_steps, 4),
+                                      activity=None)
 
+            doing("preparing the trainer")
             arguments = training_arguments(settings, job_dir / "checkpoints", len(train))
             trainer = Trainer(
                 model=model,
@@ -426,14 +452,15 @@ def run(job_dir: Path) -> None:
 
         # model_evaluation: the tuned model against the base model, same data, same code
         check_cancel(job_dir)
-        status.update(current_step="model_evaluation")
+        status.update(current_step="model_evaluation", activity=None)
         with mlflow.start_run(
             experiment_id=experiment_id,
             run_name="evaluation",
             nested=True,
             tags={**run_tags, "step": "model_evaluation"},
         ) as eval_run:
-            tuned_metrics, tuned_replies = evaluate(model, tokenizer, test, questions, eval_batch)
+            tuned_metrics, tuned_replies = evaluate(model, tokenizer, test, questions,
+                                                    eval_batch, doing)
             logger.info("model_evaluation: %s", _rounded(tuned_metrics))
             eval_metrics = {
                 **tuned_metrics,
@@ -456,11 +483,13 @@ def run(job_dir: Path) -> None:
 
         # trained_model output: base + adapter merged, as an MLflow model folder
         check_cancel(job_dir)
-        status.update(current_step="save_model")
+        status.update(current_step="save_model", activity="merging the adapters into the model"
+                      if settings["apply_lora"] else None)
         merged = model.merge_and_unload() if settings["apply_lora"] else model
         output = job_dir / "outputs" / "trained_model"
         if output.exists():
             shutil.rmtree(output)
+        doing("writing the MLflow model folder")
         mlflow.transformers.save_model(
             transformers_model={"model": merged, "tokenizer": tokenizer},
             path=str(output),
@@ -473,10 +502,12 @@ def run(job_dir: Path) -> None:
                 **hashes,
             },
         )
+        doing("copying the model into the MLflow run's artifacts")
         mlflow.log_artifacts(str(output), artifact_path="trained_model")
         # The checkpoints are only needed while training; the model folder is the output.
         shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)
-    status.update(status="Completed", current_step=None, ended_at=time.time(), output=str(output))
+    status.update(status="Completed", current_step=None, activity=None, ended_at=time.time(),
+                  output=str(output))
 
 
 def training_arguments(settings: dict[str, Any], output_dir: Path, rows: int) -> Any:

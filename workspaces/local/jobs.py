@@ -132,6 +132,7 @@ class LocalJobs:
             tags=spec.get("tags", {}),
             component_version="local",
             current_step=status.get("current_step"),
+            activity=status.get("activity") if state == "Running" else None,
             progress=status.get("progress"),
             training=status.get("training") or {},
             error=error,

@@ -1,6 +1,8 @@
 """Local fine-tune jobs: real training in a detached process, statuses, metrics, output."""
 
+import itertools
 import os
+import re
 import signal
 import time
 
@@ -97,3 +99,53 @@ def test_wait_deadline_cancels_the_job_when_asked(prefect_server, workspace):
     with pytest.raises(DeadlineExceeded, match="asked to cancel"):
         waits()
     assert wait(workspace, "job-deadline", lambda j: j.is_terminal).status == "Canceled"
+
+
+def test_a_job_that_says_nothing_new_leaves_no_silent_gap_in_the_log(prefect_server, workspace):
+    """A default run once left its log silent for minutes (345 s in the baseline
+    evaluation, 151 s dequantizing, on a loaded machine). Here a real job is frozen
+    (SIGSTOP) for 45 s, as a loaded machine would hold it up: the wait says at least every
+    30 s that the job goes on and what it was doing."""
+    import threading
+
+    from prefect import flow
+
+    from tasks.finetune import wait_for_job
+    from tests.helpers import run_logs
+
+    spec = spec_for(workspace, "job-quiet")
+    data = prepare_dataset("sample", 2, workspace.root / "data")
+    spec = spec.model_copy(update={"test_gen_file": data.files["test_gen"]})
+    workspace.submit_finetune_job(spec)
+    wait(workspace, "job-quiet", lambda j: j.status == "Running")
+    pid = read_json(workspace.jobs.job_dir("job-quiet") / "status.json")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    thaw = threading.Timer(45, os.kill, (pid, signal.SIGCONT))
+    thaw.start()
+
+    @flow
+    def waits():
+        wait_for_job(workspace, "job-quiet", timeout_minutes=10)
+
+    try:
+        state = waits(return_state=True)
+    finally:
+        thaw.cancel()
+        if _alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert state.is_completed(), state.message
+    logs = run_logs(state.state_details.flow_run_id)
+    times = [log.timestamp for log in logs]
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
+    text = "\n".join(log.message for log in logs)
+    assert max(gaps) <= 31, f"{max(gaps):.0f} s without a line:\n{text}"
+    # the frozen phase is said to go on, with what it was doing when it went quiet
+    assert re.search(r"Job job-quiet: still Running \(\w+\), \d+ s in this step; \w", text), text
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
