@@ -1,13 +1,16 @@
 """Screenshots of the Prefect UI for docs/screenshots/ (headless Chromium, no network).
 
+Every page is taken in the UI that ``/`` opens (Prefect 3.8's classic UI; the newer one
+under ``/v2`` is not what a person reaches from the address ``up`` prints).
+
 Needs a running server with the deployments and at least one finished
 ``finetune-and-deploy`` run (``python scripts/local_server.py up``, then one run), and
 Chromium (Debian: ``apt-get install -y chromium``). The smoke-test deployment's Upcoming
 tab shows the runs the scheduler created from its hourly schedule.
 
-``--rollout`` takes the release pages instead, in the UI that ``/`` opens (the classic
-one): the artifacts of the latest canary release that was watched (``rollout-gate``,
-``rollout-canary``, ``rollout-decision``) and the latest run the gate refused. Make them
+``--rollout`` takes the release pages instead: the artifacts of the latest canary
+release that was watched (``rollout-gate``, ``rollout-canary``, ``rollout-decision``)
+and the latest run the gate refused. Make them
 with ``make demo``, ``make demo-rollout`` and ``make demo`` again, with
 ``PREFECT_API_URL`` set to the server.
 
@@ -57,20 +60,25 @@ def pages(url: str) -> dict[str, str]:
     if not runs:
         raise SystemExit("no completed finetune-and-deploy run yet: start one and wait for it")
     run_id = runs[0]["id"]
-    scores = api(url, "/artifacts/filter", {
-        "artifacts": {"key": {"any_": ["sample-score"]}, "flow_run_id": {"any_": [run_id]}},
-        "limit": 1,
-    })
-    # The V2 UI (served under /v2 by Prefect 3.8) opens the tab named in ?tab=; V1 does not.
-    ui = f"{url}/v2"
+    def artifact_of_run(key: str) -> list[dict]:
+        return api(url, "/artifacts/filter", {
+            "artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": [run_id]}},
+            "limit": 1,
+        })
+    # The UI that `/` opens (the classic one), the one a person reaches from up's address.
+    ui = url
     shots = {
         "deployments.png": f"{ui}/deployments",
         "finetune-run-form.png": f"{ui}/deployments/deployment/{deployment['id']}/run",
-        "finetune-run-artifacts.png": f"{ui}/runs/flow-run/{run_id}?tab=Artifacts",
+        # The classic run page opens on its Logs tab whatever ?tab= says (the tab is hidden
+        # until the run is loaded), so the run page shows its graph and log; the artifacts
+        # are taken on their own pages.
+        "finetune-run.png": f"{ui}/runs/flow-run/{run_id}",
         "smoke-test-upcoming.png": f"{ui}/deployments/deployment/{smoke['id']}?tab=Upcoming",
     }
-    if scores:
-        shots["sample-score-artifact.png"] = f"{ui}/artifacts/artifact/{scores[0]['id']}"
+    for key in ("finetune-metrics", "sample-score"):
+        if found := artifact_of_run(key):
+            shots[f"{key}-artifact.png"] = f"{ui}/artifacts/artifact/{found[0]['id']}"
     return shots
 
 
