@@ -47,7 +47,12 @@ from tasks.endpoints import (
     sample_request,
     score_sample,
 )
-from tasks.finetune import get_job_metrics, submit_finetune_job, wait_for_job
+from tasks.finetune import (
+    get_job_metrics,
+    job_created,
+    submit_finetune_job,
+    wait_for_job,
+)
 from tasks.foundation_model import prepare_foundation_model
 from tasks.own_traffic import record_own_requests
 from tasks.registry import register_model
@@ -257,10 +262,11 @@ def fine_tune(
     reused = job.tags.get(TAG_FLOW_RUN) != this_run
     artifact = reports.report_finetune_submission(job, plan.parameters, compute, gpus, reused)
     job = wait_for_job(
-        workspace, job.name, request.job_timeout_minutes, request.cancel_job_on_timeout
+        workspace, job.name, request.job_timeout_minutes, request.cancel_job_on_timeout,
+        job_created=job_created(job),
     )
     reports.report_finetune_outcome(artifact, job, plan.parameters, compute, gpus, reused)
-    metrics = get_job_metrics(workspace, job.name)
+    metrics = get_job_metrics(workspace, job.name, job_created(job))
     return job, metrics, reports.report_metrics(job, metrics)
 
 

@@ -55,9 +55,15 @@ def _stable(value: Any) -> Any:
 
 @dataclass
 class WorkspaceInputs(CachePolicy):
-    """Hash the task's inputs, with the ``workspace`` argument replaced by its cache scope."""
+    """Hash the task's inputs, with the ``workspace`` argument replaced by its cache scope.
+
+    ``required`` names inputs without which nothing is cached: a job's creation time, so a
+    cached result can never stand for another job of the same name (a workspace that lost
+    the job and got it submitted again keeps its identity, and its name).
+    """
 
     exclude: list[str] = field(default_factory=list)
+    required: list[str] = field(default_factory=list)
 
     def compute_key(
         self,
@@ -67,7 +73,11 @@ class WorkspaceInputs(CachePolicy):
         **kwargs: Any,
     ) -> str | None:
         """The cache key: the workspace's scope plus the task's other inputs (never a client)."""
-        hashed: dict[str, Any] = {}
+        if any(not (inputs or {}).get(name) for name in self.required):
+            return None
+        # Keys are one namespace across tasks: two tasks with the same inputs (the wait for
+        # a job and the read of its metrics) must not take each other's results.
+        hashed: dict[str, Any] = {"task": task_ctx.task.name}
         for key, value in (inputs or {}).items():
             if key in self.exclude:
                 continue

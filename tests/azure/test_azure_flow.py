@@ -6,6 +6,8 @@ carry on from where the crash left off without submitting, registering or creati
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import flows.finetune_and_deploy as flow_module
@@ -142,6 +144,46 @@ def test_a_workspace_made_again_under_the_same_name_reuses_no_cached_result(
     assert again.cache_scope == f"{first.address_scope}/{fake.workspace_id}" != first.cache_scope
 
 
+def test_a_job_lost_and_submitted_again_is_waited_for_not_taken_from_the_cache(
+    fake, credential, prefect_server, monkeypatch, tmp_path
+):
+    """The wait's cache was keyed by the workspace and the job's name: when the workspace
+    kept its identity but lost the job, the run submitted it again and took the cached
+    "Completed" of the old one, and Azure refused to register the unfinished job (400)."""
+    request = FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl"))
+    first = make_workspace(fake, credential)
+    monkeypatch.setattr(flow_module, "load_workspace", lambda block: first)
+    finetune_and_deploy(request=request)
+
+    # Same workspace (same GUID), but its jobs, models and endpoints are gone.
+    workspace_id = fake.workspace_id
+    fake.reset()
+    fake.workspace_id = workspace_id
+    again = make_workspace(fake, credential)
+    assert again.cache_scope == first.cache_scope
+    monkeypatch.setattr(flow_module, "load_workspace", lambda block: again)
+    state = finetune_and_deploy(request=request, return_state=True)
+    result = state.result()
+
+    assert not result.job_reused
+    assert fake.jobs[result.job_name].status == "Completed"
+    # the new job was polled until it ended, and its metrics read, not taken from the cache
+    assert len(fake.sent("GET", rf"/jobs/{result.job_name}$")) >= 3
+    assert fake.sent("GET", r"/mlflow/")
+
+
+def test_a_rerun_reads_a_completed_jobs_metrics_from_the_cache(fake, azure_flow, tmp_path):
+    """A Completed job's metrics never change; a re-run used to read them again (15 of its
+    41 requests)."""
+    request = FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl"))
+    first = finetune_and_deploy(request=request)
+    assert fake.sent("GET", r"/mlflow/")
+    fake.server.requests.clear()
+    again = finetune_and_deploy(request=request)
+    assert again.job_name == first.job_name and again.tuning_summary == first.tuning_summary
+    assert [r.path for r in fake.server.requests if "/mlflow/" in r.path] == []
+
+
 def test_metrics_that_cannot_be_read_do_not_stop_registration(fake, azure_flow, tmp_path):
     refusal = {"error_code": "PERMISSION_DENIED", "message": "caller lacks mlflow read access"}
     fake.server.inject(Fault("GET", r"/mlflow/.*/experiments/get-by-name$", 403, refusal,
@@ -160,10 +202,21 @@ def test_metrics_that_cannot_be_read_do_not_stop_registration(fake, azure_flow, 
     assert "PERMISSION_DENIED" in str(artifact.data)
     # the run warns once (the metrics report repeats the reason at INFO); a log batch the
     # client re-sends under load may store a line twice, hence the set
-    warnings = {log.message for log in run_logs(run_id)
-                if log.level >= 30 and "could not be read" in log.message}
+    # (logs reach the server in batches after the run: under load, give them a moment)
+    deadline = time.monotonic() + 30
+    while not (warnings := {log.message for log in run_logs(run_id)
+                            if log.level >= 30 and "could not be read" in log.message}):
+        assert time.monotonic() < deadline, "no warning reached the server in 30 s"
+        time.sleep(1)
     [warning] = warnings
     assert "PERMISSION_DENIED" in warning
+
+    # a read refused is not cached: the next run asks again, and gets them
+    fake.server.faults.clear()
+    fake.server.requests.clear()
+    again = finetune_and_deploy(
+        request=FinetuneRequest(dataset="sample", download_dir=str(tmp_path / "dl")))
+    assert fake.sent("GET", r"/mlflow/") and "could not be read" not in again.tuning_summary
 
 
 def test_a_bad_dataset_fails_before_any_compute_is_created(fake, azure_flow, tmp_path):
