@@ -14,6 +14,7 @@ from workspaces.errors import (
     QuotaExceeded,
     ResourceNotFound,
     TransientWorkspaceError,
+    WorkspaceError,
 )
 from workspaces.interface import DeploymentSpec, EndpointSpec
 
@@ -77,6 +78,20 @@ def test_faults_map_to_workspace_errors(fake, workspace, fault, expected, words)
     fake.server.inject(fault)
     with pytest.raises(expected, match=words):
         workspace.get_compute("gpu-cluster-big")
+
+
+@pytest.mark.parametrize("status", [400, 409, 503])
+def test_the_services_words_come_once(fake, workspace, status):
+    """Messages read "(UserError) X ... Code: UserError Message: X": azure-core's text of
+    an error repeats its code and message; they are said once."""
+    message = "Compute name gpu-cluster-big is reserved in this region"
+    fake.server.inject(Fault("GET", COMPUTE, status, _error(status, "UserError", message),
+                             times=10))
+    with pytest.raises(WorkspaceError) as info:
+        workspace.get_compute("gpu-cluster-big")
+    text = str(info.value)
+    assert text.count(message) == 1, text
+    assert "UserError: " + message in text and "Code:" not in text, text
 
 
 def test_timeout_is_transient(fake, credential):

@@ -59,6 +59,38 @@ def test_a_failed_deployment_keeps_the_operations_code_and_message(
     assert text.count(message) == 1 and advice in text
 
 
+def test_a_failed_deployment_seen_in_a_later_session_says_its_own_error(
+    fake, workspace, credential
+):
+    """The teardown once said "deployment Failed: no error reported" for a deployment that
+    failed in an earlier session (the failed operation is not this session's to read); the
+    deployment's own log is readable then, and says why."""
+    from tests.azure.conftest import make_workspace
+
+    model = workspace.register_model("m", "1", "chatft-job", "d", {})
+    workspace.begin_create_endpoint(EndpointSpec(name=EP, description="", tags={}))
+    fake.fail_next_operation("demo", "ResourceNotReady", "User container has crashed.")
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name=EP, name="demo", model_id=model.id, instance_type="Standard_NC6s_v3",
+        instance_count=1, tags={},
+    ))
+    _settled(lambda: workspace.get_deployment(EP, "demo"))
+    fake.deployment_logs = ("Booting worker with pid: 42\nLoading model\n"
+                            "OSError: config.json not found in /var/azureml-app/model")
+
+    later = make_workspace(fake, credential)  # another session: none of the first's state
+    [endpoint] = [e for e in later.list_endpoints() if e.name == EP]
+    [dep] = endpoint.deployments
+    assert dep.provisioning_state == "Failed"
+    assert dep.error == ("last log lines: Loading model / OSError: config.json not found in "
+                         "/var/azureml-app/model")
+    assert later.get_deployment(EP, "demo").error == dep.error
+    # one log read per read of the Failed deployment
+    fake.server.requests.clear()
+    assert later.get_endpoint(EP) is not None
+    assert len(fake.sent("POST", r"/getLogs$")) == 1
+
+
 def test_a_failed_endpoint_operation_keeps_its_error(fake, workspace):
     fake.fail_next_operation(EP, "BadArgument", "Endpoint name is taken in this region.")
     workspace.begin_create_endpoint(EndpointSpec(name=EP, description="", tags={}))

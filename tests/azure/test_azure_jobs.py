@@ -133,6 +133,20 @@ def test_failed_job_reports_the_failed_steps_error_from_run_history(fake, worksp
     assert fake.sent("GET", rf"/runs/{spec.name}_finetune/details$")[0].api_version == "v1.0"
 
 
+def test_a_failed_step_inside_a_step_is_named_with_its_own_error(fake, workspace, spec):
+    """The registry's pipeline nests pipelines (chat_completion holds
+    chat_completion_finetune); only direct children were read, so a failure read "step
+    chat_completion: Pipeline has failed child jobs", not the step and error that failed."""
+    fake.job_progress[spec.name] = FAILED_PROGRESS
+    fake.nested_steps[spec.name] = ("chat_completion_preprocess", "chat_completion_finetune")
+    fake.job_errors[spec.name] = {"code": "UserError", "message": "CUDA out of memory"}
+    workspace.submit_finetune_job(spec)
+    while not (job := workspace.get_job(spec.name)).is_terminal:
+        pass
+    assert job.status == "Failed"
+    assert job.error == "step finetune/chat_completion_finetune: UserError: CUDA out of memory"
+
+
 def test_find_jobs_by_request_tag(fake, workspace, spec):
     workspace.submit_finetune_job(spec)
     workspace.submit_finetune_job(

@@ -66,6 +66,14 @@ _ADVICE = re.compile(r"\n\s*(Resolutions|Additional Resources):", re.IGNORECASE)
 
 
 def _summary(exc: BaseException) -> str:
+    # azure-core's text of a service error is "(Code) Message\nCode: Code\nMessage: Message";
+    # the parsed error says it once.
+    error = getattr(exc, "error", None)
+    code, said = (str(getattr(error, "code", "") or ""),
+                  str(getattr(error, "message", "") or "").strip())
+    if said:
+        said = " ".join(line.strip() for line in said.splitlines() if line.strip())
+        return f"{code}: {said}" if code and not said.startswith(code) else said
     message = str(getattr(exc, "message", None) or exc or exc.__class__.__name__)
     message = _ADVICE.split(_ANSI.sub("", message))[0]
     lines = [line.strip() for line in message.splitlines() if line.strip()]

@@ -65,6 +65,8 @@ from workspaces.ownership import (
 
 # How long a read of a Failed resource waits for its operation to report the error.
 OPERATION_GRACE_S = 10.0
+# Lines of a failed deployment's log read for its reason (the last two are shown).
+DEPLOYMENT_LOG_LINES = 20
 IN_PROGRESS = {
     "NotStarted",
     "Queued",
@@ -307,18 +309,32 @@ class AzureMLWorkspace(Workspace):
         reaches it through its run operations (not public API), so any surprise there
         leaves the error unknown rather than hiding the failure itself."""
         try:
-            runs = self._clients.ml.jobs._runs_operations
-            children = list(self._clients.ml.jobs.list(parent_job_name=name))
-            failed = [c for c in children
-                      if c is not None and records.status_text(c.status) == "Failed"]
-            texts = [
-                records.run_error(runs.get_run_details(c.name), c.display_name or c.name)
-                for c in failed
-            ]
-            texts = [t for t in texts if t] or [records.run_error(runs.get_run_details(name))]
+            texts = self._failed_steps(name, path="")
+            if not texts:
+                runs = self._clients.ml.jobs._runs_operations
+                texts = [records.run_error(runs.get_run_details(name))]
         except Exception:  # noqa: BLE001 - see docstring
             return None
         return scrub("; ".join(t for t in texts if t)) or None
+
+    def _failed_steps(self, name: str, path: str, depth: int = 0) -> list[str]:
+        """The error of each deepest failed step under ``name``, named by its path
+        (``chat_completion/chat_completion_finetune``): a failed step that is a pipeline
+        itself only says its children failed, so its failed children are read instead."""
+        runs = self._clients.ml.jobs._runs_operations
+        # jobs.list(parent_job_name=) reads the parent over ARM first; a step's children are
+        # asked of run history directly (one request, and a step has no ARM record to read).
+        children = list(self._clients.ml.jobs.list(parent_job_name=name) if not depth
+                        else runs.get_run_children(name))
+        texts = []
+        for child in children:
+            if child is None or records.status_text(child.status) != "Failed":
+                continue
+            step = f"{path}/{child.display_name or child.name}".lstrip("/")
+            # Registry pipelines nest two or three levels; the bound keeps a cycle harmless.
+            deeper = self._failed_steps(child.name, step, depth + 1) if depth < 4 else []
+            texts += deeper or [records.run_error(runs.get_run_details(child.name), step)]
+        return [t for t in texts if t]
 
     def _current_step(self, name: str) -> str | None:
         with azure_errors(f"listing the steps of job {name}"):
@@ -410,7 +426,26 @@ class AzureMLWorkspace(Workspace):
     def _deployments(self, endpoint_name: str) -> list[Deployment]:
         with azure_errors(f"listing deployments of endpoint {endpoint_name}"):
             deps = list(self._clients.ml.online_deployments.list(endpoint_name))
-        return [records.deployment(d) for d in deps]
+        found = [records.deployment(d) for d in deps]
+        for deployment in found:
+            if deployment.provisioning_state in ("Failed", "Canceled"):
+                deployment.error = self._deployment_error(endpoint_name, deployment.name)
+        return found
+
+    def _deployment_error(self, endpoint_name: str, name: str) -> str | None:
+        """Why a deployment failed: the failed operation's error when this session started
+        it, else the last lines of the deployment's own log (a deployment that failed in an
+        earlier session keeps no error of its own on Azure)."""
+        error = self._operation_error(f"{endpoint_name}/{name}")
+        if error:
+            return error
+        try:
+            text = self._clients.ml.online_deployments.get_logs(
+                name, endpoint_name, lines=DEPLOYMENT_LOG_LINES)
+        except Exception:  # noqa: BLE001 - a reason is a courtesy; the state is what counts
+            return None
+        lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+        return scrub("last log lines: " + " / ".join(lines[-2:]))[:300] if lines else None
 
     def _read_endpoint(self, name: str) -> OnlineEndpoint:
         """The endpoint from one GET (raises ResourceNotFoundError when there is none).
@@ -518,7 +553,7 @@ class AzureMLWorkspace(Workspace):
                 return None
         deployment = records.deployment(dep)
         if deployment.provisioning_state in ("Failed", "Canceled"):
-            deployment.error = self._operation_error(f"{endpoint_name}/{name}")
+            deployment.error = self._deployment_error(endpoint_name, name)
         return deployment
 
     def begin_create_deployment(self, spec: DeploymentSpec) -> None:

@@ -105,6 +105,10 @@ class FakeAzureML:
     job_progress: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # job name -> error of its failing finetune step, as run history reports it
     job_errors: dict[str, dict[str, str]] = field(default_factory=dict)
+    # job name -> the finetune step's own steps: the step is then a pipeline of its own
+    # (as chat_completion is in the registry's pipeline), and the last of these is the one
+    # that fails when the job fails, carrying job_errors' text
+    nested_steps: dict[str, tuple[str, ...]] = field(default_factory=dict)
     models: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployments: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -596,6 +600,11 @@ class FakeAzureML:
                 "status": "NotStarted",
                 "metrics": _step_metrics(step),
             }
+        for sub in self.nested_steps.get(name, ()):
+            self.runs[f"{name}_finetune_{sub}"] = {
+                "run_id": f"{name}_finetune_{sub}", "name": sub, "parent": f"{name}_finetune",
+                "experiment_id": exp_id, "status": "NotStarted", "metrics": {},
+            }
         return Response(201, self._job_body(self.jobs[name]))
 
     def _sync_runs(self, name: str) -> None:
@@ -608,6 +617,12 @@ class FakeAzureML:
         }
         for step, step_status in zip(STEPS, plan.get(status, plan["Running"]), strict=True):
             self.runs[f"{name}_{step}"]["status"] = step_status
+        subs = self.nested_steps.get(name, ())
+        finetune = self.runs[f"{name}_finetune"]["status"]
+        for i, sub in enumerate(subs):
+            last = i == len(subs) - 1
+            self.runs[f"{name}_finetune_{sub}"]["status"] = (
+                finetune if last or finetune in ("NotStarted", "Completed") else "Completed")
         self.runs[name]["status"] = status
 
     def _jobs(self, req: Recorded) -> Response:
@@ -653,8 +668,11 @@ class FakeAzureML:
         details: dict[str, Any] = {"runId": name, "status": run["status"], "warnings": None,
                                    "logFiles": {}, "services": {}}
         if run["status"] == "Failed":
-            root = run["parent"] or name
-            if run["parent"]:
+            root = name
+            while self.runs[root]["parent"]:
+                root = self.runs[root]["parent"]
+            has_steps = any(r["parent"] == name for r in self.runs.values())
+            if run["parent"] and not has_steps:
                 error = self.job_errors.get(root) or {
                     "code": "SystemError", "message": f"step {run['name']} failed"}
             else:
