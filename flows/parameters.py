@@ -311,7 +311,9 @@ class FinetuneRequest(FormModel):
     download_dir: str = Field(
         "ultrachat_200k_dataset", min_length=1, title="Data folder",
         description="Where an Azure run prepares the data (a folder per content, and this "
-        "request's sample body under requests/); the local workspace keeps both in its state",
+        "request's sample body under requests/): an absolute path, or a folder under the "
+        "user's cache folder (~/.cache/chatft-flows/WORKSPACE/), never the current "
+        "directory; the local workspace keeps both in its state",
     )
     compute_cluster: str | None = Field(
         None, title="Training cluster",
@@ -434,7 +436,9 @@ class SmokeTestRequest(FormModel):
                                     description="Percent of the dataset prepared")
     download_dir: str | None = Field(
         None, title="Data folder",
-        description="Where the conversations are prepared; empty = the workspace's data folder",
+        description="Where the conversations are prepared: an absolute path, or a folder "
+        "under the workspace's data folder (local: its state; Azure: "
+        "~/.cache/chatft-flows/WORKSPACE/); empty = smoke-test-dataset there",
     )
     scoring: ScoringParameters = Field(SMOKE_SCORING, title="Reply generation")
     seed: int | None = Field(

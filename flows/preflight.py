@@ -127,7 +127,7 @@ def run_preflight(workspace: Workspace, request: FinetuneRequest) -> FinetunePla
         component_version=pipeline.version, compute=compute,
         dataset=request.dataset or workspace.default_dataset,
         dataset_split_pc=request.dataset_split_pc,
-        data_root=str(workspace.local_data_root() or request.download_dir),
+        data_root=str(workspace.local_data_root() or workspace.data_folder(request.download_dir)),
         endpoint_name=endpoint_name, deployment_name=deployment_name,
         instance_type=instance_type, instance_count=request.instance_count, rollout=rollout,
     )

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from pathlib import Path
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
@@ -81,10 +80,9 @@ class SmokeTestResult(BaseModel):
 
 
 def _dataset_dir(workspace: Workspace, download_dir: str | None) -> str:
-    """Kept apart from the fine-tune flow's folder, whose cached files must not change."""
-    if download_dir:
-        return download_dir
-    return str((workspace.local_data_root() or Path(".")) / SMOKE_DATASET_DIR)
+    """Kept apart from the fine-tune flow's folder, whose cached files must not change;
+    never in the current directory (see Workspace.data_folder)."""
+    return str(workspace.data_folder(download_dir or SMOKE_DATASET_DIR))
 
 
 def request_bodies(

@@ -11,6 +11,8 @@ on both workspaces.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import datetime
@@ -680,3 +682,17 @@ class Workspace(ABC):
     def local_data_root(self) -> Path | None:
         """Where this workspace wants downloads kept, if it cares (local: its state dir)."""
         return None
+
+    def data_folder(self, folder: str) -> Path:
+        """Where data named ``folder`` is prepared on this machine: an absolute path as
+        given; a relative one under the workspace's own folder (local: its state dir), else
+        under the user's cache folder, one per workspace identity. Never the current
+        directory: on a worker that is the checkout."""
+        if Path(folder).is_absolute():
+            return Path(folder)
+        own = self.local_data_root()
+        if own is None:
+            cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+            scope = hashlib.sha256(self.cache_scope.encode()).hexdigest()[:16]
+            own = cache / "chatft-flows" / f"{self.kind}-{scope}"
+        return own / folder

@@ -119,3 +119,25 @@ def test_probes_fan_out_one_request_per_endpoint_at_a_time(fake, workspace, monk
 
 def _artifact_rows(flow_run_id) -> list[dict]:  # noqa: ANN001
     return run_table(flow_run_id, RESULTS_ARTIFACT_KEY)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_no_data_folder_is_written_in_the_current_directory(
+    fake, workspace, monkeypatch, tmp_path
+) -> None:
+    """The smoke test on Azure once prepared its conversations in ./smoke-test-dataset: in
+    the checkout, on a worker. With no download_dir, the data goes under the user's cache
+    folder, by workspace; the current directory is left alone."""
+    _endpoint(workspace, "chatft-good", MANAGED)
+    monkeypatch.setattr(smoke, "load_workspace", lambda block: workspace)
+    cwd, cache = tmp_path / "checkout", tmp_path / "cache"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+
+    result = smoke.smoke_test_endpoints(SmokeTestRequest(request_timeout_s=5),
+                                        workspace_block="azure-ml-workspace/test")
+
+    assert result.endpoints_tested == ["chatft-good"]
+    assert list(cwd.iterdir()) == []
+    assert list(cache.glob("chatft-flows/*/smoke-test-dataset/*/test_gen.jsonl"))

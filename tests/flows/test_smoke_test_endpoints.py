@@ -85,7 +85,14 @@ def _add_deployments(ws: LocalWorkspace, model_id: str) -> None:
 
 def _rotate_key_file(ws: LocalWorkspace, name: str) -> None:
     # The server keeps the keys it read at start; the workspace now sends a new one, as
-    # after a key regeneration the serving side never picked up.
+    # after a key regeneration the serving side never picked up. The server re-reads
+    # keys.json whenever endpoint.json changes, and the first read of an endpoint that
+    # answers records it Succeeded (a write): that read must come before the rotation, or
+    # the smoke test's own listing makes the server take the new key (seen once in CI).
+    deadline = time.monotonic() + 60
+    while ws.get_endpoint(name).provisioning_state != "Succeeded":
+        assert time.monotonic() < deadline, f"{name} never settled"
+        time.sleep(0.2)
     write_json(ws.root / "endpoints" / name / "keys.json",
                {"primary": secrets.token_urlsafe(32), "secondary": secrets.token_urlsafe(32)},
                private=True)
