@@ -171,8 +171,8 @@ def smoke_test_endpoints(
     workspace = load_workspace(workspace_block)
     # A release whose run died is finished or undone first, so what is probed is what
     # will serve (tasks/rollout_recovery.py).
-    settle_abandoned_rollouts(workspace)
-    plan = find_endpoints_to_test(workspace, endpoint_names)
+    listed = settle_abandoned_rollouts(workspace)
+    plan = find_endpoints_to_test(workspace, endpoint_names, listed)
 
     results: list[ProbeResult] = []
     if plan.targets:

@@ -113,10 +113,16 @@ def settle(workspace: Workspace, endpoint: Endpoint) -> SettledRollout:
 
 
 @task(name="settle-abandoned-rollouts", cache_policy=NO_CACHE, **transient_retries())
-def settle_abandoned_rollouts(workspace: Workspace) -> list[SettledRollout]:
-    """Finish or undo every managed endpoint's rollout whose run died (expired step)."""
+def settle_abandoned_rollouts(workspace: Workspace) -> list[Endpoint]:
+    """Finish or undo every managed endpoint's rollout whose run died (expired step).
+
+    Returns the workspace's endpoints as they are afterwards (listed again only when a
+    rollout was settled), so the caller does not list them, and every deployment of each,
+    a second time (on Azure one request per endpoint).
+    """
     now = datetime.now(UTC)
-    settled = [settle(workspace, endpoint) for endpoint in workspace.list_endpoints()
+    endpoints = workspace.list_endpoints()
+    settled = [settle(workspace, endpoint) for endpoint in endpoints
                if endpoint.managed and expired(endpoint, now)]
     logger = get_run_logger()
     for item in settled:
@@ -130,4 +136,4 @@ def settle_abandoned_rollouts(workspace: Workspace) -> list[SettledRollout]:
                 f"| {s.endpoint} | {s.step} | {s.action} |" for s in settled),
             description="Rollouts whose run died, finished or undone",
         )
-    return settled
+    return workspace.list_endpoints() if settled else endpoints

@@ -159,15 +159,24 @@ def plan_from_endpoints(endpoints: list[Endpoint], missing: list[str]) -> SmokeT
 
 
 @task(name="find-endpoints-to-test", cache_policy=NO_CACHE, **transient_retries())
-def find_endpoints_to_test(workspace: Workspace, endpoint_names: list[str] | None) -> SmokeTestPlan:
-    """The managed endpoints (or the named ones) and the deployments to probe on each."""
+def find_endpoints_to_test(
+    workspace: Workspace, endpoint_names: list[str] | None, listed: list[Endpoint] | None = None
+) -> SmokeTestPlan:
+    """The managed endpoints (or the named ones) and the deployments to probe on each.
+
+    ``listed`` is the workspace's listing when the run already has it; a named endpoint
+    that is not in it is read on its own.
+    """
+    known = {e.name: e for e in listed} if listed is not None else {}
     if endpoint_names:
         # Named explicitly: tested even when not tagged managed-by; a missing one is a failure.
-        found = {name: workspace.get_endpoint(name) for name in dict.fromkeys(endpoint_names)}
+        found = {name: known.get(name) or workspace.get_endpoint(name)
+                 for name in dict.fromkeys(endpoint_names)}
         endpoints = [e for e in found.values() if e is not None]
         missing = [name for name, e in found.items() if e is None]
     else:
-        endpoints = [e for e in workspace.list_endpoints() if e.managed]
+        everything = listed if listed is not None else workspace.list_endpoints()
+        endpoints = [e for e in everything if e.managed]
         missing = []
     plan = plan_from_endpoints(endpoints, missing)
     get_run_logger().info(

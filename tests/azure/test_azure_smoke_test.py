@@ -115,6 +115,11 @@ def test_probes_fan_out_one_request_per_endpoint_at_a_time(fake, workspace, monk
     assert {r["status"] for r in rows if r["endpoint"] not in hanging} == {"ok"}
     assert fake.scoring_peak >= 10
     assert set(fake.scoring_peak_per_endpoint.values()) == {1}
+    # one listing of the endpoints and one of each endpoint's deployments per run (the
+    # rollout recovery and the plan each listed them: two per endpoint)
+    listed = [r.path for r in fake.sent("GET", r"/onlineEndpoints/[^/]+/deployments$")]
+    assert sorted(listed) == sorted(set(listed)) and len(listed) == len(names)
+    assert len(fake.sent("GET", r"/onlineEndpoints$")) == 1
 
 
 def _artifact_rows(flow_run_id) -> list[dict]:  # noqa: ANN001
