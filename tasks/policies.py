@@ -77,7 +77,8 @@ class WorkspaceInputs(CachePolicy):
             return None
         # Keys are one namespace across tasks: two tasks with the same inputs (the wait for
         # a job and the read of its metrics) must not take each other's results.
-        hashed: dict[str, Any] = {"task": task_ctx.task.name}
+        task = getattr(task_ctx, "task", None)
+        hashed: dict[str, Any] = {"task": getattr(task, "name", None)}
         for key, value in (inputs or {}).items():
             if key in self.exclude:
                 continue

@@ -20,6 +20,23 @@ def test_cache_key_uses_the_workspace_scope_not_the_object(tmp_path):
     assert key(LocalWorkspace(tmp_path / "a")) != key(LocalWorkspace(tmp_path / "b"))
 
 
+def test_two_tasks_with_the_same_inputs_do_not_share_a_key(tmp_path):
+    """The wait for a job and the read of its metrics take the same inputs; with one key the
+    metrics read returned the cached job (an AttributeError on the re-run)."""
+    from types import SimpleNamespace
+
+    policy = WorkspaceInputs(required=["job_created"])
+    inputs = {"workspace": LocalWorkspace(tmp_path / "a"), "job_name": "j", "job_created": "t"}
+
+    def key(task_name: str) -> str | None:
+        return policy.compute_key(SimpleNamespace(task=SimpleNamespace(name=task_name)),
+                                  inputs, {})
+
+    assert key("wait-for-job") != key("get-job-metrics")
+    # without the job's creation time nothing is cached
+    assert policy.compute_key(None, {**inputs, "job_created": ""}, {}) is None
+
+
 def test_steps_with_unchanged_inputs_come_from_the_cache(prefect_server, workspace, tmp_path):
     @flow
     def twice() -> list[str]:
