@@ -5,10 +5,10 @@ its event and named the endpoints in the exception's message. Prefect would stil
 the exception with its traceback ("Encountered exception during execution"), and then,
 in a worker's process, a second time ("Engine execution exited with unexpected
 exception"), so a person reading the worker log saw two tracebacks of our own code for
-one expected outcome. ``install()`` puts a filter on Prefect's flow-run and engine
-and task-run loggers: for a :class:`ReportedFailure` (and a refused request, whose message names the
-field) the first record keeps its message and loses the traceback, the engine's repeat
-is dropped. Every other exception is logged as Prefect logs it.
+one expected outcome. ``install()`` puts a filter on Prefect's flow-run, task-run and
+engine loggers: for a :class:`ReportedFailure` (and a refused request, whose message
+names the field) the first record keeps its message and loses the traceback, and the
+engine's repeat is dropped. Every other exception is logged as Prefect logs it.
 """
 
 from __future__ import annotations

@@ -343,7 +343,7 @@ def next_runs(server: Server, deployed: list[dict], now: datetime | None = None)
     parse = TypeAdapter(SCHEDULE_TYPES).validate_python
     lines = []
     for deployment in deployed:
-        found = api(server, "GET", f"/deployments/{deployment_id(server, deployment)}")
+        found = api(server, "GET", f"/deployments/name/{full_name(deployment)}")
         if found.get("paused"):
             lines.append(f"{deployment['name']}: paused")
             continue

@@ -122,12 +122,20 @@ def test_job_progress_studio_url_and_current_step(fake, workspace, spec):
     assert workspace.get_job("no-such-job") is None
 
 
-def test_failed_job_reports_the_failed_steps_error_from_run_history(fake, workspace, spec):
+def _failed_job(fake, workspace, spec, message: str, nested: tuple[str, ...] = ()):  # noqa: ANN001, ANN202
+    """Submit ``spec`` as a job whose finetune step (or its last nested step) fails."""
     fake.job_progress[spec.name] = FAILED_PROGRESS
-    fake.job_errors[spec.name] = {"code": "UserError", "message": "train_file_path is empty"}
+    if nested:
+        fake.nested_steps[spec.name] = nested
+    fake.job_errors[spec.name] = {"code": "UserError", "message": message}
     workspace.submit_finetune_job(spec)
     while not (job := workspace.get_job(spec.name)).is_terminal:
         pass
+    return job
+
+
+def test_failed_job_reports_the_failed_steps_error_from_run_history(fake, workspace, spec):
+    job = _failed_job(fake, workspace, spec, "train_file_path is empty")
     assert job.status == "Failed"
     assert job.error == "step finetune: UserError: train_file_path is empty"
     assert fake.sent("GET", rf"/runs/{spec.name}_finetune/details$")[0].api_version == "v1.0"
@@ -137,12 +145,8 @@ def test_a_failed_step_inside_a_step_is_named_with_its_own_error(fake, workspace
     """The registry's pipeline nests pipelines (chat_completion holds
     chat_completion_finetune); only direct children were read, so a failure read "step
     chat_completion: Pipeline has failed child jobs", not the step and error that failed."""
-    fake.job_progress[spec.name] = FAILED_PROGRESS
-    fake.nested_steps[spec.name] = ("chat_completion_preprocess", "chat_completion_finetune")
-    fake.job_errors[spec.name] = {"code": "UserError", "message": "CUDA out of memory"}
-    workspace.submit_finetune_job(spec)
-    while not (job := workspace.get_job(spec.name)).is_terminal:
-        pass
+    job = _failed_job(fake, workspace, spec, "CUDA out of memory",
+                      nested=("chat_completion_preprocess", "chat_completion_finetune"))
     assert job.status == "Failed"
     assert job.error == "step finetune/chat_completion_finetune: UserError: CUDA out of memory"
 
