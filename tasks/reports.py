@@ -25,7 +25,7 @@ from workspaces.interface import (
     ScoreResponse,
 )
 from workspaces.pipeline_inputs import InputCheck
-from workspaces.scoring import conversation
+from workspaces.scoring import conversation, normalize_answer
 from workspaces.ultrachat import PreparedDataset
 
 EVENT_PREFIX = "chatft"
@@ -309,13 +309,19 @@ def report_score(
         return "\n".join(f"> {line}" for line in ((text or "")[:2000] or "(empty)").splitlines())
 
     if evaluated is not None:
+        # The body asks a question whose replies differ whenever the job has one
+        # (tasks/endpoints.py::telling_question); equal replies here mean it had none.
+        differ = normalize_answer(evaluated.get("base_reply") or "") != normalize_answer(
+            evaluated.get("tuned_reply") or "")
         job = (
             "### The job's evaluation of this question (greedy, same code for both)\n"
             f"Reference answer:\n{quoted(evaluated.get('reference'))}\n\n"
             f"Base model:\n{quoted(evaluated.get('base_reply'))}\n\n"
             f"Tuned model:\n{quoted(evaluated.get('tuned_reply'))}\n\n"
-            "The question was chosen among those whose base and tuned replies differ, so "
-            "this shows what tuning changed."
+            + ("The question was chosen among those whose base and tuned replies differ, so "
+               "this shows what tuning changed." if differ else
+               "On no held-out question did the base and tuned models answer differently, "
+               "so this question was drawn at random.")
         )
     else:
         job = ("### Base model\n(not recorded: the job did not ask the base model this "
