@@ -112,15 +112,17 @@ class AzureMLCredentials(Block):
             )
         return identity.DefaultAzureCredential(exclude_interactive_browser_credential=True)
 
-    def check(self, scope: str = ARM_SCOPE) -> str:
+    def check(self, scope: str = ARM_SCOPE, credential: TokenCredential | None = None) -> str:
         """Ask a token for Azure Resource Manager; raise AuthenticationFailed with the fix.
 
-        The message lists every credential the chain tried with its reason, in full, then
-        the fix for this kind; the secret never appears in it.
+        ``credential`` is the one this block already handed out (the workspace's): asking
+        it, not a new one, signs in once per run, and the token is then at hand for the
+        steps that follow. The message lists every credential the chain tried with its
+        reason, in full, then the fix for this kind; the secret never appears in it.
         """
         secret = self.client_secret.get_secret_value() if self.client_secret else ""
         try:
-            self.get_credential().get_token(scope)
+            (credential or self.get_credential()).get_token(scope)
         except (AzureError, ValueError) as exc:
             raise AuthenticationFailed(credential_failure(
                 exc,

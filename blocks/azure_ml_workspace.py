@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from prefect.blocks.core import Block
@@ -86,14 +87,16 @@ class AzureMLWorkspaceBlock(Block):
         """The AzureMLWorkspace this block describes (``client_kwargs`` go to MLClient)."""
         from workspaces.azure import AzureMLWorkspace
 
+        credential = self.credentials.get_credential()
         return AzureMLWorkspace(
-            self.credentials.get_credential(),
+            credential,
             self.subscription_id,
             self.resource_group,
             self.workspace_name,
             config_path=self.config_path,
             registry_name=self.registry_name,
             client_kwargs=client_kwargs or None,
-            # The pre-flight asks the block itself, so its message fits the chosen kind.
-            credential_check=self.credentials.check,
+            # The pre-flight asks the block itself, so its message fits the chosen kind, and
+            # with the workspace's own credential, so a run signs in once.
+            credential_check=functools.partial(self.credentials.check, credential=credential),
         )

@@ -12,29 +12,21 @@ import pytest
 from tests.azure.fake_azureml import FakeAzureML, FakeServer
 from tests.azure.fake_azureml.certs import make_certificates
 from tests.azure.fake_azureml.credential import FakeCredential
-
-_real_getaddrinfo = socket.getaddrinfo
-
-
-def _fake_dns(host, *args, **kwargs):  # type: ignore[no-untyped-def]
-    # The SDK uploads to https://<account>.blob.<storage endpoint>; *.fake.test is the fake
-    # (the storage client needs ".blob.core." in the host to find the account name).
-    if isinstance(host, str) and host.endswith(".fake.test"):
-        host = "127.0.0.1"
-    return _real_getaddrinfo(host, *args, **kwargs)
+from tests.azure.fake_azureml.dns import HOST_NAMES, resolver
+from tests.azure.fake_azureml.signin import CLIENT_ID, CLIENT_SECRET, TENANT_ID
 
 
 @pytest.fixture(scope="session")
 def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAzureML]:
     certs = tmp_path_factory.mktemp("certs")
-    ca, cert, key = make_certificates(certs, ["localhost", "*.blob.core.fake.test"])
+    ca, cert, key = make_certificates(certs, HOST_NAMES)
     service = FakeAzureML()
     server = FakeServer(service.handle, cert, key).start()
     service.server = server
     patcher = pytest.MonkeyPatch()
     patcher.setenv("REQUESTS_CA_BUNDLE", str(ca))
     patcher.setenv("SSL_CERT_FILE", str(ca))
-    patcher.setattr(socket, "getaddrinfo", _fake_dns)
+    patcher.setattr(socket, "getaddrinfo", resolver(server.port))
     try:
         yield service
     finally:
@@ -91,6 +83,26 @@ def make_workspace(fake: FakeAzureML, credential: FakeCredential, **client_kwarg
         fake.workspace,
         metrics_endpoint=fake.base,
         client_kwargs=kwargs,
+    )
+
+
+def make_block_workspace(fake: FakeAzureML, secret: str = CLIENT_SECRET):  # noqa: ANN201
+    """The workspace as ``load_workspace`` builds it from the blocks (a service principal
+    signing in through MSAL), aimed at the fake; Azure Monitor at its regional host."""
+    from blocks.azure_credentials import AzureMLCredentials
+    from blocks.azure_ml_workspace import AzureMLWorkspaceBlock
+
+    credentials = AzureMLCredentials(
+        auth_kind="service_principal", tenant_id=TENANT_ID, client_id=CLIENT_ID,
+        client_secret=secret,
+    )
+    block = AzureMLWorkspaceBlock(
+        subscription_id=fake.subscription, resource_group=fake.resource_group,
+        workspace_name=fake.workspace, credentials=credentials,
+    )
+    return block.get_workspace(
+        cloud=f"FakeCloud{fake.server.port}", cloud_metadata=fake.cloud_metadata(),
+        retry_total=0,
     )
 
 

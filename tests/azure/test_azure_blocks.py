@@ -6,13 +6,12 @@ import json
 import logging
 
 import pytest
-from azure.core.exceptions import ClientAuthenticationError
 from pydantic import ValidationError
 
 from blocks import WorkspaceBlock
 from blocks.azure_credentials import AzureMLCredentials
 from blocks.azure_ml_workspace import AzureMLWorkspaceBlock
-from tests.azure.fake_azureml.credential import FakeCredential
+from tests.azure.fake_azureml.signin import CLIENT_ID, CLIENT_SECRET, TENANT_ID
 from workspaces.errors import AuthenticationFailed
 
 SECRET = "sp-secret-Q8~do-not-leak-7f3a"
@@ -53,30 +52,25 @@ def test_workspace_block_needs_exactly_one_way():
     AzureMLWorkspaceBlock(config_path="config.json")
 
 
-def test_check_failure_names_kind_and_fix_without_secret(monkeypatch, caplog):
-    from azure import identity
+def _signing_in(secret: str) -> AzureMLCredentials:
+    """A service principal of the fake's tenant: its check signs in over HTTPS, via MSAL."""
+    return AzureMLCredentials(auth_kind="service_principal", tenant_id=TENANT_ID,
+                              client_id=CLIENT_ID, client_secret=secret)
 
-    def refuse(self, *scopes, **kwargs):
-        raise ClientAuthenticationError(f"AADSTS7000215: Invalid client secret provided: {SECRET}")
 
-    monkeypatch.setattr(identity.ClientSecretCredential, "get_token", refuse)
+def test_check_failure_names_kind_and_fix_without_secret(fake, caplog):
     with caplog.at_level(logging.DEBUG), pytest.raises(AuthenticationFailed) as info:
-        _sp().check()
+        _signing_in(SECRET).check()
     message = str(info.value)
     assert "service_principal" in message and "client_secret has not expired" in message
+    assert "AADSTS7000215: Invalid client secret provided" in message
     assert SECRET not in message and SECRET not in repr(info.value)
     assert SECRET not in caplog.text
 
 
-def test_check_success(monkeypatch):
-    from azure import identity
-
-    monkeypatch.setattr(
-        identity.ClientSecretCredential,
-        "get_token",
-        lambda self, *s, **k: FakeCredential().get_token(*s),
-    )
-    assert "obtained a management token" in _sp().check()
+def test_check_success(fake):
+    assert "obtained a management token" in _signing_in(CLIENT_SECRET).check()
+    assert [r.method for r in fake.requests] == ["GET", "POST"]  # discovery, then the token
 
 
 def test_round_trip_through_prefect_server(prefect_server, caplog):

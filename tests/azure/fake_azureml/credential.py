@@ -14,6 +14,14 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def unsigned_jwt(scope: str, expires: int) -> str:
+    """A three-segment JWT with no signature; ``aud`` is the scope minus ``/.default``."""
+    audience = scope.split()[0].removesuffix("/.default") if scope else ""
+    header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    claims = _b64(json.dumps({"aud": audience, "exp": expires, "oid": "fake"}).encode())
+    return f"{header}.{claims}.{_b64(b'signature')}"
+
+
 class FakeCredential:
     """``get_token`` returns a three-segment base64url JWT, aud = the scope minus /.default."""
 
@@ -22,8 +30,5 @@ class FakeCredential:
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         self.scopes.extend(scopes)
-        audience = scopes[0].removesuffix("/.default") if scopes else ""
         expires = int(time.time()) + 3600
-        header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
-        claims = _b64(json.dumps({"aud": audience, "exp": expires, "oid": "fake"}).encode())
-        return AccessToken(f"{header}.{claims}.{_b64(b'signature')}", expires)
+        return AccessToken(unsigned_jwt(scopes[0] if scopes else "", expires), expires)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests.azure.fake_azureml import signin
 from tests.azure.fake_azureml.server import FakeServer, Recorded, Response
 
 MLS = "providers/Microsoft.MachineLearningServices"
@@ -341,6 +342,8 @@ class FakeAzureML:
 
     # -- dispatch ------------------------------------------------------------------------
     def handle(self, req: Recorded) -> Response:
+        if signin.is_signin(req):
+            return signin.answer(req)
         if ".blob." in req.host:
             return self._blob(req)
         if req.path.startswith("/score/"):
