@@ -74,6 +74,9 @@ def create_endpoint(workspace: Workspace, spec: EndpointSpec, timeout_minutes: f
         logger.warning("Endpoint %s does not answer (%s); making sure its server runs",
                        name, endpoint.provisioning_state)
         workspace.begin_create_endpoint(spec.model_copy(update={"take_over": False}))
+    elif endpoint is not None and endpoint.provisioning_state == "Succeeded":
+        logger.info("Reusing endpoint %s (Succeeded)", name)
+        return endpoint  # provisioned: reading it again to wait would tell nothing new
     elif endpoint is not None and endpoint.provisioning_state not in ("Failed", "Canceled"):
         logger.info("Reusing endpoint %s (%s)", name, endpoint.provisioning_state)
     else:
@@ -362,7 +365,8 @@ def check_endpoint_ownership(
     endpoint = workspace.get_endpoint(endpoint_name)
     if endpoint is None:
         return
-    deployment = workspace.get_deployment(endpoint_name, deployment_name)
+    # The endpoint's record carries its deployments: no second read for the one we need.
+    deployment = next((d for d in endpoint.deployments if d.name == deployment_name), None)
     problems = [foreign(f"endpoint {endpoint_name}", endpoint.tags, request_id)]
     if deployment is not None:
         problems.append(

@@ -165,9 +165,10 @@ def find_endpoints_to_test(
     """The managed endpoints (or the named ones) and the deployments to probe on each.
 
     ``listed`` is the workspace's listing when the run already has it; a named endpoint
-    that is not in it is read on its own.
+    that is not among its managed ones is read on its own (the listing may leave out the
+    deployments of endpoints that are not ours).
     """
-    known = {e.name: e for e in listed} if listed is not None else {}
+    known = {e.name: e for e in listed if e.managed} if listed is not None else {}
     if endpoint_names:
         # Named explicitly: tested even when not tagged managed-by; a missing one is a failure.
         found = {name: known.get(name) or workspace.get_endpoint(name)

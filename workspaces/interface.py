@@ -538,7 +538,12 @@ class Workspace(ABC):
 
     @abstractmethod
     def list_endpoints(self) -> list[Endpoint]:
-        """Every online endpoint in the workspace (callers filter on managed tags)."""
+        """Every online endpoint in the workspace (callers filter on managed tags).
+
+        An endpoint this project did not make may come without its deployments (reading
+        them costs a request each on Azure); a caller that needs them reads that endpoint
+        with :meth:`get_endpoint`.
+        """
 
     @abstractmethod
     def begin_create_endpoint(self, spec: EndpointSpec) -> None:

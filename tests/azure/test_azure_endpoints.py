@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.azure.conftest import make_workspace
 from tests.azure.fake_azureml.server import Fault
 from workspaces.errors import InvalidRequest
 from workspaces.interface import CALLER_HEADER, TAG_MANAGED_BY, DeploymentSpec, EndpointSpec
@@ -226,17 +227,61 @@ def test_endpoint_activity_unavailable_is_not_idle(fake, workspace):
     assert not activity.available and "Azure Monitor" in activity.reason
 
 
-def test_reading_an_endpoint_lists_its_deployments_once(fake, workspace, deployed):
+def test_reading_an_endpoint_lists_its_deployments_once(fake, credential, deployed):
     # The SDK's online_endpoints.get lists the deployments itself (to fill traffic gaps);
     # listing them again for the record doubled the calls of every endpoint read.
     fake.requests.clear()
-    endpoint = workspace.get_endpoint(EP)
+    endpoint = make_workspace(fake, credential).get_endpoint(EP)  # a new run's first read
 
     assert [d.name for d in endpoint.deployments] == ["demo"]
     assert endpoint.traffic == {"demo": 100}
     assert len(fake.sent("GET", rf"/onlineEndpoints/{EP}/deployments$")) == 1
     assert len(fake.sent("GET", rf"/onlineEndpoints/{EP}$")) == 1
     assert len(fake.requests) == 2
+
+
+def test_listing_reads_no_deployments_of_endpoints_that_are_not_ours(fake, credential, deployed):
+    for i in range(3):
+        fake.add_endpoint(f"someone-elses-{i}", {"team": "search"}, {"blue": "Standard_DS3_v2"})
+    fake.requests.clear()
+    workspace = make_workspace(fake, credential)  # a new run's
+
+    endpoints = {e.name: e for e in workspace.list_endpoints()}
+
+    assert [d.name for d in endpoints[EP].deployments] == ["demo"]
+    assert not endpoints["someone-elses-0"].managed
+    # One listing of endpoints, one of our endpoint's deployments: none of theirs.
+    assert [r.path.rsplit("/", 1)[-1] for r in fake.requests] == ["onlineEndpoints",
+                                                                   "deployments"]
+    # Named, theirs is read whole, deployments and all.
+    assert [d.name for d in workspace.get_endpoint("someone-elses-1").deployments] == ["blue"]
+
+
+def test_a_runs_listing_of_deployments_stands_until_it_writes_or_it_ages(
+    fake, workspace, deployed, model, monkeypatch
+):
+    from workspaces.azure import workspace as azure_workspace
+
+    workspace.get_endpoint(EP)
+    fake.requests.clear()
+    assert [d.name for d in workspace.get_endpoint(EP).deployments] == ["demo"]
+    assert fake.sent("GET", r"/deployments$") == []  # read a moment ago by this run
+
+    workspace.begin_create_deployment(DeploymentSpec(
+        endpoint_name=EP, name="green", model_id=model.id, instance_type="Standard_NC6s_v3",
+        instance_count=1, tags=TAGS,
+    ))
+    assert {d.name for d in workspace.get_endpoint(EP).deployments} == {"demo", "green"}
+    assert len(fake.sent("GET", r"/deployments$")) == 1  # its own write: read again
+
+    # Someone else's deployment appears on Azure; this run's listing does not show it...
+    blue = json.loads(json.dumps(fake.deployments[EP]["green"]).replace("green", "blue"))
+    fake.deployments[EP]["blue"] = blue
+    assert {d.name for d in workspace.get_endpoint(EP).deployments} == {"demo", "green"}
+    # ...until the listing is older than LISTING_MAX_AGE_S.
+    monkeypatch.setattr(azure_workspace, "LISTING_MAX_AGE_S", 0.0)
+    assert {d.name for d in workspace.get_endpoint(EP).deployments} == {"demo", "green", "blue"}
+    assert len(fake.sent("GET", r"/deployments$")) == 2  # too old to stand for a new read
 
 
 def test_writes_to_another_requests_endpoint_are_refused_at_the_write(fake, workspace, deployed):

@@ -11,9 +11,10 @@ from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest
 from tests.azure.fake_azureml.service import FAILED_PROGRESS
 from workspaces.errors import JobFailed, QuotaExceeded
-from workspaces.interface import DeploymentSpec, EndpointSpec
+from workspaces.interface import MANAGED_BY_VALUE, TAG_MANAGED_BY, DeploymentSpec, EndpointSpec
 
 EP = "ultrachat-completion-1700000000"
+MANAGED = {TAG_MANAGED_BY: MANAGED_BY_VALUE}
 OUT_OF_QUOTA = (
     "Not enough cluster CPU quota. The amount of additional CPU quota requested is 8, "
     "and you are currently using 14. Your amount of maximum quota is 20."
@@ -68,7 +69,7 @@ def test_a_failed_deployment_seen_in_a_later_session_says_its_own_error(
     from tests.azure.conftest import make_workspace
 
     model = workspace.register_model("m", "1", "chatft-job", "d", {})
-    workspace.begin_create_endpoint(EndpointSpec(name=EP, description="", tags={}))
+    workspace.begin_create_endpoint(EndpointSpec(name=EP, description="", tags=MANAGED))
     fake.fail_next_operation("demo", "ResourceNotReady", "User container has crashed.")
     workspace.begin_create_deployment(DeploymentSpec(
         endpoint_name=EP, name="demo", model_id=model.id, instance_type="Standard_NC6s_v3",
@@ -85,9 +86,11 @@ def test_a_failed_deployment_seen_in_a_later_session_says_its_own_error(
     assert dep.error == ("last log lines: Loading model / OSError: config.json not found in "
                          "/var/azureml-app/model")
     assert later.get_deployment(EP, "demo").error == dep.error
-    # one log read per read of the Failed deployment
+    # one log read per read of the Failed deployment, none while the listing stands
     fake.server.requests.clear()
-    assert later.get_endpoint(EP) is not None
+    assert later.get_endpoint(EP).deployments[0].error == dep.error
+    assert fake.sent("POST", r"/getLogs$") == []
+    assert make_workspace(fake, credential).get_endpoint(EP) is not None
     assert len(fake.sent("POST", r"/getLogs$")) == 1
 
 

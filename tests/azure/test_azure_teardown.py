@@ -14,6 +14,7 @@ import pytest
 
 import flows.teardown_idle_endpoints as teardown
 from tasks import reports
+from tests.azure.conftest import make_workspace
 from workspaces.interface import (
     MANAGED_BY_VALUE,
     TAG_MANAGED_BY,
@@ -53,7 +54,7 @@ def _calls_for(fake, name: str) -> list[str]:
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_teardown_pass_on_azure(fake, workspace, monkeypatch) -> None:
+def test_teardown_pass_on_azure(fake, workspace, credential, monkeypatch) -> None:
     workspace._test_fake = fake
     _endpoint(workspace, "chatft-used", MANAGED)
     _endpoint(workspace, "chatft-idle", MANAGED, size="Standard_NC24ads_A100_v4")
@@ -64,7 +65,10 @@ def test_teardown_pass_on_azure(fake, workspace, monkeypatch) -> None:
                           (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))
     sent: list[tuple[str, str]] = []
     monkeypatch.setattr(reports, "emit", lambda event, name, *a, **k: sent.append((event, name)))
-    monkeypatch.setattr(teardown, "load_workspace", lambda block: workspace)
+    # The pass loads its own workspace, as a scheduled run does: nothing read while the
+    # endpoints were made stands for its reads.
+    monkeypatch.setattr(teardown, "load_workspace",
+                        lambda block: make_workspace(fake, credential))
     fake.requests.clear()
 
     monkeypatch.setattr(teardown, "utc_now", lambda: now)
@@ -90,9 +94,10 @@ def test_teardown_pass_on_azure(fake, workspace, monkeypatch) -> None:
           f"{len(fake.requests)} in all; shared list calls: {len(shared)}")
     for name, calls in per_endpoint.items():
         print(f"  {name}: {len(calls)} call(s): {dict(Counter(calls))}")
-    # Listing costs one call per endpoint (its deployments), judging one metrics query,
-    # deleting one DELETE plus polling.
+    # Listing costs one call per managed endpoint (its deployments) and none for another
+    # team's, judging one metrics query, deleting one DELETE plus polling.
     assert len(shared) == 1
+    assert per_endpoint["someone-elses"] == []
     assert len(per_endpoint["chatft-keep"]) == 1  # protected: listed, activity not read
     assert len(per_endpoint["chatft-used"]) == 2
     assert len(per_endpoint["chatft-idle"]) <= 6

@@ -7,6 +7,7 @@ the request; the LRO poller is left to finish on its own and callers poll ``get_
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -67,6 +68,12 @@ from workspaces.ownership import (
 OPERATION_GRACE_S = 10.0
 # Lines of a failed deployment's log read for its reason (the last two are shown).
 DEPLOYMENT_LOG_LINES = 20
+# How long an endpoint's deployments, as this run listed them, stand for a new listing:
+# one run reads its endpoint at several steps (pre-flight, reuse, traffic) seconds apart,
+# and each read listed the deployments again. Any write of this run to the endpoint drops
+# the listing; waits read the deployment itself, never the listing; and a change made by
+# someone else shows within this many seconds (Azure's own provisioning takes minutes).
+LISTING_MAX_AGE_S = 30.0
 IN_PROGRESS = {
     "NotStarted",
     "Queued",
@@ -154,6 +161,8 @@ class AzureMLWorkspace(Workspace):
         # Endpoints known to use key auth: their keys are listed without first reading the
         # endpoint again for its auth mode.
         self._key_auth: set[str] = set()
+        # Each endpoint's deployments as this run last listed them, and when (monotonic).
+        self._listings: dict[str, tuple[float, list[Deployment]]] = {}
 
     # -- identity ----------------------------------------------------------------------
     @property
@@ -424,13 +433,22 @@ class AzureMLWorkspace(Workspace):
 
     # -- endpoints ---------------------------------------------------------------------
     def _deployments(self, endpoint_name: str) -> list[Deployment]:
-        with azure_errors(f"listing deployments of endpoint {endpoint_name}"):
-            deps = list(self._clients.ml.online_deployments.list(endpoint_name))
-        found = [records.deployment(d) for d in deps]
-        for deployment in found:
-            if deployment.provisioning_state in ("Failed", "Canceled"):
-                deployment.error = self._deployment_error(endpoint_name, deployment.name)
-        return found
+        """The endpoint's deployments: this run's listing while it stands (see
+        LISTING_MAX_AGE_S), else listed anew. Each caller gets its own copies."""
+        kept = self._listings.get(endpoint_name)
+        if kept is None or time.monotonic() - kept[0] > LISTING_MAX_AGE_S:
+            with azure_errors(f"listing deployments of endpoint {endpoint_name}"):
+                deps = list(self._clients.ml.online_deployments.list(endpoint_name))
+            found = [records.deployment(d) for d in deps]
+            for deployment in found:
+                if deployment.provisioning_state in ("Failed", "Canceled"):
+                    deployment.error = self._deployment_error(endpoint_name, deployment.name)
+            kept = self._listings[endpoint_name] = (time.monotonic(), found)
+        return [deployment.model_copy(deep=True) for deployment in kept[1]]
+
+    def _written(self, endpoint_name: str) -> None:
+        """This run changed the endpoint or its deployments: its listing no longer stands."""
+        self._listings.pop(endpoint_name, None)
 
     def _deployment_error(self, endpoint_name: str, name: str) -> str | None:
         """Why a deployment failed: the failed operation's error when this session started
@@ -492,12 +510,15 @@ class AzureMLWorkspace(Workspace):
     def list_endpoints(self) -> list[Endpoint]:
         with azure_errors("listing online endpoints"):
             endpoints = list(self._clients.ml.online_endpoints.list())
+        found = []
         for ep in endpoints:
             self._remember_scoring_uri(ep)
-        return [
-            records.endpoint(ep, self._deployments(ep.name), self.address.arm_id)
-            for ep in endpoints
-        ]
+            endpoint = records.endpoint(ep, [], self.address.arm_id)
+            # Another team's deployments are none of our business, and a request each.
+            if endpoint.managed:
+                endpoint.deployments = self._deployments(ep.name)
+            found.append(endpoint)
+        return found
 
     def _remember_scoring_uri(self, endpoint: OnlineEndpoint) -> None:
         if endpoint.scoring_uri:
@@ -540,6 +561,7 @@ class AzureMLWorkspace(Workspace):
             existing.tags = dict(tags)
             existing.description = description
             endpoint = existing
+        self._written(name)
         with azure_errors(f"creating endpoint {name}"):
             self._operations[name] = self._clients.ml.online_endpoints.begin_create_or_update(
                 endpoint
@@ -554,6 +576,9 @@ class AzureMLWorkspace(Workspace):
         deployment = records.deployment(dep)
         if deployment.provisioning_state in ("Failed", "Canceled"):
             deployment.error = self._deployment_error(endpoint_name, name)
+        kept = self._listings.get(endpoint_name)
+        if kept is not None:  # what was read last is what the listing shows from now on
+            kept[1][:] = [deployment if d.name == name else d for d in kept[1]]
         return deployment
 
     def begin_create_deployment(self, spec: DeploymentSpec) -> None:
@@ -570,6 +595,7 @@ class AzureMLWorkspace(Workspace):
             request_settings=OnlineRequestSettings(request_timeout_ms=spec.request_timeout_ms),
             tags=spec.tags,
         )
+        self._written(endpoint_name)
         with azure_errors(f"creating deployment {name} on endpoint {endpoint_name}"):
             self._operations[f"{endpoint_name}/{name}"] = (
                 self._clients.ml.online_deployments.begin_create_or_update(deployment)
@@ -586,7 +612,7 @@ class AzureMLWorkspace(Workspace):
         claim: bool = False,
     ) -> Endpoint:
         with azure_errors(f"routing traffic of endpoint {endpoint_name}"):
-            ep = self._clients.ml.online_endpoints.get(endpoint_name)
+            ep = self._read_endpoint(endpoint_name)
         # The read the update is built from is the ownership check, just before the write.
         what = f"endpoint {endpoint_name}"
         tags_now = dict(ep.tags or {})
@@ -601,6 +627,7 @@ class AzureMLWorkspace(Workspace):
                 ep.mirror_traffic = dict(mirror)
             ep.tags = merge_tags(tags_now, tags)
             # A traffic update is quick; waiting keeps the returned state truthful.
+            self._written(endpoint_name)
             updated = self._clients.ml.online_endpoints.begin_create_or_update(ep).result()
         self._remember_scoring_uri(updated)
         return records.endpoint(updated, self._deployments(endpoint_name), self.address.arm_id)
@@ -713,6 +740,7 @@ class AzureMLWorkspace(Workspace):
             return self._clients.ml.online_deployments.get_logs(name, endpoint_name, lines=lines)
 
     def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
+        self._written(endpoint_name)
         with azure_errors(f"deleting deployment {name} of endpoint {endpoint_name}"):
             poller = self._clients.ml.online_deployments.begin_delete(
                 name=name, endpoint_name=endpoint_name
@@ -720,6 +748,7 @@ class AzureMLWorkspace(Workspace):
         self._deletions[(endpoint_name, name)] = poller
 
     def begin_delete_endpoint(self, name: str) -> None:
+        self._written(name)
         with azure_errors(f"deleting endpoint {name}"):
             poller = self._clients.ml.online_endpoints.begin_delete(name=name)
         self._deletions[(name, None)] = poller
