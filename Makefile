@@ -64,9 +64,14 @@ endpoints-delete: install
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_finetune_and_deploy.py
 
-server-up: install
-	$(BIN)/python scripts/local_server.py up
+# DB=sqlite (one person, the default) or DB=postgres (a team: the project's own PostgreSQL
+# under .prefect/postgres, or the one PREFECT_API_DATABASE_CONNECTION_URL names).
+DB ?= sqlite
 
+server-up: install
+	$(BIN)/python scripts/local_server.py up --db $(DB)
+
+# Stops the worker, the server and the project's PostgreSQL when it runs, whatever DB says.
 server-down:
 	$(BIN)/python scripts/local_server.py down
 

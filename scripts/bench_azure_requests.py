@@ -26,7 +26,6 @@ import re
 import sys
 import tempfile
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -162,24 +161,18 @@ TEARDOWN_FOREIGN = 5
 def teardown_requests(fake, used: bool) -> Counter:  # noqa: ANN001 - test fakes
     """One teardown pass over a fresh workspace: managed endpoints in use (kept) or idle
     (deleted; each deletion answers "still running" once before it is done), tallied."""
+    from bench_teardown_calls import seed_managed
+
     import flows.teardown_idle_endpoints as teardown
     from flows.parameters import TeardownRequest
     from tests.azure.conftest import make_block_workspace
-    from workspaces.interface import MANAGED_BY_VALUE, TAG_MANAGED_BY
 
     fake.reset()
     fake.delete_polls, fake.delete_retry_after_s = 1, "1"
-    created = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    stamp = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     for i in range(TEARDOWN_FOREIGN):
-        fake.add_endpoint(f"search-ranker-{i}", {"team": "search"}, {"blue": "Standard_DS3_v2"},
-                          created_at=created)
+        fake.add_endpoint(f"search-ranker-{i}", {"team": "search"}, {"blue": "Standard_DS3_v2"})
     names = [f"chatft-bench-{i:02d}" for i in range(TEARDOWN_MANAGED)]
-    for name in names:
-        fake.add_endpoint(name, {TAG_MANAGED_BY: MANAGED_BY_VALUE},
-                          {"demo": "Standard_NC6s_v3"}, created_at=created)
-        if used:
-            fake.add_metric_point(name, "demo", 3, stamp)
+    seed_managed(fake, names, used)
     teardown.load_workspace = lambda block: make_block_workspace(fake)
     fake.requests.clear()
     result = teardown.teardown_idle_endpoints(

@@ -33,12 +33,26 @@ SIZES = (1, 10, 100)
 def start_fake(tmp: Path):  # noqa: ANN201 - the fake's own types live under tests/
     from tests.azure.fake_azureml import FakeAzureML, FakeServer
     from tests.azure.fake_azureml.certs import make_certificates
+    from tests.azure.fake_azureml.dns import HOST_NAMES
 
-    ca, cert, key = make_certificates(tmp, ["localhost", "*.blob.core.fake.test"])
+    ca, cert, key = make_certificates(tmp, HOST_NAMES)
     os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = str(ca)
     service = FakeAzureML()
     service.server = FakeServer(service.handle, cert, key).start()
     return service
+
+
+def seed_managed(fake, names: list[str], used: bool) -> None:  # noqa: ANN001 - the fake
+    """Managed endpoints two days old, each with requests an hour ago when ``used``."""
+    from workspaces.interface import MANAGED_BY_VALUE, TAG_MANAGED_BY
+
+    created = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    stamp = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for name in names:
+        fake.add_endpoint(name, {TAG_MANAGED_BY: MANAGED_BY_VALUE},
+                          {"demo": "Standard_NC6s_v3"}, created_at=created)
+        if used:
+            fake.add_metric_point(name, "demo", 3, stamp)
 
 
 def one_pass(fake, size: int, used: bool) -> dict[str, float]:  # noqa: ANN001
@@ -47,18 +61,11 @@ def one_pass(fake, size: int, used: bool) -> dict[str, float]:  # noqa: ANN001
     from tasks import reports
     from tests.azure.conftest import make_workspace
     from tests.azure.fake_azureml.credential import FakeCredential
-    from workspaces.interface import MANAGED_BY_VALUE, TAG_MANAGED_BY
 
     fake.reset()
     fake.delete_polls, fake.delete_retry_after_s = 2, "1"
-    created = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    stamp = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     names = [f"chatft-bench-{i:03d}" for i in range(size)]
-    for name in names:
-        fake.add_endpoint(name, {TAG_MANAGED_BY: MANAGED_BY_VALUE},
-                          {"demo": "Standard_NC6s_v3"}, created_at=created)
-        if used:
-            fake.add_metric_point(name, "demo", 3, stamp)
+    seed_managed(fake, names, used)
     workspace = make_workspace(fake, FakeCredential())
     teardown.load_workspace = lambda block: workspace
     reports.emit = lambda *a, **k: None  # events are not what is measured here

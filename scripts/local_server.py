@@ -1,14 +1,22 @@
 """Run chat-finetune-flows from a Prefect server on this machine.
 
-``up`` starts a local Prefect server (SQLite in ``.prefect/``), waits until it is healthy,
-registers this project's block types, saves the ``local-workspace/default`` block, makes
-sure the smoke-test notification exists (block ``custom-webhook/chatft-alerts`` and its
-automation, see blocks/alerts.py), creates the ``chatft-process`` work pool, deploys every
-deployment of prefect.yaml whose flow file exists, and starts a process worker in the
-background. ``down`` stops the worker, then the
-server. Pid files and logs live next to the database in the Prefect home folder.
+``up`` starts a local Prefect server, waits until it is healthy, registers this project's
+block types, saves the ``local-workspace/default`` block, makes the shared result storage
+(block ``local-file-system/chatft-results``, the server's default result storage, so a
+worker on any machine finds the cached steps of another), makes sure the smoke-test
+notification exists (block ``custom-webhook/chatft-alerts`` and its automation, see
+blocks/alerts.py), creates the ``chatft-process`` work pool, deploys every deployment of
+prefect.yaml whose flow file exists, and starts a process worker in the background.
+``down`` stops the worker, the server, then the project's PostgreSQL if it runs. Pid
+files and logs live in the Prefect home folder.
+
+The database: SQLite in the home folder for one person (``--db sqlite``, the default), or
+PostgreSQL for a team (``--db postgres``): the project's own (scripts/postgres_server.py,
+its data under the home folder, its port chosen free and printed), or the team's when
+``PREFECT_API_DATABASE_CONNECTION_URL`` is set (its password never printed).
 
     python scripts/local_server.py up        # UI at http://127.0.0.1:4200
+    python scripts/local_server.py up --db postgres
     python scripts/local_server.py status
     python scripts/local_server.py down
 
@@ -40,10 +48,19 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 # The constants of the notification (blocks/alerts.py) are the project's; this script is
 # run by path, so the project folder is put on the import path first.
 sys.path.insert(0, str(PROJECT_DIR))
+# ...and this folder, for the PostgreSQL module beside it (tests load this file by path).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from postgres_server import Postgres, external_url, redacted  # noqa: E402
+
 from blocks import alerts  # noqa: E402
 
 WORK_POOL = "chatft-process"
 BLOCK_NAME = "default"
+RESULTS_BLOCK = "chatft-results"
+DATABASES = ("sqlite", "postgres")
+# Database settings go to the server process alone: a worker, a flow run or a prefect
+# command talks to the API and must not hold the database password.
+DATABASE_SETTINGS = ("PREFECT_API_DATABASE_", "PREFECT_SERVER_DATABASE_")
 BLOCK_MODULES = ("blocks.local_workspace", "blocks.azure_credentials", "blocks.azure_ml_workspace")
 
 
@@ -80,9 +97,16 @@ class Server:
             TOKENIZERS_PARALLELISM="false",
         )
         env.pop("PREFECT_API_KEY", None)  # a local server takes no key
+        for name in [k for k in env if k.startswith(DATABASE_SETTINGS)]:
+            del env[name]
         env.update(self.extra_env)
         env.update(extra)
         return env
+
+    @property
+    def db_file(self) -> Path:
+        """Which database the running server was started on (sqlite or postgres)."""
+        return self.home / "server.db"
 
     def pid_file(self, name: str) -> Path:
         return self.home / f"{name}.pid"
@@ -184,18 +208,55 @@ def deployments_in(project_dir: Path) -> list[dict]:
     return found
 
 
-def start_server(server: Server, timeout_s: float = 180) -> None:
+def database_settings(server: Server, db: str) -> dict[str, str]:
+    """The server process's database settings; for ``postgres`` the project's PostgreSQL
+    is started (or the team's, given by URL, is used)."""
+    if db not in DATABASES:
+        raise ValueError(f"--db: {db!r} is not a database this server runs on; allowed: "
+                         f"{', '.join(DATABASES)}")
+    if db == "sqlite":
+        print(f"Database: SQLite, {server.home / 'prefect.db'}")
+        return {}
+    url = external_url()
+    if url is not None:
+        print(f"Database: the team's PostgreSQL, {redacted(url)} (from "
+              "PREFECT_API_DATABASE_CONNECTION_URL)")
+        return {"PREFECT_SERVER_DATABASE_CONNECTION_URL": url}
+    postgres = Postgres(server.home)
+    port, started = postgres.start()
+    print(f"PostgreSQL {'started' if started else 'already running'} on 127.0.0.1:{port} "
+          f"(data {postgres.data}, log {postgres.log_file}); database {postgres.url(port)}")
+    return postgres.settings(port)
+
+
+def running_db(server: Server) -> str:
+    try:
+        return server.db_file.read_text().strip()
+    except OSError:
+        return "sqlite"  # servers started before the choice existed ran on SQLite
+
+
+def start_server(server: Server, timeout_s: float = 180, db: str = "sqlite") -> None:
     if server.running_pid("server") and server.healthy():
-        print(f"Server already running at {server.ui_url}")
+        if running_db(server) != db:
+            raise RuntimeError(
+                f"the server of {server.home} runs on {running_db(server)}, not {db}; stop "
+                f"it first ({Path(__file__).name} down) to move it")
+        print(f"Server already running at {server.ui_url} ({db})")
+        if db == "postgres" and external_url() is None:
+            database_settings(server, db)  # PostgreSQL too: started again if it died
         return
     if server.healthy():
         raise RuntimeError(f"something else already answers on {server.api_url}; pick --port")
+    settings = database_settings(server, db)
     print(f"Starting Prefect server at {server.ui_url} (home {server.home})")
     server.start_background(
         "server",
         [_prefect_executable(), "server", "start", "--host", server.host,
          "--port", str(server.port)],
+        **settings,
     )
+    server.db_file.write_text(db + "\n")
     deadline = time.monotonic() + timeout_s
     while not server.healthy():
         if server.running_pid("server") is None:
@@ -378,12 +439,40 @@ def ensure_alerts(server: Server) -> None:
     print(result.stdout.strip())
 
 
-def configure(server: Server, state_dir: Path) -> list[str]:
+def ensure_result_storage(server: Server, results_dir: Path) -> None:
+    """Results that caching needs go where every worker reads them: block
+    ``local-file-system/chatft-results`` (``results_dir``: a folder every worker machine
+    mounts at the same path) as the server's default result storage. A default someone
+    set on this server before (an Azure Blob container, say) is kept."""
+    current = (api(server, "GET", "/admin/storage") or {}).get("default_result_storage_block_id")
+    ours = None
+    if current:
+        block = api(server, "GET", f"/block_documents/{current}")
+        slug = f"{block['block_type']['slug']}/{block['name']}"
+        if slug != f"local-file-system/{RESULTS_BLOCK}":
+            print(f"Result storage: {slug} (this server's default, kept)")
+            return
+        ours = current
+    results_dir.mkdir(parents=True, exist_ok=True)
+    code = ("import sys; from prefect.filesystems import LocalFileSystem; "
+            "print(LocalFileSystem(basepath=sys.argv[1]).save(sys.argv[2], overwrite=True))")
+    saved = subprocess.run(
+        [sys.executable, "-c", code, str(results_dir.resolve()), RESULTS_BLOCK],
+        cwd=server.project_dir, env=server.env(), check=True, capture_output=True, text=True,
+    ).stdout.strip().splitlines()[-1]
+    if saved != ours:
+        api(server, "PUT", "/admin/storage", {"default_result_storage_block_id": saved})
+    print(f"Result storage: local-file-system/{RESULTS_BLOCK} at {results_dir.resolve()} "
+          "(this server's default: every worker must see this folder at this path)")
+
+
+def configure(server: Server, state_dir: Path, results_dir: Path | None = None) -> list[str]:
     """Blocks, the block document, the work pool and the deployments; returns those deployed."""
     for module in BLOCK_MODULES:
         server.prefect("block", "register", "-m", module)
     save_local_workspace_block(server, state_dir)
     print(f"Block local-workspace/{BLOCK_NAME}: state_dir {state_dir.resolve()}")
+    ensure_result_storage(server, results_dir or server.home / "results")
     ensure_alerts(server)
     if server.prefect("work-pool", "inspect", WORK_POOL, check=False).returncode != 0:
         server.prefect("work-pool", "create", WORK_POOL, "--type", "process")
@@ -420,7 +509,7 @@ def server_command(command: str, server: Server, state_dir: Path) -> str:
     return shlex.join([
         sys.executable, str(Path(__file__).resolve()), command, "--host", server.host,
         "--port", str(server.port), "--home", str(server.home),
-        "--state-dir", str(state_dir.resolve()),
+        "--state-dir", str(state_dir.resolve()), "--db", running_db(server),
     ])
 
 
@@ -430,10 +519,13 @@ def endpoints_command(state_dir: Path, *words: str) -> str:
                        str(state_dir.resolve()), "endpoints", *words])
 
 
-def up(server: Server, state_dir: Path, query_seconds: float | None = None) -> list[str]:
+def up(
+    server: Server, state_dir: Path, query_seconds: float | None = None, db: str = "sqlite",
+    results_dir: Path | None = None,
+) -> list[str]:
     """Start or repair everything; safe to run again on the same home, runs in flight."""
-    start_server(server)
-    deployed = configure(server, state_dir)
+    start_server(server, db=db)
+    deployed = configure(server, state_dir, results_dir)
     start_worker(server, query_seconds)
     made = [d for d in deployments_in(server.project_dir) if d["name"] in deployed]
     for line in verify(server, made):
@@ -450,6 +542,9 @@ def up(server: Server, state_dir: Path, query_seconds: float | None = None) -> l
 def down(server: Server, state_dir: Path | None = None) -> None:
     for name in ("worker", "server"):
         print(f"Stopped {name}" if server.stop(name) else f"No {name} running")
+    # The project's PostgreSQL goes last, once nothing is connected to it.
+    if Postgres(server.home).stop():
+        print("Stopped PostgreSQL")
     if state_dir is not None:
         report_endpoints(server, state_dir)
 
@@ -480,6 +575,8 @@ def status(server: Server) -> dict[str, object]:
         "server_pid": server.running_pid("server"),
         "healthy": server.healthy(),
         "worker_pid": server.running_pid("worker"),
+        "database": running_db(server),
+        "postgres_port": Postgres(server.home).running_port(),
     }
 
 
@@ -497,10 +594,19 @@ def main() -> None:
                         help="state_dir of block local-workspace/default (default ./.workspace)")
     parser.add_argument("--worker-query-seconds", type=float, default=None,
                         help="how often the worker polls for runs (Prefect's default: 10)")
+    parser.add_argument("--db", choices=DATABASES, default=env("CHATFT_DB", "sqlite"),
+                        help="sqlite (one person) or postgres (a team: the project's own "
+                        "PostgreSQL, or PREFECT_API_DATABASE_CONNECTION_URL's)")
+    parser.add_argument("--results-dir", type=Path,
+                        default=Path(env("CHATFT_RESULTS_DIR")) if env("CHATFT_RESULTS_DIR")
+                        else None,
+                        help="shared result storage folder, mounted at the same path on "
+                        "every worker machine (default <home>/results)")
     args = parser.parse_args()
     server = Server(args.home, args.host, args.port)
     if args.command == "up":
-        deployed = up(server, args.state_dir, args.worker_query_seconds)
+        deployed = up(server, args.state_dir, args.worker_query_seconds, args.db,
+                      args.results_dir)
         print(f"\nPrefect UI: {server.ui_url}   deployments: {', '.join(deployed) or 'none'}")
         print(f"Use it from this shell:  export PREFECT_API_URL={server.api_url}")
         print(f"Stop it:                 {server_command('down', server, args.state_dir)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import socket
 import time
 from pathlib import Path
@@ -168,3 +169,15 @@ def run_table(flow_run_id: object, key: str) -> list[dict]:
 
     [artifact] = run_artifacts(flow_run_id, key)
     return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
+# Lines that mean something went wrong in a Prefect server or worker log.
+TROUBLE = re.compile(r"Traceback \(most recent call last\)|\| ERROR |\bERROR\b\s*\|| ERROR:")
+
+
+def trouble_in(path: Path) -> list[str]:
+    """The log's traceback and ERROR lines, each with the line after it for context."""
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    return [" / ".join(lines[i:i + 2]) for i, line in enumerate(lines) if TROUBLE.search(line)]

@@ -22,29 +22,17 @@ import re
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import PROJECT_DIR, free_port, load_local_server
+from tests.helpers import PROJECT_DIR, free_port, load_local_server, trouble_in
 
 pytestmark = pytest.mark.slow
 
 DEPLOYMENT = "smoke-test-endpoints"
-# Lines that mean something went wrong in a Prefect server or worker log.
-TROUBLE = re.compile(r"Traceback \(most recent call last\)|\| ERROR |\bERROR\b\s*\|| ERROR:")
-
 
 local_server = load_local_server()
-
-
-def trouble_in(path: Path) -> list[str]:
-    """The log's traceback and ERROR lines, each with the line after it for context."""
-    if not path.exists():
-        return []
-    lines = path.read_text(errors="replace").splitlines()
-    return [" / ".join(lines[i:i + 2]) for i, line in enumerate(lines) if TROUBLE.search(line)]
 
 
 class ServerUp:
@@ -336,7 +324,6 @@ def test_up_says_when_schedules_fire_and_its_run_now_command_works(server_up: Se
     """A new user once waited for the next full hour, and nothing said when the first
     smoke test was due. ``up`` names each schedule's first run and prints a command that
     runs the smoke test now; pasted as printed, it makes a run that completes."""
-    import re
     import shlex
     import subprocess
 
