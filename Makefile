@@ -78,5 +78,7 @@ server-down:
 screenshots: install
 	$(BIN)/python scripts/screenshots.py
 
+# The server, its worker and its PostgreSQL are stopped first: .prefect holds their data.
 clean:
+	if [ -x $(BIN)/python ]; then $(BIN)/python scripts/local_server.py down; fi
 	rm -rf $(VENV) .workspace ultrachat_200k_dataset .prefect
