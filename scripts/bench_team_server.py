@@ -118,13 +118,8 @@ class Bench:
         local_server.up(self.server, self.state_dir, query_seconds=2, db=self.db)
         self.server.stop("worker")  # two workers of our own instead, with a run limit
         for name in ("worker-a", "worker-b"):
-            home = self.root / name
-            home.mkdir(exist_ok=True)
-            self.server.start_background(
-                name, [local_server._prefect_executable(), "worker", "start", "--pool",
-                       local_server.WORK_POOL, "--type", "process", "--name", name,
-                       "--limit", str(self.worker_limit)],
-                PREFECT_HOME=str(home), PREFECT_WORKER_QUERY_SECONDS="2")
+            local_server.start_worker(self.server, 2, name=name, worker_name=name,
+                                      home=self.root / name, limit=self.worker_limit)
         from prefect.client.orchestration import SyncPrefectClient
 
         self.client = SyncPrefectClient(self.server.api_url)

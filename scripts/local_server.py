@@ -489,18 +489,28 @@ def configure(server: Server, state_dir: Path, results_dir: Path | None = None) 
     return deployed
 
 
-def start_worker(server: Server, query_seconds: float | None = None) -> None:
-    if server.running_pid("worker"):
+def start_worker(
+    server: Server, query_seconds: float | None = None, *, name: str = "worker",
+    worker_name: str = "chatft-local-worker", home: Path | None = None,
+    limit: int | None = None,
+) -> None:
+    """A process worker of the pool in the background; ``name`` names its pid and log
+    files, ``home`` gives it a Prefect home of its own (as on another machine) and
+    ``limit`` caps the flow runs it runs at once."""
+    if server.running_pid(name):
         print("Worker already running")
         return
     extra = {"PREFECT_WORKER_QUERY_SECONDS": str(query_seconds)} if query_seconds else {}
+    if home is not None:
+        home.mkdir(parents=True, exist_ok=True)
+        extra["PREFECT_HOME"] = str(home)
     server.start_background(
-        "worker",
+        name,
         [_prefect_executable(), "worker", "start", "--pool", WORK_POOL, "--type", "process",
-         "--name", "chatft-local-worker"],
+         "--name", worker_name, *(["--limit", str(limit)] if limit else [])],
         **extra,
     )
-    print(f"Worker started (pool {WORK_POOL}); log {server.log_file('worker')}")
+    print(f"Worker started (pool {WORK_POOL}); log {server.log_file(name)}")
 
 
 def server_command(command: str, server: Server, state_dir: Path) -> str:

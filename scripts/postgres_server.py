@@ -217,8 +217,9 @@ class Postgres:
             return port, False
         fresh = not self.initialised
         if fresh:
-            self._init()
-        self._check_reachable()
+            self._init()  # checks the folders above it once it made them
+        else:
+            self._check_reachable()
         last = int(self.port_file.read_text()) if self.port_file.exists() else None
         port = _free_port(last)
         # No Unix socket (its path length and folder rights vary); TCP on 127.0.0.1 only.

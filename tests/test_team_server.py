@@ -60,7 +60,9 @@ class Team:
             PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS="2",
         )
         self.env.pop("PREFECT_API_URL", None)
-        self.server = local_server.Server(self.home, "127.0.0.1", port)
+        # (worker B is started through this object: it runs offline like the others)
+        self.server = local_server.Server(self.home, "127.0.0.1", port,
+                                          extra_env={"HF_HUB_OFFLINE": "1"})
         self.printed = ""
         self.client: Any = None
 
@@ -104,14 +106,8 @@ class Team:
         return {run.name.rsplit("-", 1)[0]: run.state_name for run in runs}
 
     def start_worker_b(self) -> None:
-        self.worker_b_home.mkdir(parents=True, exist_ok=True)
-        self.server.start_background(
-            "worker-b",
-            [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool",
-             local_server.WORK_POOL, "--type", "process", "--name", "machine-b"],
-            PREFECT_HOME=str(self.worker_b_home), PREFECT_WORKER_QUERY_SECONDS="2",
-            HF_HUB_OFFLINE="1",
-        )
+        local_server.start_worker(self.server, 2, name="worker-b", worker_name="machine-b",
+                                  home=self.worker_b_home)
 
     def logs(self) -> str:
         return "\n".join(

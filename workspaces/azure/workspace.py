@@ -578,7 +578,8 @@ class AzureMLWorkspace(Workspace):
             deployment.error = self._deployment_error(endpoint_name, name)
         kept = self._listings.get(endpoint_name)
         if kept is not None:  # what was read last is what the listing shows from now on
-            kept[1][:] = [deployment if d.name == name else d for d in kept[1]]
+            fresh = deployment.model_copy(deep=True)  # the caller's copy stays its own
+            kept[1][:] = [fresh if d.name == name else d for d in kept[1]]
         return deployment
 
     def begin_create_deployment(self, spec: DeploymentSpec) -> None:
