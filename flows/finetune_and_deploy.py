@@ -54,6 +54,7 @@ from tasks.finetune import (
     wait_for_job,
 )
 from tasks.foundation_model import prepare_foundation_model
+from tasks.liveness import release_heartbeat
 from tasks.own_traffic import record_own_requests
 from tasks.registry import register_model
 from workspaces.interface import (
@@ -63,6 +64,7 @@ from workspaces.interface import (
     TAG_DATASET,
     TAG_FLOW_RUN,
     TAG_MANAGED_BY,
+    TAG_MAX_SEQ_LENGTH,
     TAG_MODEL,
     TAG_MODEL_VERSION,
     TAG_REQUEST,
@@ -110,7 +112,7 @@ class FinetuneResult(BaseModel):
     sample_request_file: str = ""
     rollout: str = Field(
         "", description="How a canary release ended: first-release, promoted, held, "
-        "rolled-back, rejected or already-serving (empty: strategy new-endpoint)"
+        "rolled-back, rejected, refused or already-serving (empty: strategy new-endpoint)"
     )
     rollout_message: str = ""
 
@@ -160,8 +162,10 @@ def finetune_and_deploy(
     # 7-8. deploy (or release onto a live endpoint), score a sample
     outcome: ReleaseOutcome | None = None
     if plan.rollout is not None:
-        outcome = release(workspace, request, plan, registered, metrics, prepared.files,
-                          this_run)
+        # The recovery leaves a release alone while its run beats (tasks/liveness.py).
+        with release_heartbeat(this_run):
+            outcome = release(workspace, request, plan, registered, metrics, prepared.files,
+                              this_run)
         endpoint, endpoint_reused = outcome.endpoint, plan.rollout.endpoint_exists
     else:
         endpoint, endpoint_reused = deploy(workspace, request, plan, registered, this_run)
@@ -200,7 +204,8 @@ def finetune_and_deploy(
 
 # A correct refusal is not a failure: the run did its job, and the model is not released.
 # The state's name says which way it went (the UI shows it), its type stays Completed.
-ROLLOUT_STATE_NAMES = {"rejected": "Rejected", "rolled-back": "RolledBack", "held": "Held"}
+ROLLOUT_STATE_NAMES = {"rejected": "Rejected", "rolled-back": "RolledBack", "held": "Held",
+                       "refused": "Refused"}
 
 
 def rollout_state(outcome: ReleaseOutcome, result: FinetuneResult) -> FinetuneResult | State:
@@ -254,6 +259,8 @@ def fine_tune(
             # the data this job is given, kept on the job for the model's lineage
             TAG_DATASET: plan.dataset,
             "dataset-split-pc": f"{plan.dataset_split_pc:g}",
+            # the truncation its held-out loss was measured at, for the gate's comparisons
+            TAG_MAX_SEQ_LENGTH: plan.parameters.get("max_seq_length") or "default",
             **{tag: prepared.sha256[split] for split, tag in SPLIT_SHA256_TAGS.items()
                if split in prepared.sha256},
         },

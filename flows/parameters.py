@@ -12,7 +12,15 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from workspaces.local import catalog
 from workspaces.model_tags import api_string, model_specific_defaults
@@ -219,6 +227,17 @@ class ScoringParameters(FormModel):
     max_new_tokens: int = Field(200, ge=1, le=2048, title="Longest reply (tokens)")
 
 
+# Gate margins beyond these make the gate a formality (docs/rollout.md): a test_sft loss
+# 0.1 higher is the gap between a tuned and an untuned model on the sample; 10 points of
+# exact answers is a third of what tuning gains on it.
+MAX_LOSS_MARGIN = 0.1
+MAX_EXACT_ANSWER_MARGIN = 0.1
+# The watch sends its probes one at a time to each of two deployments and a reply takes
+# about a second, so more than this many requests per deployment cannot be had in its
+# window (3 x watch_seconds + 60 s) without real traffic.
+PROBE_SECONDS = 1.0
+
+
 class RolloutParameters(FormModel):
     """How a new model reaches an endpoint that already serves one (docs/rollout.md)."""
 
@@ -257,14 +276,16 @@ class RolloutParameters(FormModel):
         description="Median latency of the new deployment over the current one's",
     )
     gate_loss_margin: float = Field(
-        0.0, ge=0, le=10, title="Gate: test loss margin",
+        0.0, ge=0, le=MAX_LOSS_MARGIN, title="Gate: test loss margin",
         description="The new model's held-out loss may exceed the production and base "
-        "models' by at most this much",
+        f"models' by at most this much (at most {MAX_LOSS_MARGIN:g}: beyond it the gate "
+        "would pass a clearly worse model)",
     )
     gate_exact_answer_margin: float = Field(
-        0.0, ge=0, le=1, title="Gate: exact-answer margin",
+        0.0, ge=0, le=MAX_EXACT_ANSWER_MARGIN, title="Gate: exact-answer margin",
         description="The new model's exact-answer rate may fall below the production and "
-        "base models' by at most this much (0.05 = 5 points)",
+        f"base models' by at most this much (0.05 = 5 points; at most "
+        f"{MAX_EXACT_ANSWER_MARGIN:g})",
     )
     auto_promote: StrictBool = Field(
         True, title="Promote when the canary is healthy",
@@ -276,6 +297,27 @@ class RolloutParameters(FormModel):
         description="On = after promotion the old deployment stays at 0 % (it keeps costing); "
         "off = it is deleted",
     )
+
+    @model_validator(mode="after")
+    def _reachable_watch(self) -> RolloutParameters:
+        window = 3 * self.watch_seconds + 60
+        most = int(window / (2 * PROBE_SECONDS))
+        if self.watch_requests > most:
+            raise ValueError(
+                f"rollout.watch_requests: {self.watch_requests} requests per deployment cannot "
+                f"be probed within the watch's window of {window:g} s (3 x watch_seconds + 60; "
+                f"one probe at a time, about {PROBE_SECONDS:g} s each, to two deployments): "
+                f"allowed up to {most}, or raise watch_seconds"
+            )
+        return self
+
+    def settings_without_effect(self) -> list[str]:
+        """The fields set away from their defaults, which only a canary release reads."""
+        if self.strategy == "canary":
+            return []
+        defaults = RolloutParameters()
+        return [name for name in type(self).model_fields
+                if name != "strategy" and getattr(self, name) != getattr(defaults, name)]
 
 
 class FinetuneRequest(FormModel):
@@ -384,6 +426,18 @@ class FinetuneRequest(FormModel):
     @classmethod
     def _deployment_rule(cls, value: object) -> object:
         return check_endpoint_name(value, "deployment_name") if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _rollout_settings_mean_something(self) -> FinetuneRequest:
+        ignored = self.rollout.settings_without_effect()
+        if ignored:
+            raise ValueError(
+                f"rollout.{ignored[0]}: set to other than its default, but only a canary "
+                "release reads it (with rollout.strategy new-endpoint it would be ignored; "
+                "fields set: " + ", ".join(f"rollout.{name}" for name in ignored)
+                + "). Set rollout.strategy to canary, or leave them at their defaults"
+            )
+        return self
 
     def request_id(self, workspace_scope: str) -> str:
         """A stable id of what is asked for; operational knobs do not change it."""

@@ -45,15 +45,18 @@ from tasks.release_gate import (
     same_held_out_data,
 )
 from tasks.rollout import (
+    ReleaseCursor,
     RolloutPlan,
     WatchLimits,
     WatchVerdict,
     check_contract,
-    delete_deployment,
+    finish_promotion,
+    finish_rollback,
+    production_deployment,
     record_step,
-    step_tags,
     watch_canary,
 )
+from workspaces.errors import ConcurrentChange, OwnershipConflict
 from workspaces.interface import (
     MANAGED_BY_VALUE,
     TAG_FLOW_RUN,
@@ -62,8 +65,6 @@ from workspaces.interface import (
     TAG_MODEL_VERSION,
     TAG_REQUEST,
     TAG_ROLLOUT_FROM,
-    TAG_ROLLOUT_STEP,
-    TAG_STAGE,
     DeploymentSpec,
     Endpoint,
     EndpointSpec,
@@ -71,10 +72,8 @@ from workspaces.interface import (
     RegisteredModel,
     Workspace,
 )
+from workspaces.release_state import UNDER_WAY, RecordedRelease, release_tags
 
-# A step not followed by the next within this long (beyond its own wait) is taken for a
-# dead run's, and the smoke test undoes it.
-EXPIRY_MARGIN_S = 15 * 60
 PROBE_SEEDS = 5
 # Tests hold a run right after a step ("<point>:<marker file>") to kill it there with -9.
 HOLD_ENV = "CHATFT_HOLD_AFTER_ROLLOUT"
@@ -91,9 +90,9 @@ class ReleaseOutcome(BaseModel):
     """How a release ended, for the run's result and its final state."""
 
     outcome: str = Field(description="first-release, promoted, held, rolled-back, rejected, "
-                         "already-serving")
+                         "refused, already-serving")
     released: bool = Field(description="Whether the new model now takes live traffic")
-    serving: str | None = Field(description="The deployment taking all (or most) traffic")
+    serving: str | None = Field(description="The deployment serving production")
     endpoint: Endpoint | None = None
     message: str
 
@@ -103,6 +102,30 @@ def _tags(plan: FinetunePlan, model: RegisteredModel, this_run: str) -> dict[str
         TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_RUN: this_run, TAG_REQUEST: plan.request_id,
         TAG_MODEL: model.name, TAG_MODEL_VERSION: model.version,
     }
+
+
+class Release(BaseModel):
+    """What one run of :func:`release` carries from step to step."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    workspace: Any
+    request: FinetuneRequest
+    plan: FinetunePlan
+    model: RegisteredModel
+    held_out: dict[str, str]
+    this_run: str
+    cursor: ReleaseCursor
+
+    @property
+    def name(self) -> str:
+        return self.plan.endpoint_name
+
+    def write(self, step: str, **fields: Any) -> Endpoint:
+        """Record ``step`` (and its traffic) on the endpoint; the cursor follows."""
+        endpoint = record_step(self.workspace, self.cursor, step, **fields)
+        self.cursor = self.cursor.at(endpoint)
+        return endpoint
 
 
 def release(
@@ -118,65 +141,60 @@ def release(
 
     ``held_out`` holds this request's prepared test_sft and test_gen files.
     """
-    test_gen_file = held_out["test_gen"]
     rollout = plan.rollout
     assert rollout is not None
     settings = request.rollout
-    logger = get_run_logger()
     endpoint = workspace.get_endpoint(plan.endpoint_name)
-    if endpoint is None or not rollout.endpoint_exists:
+    if endpoint is None:
         # Nothing in production: the gate holds the model against the base model only.
-        decision = gate(workspace, rollout, model, metrics, settings, held_out,
-                        plan.parameters)
+        decision = gate(workspace, rollout.model_copy(update={"current_deployment": None,
+                        "current_model": None, "current_version": None}),
+                        model, metrics, settings, held_out, plan.parameters)
         if not decision.passed:
             return _reject(workspace, plan, model, decision, None, None)
         return _first_release(workspace, request, plan, model, this_run)
-    step = endpoint.tags.get(TAG_ROLLOUT_STEP) if rollout.resume_step else None
     new = rollout.new_deployment
-    # Resuming this request's own rollout: where it started from is what the endpoint
-    # recorded (the traffic may already have moved).
-    old = old_of(endpoint, new) if step else rollout.current_deployment
-    if step == "done" or (step is None and old == new):
-        return ReleaseOutcome(outcome="already-serving", released=True, serving=new,
-                              endpoint=endpoint,
-                              message=f"{model.name}:{model.version} already serves "
-                              f"{plan.endpoint_name} (deployment {new})")
-    if step == "undone":
-        return ReleaseOutcome(outcome="rolled-back", released=False, serving=old,
-                              endpoint=endpoint,
-                              message=f"an earlier run of this request rolled {new} back; "
-                              f"{old} serves {plan.endpoint_name}")
-    if step == "rolled-back":
-        return _roll_back(workspace, request, plan, model, old, new, None,
-                          "finishing the rollback a killed run left")
-    if step == "promoted":
-        return _finish_promotion(workspace, request, plan, model, old, new,
-                                 "finishing the promotion a killed run left")
-    if step == "held" and not settings.auto_promote:
-        return ReleaseOutcome(outcome="held", released=True, serving=old, endpoint=endpoint,
-                              message=f"{new} is held at its canary share; re-run with "
-                              "rollout.auto_promote=true to promote it")
-    if step == "held":
-        return _promote(workspace, request, plan, model, old, new,
-                        "promoted by a re-run with auto_promote on (the canary was healthy)")
-    if step:
-        logger.info("Resuming this request's rollout on %s from step %s", plan.endpoint_name,
-                    step)
+    recorded = RecordedRelease.of(endpoint.tags)
+    mine = recorded.request == plan.request_id and recorded.to_deployment == new
+    run = Release(
+        workspace=workspace, request=request, plan=plan, model=model, held_out=held_out,
+        this_run=this_run, cursor=ReleaseCursor.seen(
+            endpoint, request_id=plan.request_id, run=this_run, new=new,
+            old=recorded.from_deployment if mine else rollout.current_deployment,
+            keep_previous=settings.keep_previous))
+    if mine and recorded.step is not None:
+        finished = _resume(run, recorded, settings.auto_promote)
+        if finished is not None:
+            return finished
+        get_run_logger().info("Resuming this request's rollout on %s from step %s",
+                              plan.endpoint_name, recorded.step)
+    resuming = mine and recorded.step in UNDER_WAY
 
     # 1. the gate, before anything on the endpoint changes
     decision = gate(workspace, rollout, model, metrics, settings, held_out, plan.parameters)
     if not decision.passed:
-        return _reject(workspace, plan, model, decision, old, endpoint)
-    workspace.set_model_stage(model.name, model.version, "candidate", decision.tags())
+        if resuming:
+            return _roll_back(run, None, "the gate refused the model: " + "; ".join(
+                r for r in decision.reasons if r.startswith("FAIL")))
+        return _reject(workspace, plan, model, decision, run.cursor.old, endpoint)
 
-    # 2. claim the endpoint, create the new deployment at 0 %
-    deploy_wait_s = request.deployment_timeout_minutes * 60 + EXPIRY_MARGIN_S
-    endpoint = record_step(workspace, plan.endpoint_name, "deploying", plan.request_id, old,
-                           new, expires_in_s=deploy_wait_s, claim=True)
-    if step is None:
+    # 2. claim the endpoint; if production changed since the pre-flight, gate again
+    try:
+        endpoint = _claim(run, resuming)
+    except (OwnershipConflict, ConcurrentChange) as exc:
+        return _refused(run, str(exc))
+    if not resuming and run.cursor.old != rollout.current_deployment:
+        decision = _gate_again(run, metrics, endpoint)
+        if not decision.passed:
+            run.write("undone", check_traffic=False,
+                      reason="the gate refused the model against the production model "
+                      "that served at the claim")
+            return _reject(workspace, plan, model, decision, run.cursor.old, endpoint)
+    workspace.set_model_stage(model.name, model.version, "candidate", decision.tags())
+    if recorded.step is None or not mine:
         reports.emit("rollout.started", plan.endpoint_name, workspace.kind, {
-            "model": model.name, "version": model.version, "from": old, "to": new,
-            "canary_percent": settings.canary_percent})
+            "model": model.name, "version": model.version, "from": run.cursor.old,
+            "to": new, "canary_percent": settings.canary_percent})
     create_deployment(
         workspace,
         DeploymentSpec(
@@ -187,48 +205,130 @@ def release(
         request.deployment_timeout_minutes,
     )
     _checkpoint("deployment-created")
+    try:
+        return _try_and_watch(run)
+    except ConcurrentChange as exc:
+        return _hold_for_person(run, str(exc))
+
+
+def _resume(run: Release, recorded: RecordedRelease, auto_promote: bool
+            ) -> ReleaseOutcome | None:
+    """Finish this request's own release from the step an earlier run recorded; None when
+    it goes on from its claim."""
+    name, new, old = run.name, run.cursor.new, run.cursor.old
+    step = recorded.step
+    if step == "done":
+        return ReleaseOutcome(outcome="already-serving", released=True, serving=new,
+                              endpoint=run.workspace.get_endpoint(name),
+                              message=f"{run.model.name}:{run.model.version} already serves "
+                              f"{name} (deployment {new})")
+    if step == "undone":
+        return ReleaseOutcome(outcome="rolled-back", released=False, serving=old,
+                              endpoint=run.workspace.get_endpoint(name),
+                              message=f"an earlier run of this request rolled {new} back "
+                              f"({recorded.reason or 'no reason recorded'}); {old} serves "
+                              f"{name}")
+    if step == "rolled-back":
+        return _finish_roll_back(run, None, recorded.reason or
+                                 "finishing the rollback a killed run left")
+    if step == "promoted":
+        return _finish_promotion(run, "finishing the promotion a killed run left")
+    if step == "held" and not auto_promote:
+        why = recorded.reason or "at its canary share"
+        return ReleaseOutcome(outcome="held", released=True, serving=old,
+                              endpoint=run.workspace.get_endpoint(name),
+                              message=f"{new} is held ({why}); promote or abort it, or re-run "
+                              "with rollout.auto_promote=true to promote it")
+    if step == "held":
+        try:
+            return _promote(run, "promoted by a re-run with auto_promote on (the canary "
+                            "was healthy)")
+        except ConcurrentChange as exc:
+            return _hold_for_person(run, str(exc))
+    return None
+
+
+def _claim(run: Release, resuming: bool) -> Endpoint:
+    """Claim the endpoint, recording where the release starts from as it is at the write.
+
+    The endpoint is read, production found (:func:`production_deployment`), and the claim
+    written only if nothing changed in between (else read again): what the gate is
+    compared with is what served when the claim landed.
+    """
+    for _ in range(3):
+        endpoint = run.workspace.get_endpoint(run.name)
+        if endpoint is None:
+            raise ConcurrentChange(f"endpoint {run.name} was deleted before the claim")
+        recorded = RecordedRelease.of(endpoint.tags)
+        old = recorded.from_deployment if resuming else production_deployment(
+            run.workspace, endpoint)
+        run.cursor = ReleaseCursor.seen(
+            endpoint, request_id=run.cursor.request_id, run=run.this_run, new=run.cursor.new,
+            old=old, keep_previous=run.cursor.keep_previous)
+        back = {old: 100} if resuming and old and recorded.step in ("mirror", "canary") else None
+        try:
+            return run.write("deploying", claim=True, traffic=back,
+                             mirror={} if back and run.request.rollout.mirror_percent else None)
+        except ConcurrentChange:
+            continue
+    raise ConcurrentChange(f"endpoint {run.name} kept changing while this release claimed it")
+
+
+def _gate_again(run: Release, metrics: JobMetrics, endpoint: Endpoint) -> GateDecision:
+    """The gate against the production model that served when the claim landed."""
+    old = run.cursor.old
+    tags = endpoint.tags_of(old)
+    get_run_logger().warning(
+        "Production on %s changed since the pre-flight (now %s): gating again against it",
+        run.name, old or "nothing")
+    current = run.plan.rollout.model_copy(update={
+        "current_deployment": old, "current_model": tags.get(TAG_MODEL) if old else None,
+        "current_version": tags.get(TAG_MODEL_VERSION) if old else None})
+    return gate(run.workspace, current, run.model, metrics, run.request.rollout, run.held_out,
+                run.plan.parameters)
+
+
+def _try_and_watch(run: Release) -> ReleaseOutcome:
+    """Contract at 0 %, mirror, canary, watch, then promote, hold or roll back."""
+    settings, old, new = run.request.rollout, run.cursor.old, run.cursor.new
     if old is None:
         # Nothing serves yet: no traffic to compare with; the contract decides.
-        return _promote_after_contract(workspace, request, plan, model, None, new,
-                                       test_gen_file)
-
-    # 3. the contract, by header, at 0 %
-    bodies = _bodies(test_gen_file, plan)
-    contract = check_contract(workspace, plan.endpoint_name, new, bodies[:3], 90.0)
+        return _promote_after_contract(run)
+    bodies = _bodies(run.held_out["test_gen"], run.plan)
+    contract = check_contract(run.workspace, run.name, new, bodies[:3], 90.0)
     if not all(r.ok for r in contract):
         failed = next(r for r in contract if not r.ok)
-        return _roll_back(workspace, request, plan, model, old, new, None,
-                          f"the new deployment broke the scoring contract ({failed.status}: "
-                          f"{failed.reason})")
+        return _roll_back(run, None, f"the new deployment broke the scoring contract "
+                          f"({failed.status}: {failed.reason})")
     limits = WatchLimits(**settings.model_dump(include=set(WatchLimits.model_fields)))
-    watch_s = settings.watch_seconds * 3 + 60 + EXPIRY_MARGIN_S
-    # 4. mirrored share (Azure), then the canary share
     if settings.mirror_percent:
-        record_step(workspace, plan.endpoint_name, "mirror", plan.request_id, old, new,
-                    mirror={new: settings.mirror_percent}, expires_in_s=watch_s)
-        mirrored = watch_canary(workspace, plan.endpoint_name, old, new, bodies, limits)
-        report_watch(plan.endpoint_name, mirrored, f"mirrored {settings.mirror_percent} %")
+        run.write("mirror", mirror={new: settings.mirror_percent})
+        mirrored = watch_canary(run.workspace, run.name, old, new, bodies, limits,
+                                expected_traffic=run.cursor.traffic)
+        report_watch(run.name, mirrored, f"mirrored {settings.mirror_percent} %")
+        if mirrored.interrupted:
+            return _hold_for_person(run, mirrored.interrupted)
         if not mirrored.healthy:
-            return _roll_back(workspace, request, plan, model, old, new, mirrored,
-                              "the new deployment failed while mirrored")
-    record_step(workspace, plan.endpoint_name, "canary", plan.request_id, old, new,
-                traffic={old: 100 - settings.canary_percent, new: settings.canary_percent},
-                mirror={} if settings.mirror_percent else None, expires_in_s=watch_s)
+            return _roll_back(run, mirrored, "the new deployment failed while mirrored")
+    run.write("canary", traffic={old: 100 - settings.canary_percent,
+                                 new: settings.canary_percent},
+              mirror={} if settings.mirror_percent else None)
     _checkpoint("canary-set")
-    # 5. watch, decide
-    verdict = watch_canary(workspace, plan.endpoint_name, old, new, bodies, limits)
-    report_watch(plan.endpoint_name, verdict, f"canary {settings.canary_percent} %")
+    verdict = watch_canary(run.workspace, run.name, old, new, bodies, limits,
+                           expected_traffic=run.cursor.traffic)
+    report_watch(run.name, verdict, f"canary {settings.canary_percent} %")
+    if verdict.interrupted:
+        return _hold_for_person(run, verdict.interrupted)
     if not verdict.healthy:
-        return _roll_back(workspace, request, plan, model, old, new, verdict,
+        return _roll_back(run, verdict,
                           "; ".join(r for r in verdict.reasons if r.startswith("FAIL")))
     if not settings.auto_promote:
-        endpoint = record_step(workspace, plan.endpoint_name, "held", plan.request_id, old, new)
+        endpoint = run.write("held", reason="a healthy canary, held for a person to promote")
         return ReleaseOutcome(outcome="held", released=True, serving=old, endpoint=endpoint,
                               message=f"the canary {new} is healthy and held at "
-                              f"{settings.canary_percent} %: re-run with "
-                              "rollout.auto_promote=true to promote it")
-    return _promote(workspace, request, plan, model, old, new,
-                    "the canary was healthy: " + "; ".join(verdict.reasons))
+                              f"{settings.canary_percent} %: promote or abort it, or re-run "
+                              "with rollout.auto_promote=true to promote it")
+    return _promote(run, "the canary was healthy: " + "; ".join(verdict.reasons))
 
 
 def old_of(endpoint: Endpoint, new: str) -> str | None:
@@ -262,36 +362,44 @@ def gate(
                         source="the same job's evaluation before tuning" if base else
                         "the workspace's pipeline does not evaluate the base model")]
     if rollout.current_model and rollout.current_version:
-        production = workspace.get_model(rollout.current_model, rollout.current_version)
-        label = f"production (version {rollout.current_version})"
-        if production is None:
-            rivals.append(Contender(label=label, source="the model is not in the registry"))
-        elif not same_held_out_data(model.tags, production.tags):
-            # Measured on other files: scored again on this request's, with the job's code.
-            get_run_logger().info(
-                "The model in production was evaluated on other held-out files; scoring it "
-                "on this request's with the fine-tune job's evaluation code")
-            theirs = workspace.evaluate_model(
-                production, held_out["test_sft"], held_out["test_gen"], parameters)
-            rivals.append(Contender(
-                label=label, figures=job_figures(JobMetrics(evaluation=theirs or {})),
-                source="scored again on this request's held-out files with the job's "
-                "evaluation code" if theirs is not None else
-                f"its job was evaluated on other held-out files and the {workspace.kind} "
-                "workspace cannot score it again; train both on the same dataset and "
-                "dataset_split_pc to compare them"))
-        else:
-            job = production.tags.get("job-name", "")
-            theirs = get_job_metrics(workspace, job) if job else JobMetrics()
-            rivals.append(Contender(label=label, figures=job_figures(theirs),
-                                    source=f"job {job}, same held-out files"))
-    decision = judge(new, rivals, GateMargins(loss=settings.gate_loss_margin,
-                                              exact_answer=settings.gate_exact_answer_margin))
+        rivals.append(_production_contender(workspace, rollout, model, held_out, parameters))
+    margins = GateMargins(loss=settings.gate_loss_margin,
+                          exact_answer=settings.gate_exact_answer_margin)
+    decision = judge(new, rivals, margins)
     logger = get_run_logger()
     for line in decision.reasons:
         (logger.warning if line.startswith("FAIL") else logger.info)("Gate: %s", line)
     report_gate(decision)
     return decision
+
+
+def _production_contender(
+    workspace: Workspace, rollout: RolloutPlan, model: RegisteredModel,
+    held_out: dict[str, str], parameters: dict[str, str],
+) -> Contender:
+    production = workspace.get_model(rollout.current_model, rollout.current_version)
+    label = f"production (version {rollout.current_version})"
+    if production is None:
+        return Contender(label=label, source="the model is not in the registry")
+    if same_held_out_data(model.tags, production.tags):
+        job = production.tags.get("job-name", "")
+        theirs = get_job_metrics(workspace, job) if job else JobMetrics()
+        return Contender(label=label, figures=job_figures(theirs),
+                         source=f"job {job}, same held-out files and truncation")
+    # Measured on other files, or cut at another max_seq_length: scored again on this
+    # request's files with the job's code and settings, so the figures are like for like.
+    get_run_logger().info(
+        "The model in production was evaluated on other held-out files or another "
+        "max_seq_length; scoring it on this request's with the fine-tune job's evaluation code")
+    scored = workspace.evaluate_model(production, held_out["test_sft"], held_out["test_gen"],
+                                      parameters)
+    return Contender(
+        label=label, figures=job_figures(JobMetrics(evaluation=scored or {})),
+        source="scored again on this request's held-out files with the job's evaluation "
+        "code" if scored is not None else
+        f"its job was evaluated on other held-out files or another max_seq_length and the "
+        f"{workspace.kind} workspace cannot score it again; train both on the same dataset, "
+        "dataset_split_pc and max_seq_length to compare them")
 
 
 def _reject(
@@ -314,6 +422,34 @@ def _reject(
         + "; ".join(failed))
 
 
+def _refused(run: Release, why: str) -> ReleaseOutcome:
+    """The endpoint could not be claimed (another release holds it): nothing changed."""
+    report_decision(run.name, "refused", [
+        f"**Not released**: {run.model.name}:{run.model.version} passed the gate, but "
+        f"{run.name} could not be claimed for it: {why}.",
+        "Nothing on the endpoint changed. Re-run this request once that release has ended: "
+        "the re-run gates again against the model that serves then."])
+    return ReleaseOutcome(outcome="refused", released=False, serving=run.cursor.old,
+                          endpoint=run.workspace.get_endpoint(run.name),
+                          message=f"{run.name} could not be claimed: {why}")
+
+
+def _hold_for_person(run: Release, what_changed: str) -> ReleaseOutcome:
+    """Someone else changed the endpoint during the release: stop, record held, take no
+    further step. A person decides (promote, abort), not the run."""
+    endpoint = run.write("held", check_traffic=False, reason=f"stopped: {what_changed}")
+    reports.emit("rollout.held", run.name, run.workspace.kind, {
+        "model": run.model.name, "version": run.model.version, "deployment": run.cursor.new,
+        "reason": what_changed})
+    report_decision(run.name, "held for a person", [
+        f"**Held**: the release of {run.model.name}:{run.model.version} stopped and wrote "
+        "nothing more, because " + what_changed + ".",
+        f"The traffic stays as it is now: {endpoint.traffic}. Promote or abort the release "
+        "once you have decided."])
+    return ReleaseOutcome(outcome="held", released=False, serving=run.cursor.old,
+                          endpoint=endpoint, message=f"held: {what_changed}")
+
+
 def _first_release(
     workspace: Workspace, request: FinetuneRequest, plan: FinetunePlan, model: RegisteredModel,
     this_run: str,
@@ -324,7 +460,7 @@ def _first_release(
     create_endpoint(
         workspace,
         EndpointSpec(name=plan.endpoint_name, tags={
-            **tags, **step_tags(plan.request_id, "deploying", None, new, None)},
+            **tags, **release_tags(plan.request_id, "deploying", None, new, this_run)},
             description=f"Serves the {model.name} model in production (canary releases)",
             owner=plan.request_id),
         request.deployment_timeout_minutes,
@@ -336,8 +472,11 @@ def _first_release(
                        tags=tags, owner=plan.request_id),
         request.deployment_timeout_minutes,
     )
-    endpoint = record_step(workspace, plan.endpoint_name, "done", plan.request_id, None, new,
-                           traffic={new: 100})
+    _checkpoint("first-deployment-created")
+    endpoint = workspace.get_endpoint(plan.endpoint_name)
+    cursor = ReleaseCursor.seen(endpoint, request_id=plan.request_id, run=this_run, new=new)
+    endpoint = record_step(workspace, cursor, "promoted", traffic={new: 100})
+    endpoint = record_step(workspace, cursor.at(endpoint), "done")
     workspace.set_model_stage(model.name, model.version, "production")
     reports.emit("rollout.promoted", plan.endpoint_name, workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "first": True})
@@ -349,93 +488,61 @@ def _first_release(
                           message=f"first release: {plan.endpoint_name} created, {new} at 100 %")
 
 
-def _promote_after_contract(
-    workspace: Workspace, request: FinetuneRequest, plan: FinetunePlan, model: RegisteredModel,
-    old: str | None, new: str, test_gen_file: str,
-) -> ReleaseOutcome:
-    contract = check_contract(workspace, plan.endpoint_name, new,
-                              _bodies(test_gen_file, plan)[:3], 90.0)
+def _promote_after_contract(run: Release) -> ReleaseOutcome:
+    contract = check_contract(run.workspace, run.name, run.cursor.new,
+                              _bodies(run.held_out["test_gen"], run.plan)[:3], 90.0)
     if not all(r.ok for r in contract):
-        return _roll_back(workspace, request, plan, model, old, new, None,
-                          "the new deployment broke the scoring contract")
-    return _promote(workspace, request, plan, model, old, new,
-                    "nothing served on the endpoint; the contract checks passed")
+        return _roll_back(run, None, "the new deployment broke the scoring contract")
+    return _promote(run, "nothing served on the endpoint; the contract checks passed")
 
 
-def _promote(
-    workspace: Workspace, request: FinetuneRequest, plan: FinetunePlan, model: RegisteredModel,
-    old: str | None, new: str, why: str,
-) -> ReleaseOutcome:
-    record_step(workspace, plan.endpoint_name, "promoted", plan.request_id, old, new,
-                traffic={new: 100}, expires_in_s=EXPIRY_MARGIN_S,
-                keep_previous=request.rollout.keep_previous)
+def _promote(run: Release, why: str) -> ReleaseOutcome:
+    run.write("promoted", traffic={run.cursor.new: 100})
     _checkpoint("promoted")
-    return _finish_promotion(workspace, request, plan, model, old, new, why)
+    return _finish_promotion(run, why)
 
 
-def _finish_promotion(
-    workspace: Workspace, request: FinetuneRequest, plan: FinetunePlan, model: RegisteredModel,
-    old: str | None, new: str, why: str,
-) -> ReleaseOutcome:
-    workspace.set_model_stage(model.name, model.version, "production")
-    endpoint = workspace.get_endpoint(plan.endpoint_name)
-    retired = _retire_previous(workspace, plan, endpoint, old)
-    if old and not request.rollout.keep_previous:
-        delete_deployment(workspace, plan.endpoint_name, old,
-                          request.deployment_timeout_minutes)
-        _checkpoint("old-deleted")
-    endpoint = record_step(workspace, plan.endpoint_name, "done", plan.request_id, old, new)
-    reports.emit("rollout.promoted", plan.endpoint_name, workspace.kind, {
+def _finish_promotion(run: Release, why: str) -> ReleaseOutcome:
+    old, new, model = run.cursor.old, run.cursor.new, run.model
+    endpoint, retired = finish_promotion(run.workspace, run.cursor,
+                                         run.request.deployment_timeout_minutes,
+                                         after_delete=lambda: _checkpoint("old-deleted"))
+    run.cursor = run.cursor.at(endpoint)
+    run.workspace.set_model_stage(model.name, model.version, "production")
+    reports.emit("rollout.promoted", run.name, run.workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "previous": old,
         "previous_model": retired, "reason": why})
     lines = [f"**Promoted** {model.name}:{model.version} (deployment {new}) to 100 % of "
-             f"{plan.endpoint_name}.", f"Why: {why}."]
+             f"{run.name}.", f"Why: {why}."]
     if old:
         lines.append(f"Previous deployment {old} ({retired or 'model unknown'}): "
-                     + ("kept at 0 %" if request.rollout.keep_previous else "deleted") + ".")
-    report_decision(plan.endpoint_name, "promoted", lines)
+                     + ("kept at 0 %" if run.cursor.keep_previous else "deleted") + ".")
+    report_decision(run.name, "promoted", lines)
     return ReleaseOutcome(outcome="promoted", released=True, serving=new, endpoint=endpoint,
                           message=f"promoted {new} to 100 % ({why})")
 
 
-def _retire_previous(
-    workspace: Workspace, plan: FinetunePlan, endpoint: Endpoint | None, old: str | None
-) -> str | None:
-    """Tag the model the old deployment served as retired; returns name:version."""
-    if endpoint is None or old is None:
-        return None
-    deployment = next((d for d in endpoint.deployments if d.name == old), None)
-    if deployment is None:
-        return None
-    name, version = deployment.tags.get(TAG_MODEL), deployment.tags.get(TAG_MODEL_VERSION)
-    if not name or not version:
-        return None
-    found = workspace.get_model(name, version)
-    if found is not None and found.tags.get(TAG_STAGE) == "production":
-        workspace.set_model_stage(name, version, "retired")
-    return f"{name}:{version}"
+def _roll_back(run: Release, verdict: WatchVerdict | None, why: str) -> ReleaseOutcome:
+    """All traffic back to the old deployment (recorded in the same write), then the new
+    one deleted and its model rejected."""
+    if run.cursor.old:
+        run.write("rolled-back", traffic={run.cursor.old: 100},
+                  mirror={} if run.request.rollout.mirror_percent else None, reason=why)
+    return _finish_roll_back(run, verdict, why)
 
 
-def _roll_back(
-    workspace: Workspace, request: FinetuneRequest, plan: FinetunePlan, model: RegisteredModel,
-    old: str | None, new: str, verdict: WatchVerdict | None, why: str,
-) -> ReleaseOutcome:
-    """All traffic back to ``old`` (recorded in the same write), then the new one deleted."""
-    if old:
-        record_step(workspace, plan.endpoint_name, "rolled-back", plan.request_id, old, new,
-                    traffic={old: 100}, mirror={} if request.rollout.mirror_percent else None,
-                    expires_in_s=EXPIRY_MARGIN_S)
-    figures = {"chatft-rollback-reason": why[:250]}
-    if verdict is not None:
-        figures["chatft-canary-error-rate"] = f"{verdict.new.error_rate:.4f}"
-    workspace.set_model_stage(model.name, model.version, "rejected", figures)
-    delete_deployment(workspace, plan.endpoint_name, new, request.deployment_timeout_minutes)
-    endpoint = record_step(workspace, plan.endpoint_name, "undone", plan.request_id, old, new)
-    reports.emit("rollout.rolled-back", plan.endpoint_name, workspace.kind, {
+def _finish_roll_back(run: Release, verdict: WatchVerdict | None, why: str) -> ReleaseOutcome:
+    old, new, model = run.cursor.old, run.cursor.new, run.model
+    figures = {"chatft-canary-error-rate": f"{verdict.new.error_rate:.4f}"} if verdict else {}
+    endpoint = finish_rollback(run.workspace, run.cursor, why, figures,
+                               run.request.deployment_timeout_minutes)
+    run.workspace.set_model_stage(model.name, model.version, "rejected",
+                                  {"chatft-rollback-reason": why[:250], **figures})
+    reports.emit("rollout.rolled-back", run.name, run.workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "restored": old,
         "reason": why})
-    report_decision(plan.endpoint_name, "rolled back", [
-        f"**Rolled back**: {old or 'nothing'} takes 100 % of {plan.endpoint_name} again; the "
+    report_decision(run.name, "rolled back", [
+        f"**Rolled back**: {old or 'nothing'} takes 100 % of {run.name} again; the "
         f"new deployment {new} ({model.name}:{model.version}) was deleted and the version "
         "tagged rejected.", f"Why: {why}."])
     return ReleaseOutcome(outcome="rolled-back", released=False, serving=old, endpoint=endpoint,

@@ -171,7 +171,8 @@ def smoke_test_endpoints(
     workspace = load_workspace(workspace_block)
     # A release whose run died is finished or undone first, so what is probed is what
     # will serve (tasks/rollout_recovery.py).
-    listed = settle_abandoned_rollouts(workspace)
+    listed, releases = settle_abandoned_rollouts(workspace)
+    unsettled = [r for r in releases if not r.settled]
     plan = find_endpoints_to_test(workspace, endpoint_names, listed)
 
     results: list[ProbeResult] = []
@@ -192,6 +193,13 @@ def smoke_test_endpoints(
     report_smoke_test(results, plan.skipped, workspace.kind)
     failed = emit_events(workspace, results, plan.skipped)
     tested = sorted({r.endpoint for r in results})
+    if unsettled:
+        failed_text = "; ".join(f"{r.endpoint}: {r.action}" for r in unsettled)
+        raise SmokeTestFailed(
+            f"{len(unsettled)} release(s) could not be settled and wait for a person ("
+            f"{failed_text}); {len(tested)} endpoint(s) tested"
+            + (f", {len(failed)} failed" if failed else "")
+            + ". See the rollout-recovery and smoke-test-results artifacts.")
     if not tested and not failed:
         # Nothing probed is not a pass: say so in the run's name and state, not in green
         # "all answered" (the first scheduled run on a fresh server had nothing to test).

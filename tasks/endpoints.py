@@ -15,7 +15,13 @@ from prefect.cache_policies import NO_CACHE
 from tasks.policies import transient_retries
 from tasks.waiting import poll_until
 from workspaces.compute_rules import check_inference_size
-from workspaces.errors import InvalidRequest, QuotaExceeded, ResourceNotFound, WorkspaceError
+from workspaces.errors import (
+    InvalidRequest,
+    OwnershipConflict,
+    QuotaExceeded,
+    ResourceNotFound,
+    WorkspaceError,
+)
 from workspaces.failure_advice import failure_class, with_advice
 from workspaces.interface import (
     Deployment,
@@ -27,7 +33,7 @@ from workspaces.interface import (
     Workspace,
 )
 from workspaces.model_tags import INFERENCE_ALLOW_LIST, allow_list
-from workspaces.ownership import ENDPOINT_ADVICE, foreign, refuse_foreign
+from workspaces.ownership import ENDPOINT_ADVICE, foreign, refuse_foreign, refuse_take_over
 from workspaces.scoring import build_body, normalize_answer, read_reply, up_to_last_question
 from workspaces.ultrachat import read_jsonl
 
@@ -376,6 +382,10 @@ def check_endpoint_ownership(
     if not owners:
         return
     if take_over:
+        try:
+            refuse_take_over(f"endpoint {endpoint_name}", endpoint.tags)
+        except OwnershipConflict as exc:
+            raise InvalidRequest(f"take_over: {exc}") from None
         get_run_logger().warning("Taking over (take_over=true): %s", "; ".join(owners))
         return
     raise InvalidRequest(

@@ -24,7 +24,9 @@ FIGURES = (
     ("eval_loss", "test_sft loss", True),
     ("exact_answer_rate", "exact-answer rate", False),
 )
-SAME_DATA_TAGS = ("test-sha256", "test-gen-sha256")
+# Figures compare like for like only on byte-identical held-out files cut at the same
+# max_seq_length (a longer cut scores other tokens).
+SAME_DATA_TAGS = ("test-sha256", "test-gen-sha256", "max-seq-length")
 
 
 class GateMargins(BaseModel):
@@ -54,10 +56,13 @@ class GateDecision(BaseModel):
     new: Contender
     rivals: list[Contender]
     reasons: list[str] = Field(description="One line per comparison, pass or fail")
+    margins: GateMargins = Field(default_factory=GateMargins)
 
     def tags(self) -> dict[str, str]:
         """The figures as model tags (the verdict stays with the version)."""
-        tags = {"chatft-gate": "passed" if self.passed else "failed"}
+        tags = {"chatft-gate": "passed" if self.passed else "failed",
+                "chatft-gate-loss-margin": f"{self.margins.loss:g}",
+                "chatft-gate-exact-answer-margin": f"{self.margins.exact_answer:g}"}
         for key, _, _ in FIGURES:
             if key in self.new.figures:
                 tags[f"chatft-gate-{key}"] = f"{self.new.figures[key]:.4f}"
@@ -72,7 +77,8 @@ class GateDecision(BaseModel):
 
 
 def same_held_out_data(new_tags: dict[str, str], production_tags: dict[str, str]) -> bool:
-    """Whether two models were evaluated on byte-identical held-out files."""
+    """Whether two models were evaluated on byte-identical held-out files, cut at the same
+    max_seq_length."""
     return all(
         new_tags.get(tag) and new_tags.get(tag) == production_tags.get(tag)
         for tag in SAME_DATA_TAGS
@@ -125,7 +131,8 @@ def judge(new: Contender, rivals: list[Contender], margins: GateMargins) -> Gate
         # model was not measured. Nothing says the model is worse; it is released.
         reasons.append("note: nothing could be compared (no model in production, and no "
                        "figure of the base model); the model is released as the first one")
-    return GateDecision(passed=passed, new=new, rivals=rivals, reasons=reasons)
+    return GateDecision(passed=passed, new=new, rivals=rivals, reasons=reasons,
+                        margins=margins)
 
 
 def job_figures(metrics: JobMetrics, prefix: str = "") -> dict[str, float]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -25,17 +26,16 @@ from workspaces.errors import InvalidRequest, ResourceNotFound
 from workspaces.interface import (
     TAG_MODEL,
     TAG_MODEL_VERSION,
-    TAG_ROLLOUT_EXPIRES,
-    TAG_ROLLOUT_FROM,
-    TAG_ROLLOUT_KEEP_PREVIOUS,
     TAG_ROLLOUT_REQUEST,
+    TAG_ROLLOUT_RUN,
     TAG_ROLLOUT_SINCE,
     TAG_ROLLOUT_STEP,
-    TAG_ROLLOUT_TO,
+    TAG_STAGE,
     Endpoint,
     Workspace,
 )
 from workspaces.ownership import rollout_under_way
+from workspaces.release_state import RecordedRelease, RolloutStep, allowed, release_tags
 
 
 class WatchLimits(BaseModel):
@@ -53,7 +53,7 @@ class RolloutPlan(BaseModel):
 
     endpoint_exists: bool
     current_deployment: str | None = Field(
-        None, description="The deployment taking the largest live share now, if any"
+        None, description="The deployment serving the model in production now, if any"
     )
     current_model: str | None = None
     current_version: str | None = None
@@ -63,10 +63,42 @@ class RolloutPlan(BaseModel):
     )
 
 
-def serving_deployment(endpoint: Endpoint) -> str | None:
-    """The deployment with the largest live share (None: no live traffic)."""
-    live = {name: share for name, share in endpoint.traffic.items() if share > 0}
-    return max(live, key=lambda name: (live[name], name)) if live else None
+def production_deployment(workspace: Workspace, endpoint: Endpoint) -> str | None:
+    """The deployment that serves production: what the release recorded on the endpoint,
+    else the one deployment taking live traffic, else the one whose model version the
+    registry names production. Never a share or a name order: a held 50/50 canary is not
+    production.
+
+    Raises:
+        InvalidRequest: live traffic is split and nothing says which deployment serves
+            production (a hand edit); the message says how to settle it.
+    """
+    live = sorted(name for name, share in endpoint.traffic.items() if share > 0)
+    deployments = {d.name for d in endpoint.deployments}
+    recorded = RecordedRelease.of(endpoint.tags)
+    named = recorded.production()
+    if named and (named in live or recorded.occupied and named in deployments):
+        return named
+    if len(live) <= 1:
+        return live[0] if live else None
+    staged = [name for name in live if _stage_of(workspace, endpoint, name) == "production"]
+    if len(staged) == 1:
+        return staged[0]
+    raise InvalidRequest(
+        f"endpoint_name: endpoint {endpoint.name} splits live traffic "
+        f"{dict(sorted(endpoint.traffic.items()))} and "
+        + ("no" if not staged else "more than one") + " deployment serves the registry's "
+        "production version; route 100 % to the deployment that should serve, then release"
+    )
+
+
+def _stage_of(workspace: Workspace, endpoint: Endpoint, deployment: str) -> str | None:
+    tags = endpoint.tags_of(deployment)
+    name, version = tags.get(TAG_MODEL), tags.get(TAG_MODEL_VERSION)
+    if not name or not version:
+        return None
+    model = workspace.get_model(name, version)
+    return model.tags.get(TAG_STAGE) if model is not None else None
 
 
 def canary_deployment_name(deployment_name: str, suffix: str) -> str:
@@ -119,13 +151,16 @@ def check_rollout_target(
         )
     busy = rollout_under_way(endpoint.tags)
     if busy and busy != request_id:
+        step = endpoint.tags.get(TAG_ROLLOUT_STEP)
         raise InvalidRequest(
-            f"endpoint_name: endpoint {endpoint_name} is in the middle of a rollout of request "
-            f"{busy} (step {endpoint.tags.get(TAG_ROLLOUT_STEP)} since "
-            f"{endpoint.tags.get(TAG_ROLLOUT_SINCE, 'unknown')}); wait for it to finish, or "
-            "for the smoke test to undo it once it expires"
+            f"endpoint_name: endpoint {endpoint_name} "
+            f"{'holds' if step == 'held' else 'is in the middle of'} a release of request "
+            f"{busy} (step {step} since {endpoint.tags.get(TAG_ROLLOUT_SINCE, 'unknown')}); "
+            + ("promote or abort that release first" if step == "held" else
+               "wait for it to finish; if its run died, the next scheduled smoke test "
+               "settles it")
         )
-    current = serving_deployment(endpoint)
+    current = production_deployment(workspace, endpoint)
     tags = endpoint.tags_of(current)
     serves = tags.get(TAG_MODEL)
     if current and serves and serves != model_name:
@@ -165,48 +200,75 @@ def check_canary_room(workspace: Workspace, instance_type: str, instance_count: 
             "once the old one is deleted)")
 
 
-def step_tags(
-    request_id: str, step: str, old: str | None, new: str, expires_in_s: float | None,
-    keep_previous: bool = False,
-) -> dict[str, str]:
-    """The endpoint tags recording a rollout at ``step`` (an empty value removes a tag)."""
-    now = datetime.now(UTC)
-    return {
-        TAG_ROLLOUT_KEEP_PREVIOUS: "true" if keep_previous else "",
-        TAG_ROLLOUT_REQUEST: request_id,
-        TAG_ROLLOUT_STEP: step,
-        TAG_ROLLOUT_FROM: old or "",
-        TAG_ROLLOUT_TO: new,
-        TAG_ROLLOUT_SINCE: now.isoformat(timespec="seconds"),
-        TAG_ROLLOUT_EXPIRES: (
-            (now + timedelta(seconds=expires_in_s)).isoformat(timespec="seconds")
-            if expires_in_s is not None else ""
-        ),
-    }
+class ReleaseCursor(BaseModel):
+    """One release as its driver (a run, a re-run, the recovery) last saw it on the endpoint.
+
+    Every write states what it expects (the recorded step and run, the live shares) and is
+    refused when the endpoint says otherwise: a person's traffic change, another run.
+    """
+
+    endpoint: str
+    request_id: str
+    run: str = Field(description="The flow run that moves the release now")
+    old: str | None = Field(None, description="The deployment it started from")
+    new: str
+    keep_previous: bool = False
+    step: str | None = Field(None, description="The step recorded when last seen")
+    recorded_run: str | None = Field(None, description="The run recorded when last seen")
+    traffic: dict[str, int] = Field(default_factory=dict, description="Live shares last seen")
+    recovery: bool = Field(False, description="Moved by the scheduled recovery, for the "
+                           "request the endpoint records (no ownership of its own)")
+
+    @classmethod
+    def seen(cls, endpoint: Endpoint, **fields: Any) -> ReleaseCursor:
+        """A cursor at what ``endpoint`` records now."""
+        recorded = RecordedRelease.of(endpoint.tags)
+        return cls(endpoint=endpoint.name, step=recorded.step, recorded_run=recorded.run,
+                   traffic=live_shares(endpoint.traffic), **fields)
+
+    def at(self, endpoint: Endpoint) -> ReleaseCursor:
+        """This cursor once ``endpoint`` is what its own write returned."""
+        recorded = RecordedRelease.of(endpoint.tags)
+        return self.model_copy(update={"step": recorded.step, "recorded_run": recorded.run,
+                                       "traffic": live_shares(endpoint.traffic)})
+
+
+def live_shares(traffic: dict[str, int]) -> dict[str, int]:
+    """The deployments that take live traffic, with their shares."""
+    return {name: share for name, share in traffic.items() if share}
 
 
 @task(name="record-rollout-step", task_run_name="rollout-{step}", cache_policy=NO_CACHE,
       **transient_retries())
 def record_step(
     workspace: Workspace,
-    endpoint_name: str,
-    step: str,
-    request_id: str,
-    old: str | None,
-    new: str,
+    cursor: ReleaseCursor,
+    step: RolloutStep,
     traffic: dict[str, int] | None = None,
     mirror: dict[str, int] | None = None,
-    expires_in_s: float | None = None,
     claim: bool = False,
-    keep_previous: bool = False,
+    reason: str = "",
+    check_traffic: bool = True,
 ) -> Endpoint:
-    """Move traffic (or not) and record the rollout's ``step`` on the endpoint, in one write."""
+    """Move traffic (or not) and record the release's ``step`` on the endpoint, in one write.
+
+    The write is refused (``ConcurrentChange``) unless the endpoint still records the step
+    and run the cursor last saw and (with ``check_traffic``) its live shares; ``step`` must
+    be a move :data:`workspaces.release_state.TRANSITIONS` allows. ``claim`` makes the
+    endpoint this request's, refused while another request's release is under way or held.
+    """
+    if not allowed(cursor.step, step):
+        raise InvalidRequest(f"a release recorded at step {cursor.step} cannot move to {step}")
     endpoint = workspace.set_traffic(
-        endpoint_name, traffic, owner=request_id, mirror=mirror, claim=claim,
-        tags=step_tags(request_id, step, old, new, expires_in_s, keep_previous),
+        cursor.endpoint, traffic, owner=None if cursor.recovery else cursor.request_id,
+        mirror=mirror, claim=claim,
+        tags=release_tags(cursor.request_id, step, cursor.old, cursor.new, cursor.run,
+                          cursor.keep_previous, reason),
+        expect={TAG_ROLLOUT_STEP: cursor.step or "", TAG_ROLLOUT_RUN: cursor.recorded_run or ""},
+        expect_traffic=cursor.traffic if check_traffic else None,
     )
     get_run_logger().info(
-        "Rollout on %s: step %s, traffic %s%s", endpoint_name, step, endpoint.traffic,
+        "Rollout on %s: step %s, traffic %s%s", cursor.endpoint, step, endpoint.traffic,
         f", mirrored {mirror}" if mirror else "",
     )
     return endpoint
@@ -265,6 +327,9 @@ class DeploymentFigures(BaseModel):
     median_latency_ms: float | None = None
     probes: int = 0
     probe_errors: int = 0
+    broken_replies: int = Field(
+        0, description="Answers with a success status that broke the scoring contract "
+        "(an empty or malformed reply): errors whatever their status")
     source: str = ""
 
     @property
@@ -282,6 +347,8 @@ class WatchVerdict(BaseModel):
     current: DeploymentFigures | None
     new: DeploymentFigures
     reasons: list[str]
+    interrupted: str | None = Field(
+        None, description="A traffic change the release did not make, which stopped the watch")
 
 
 def _figures(
@@ -291,11 +358,14 @@ def _figures(
     (real traffic and probes together), else from the probes' own results."""
     mine = [p for p in probes if p.deployment == name]
     failed = [p for p in mine if not p.ok and not _caller_fault(p)]
+    # The request log counts server errors by status; a 200 whose reply breaks the
+    # contract is an error to a user all the same.
+    broken = [p for p in failed if p.http_status is not None and p.http_status < 400]
     figures = DeploymentFigures(deployment=name, role=role, probes=len(mine),
-                                probe_errors=len(failed))
+                                probe_errors=len(failed), broken_replies=len(broken))
     if activity is not None and activity.available and name in activity.latency_ms_by_deployment:
         figures.requests = activity.requests_by_deployment.get(name, 0)
-        figures.errors = activity.errors_by_deployment.get(name, 0)
+        figures.errors = activity.errors_by_deployment.get(name, 0) + len(broken)
         figures.median_latency_ms = activity.latency_ms_by_deployment[name]
         figures.source = "request log"
     else:
@@ -320,6 +390,7 @@ def watch_canary(
     bodies: list[dict[str, Any]],
     settings: WatchLimits,
     timeout_s: float = 60.0,
+    expected_traffic: dict[str, int] | None = None,
 ) -> WatchVerdict:
     """Watch both deployments under the canary share, then judge the new one.
 
@@ -335,11 +406,20 @@ def watch_canary(
     names = [n for n in (current, new) if n]
     probes: list[ProbeResult] = []
     turn = 0
+    checked = started
+    interrupted = None
     while True:
         elapsed = time.monotonic() - started
         seen = {n: sum(p.deployment == n for p in probes) for n in names}
         wanting = [n for n in names if seen[n] < settings.watch_requests]
-        if (elapsed >= settings.watch_seconds and not wanting) or elapsed >= deadline:
+        done = (elapsed >= settings.watch_seconds and not wanting) or elapsed >= deadline
+        if expected_traffic is not None and (done or time.monotonic() - checked
+                                             >= TRAFFIC_CHECK_S):
+            checked = time.monotonic()
+            interrupted = traffic_change(workspace, endpoint_name, expected_traffic)
+            if interrupted:
+                break
+        if done:
             break
         if not wanting:
             time.sleep(min(1.0, settings.watch_seconds - elapsed))
@@ -350,6 +430,8 @@ def watch_canary(
         probes.append(probe_once(
             workspace, SmokeTarget(endpoint=endpoint_name, deployment=name), body, timeout_s))
     seconds = time.monotonic() - started
+    if interrupted:
+        logger.warning("Canary: the watch stopped: %s", interrupted)
     try:
         activity = workspace.get_endpoint_activity(endpoint_name, start_wall, datetime.now(UTC))
     except Exception as exc:  # noqa: BLE001 - the probes' own results still judge
@@ -358,8 +440,11 @@ def watch_canary(
         activity = None
     new_figures = _figures(new, "new", probes, activity)
     current_figures = _figures(current, "current", probes, activity) if current else None
-    reasons = []
-    healthy = True
+    reasons = [f"FAIL {interrupted}"] if interrupted else []
+    healthy = not interrupted
+    if new_figures.broken_replies:
+        reasons.append(f"note {new_figures.broken_replies} answer(s) of the new deployment "
+                       "broke the scoring contract with a success status; counted as errors")
     if new_figures.requests < settings.watch_requests:
         healthy = False
         reasons.append(f"FAIL the new deployment answered {new_figures.requests} request(s) in "
@@ -384,4 +469,85 @@ def watch_canary(
     for line in reasons:
         (logger.info if line.startswith("pass") else logger.warning)("Canary: %s", line)
     return WatchVerdict(healthy=healthy, seconds=round(seconds, 1), share=settings.canary_percent,
-                        current=current_figures, new=new_figures, reasons=reasons)
+                        current=current_figures, new=new_figures, reasons=reasons,
+                        interrupted=interrupted)
+
+
+# How often the watch reads the endpoint for a traffic change it did not make (one GET on
+# Azure each time).
+TRAFFIC_CHECK_S = 10.0
+
+
+def traffic_change(workspace: Workspace, endpoint_name: str,
+                   expected: dict[str, int]) -> str | None:
+    """What changed in the endpoint's live shares against ``expected``; None when nothing."""
+    endpoint = workspace.get_endpoint(endpoint_name)
+    now = live_shares(endpoint.traffic) if endpoint is not None else {}
+    wanted = live_shares(expected)
+    if endpoint is None:
+        return f"endpoint {endpoint_name} was deleted during the watch"
+    if now != wanted:
+        return (f"the traffic of {endpoint_name} was changed during the watch by someone "
+                f"else: it is {now or 'none'}, the release had set {wanted}")
+    return None
+
+
+# -- the ends of a release, shared by the run, its re-run and the recovery ---------------
+def deployment_model(endpoint: Endpoint | None, name: str | None) -> tuple[str, str] | None:
+    """The model name and version a deployment was made with (its own tags), if known."""
+    deployment = next((d for d in (endpoint.deployments if endpoint else []) if d.name == name),
+                      None)
+    if deployment is None:
+        return None
+    model, version = deployment.tags.get(TAG_MODEL), deployment.tags.get(TAG_MODEL_VERSION)
+    return (model, version) if model and version else None
+
+
+def _set_stage(workspace: Workspace, model: tuple[str, str] | None, stage: str,
+               tags: dict[str, str] | None = None, only_from: str | None = None) -> None:
+    if model is None:
+        return
+    try:
+        if only_from is not None:
+            found = workspace.get_model(*model)
+            if found is None or found.tags.get(TAG_STAGE) != only_from:
+                return
+        workspace.set_model_stage(model[0], model[1], stage, tags)  # type: ignore[arg-type]
+    except (ResourceNotFound, NotImplementedError):
+        pass
+
+
+def finish_promotion(
+    workspace: Workspace, cursor: ReleaseCursor, timeout_minutes: float = 30,
+    after_delete: Callable[[], None] | None = None,
+) -> tuple[Endpoint, str | None]:
+    """From ``promoted``: the new model is production, the old one retired, the old
+    deployment deleted (unless kept), the release ``done``. Returns the endpoint and the
+    retired model as name:version."""
+    endpoint = workspace.get_endpoint(cursor.endpoint)
+    new_model, old_model = (deployment_model(endpoint, cursor.new),
+                            deployment_model(endpoint, cursor.old))
+    _set_stage(workspace, new_model, "production")
+    _set_stage(workspace, old_model, "retired", only_from="production")
+    if cursor.old and not cursor.keep_previous and cursor.old != cursor.new:
+        delete_deployment(workspace, cursor.endpoint, cursor.old, timeout_minutes)
+        if after_delete is not None:
+            after_delete()
+    endpoint = record_step(workspace, cursor, "done", check_traffic=False)
+    return endpoint, ":".join(old_model) if old_model else None
+
+
+def finish_rollback(
+    workspace: Workspace, cursor: ReleaseCursor, reason: str,
+    figures: dict[str, str] | None = None, timeout_minutes: float = 30,
+) -> Endpoint:
+    """From ``rolled-back`` (or a claim that never took traffic): the new model is tagged
+    rejected with the reason, its deployment deleted unless it still takes live traffic,
+    the release ``undone``."""
+    endpoint = workspace.get_endpoint(cursor.endpoint)
+    _set_stage(workspace, deployment_model(endpoint, cursor.new), "rejected",
+               {"chatft-rollback-reason": reason[:250], **(figures or {})})
+    live = live_shares(endpoint.traffic) if endpoint is not None else {}
+    if cursor.new != cursor.old and not live.get(cursor.new):
+        delete_deployment(workspace, cursor.endpoint, cursor.new, timeout_minutes)
+    return record_step(workspace, cursor, "undone", check_traffic=False, reason=reason)

@@ -1,18 +1,23 @@
-"""Ending the rollouts whose run died: what the scheduled smoke test does before it probes.
+"""Ending the releases whose run died: what the scheduled smoke test does before it probes.
 
-A rollout records its step on the endpoint with an expiry (flows/rollout.py). A run that
-is alive moves on before its step expires; one killed (kill -9, a lost worker) leaves the
-step behind. Once it has expired:
+A release records its flow run on the endpoint (flows/rollout.py). A release is settled
+only once that run is over: in a final state on the Prefect server, or silent past the
+liveness bound (tasks/liveness.py). A live run's release is never touched. A dead run's
+is taken through the same moves a run takes (workspaces/release_state.py):
 
 - ``deploying``, ``mirror``, ``canary``: undone. All live traffic goes back to the
-  deployment the rollout started from (in the write that records ``rolled-back``), the new
+  deployment the release started from (in the write that records ``rolled-back``), the new
   deployment is deleted, its model version tagged rejected, and ``chatft.rollout.rolled-back``
-  notifies through the smoke test's automation.
+  notifies through the smoke test's automation. A first release (nothing to go back to)
+  loses its deployment, which took no traffic, and the endpoint waits for the next one.
 - ``rolled-back``: the new deployment is deleted.
-- ``promoted``: the old deployment is deleted (unless the rollout asked to keep it).
+- ``promoted``: the new model is production, the old one retired, the old deployment
+  deleted (unless the release asked to keep it).
+- ``held``: a person's; listed with its age, never changed.
 
-Each ends in ``undone`` or ``done``, so a second pass, or the killed request's re-run,
-finds nothing left to do.
+When the deployment a release started from is gone (a hand edit), nothing is undone: the
+release is held for a person, with the reason. An endpoint that cannot be settled gets a
+row with the reason and what fixes it; every other endpoint is still settled and probed.
 """
 
 from __future__ import annotations
@@ -22,118 +27,119 @@ from datetime import UTC, datetime
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from tasks import reports
-from tasks.policies import transient_retries
-from tasks.rollout import remove_deployment, step_tags
-from workspaces.errors import ResourceNotFound
-from workspaces.interface import (
-    ROLLOUT_ACTIVE_STEPS,
-    TAG_MODEL,
-    TAG_MODEL_VERSION,
-    TAG_ROLLOUT_EXPIRES,
-    TAG_ROLLOUT_FROM,
-    TAG_ROLLOUT_KEEP_PREVIOUS,
-    TAG_ROLLOUT_REQUEST,
-    TAG_ROLLOUT_STEP,
-    TAG_ROLLOUT_TO,
-    Endpoint,
-    Workspace,
-)
-
-UNDONE_STEPS = frozenset({"deploying", "mirror", "canary"})
+from tasks.liveness import run_liveness
+from tasks.rollout import ReleaseCursor, finish_promotion, finish_rollback, record_step
+from workspaces.interface import Endpoint, Workspace
+from workspaces.release_state import RecordedRelease
 
 
 class SettledRollout(BaseModel):
-    """What a pass did to one endpoint's abandoned rollout."""
+    """What a pass found and did on one endpoint's release."""
 
     endpoint: str
     step: str
     action: str
+    settled: bool = True
 
 
-def parse_time(text: str) -> datetime | None:
-    """An ISO time from a tag (UTC when it names no zone), None when it is not one."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+def _age(since: datetime | None) -> str:
+    if since is None:
+        return "since an unknown time"
+    hours = (datetime.now(UTC) - since).total_seconds() / 3600
+    return f"since {since.isoformat(timespec='minutes')} ({hours:.1f} h)"
+
+
+def settle(workspace: Workspace, endpoint: Endpoint, this_run: str) -> SettledRollout | None:
+    """Finish or undo one release whose run is over (see the module docstring); None when
+    the endpoint has no release in progress."""
+    recorded = RecordedRelease.of(endpoint.tags)
+    step = recorded.step or ""
+    if not recorded.occupied:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def expired(endpoint: Endpoint, now: datetime) -> bool:
-    """Whether the endpoint's rollout step is left over from a dead run."""
-    if endpoint.tags.get(TAG_ROLLOUT_STEP) not in ROLLOUT_ACTIVE_STEPS:
-        return False
-    expires = parse_time(endpoint.tags.get(TAG_ROLLOUT_EXPIRES, ""))
-    return expires is not None and expires <= now
-
-
-def _delete(workspace: Workspace, endpoint: str, name: str | None) -> bool:
-    return bool(name) and remove_deployment(workspace, endpoint, name)
-
-
-def settle(workspace: Workspace, endpoint: Endpoint) -> SettledRollout:
-    """Finish or undo one expired rollout (see the module docstring)."""
-    tags = endpoint.tags
-    step, request = tags[TAG_ROLLOUT_STEP], tags.get(TAG_ROLLOUT_REQUEST, "")
-    old, new = tags.get(TAG_ROLLOUT_FROM) or None, tags.get(TAG_ROLLOUT_TO, "")
-    deployments = {d.name: d for d in endpoint.deployments}
-    if step == "promoted":
-        keep = tags.get(TAG_ROLLOUT_KEEP_PREVIOUS) == "true"
-        gone = not keep and _delete(workspace, endpoint.name, old)
-        workspace.set_traffic(endpoint.name, None,
-                              tags=step_tags(request, "done", old, new, None, keep))
+    if step == "held":
+        return SettledRollout(endpoint=endpoint.name, step=step, settled=True,
+                              action=f"held for a person {_age(recorded.since)}"
+                              + (f": {recorded.reason}" if recorded.reason else ""))
+    liveness = run_liveness(recorded.run, recorded.since)
+    if liveness.alive:
         return SettledRollout(endpoint=endpoint.name, step=step,
-                              action="promotion finished: " + (
-                                  f"old deployment {old} deleted" if gone else
-                                  f"old deployment {old or 'none'} kept"))
-    if step in UNDONE_STEPS and old in deployments:
-        workspace.set_traffic(endpoint.name, {old: 100},
-                              mirror={} if workspace.kind == "azure" else None,
-                              tags=step_tags(request, "rolled-back", old, new, None))
-    dropped = _delete(workspace, endpoint.name, new) if new != old else False
-    workspace.set_traffic(endpoint.name, None, tags=step_tags(request, "undone", old, new, None))
-    model = deployments.get(new)
-    if model is not None and model.tags.get(TAG_MODEL) and model.tags.get(TAG_MODEL_VERSION):
-        try:
-            workspace.set_model_stage(
-                model.tags[TAG_MODEL], model.tags[TAG_MODEL_VERSION], "rejected",
-                {"chatft-rollback-reason": f"its rollout was abandoned at step {step}"})
-        except (ResourceNotFound, NotImplementedError):
-            pass
-    reason = f"the run releasing {new} died at step {step}; its rollout expired"
+                              action=f"under way, left alone: {liveness.why}")
+    cursor = ReleaseCursor.seen(
+        endpoint, request_id=recorded.request or "", run=this_run, recovery=True,
+        old=recorded.from_deployment, new=recorded.to_deployment or "",
+        keep_previous=recorded.keep_previous)
+    old, new = cursor.old, cursor.new
+    deployments = {d.name for d in endpoint.deployments}
+    if step == "promoted":
+        _, retired = finish_promotion(workspace, cursor)
+        return SettledRollout(endpoint=endpoint.name, step=step, action=(
+            f"promotion finished ({liveness.why}): {new} serves; "
+            + (f"old deployment {old} kept" if recorded.keep_previous or not old else
+               f"old deployment {old} deleted") + (f", {retired} retired" if retired else "")))
+    reason = f"the run releasing {new} died at step {step} ({liveness.why})"
+    if step != "rolled-back" and old and old not in deployments:
+        record_step(workspace, cursor, "held", check_traffic=False,
+                    reason=f"the deployment it started from, {old}, is gone")
+        return SettledRollout(
+            endpoint=endpoint.name, step=step, settled=False,
+            action=f"not undone: {reason}, and the deployment it started from, {old}, is gone "
+            f"(changed by hand), so live traffic stays {cursor.traffic or 'none'}; held for a "
+            "person: re-run the request to finish it, or route the traffic and delete the "
+            "deployment you do not want")
+    if step != "rolled-back" and old:
+        cursor = cursor.at(record_step(workspace, cursor, "rolled-back", traffic={old: 100},
+                                       mirror={} if workspace.kind == "azure" else None,
+                                       reason=reason))
+    finish_rollback(workspace, cursor, reason)
     reports.emit("rollout.rolled-back", endpoint.name, workspace.kind, {
         "deployment": new, "restored": old, "reason": reason, "by": "smoke-test"})
     return SettledRollout(
         endpoint=endpoint.name, step=step,
-        action=f"rolled back: {old or 'nothing'} takes all traffic"
-        + (f", new deployment {new} deleted" if dropped else ""))
+        action=f"rolled back ({liveness.why}): {old or 'nothing'} takes all traffic, new "
+        f"deployment {new} deleted")
 
 
-@task(name="settle-abandoned-rollouts", cache_policy=NO_CACHE, **transient_retries())
-def settle_abandoned_rollouts(workspace: Workspace) -> list[Endpoint]:
-    """Finish or undo every managed endpoint's rollout whose run died (expired step).
+def _settle_or_say(workspace: Workspace, endpoint: Endpoint, this_run: str
+                   ) -> SettledRollout | None:
+    try:
+        return settle(workspace, endpoint, this_run)
+    except Exception as exc:  # noqa: BLE001 - one endpoint must not stop the others
+        step = endpoint.tags.get("chatft-rollout-step", "")
+        return SettledRollout(
+            endpoint=endpoint.name, step=step, settled=False,
+            action=f"could not be settled: {exc.__class__.__name__}: {str(exc)[:300]}. "
+            "Re-run the request that started it to finish it, or route all traffic to the "
+            "deployment that should serve and delete the other")
+
+
+@task(name="settle-abandoned-rollouts", cache_policy=NO_CACHE)
+def settle_abandoned_rollouts(workspace: Workspace) -> tuple[list[Endpoint], list[SettledRollout]]:
+    """Finish or undo every managed endpoint's release whose run is over.
 
     Returns the workspace's endpoints as they are afterwards (listed again only when a
-    rollout was settled), so the caller does not list them, and every deployment of each,
-    a second time (on Azure one request per endpoint).
+    release was settled), so the caller does not list them, and every deployment of each,
+    a second time (on Azure one request per endpoint); and one row per release found.
     """
-    now = datetime.now(UTC)
+    this_run = str(flow_run.get_id() or "smoke-test")
     endpoints = workspace.list_endpoints()
-    settled = [settle(workspace, endpoint) for endpoint in endpoints
-               if endpoint.managed and expired(endpoint, now)]
+    rows = [row for endpoint in endpoints if endpoint.managed
+            if (row := _settle_or_say(workspace, endpoint, this_run)) is not None]
     logger = get_run_logger()
-    for item in settled:
-        logger.warning("Abandoned rollout on %s (step %s): %s", item.endpoint, item.step,
-                       item.action)
-    if settled:
+    changed = False
+    for row in rows:
+        changed |= row.action.startswith(("rolled back", "promotion finished", "not undone"))
+        (logger.info if row.settled else logger.warning)(
+            "Release on %s (step %s): %s", row.endpoint, row.step, row.action)
+    if rows:
         create_markdown_artifact(
             key="rollout-recovery",
-            markdown="## Abandoned rollouts ended by this run\n\n| endpoint | step left | "
-            "what was done |\n|---|---|---|\n" + "\n".join(
-                f"| {s.endpoint} | {s.step} | {s.action} |" for s in settled),
-            description="Rollouts whose run died, finished or undone",
+            markdown="## Releases in progress\n\n| endpoint | step | what was found or done "
+            "|\n|---|---|---|\n" + "\n".join(
+                f"| {r.endpoint} | {r.step} | {r.action.replace('|', '/')} |" for r in rows),
+            description="Releases under way, held, or whose run died (finished or undone)",
         )
-    return workspace.list_endpoints() if settled else endpoints
+    return (workspace.list_endpoints() if changed else endpoints), rows

@@ -19,15 +19,14 @@ from pydantic import BaseModel, Field
 
 from tasks.teardown import PriceTable, format_usd
 from workspaces.interface import (
-    ROLLOUT_ACTIVE_STEPS,
     TAG_PROTECTED,
-    TAG_ROLLOUT_EXPIRES,
     TAG_ROLLOUT_SINCE,
     TAG_ROLLOUT_STEP,
     TAG_ROLLOUT_TO,
     Endpoint,
     EndpointActivity,
 )
+from workspaces.release_state import RecordedRelease
 
 # Tag values that switch protection off; any other value (even empty) protects.
 NOT_PROTECTED_VALUES = frozenset({"false", "0", "no", "off"})
@@ -98,14 +97,15 @@ def hold_reason(endpoint: Endpoint, rules: TeardownRules) -> str | None:
     """Why the endpoint is kept without even reading its activity, or None."""
     if is_protected(endpoint):
         return f"protected (tag {TAG_PROTECTED}={endpoint.tags[TAG_PROTECTED]!r})"
-    step = endpoint.tags.get(TAG_ROLLOUT_STEP)
-    if step in ROLLOUT_ACTIVE_STEPS or step == "held":
-        # Deleting it would cut the release in two: the re-run or the smoke test ends it.
-        expires = endpoint.tags.get(TAG_ROLLOUT_EXPIRES)
-        return (f"a rollout is under way (step {step} since "
+    recorded = RecordedRelease.of(endpoint.tags)
+    if recorded.occupied:
+        # Deleting it would cut the release in two: its run, a re-run or the smoke test
+        # (once the run is over) ends it; a held one waits for a person.
+        return (f"a rollout is under way (step {recorded.step} since "
                 f"{endpoint.tags.get(TAG_ROLLOUT_SINCE, 'unknown')}"
-                + (f", expires {expires}: then the smoke test undoes it" if expires else
-                   ": it waits for a person to promote it") + ")")
+                + (": it waits for a person to promote or abort it" if recorded.step == "held"
+                   else ": its run finishes it, or the smoke test once the run is over")
+                + ")")
     if endpoint.provisioning_state in CHANGING_STATES:
         return f"endpoint is {endpoint.provisioning_state}; the next pass decides"
     changing = [d.name for d in endpoint.deployments if d.provisioning_state in CHANGING_STATES]

@@ -44,3 +44,8 @@ class DeadlineExceeded(WorkspaceError):
 
 class OwnershipConflict(InvalidRequest):
     """A name this request would create or change belongs to another request."""
+
+
+class ConcurrentChange(WorkspaceError):
+    """Someone else (a person, another run) changed the endpoint since the writer read it;
+    nothing was written."""

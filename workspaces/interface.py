@@ -61,7 +61,9 @@ TAG_DATASET = "dataset"
 SPLIT_SHA256_TAGS = {
     "train_sft": "train-sha256", "test_sft": "test-sha256", "test_gen": "test-gen-sha256"
 }
-LINEAGE_TAGS = (TAG_DATASET, "dataset-split-pc", *SPLIT_SHA256_TAGS.values())
+TAG_MAX_SEQ_LENGTH = "max-seq-length"
+LINEAGE_TAGS = (TAG_DATASET, "dataset-split-pc", *SPLIT_SHA256_TAGS.values(),
+                TAG_MAX_SEQ_LENGTH)
 
 # A release onto a live endpoint (flows/rollout.py) keeps its state on the endpoint itself,
 # so a re-run or the scheduled smoke test can finish or undo what a killed run left.
@@ -70,12 +72,11 @@ TAG_ROLLOUT_STEP = "chatft-rollout-step"
 TAG_ROLLOUT_FROM = "chatft-rollout-from"
 TAG_ROLLOUT_TO = "chatft-rollout-to"
 TAG_ROLLOUT_SINCE = "chatft-rollout-since"
-TAG_ROLLOUT_EXPIRES = "chatft-rollout-expires"
 TAG_ROLLOUT_KEEP_PREVIOUS = "chatft-rollout-keep-previous"
-# Steps a rollout can be in. While one of ROLLOUT_ACTIVE_STEPS is recorded the endpoint
-# has work left (a deployment to watch, or one to delete); "held" waits for a person (a
-# healthy canary with auto_promote off); "done" and "undone" leave one deployment serving.
-ROLLOUT_ACTIVE_STEPS = frozenset({"deploying", "mirror", "canary", "promoted", "rolled-back"})
+# The flow run that moves the release: the recovery settles a release only once that run
+# is over (workspaces/release_state.py holds the steps and their moves).
+TAG_ROLLOUT_RUN = "chatft-rollout-run"
+TAG_ROLLOUT_REASON = "chatft-rollout-reason"
 # The stage of a registered version: MLflow aliases locally, the tag on both workspaces.
 TAG_STAGE = "chatft-stage"
 ModelStage = Literal["production", "candidate", "rejected", "retired"]
@@ -576,6 +577,8 @@ class Workspace(ABC):
         mirror: dict[str, int] | None = None,
         tags: dict[str, str] | None = None,
         claim: bool = False,
+        expect: dict[str, str] | None = None,
+        expect_traffic: dict[str, int] | None = None,
     ) -> Endpoint:
         """Route traffic percentages to deployments and update the endpoint, in one write.
 
@@ -586,7 +589,11 @@ class Workspace(ABC):
 
         With ``owner``, the endpoint must belong to that request when the write is made.
         With ``claim`` as well, the endpoint becomes ``owner``'s unless another request's
-        rollout is under way on it (``OwnershipConflict``).
+        release is under way or held on it (``OwnershipConflict``).
+
+        ``expect`` (tag values, "" for an absent tag) and ``expect_traffic`` (the live
+        shares) are what the writer last saw: when the endpoint says otherwise at the write,
+        nothing is written and ``ConcurrentChange`` names what changed.
         """
 
     def evaluate_model(

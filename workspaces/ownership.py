@@ -7,14 +7,9 @@ the resource's lock, on Azure by a read just before the write) and refuses a for
 
 from __future__ import annotations
 
-from workspaces.errors import OwnershipConflict
-from workspaces.interface import (
-    ROLLOUT_ACTIVE_STEPS,
-    TAG_REQUEST,
-    TAG_ROLLOUT_REQUEST,
-    TAG_ROLLOUT_SINCE,
-    TAG_ROLLOUT_STEP,
-)
+from workspaces.errors import ConcurrentChange, OwnershipConflict
+from workspaces.interface import TAG_REQUEST, TAG_ROLLOUT_SINCE, TAG_ROLLOUT_STEP
+from workspaces.release_state import RecordedRelease
 
 
 def owner_of(tags: dict[str, str]) -> str | None:
@@ -54,27 +49,61 @@ ENDPOINT_ADVICE = (
 
 
 def rollout_under_way(tags: dict[str, str]) -> str | None:
-    """The request whose rollout is under way on an endpoint with these tags, else None."""
-    if tags.get(TAG_ROLLOUT_STEP) in ROLLOUT_ACTIVE_STEPS:
-        return tags.get(TAG_ROLLOUT_REQUEST) or None
-    return None
+    """The request whose release is under way or held on an endpoint with these tags."""
+    recorded = RecordedRelease.of(tags)
+    return recorded.request if recorded.occupied else None
 
 
 def claim_for_rollout(what: str, tags: dict[str, str], request_id: str) -> dict[str, str]:
     """The endpoint's tags once ``request_id`` has claimed it for a release.
 
-    Refused while another request's rollout is under way: two releases onto one endpoint
-    would route each other's deployments.
+    Refused while another request's release is under way or held: two releases onto one
+    endpoint would route each other's deployments, and a held canary belongs to a person.
     """
     busy = rollout_under_way(tags)
     if busy and busy != request_id:
+        step = tags.get(TAG_ROLLOUT_STEP)
         raise OwnershipConflict(
-            f"{what} is in the middle of a rollout of request {busy} (step "
-            f"{tags.get(TAG_ROLLOUT_STEP)} since {tags.get(TAG_ROLLOUT_SINCE, 'unknown')}; "
-            f"this request is {request_id}); wait for it to finish, or for the smoke test "
-            "to undo it once it expires"
+            f"{what} {'holds' if step == 'held' else 'is in the middle of'} a release of "
+            f"request {busy} (step {step} since {tags.get(TAG_ROLLOUT_SINCE, 'unknown')}; "
+            f"this request is {request_id}); "
+            + ("promote or abort it first (docs/rollout.md, 'How a release ends')"
+               if step == "held" else
+               "wait for it to finish; if its run died, the next scheduled smoke test "
+               "settles it")
         )
     return {**tags, TAG_REQUEST: request_id}
+
+
+def refuse_take_over(what: str, tags: dict[str, str]) -> None:
+    """Refuse to take over an endpoint that releases go onto: taking it over would put a
+    model on live traffic without the gate, and orphan a release in progress."""
+    recorded = RecordedRelease.of(tags)
+    if recorded.step is None:
+        return
+    state = ("a release is under way or held on it (step " + recorded.step + ")"
+             if recorded.occupied else "its models are released through the gate")
+    raise OwnershipConflict(
+        f"{what} cannot be taken over: {state}. Release onto it with rollout.strategy "
+        "canary (the gate compares your model with the one that serves), or choose "
+        "another endpoint_name"
+    )
+
+
+def check_expected(
+    what: str, tags: dict[str, str], traffic: dict[str, int],
+    expect: dict[str, str] | None, expect_traffic: dict[str, int] | None,
+) -> None:
+    """Raise :class:`ConcurrentChange` when the endpoint is not as its writer last saw it."""
+    changed = [f"tag {key} is {tags.get(key, '') or 'unset'!r}, expected {value or 'unset'!r}"
+               for key, value in (expect or {}).items() if tags.get(key, "") != value]
+    if expect_traffic is not None:
+        live = {name: share for name, share in traffic.items() if share}
+        wanted = {name: share for name, share in expect_traffic.items() if share}
+        if live != wanted:
+            changed.append(f"traffic is {live or 'none'}, expected {wanted or 'none'}")
+    if changed:
+        raise ConcurrentChange(f"{what} changed under this write: " + "; ".join(changed))
 
 
 def merge_tags(tags: dict[str, str], changes: dict[str, str] | None) -> dict[str, str]:

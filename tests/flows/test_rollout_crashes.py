@@ -9,7 +9,7 @@ no second model version, no process nobody knows.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import time
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,10 @@ from flows.parameters import (
 from flows.rollout import HOLD_ENV
 from flows.smoke_test_endpoints import smoke_test_endpoints
 from flows.teardown_idle_endpoints import teardown_idle_endpoints
+from tasks.liveness import HEARTBEAT_ENV, liveness_bound_s
 from tests.flows.test_kill_matrix import _model_versions, _unknown, kill_flow_when
 from tests.helpers import run_artifacts
-from workspaces.interface import TAG_ROLLOUT_EXPIRES, TAG_ROLLOUT_STEP, TAG_STAGE
+from workspaces.interface import TAG_ROLLOUT_STEP, TAG_STAGE
 from workspaces.local import LocalWorkspace
 from workspaces.local.state import read_json
 
@@ -64,6 +65,8 @@ def test_kill_9_after_each_rollout_step_then_rerun_converges(
 ):
     root = workspace.root.resolve()
     monkeypatch.setenv("CHATFT_STATE_DIR", str(root))
+    # Runs beat every 2 s, so a killed one is known dead 23 s later, not after minutes.
+    monkeypatch.setenv(HEARTBEAT_ENV, "2")
     first = finetune_and_deploy(request=_request(tmp_path, 1, 5e-4))
     old = first.deployment_name
     request = _request(tmp_path, 2, 1e-3)
@@ -97,17 +100,23 @@ def test_kill_9_after_each_rollout_step_then_rerun_converges(
         TAG_STAGE] == "production"
 
     # A third release dies under its canary share. While it is under way the teardown
-    # keeps the endpoint whatever its idleness; once the step has expired (its clock
-    # moved past: the run is dead), the smoke test undoes it and notifies.
+    # keeps the endpoint whatever its idleness; a smoke test right away leaves it alone (its
+    # run beat a moment ago); once the run has been silent past the bound, the next pass
+    # undoes it and notifies.
     _kill_after("canary-set", _request(tmp_path, 3, 5e-4), tmp_path)
+    killed_at = time.monotonic()
     dead = _config(workspace)["tags"]["chatft-rollout-to"]
     teardown = teardown_idle_endpoints(
         request=TeardownRequest(idle_hours=0.0001, grace_minutes=0, dry_run=False))
     assert ENDPOINT not in teardown.named("deleted")
     [row] = [d for d in teardown.decisions if d.endpoint == ENDPOINT and not d.deployment]
     assert "rollout is under way (step canary" in row.reason
-    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")
-    workspace.set_traffic(ENDPOINT, None, tags={TAG_ROLLOUT_EXPIRES: past})
+    if time.monotonic() - killed_at < liveness_bound_s() - 8:
+        early = smoke_test_endpoints(return_state=True)
+        assert _config(workspace)["tags"][TAG_ROLLOUT_STEP] == "canary", early.message
+        [found] = run_artifacts(early.state_details.flow_run_id, "rollout-recovery")
+        assert "under way, left alone" in found.data
+    time.sleep(max(0.0, liveness_bound_s() + 2 - (time.monotonic() - killed_at)))
     state = smoke_test_endpoints(return_state=True)
     assert state.is_completed(), state.message
     config = _config(workspace)
@@ -116,6 +125,7 @@ def test_kill_9_after_each_rollout_step_then_rerun_converges(
     assert config["tags"][TAG_ROLLOUT_STEP] == "undone"
     recovery = run_artifacts(state.state_details.flow_run_id, "rollout-recovery")
     assert recovery and dead in recovery[0].data and "rolled back" in recovery[0].data
+    assert "silent for" in recovery[0].data
     dead_version = dead.rsplit("-", 1)[1]
     assert workspace.get_model(result.model_name, dead_version).tags[TAG_STAGE] == "rejected"
     assert _unknown(root) == []

@@ -69,10 +69,13 @@ def test_figures_come_from_the_evaluation_then_the_finetune_steps_loss():
     assert job_figures(azure) == {"eval_loss": 1.3} and job_figures(azure, "base_") == {}
 
 
-def test_held_out_data_are_the_same_only_when_both_test_files_match():
-    tags = {"test-sha256": "a", "test-gen-sha256": "b"}
+def test_held_out_data_are_the_same_only_when_both_test_files_and_truncation_match():
+    tags = {"test-sha256": "a", "test-gen-sha256": "b", "max-seq-length": "512"}
     assert same_held_out_data(tags, dict(tags))
     assert not same_held_out_data(tags, {**tags, "test-gen-sha256": "c"})
+    # the same files cut at another max_seq_length score other tokens: not like for like
+    assert not same_held_out_data(tags, {**tags, "max-seq-length": "1024"})
+    assert not same_held_out_data(tags, {k: v for k, v in tags.items() if k != "max-seq-length"})
     assert not same_held_out_data({}, {})
 
 

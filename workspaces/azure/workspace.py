@@ -57,11 +57,13 @@ from workspaces.interface import (
 from workspaces.naming import check_endpoint_name
 from workspaces.ownership import (
     ENDPOINT_ADVICE,
+    check_expected,
     claim_for_rollout,
     foreign,
     merge_tags,
     refuse_foreign,
     refuse_foreign_model,
+    refuse_take_over,
 )
 
 # How long a read of a Failed resource waits for its operation to report the error.
@@ -557,6 +559,7 @@ class AzureMLWorkspace(Workspace):
         if existing is not None and foreign(
             f"endpoint {name}", dict(existing.tags or {}), spec.owner
         ):
+            refuse_take_over(f"endpoint {name}", dict(existing.tags or {}))
             # Taken over: the same endpoint (its traffic kept) tagged as this request's.
             existing.tags = dict(tags)
             existing.description = description
@@ -611,12 +614,15 @@ class AzureMLWorkspace(Workspace):
         mirror: dict[str, int] | None = None,
         tags: dict[str, str] | None = None,
         claim: bool = False,
+        expect: dict[str, str] | None = None,
+        expect_traffic: dict[str, int] | None = None,
     ) -> Endpoint:
         with azure_errors(f"routing traffic of endpoint {endpoint_name}"):
             ep = self._read_endpoint(endpoint_name)
         # The read the update is built from is the ownership check, just before the write.
         what = f"endpoint {endpoint_name}"
         tags_now = dict(ep.tags or {})
+        check_expected(what, tags_now, dict(ep.traffic or {}), expect, expect_traffic)
         if claim and owner:
             tags_now = claim_for_rollout(what, tags_now, owner)
         else:

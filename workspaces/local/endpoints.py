@@ -51,10 +51,12 @@ from workspaces.local.state import (
 from workspaces.naming import check_endpoint_name
 from workspaces.ownership import (
     ENDPOINT_ADVICE,
+    check_expected,
     claim_for_rollout,
     foreign,
     merge_tags,
     refuse_foreign,
+    refuse_take_over,
 )
 
 SERVER_MODULE = "workspaces.local.endpoint_server"
@@ -208,6 +210,7 @@ class LocalEndpoints:
         def claim(config: dict[str, Any]) -> None:
             tags_now = config.get("tags", {})
             if spec.take_over and foreign(what, tags_now, spec.owner):
+                refuse_take_over(what, tags_now)
                 config.update(tags=dict(spec.tags), description=spec.description)
             else:
                 refuse_foreign(what, tags_now, spec.owner, ENDPOINT_ADVICE)
@@ -418,10 +421,13 @@ class LocalEndpoints:
         owner: str | None = None,
         tags: dict[str, str] | None = None,
         claim: bool = False,
+        expect: dict[str, str] | None = None,
+        expect_traffic: dict[str, int] | None = None,
     ) -> None:
         def route(config: dict[str, Any]) -> None:
             what = f"endpoint {endpoint}"
             tags_now = config.get("tags", {})
+            check_expected(what, tags_now, config.get("traffic", {}), expect, expect_traffic)
             if claim and owner:
                 tags_now = claim_for_rollout(what, tags_now, owner)
             else:

@@ -300,13 +300,16 @@ class LocalWorkspace(Workspace):
         mirror: dict[str, int] | None = None,
         tags: dict[str, str] | None = None,
         claim: bool = False,
+        expect: dict[str, str] | None = None,
+        expect_traffic: dict[str, int] | None = None,
     ) -> Endpoint:
         if mirror:
             raise InvalidRequest(
                 "mirrored traffic is an Azure ML feature; the local workspace serves live "
                 "traffic only (leave rollout.mirror_percent at 0)"
             )
-        self.endpoints.set_traffic(endpoint_name, traffic, owner, tags, claim)
+        self.endpoints.set_traffic(endpoint_name, traffic, owner, tags, claim, expect,
+                                   expect_traffic)
         endpoint = self.endpoints.get(endpoint_name)
         assert endpoint is not None
         return endpoint
