@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 from flows.parameters import FinetuneRequest, RolloutParameters
 from flows.preflight import FinetunePlan
 from tasks import reports
-from tasks.endpoints import create_deployment, create_endpoint, sample_requests
+from tasks.endpoints import create_deployment, create_endpoint, sample_questions
 from tasks.finetune import get_job_metrics
 from tasks.release_gate import (
     Contender,
@@ -294,17 +294,18 @@ def _try_and_watch(run: Release) -> ReleaseOutcome:
     if old is None:
         # Nothing serves yet: no traffic to compare with; the contract decides.
         return _promote_after_contract(run)
-    bodies = _bodies(run.held_out["test_gen"], run.plan)
+    bodies, answers = _probes(run.held_out["test_gen"], run.plan)
     contract = check_contract(run.workspace, run.name, new, bodies[:3], 90.0)
     if not all(r.ok for r in contract):
         failed = next(r for r in contract if not r.ok)
         return _roll_back(run, None, f"the new deployment broke the scoring contract "
                           f"({failed.status}: {failed.reason})")
-    limits = WatchLimits(**settings.model_dump(include=set(WatchLimits.model_fields)))
+    limits = WatchLimits(**settings.model_dump(include=set(WatchLimits.model_fields)),
+                         exact_answer_margin=settings.gate_exact_answer_margin)
     if settings.mirror_percent:
         run.write("mirror", mirror={new: settings.mirror_percent})
         mirrored = watch_canary(run.workspace, run.name, old, new, bodies, limits,
-                                expected_traffic=run.cursor.traffic)
+                                expected_traffic=run.cursor.traffic, answers=answers)
         report_watch(run.name, mirrored, f"mirrored {settings.mirror_percent} %")
         if mirrored.interrupted:
             return _hold_for_person(run, mirrored.interrupted)
@@ -315,7 +316,7 @@ def _try_and_watch(run: Release) -> ReleaseOutcome:
               mirror={} if settings.mirror_percent else None)
     _checkpoint("canary-set")
     verdict = watch_canary(run.workspace, run.name, old, new, bodies, limits,
-                           expected_traffic=run.cursor.traffic)
+                           expected_traffic=run.cursor.traffic, answers=answers)
     report_watch(run.name, verdict, f"canary {settings.canary_percent} %")
     if verdict.interrupted:
         return _hold_for_person(run, verdict.interrupted)
@@ -337,12 +338,16 @@ def old_of(endpoint: Endpoint, new: str) -> str | None:
         (d.name for d in endpoint.deployments if d.name != new), None)
 
 
-def _bodies(test_gen_file: str, plan: FinetunePlan) -> list[dict[str, Any]]:
+def _probes(test_gen_file: str, plan: FinetunePlan) -> tuple[list[dict[str, Any]], list[str]]:
+    """The watch's probe bodies and their reference answers. Greedy, as the job's own
+    evaluation is: both deployments answer the same questions the same way each time, so
+    their exact answers compare the models, not the sampling."""
     from flows.parameters import SMOKE_SCORING
 
     seed = int(plan.suffix)
-    return sample_requests(test_gen_file, SMOKE_SCORING.model_dump(),
-                           [seed + i for i in range(PROBE_SEEDS)])
+    greedy = SMOKE_SCORING.model_copy(update={"do_sample": False}).model_dump()
+    pairs = sample_questions(test_gen_file, greedy, [seed + i for i in range(PROBE_SEEDS)])
+    return [body for body, _ in pairs], [answer for _, answer in pairs]
 
 
 def gate(
@@ -490,7 +495,7 @@ def _first_release(
 
 def _promote_after_contract(run: Release) -> ReleaseOutcome:
     contract = check_contract(run.workspace, run.name, run.cursor.new,
-                              _bodies(run.held_out["test_gen"], run.plan)[:3], 90.0)
+                              _probes(run.held_out["test_gen"], run.plan)[0][:3], 90.0)
     if not all(r.ok for r in contract):
         return _roll_back(run, None, "the new deployment broke the scoring contract")
     return _promote(run, "nothing served on the endpoint; the contract checks passed")
@@ -573,16 +578,15 @@ def report_watch(endpoint_name: str, verdict: WatchVerdict, phase: str) -> None:
     """Artifact ``rollout-canary``: what each deployment did while it was watched."""
     rows = [f for f in (verdict.current, verdict.new) if f is not None]
     table = ("| deployment | role | requests | errors | error rate | median latency (ms) | "
-             "probes | figures from |\n|---|---|---|---|---|---|---|---|\n")
+             "exact answers | probes | figures from |\n|---|---|---|---|---|---|---|---|---|\n")
     legend = ("\n\nFigures from the *request log*: the endpoint's per-deployment log, real "
               "traffic and the rollout's probes together; from *probes*: the probes' own "
-              "results (the workspace keeps no per-deployment latency).")
+              "results (the workspace keeps no per-deployment latency). Exact answers: probes "
+              "with a known answer, answered word for word (both deployments get the same).")
     table += "\n".join(
         f"| {f.deployment} | {f.role} | {f.requests} | {f.errors} | {f.error_rate:.1%} | "
-        f"{f.median_latency_ms:.0f} | {f.probes} | {f.source} |"
-        if f.median_latency_ms is not None else
-        f"| {f.deployment} | {f.role} | {f.requests} | {f.errors} | {f.error_rate:.1%} | - | "
-        f"{f.probes} | {f.source} |" for f in rows)
+        + (f"{f.median_latency_ms:.0f}" if f.median_latency_ms is not None else "-")
+        + f" | {f.exact_answers}/{f.judged_answers} | {f.probes} | {f.source} |" for f in rows)
     create_markdown_artifact(
         key="rollout-canary",
         markdown=f"## {endpoint_name}: {phase}, watched {verdict.seconds:.0f} s: "

@@ -263,11 +263,22 @@ def sample_requests(
     reference answer, and the model is asked to give it. The body is built (and checked)
     once, and sent as built.
     """
+    return [body for body, _ in sample_questions(test_gen_file, parameters, seeds)]
+
+
+def sample_questions(
+    test_gen_file: str, parameters: dict[str, Any], seeds: list[int]
+) -> list[tuple[dict[str, Any], str]]:
+    """Like :func:`sample_requests`, each body with the reference answer its row ends with
+    (a reply is an exact answer when it equals it, as the job's evaluation counts)."""
     rows = read_jsonl(Path(test_gen_file))
-    return [
-        build_body(up_to_last_question(random.Random(seed).choice(rows)["messages"]), parameters)
-        for seed in seeds
-    ]
+    found = []
+    for seed in seeds:
+        messages = random.Random(seed).choice(rows)["messages"]
+        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        found.append((build_body(up_to_last_question(messages), parameters),
+                      answers[-1] if answers else ""))
+    return found
 
 
 # A measurement: done on every run.

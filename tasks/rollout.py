@@ -36,6 +36,7 @@ from workspaces.interface import (
 )
 from workspaces.ownership import rollout_under_way
 from workspaces.release_state import RecordedRelease, RolloutStep, allowed, release_tags
+from workspaces.scoring import normalize_answer
 
 
 class WatchLimits(BaseModel):
@@ -46,6 +47,9 @@ class WatchLimits(BaseModel):
     watch_requests: int
     max_error_rate: float
     max_latency_ratio: float
+    exact_answer_margin: float = Field(
+        0.0, description="How far the new deployment's live exact-answer rate may fall "
+        "below the current one's on the same probes (the gate's margin)")
 
 
 class RolloutPlan(BaseModel):
@@ -331,6 +335,13 @@ class DeploymentFigures(BaseModel):
         0, description="Answers with a success status that broke the scoring contract "
         "(an empty or malformed reply): errors whatever their status")
     source: str = ""
+    exact_answers: int = Field(0, description="Probes with a known answer it answered exactly")
+    judged_answers: int = Field(0, description="Probes with a known answer it answered")
+
+    @property
+    def exact_answer_rate(self) -> float | None:
+        """Exact answers over answered probes with a known answer (None: none answered)."""
+        return self.exact_answers / self.judged_answers if self.judged_answers else None
 
     @property
     def error_rate(self) -> float:
@@ -352,17 +363,24 @@ class WatchVerdict(BaseModel):
 
 
 def _figures(
-    name: str, role: str, probes: list[ProbeResult], activity: Any
+    name: str, role: str, probes: list[ProbeResult], activity: Any,
+    answers: dict[int, str] | None = None,
 ) -> DeploymentFigures:
     """A deployment's figures: from the workspace's per-deployment log when it keeps one
-    (real traffic and probes together), else from the probes' own results."""
+    (real traffic and probes together), else from the probes' own results. ``answers``
+    holds the reference answer of each probe (by its index in ``probes``) that has one."""
     mine = [p for p in probes if p.deployment == name]
+    judged = [(p, answers[i]) for i, p in enumerate(probes)
+              if p.deployment == name and p.ok and (answers or {}).get(i)]
     failed = [p for p in mine if not p.ok and not _caller_fault(p)]
     # The request log counts server errors by status; a 200 whose reply breaks the
     # contract is an error to a user all the same.
     broken = [p for p in failed if p.http_status is not None and p.http_status < 400]
-    figures = DeploymentFigures(deployment=name, role=role, probes=len(mine),
-                                probe_errors=len(failed), broken_replies=len(broken))
+    figures = DeploymentFigures(
+        deployment=name, role=role, probes=len(mine), probe_errors=len(failed),
+        broken_replies=len(broken), judged_answers=len(judged),
+        exact_answers=sum(normalize_answer(p.reply_excerpt) == normalize_answer(answer)
+                          for p, answer in judged))
     if activity is not None and activity.available and name in activity.latency_ms_by_deployment:
         figures.requests = activity.requests_by_deployment.get(name, 0)
         figures.errors = activity.errors_by_deployment.get(name, 0) + len(broken)
@@ -391,6 +409,7 @@ def watch_canary(
     settings: WatchLimits,
     timeout_s: float = 60.0,
     expected_traffic: dict[str, int] | None = None,
+    answers: list[str] | None = None,
 ) -> WatchVerdict:
     """Watch both deployments under the canary share, then judge the new one.
 
@@ -405,6 +424,7 @@ def watch_canary(
     deadline = settings.watch_seconds * 3 + 60
     names = [n for n in (current, new) if n]
     probes: list[ProbeResult] = []
+    asked: dict[int, int] = {}  # probe -> the body it sent, for those with an answer
     turn = 0
     checked = started
     interrupted = None
@@ -425,10 +445,13 @@ def watch_canary(
             time.sleep(min(1.0, settings.watch_seconds - elapsed))
             continue
         name = wanting[turn % len(wanting)]
-        body = bodies[turn % len(bodies)]
+        index = seen[name] % len(bodies)  # each deployment gets the same sequence
         turn += 1
+        if answers and index < len(answers) and answers[index]:
+            asked[len(probes)] = index
         probes.append(probe_once(
-            workspace, SmokeTarget(endpoint=endpoint_name, deployment=name), body, timeout_s))
+            workspace, SmokeTarget(endpoint=endpoint_name, deployment=name), bodies[index],
+            timeout_s))
     seconds = time.monotonic() - started
     if interrupted:
         logger.warning("Canary: the watch stopped: %s", interrupted)
@@ -438,8 +461,10 @@ def watch_canary(
         logger.warning("Could not read the activity of %s (%s); judging on the probes alone",
                        endpoint_name, exc)
         activity = None
-    new_figures = _figures(new, "new", probes, activity)
-    current_figures = _figures(current, "current", probes, activity) if current else None
+    expected = {probe: answers[index] for probe, index in asked.items()} if answers else {}
+    new_figures = _figures(new, "new", probes, activity, expected)
+    current_figures = (_figures(current, "current", probes, activity, expected)
+                       if current else None)
     reasons = [f"FAIL {interrupted}"] if interrupted else []
     healthy = not interrupted
     if new_figures.broken_replies:
@@ -466,11 +491,32 @@ def watch_canary(
     elif new_figures.median_latency_ms is None:
         healthy = False
         reasons.append("FAIL the new deployment answered no request successfully")
+    quality = _quality(current_figures, new_figures, settings.exact_answer_margin,
+                       len(set(asked.values())))
+    if quality:
+        healthy &= quality.startswith("pass")
+        reasons.append(quality)
     for line in reasons:
         (logger.info if line.startswith("pass") else logger.warning)("Canary: %s", line)
     return WatchVerdict(healthy=healthy, seconds=round(seconds, 1), share=settings.canary_percent,
                         current=current_figures, new=new_figures, reasons=reasons,
                         interrupted=interrupted)
+
+
+def _quality(current: DeploymentFigures | None, new: DeploymentFigures,
+             margin: float, questions: int) -> str | None:
+    """The live quality check: exact answers of both on the same probes, or None when there
+    is nothing to compare. One question's worth of slack (of the ``questions`` distinct
+    ones asked): a handful of probes is not the gate's held-out set, and one flip is not a
+    worse model."""
+    if current is None or new.exact_answer_rate is None or current.exact_answer_rate is None:
+        return None
+    slack = margin + 1 / max(1, min(questions, new.judged_answers, current.judged_answers))
+    ok = new.exact_answer_rate >= current.exact_answer_rate - slack
+    return (f"{'pass' if ok else 'FAIL'} live exact answers {new.exact_answers}/"
+            f"{new.judged_answers} against the current deployment's {current.exact_answers}/"
+            f"{current.judged_answers} on the same probes, needs >= "
+            f"{max(0.0, current.exact_answer_rate - slack):.0%}")
 
 
 # How often the watch reads the endpoint for a traffic change it did not make (one GET on

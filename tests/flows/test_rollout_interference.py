@@ -185,6 +185,24 @@ def test_the_watch_counts_empty_replies_and_stops_at_a_hand_change(prefect_serve
     assert verdict.new.broken_replies == verdict.new.probes >= 3
     assert any(r.startswith("FAIL error rate 100.0%") for r in verdict.reasons), verdict.reasons
 
+    # the live quality check: the same three questions to both, the canary answers wrong
+    ws.endpoints.set_simulation(EP, "blue", {"status_code": 200, "body": '{"output": "5."}'})
+    ws.endpoints.set_simulation(EP, "green", {"status_code": 200, "body": '{"output": "7"}'})
+
+    @flow
+    def watch_answers():
+        questions = [chat_body(q) for q in ("What is 2 plus 3?", "What is 1 plus 4?",
+                                            "What is 4 plus 1?")]
+        return watch_canary(ws, EP, "blue", "green", questions, limits,
+                            expected_traffic={"blue": 90, "green": 10}, answers=["5"] * 3)
+
+    verdict = watch_answers()
+    assert not verdict.healthy and verdict.new.error_rate == 0
+    assert (verdict.current.exact_answers, verdict.new.exact_answers) == (
+        verdict.current.judged_answers, 0)
+    assert any(r.startswith("FAIL live exact answers 0/") for r in verdict.reasons)
+    ws.endpoints.set_simulation(EP, "blue", None)
+
     # 8. an operator pulls the canary to 0 % during the watch: the watch stops, and the
     # promotion the run would write next is refused at the write
     ws.endpoints.set_simulation(EP, "green", None)
