@@ -72,7 +72,7 @@ from workspaces.interface import (
     RegisteredModel,
     Workspace,
 )
-from workspaces.release_state import UNDER_WAY, RecordedRelease, release_tags
+from workspaces.release_state import RUN_DIED, UNDER_WAY, RecordedRelease, release_tags
 
 PROBE_SEEDS = 5
 # Tests hold a run right after a step ("<point>:<marker file>") to kill it there with -9.
@@ -222,6 +222,8 @@ def _resume(run: Release, recorded: RecordedRelease, auto_promote: bool
                               endpoint=run.workspace.get_endpoint(name),
                               message=f"{run.model.name}:{run.model.version} already serves "
                               f"{name} (deployment {new})")
+    if step == "undone" and recorded.reason.startswith(RUN_DIED):
+        return None  # the recovery undid it because its run died: this run tries again
     if step == "undone":
         return ReleaseOutcome(outcome="rolled-back", released=False, serving=old,
                               endpoint=run.workspace.get_endpoint(name),

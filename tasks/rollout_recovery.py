@@ -34,7 +34,7 @@ from tasks import reports
 from tasks.liveness import run_liveness
 from tasks.rollout import ReleaseCursor, finish_promotion, finish_rollback, record_step
 from workspaces.interface import Endpoint, Workspace
-from workspaces.release_state import RecordedRelease
+from workspaces.release_state import RUN_DIED, RecordedRelease
 
 
 class SettledRollout(BaseModel):
@@ -80,7 +80,7 @@ def settle(workspace: Workspace, endpoint: Endpoint, this_run: str) -> SettledRo
             f"promotion finished ({liveness.why}): {new} serves; "
             + (f"old deployment {old} kept" if recorded.keep_previous or not old else
                f"old deployment {old} deleted") + (f", {retired} retired" if retired else "")))
-    reason = f"the run releasing {new} died at step {step} ({liveness.why})"
+    reason = f"{RUN_DIED} {new} died at step {step} ({liveness.why})"
     if step != "rolled-back" and old and old not in deployments:
         record_step(workspace, cursor, "held", check_traffic=False,
                     reason=f"the deployment it started from, {old}, is gone")

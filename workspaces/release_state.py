@@ -48,6 +48,9 @@ UNDER_WAY: frozenset[str] = frozenset(
 # The endpoint belongs to the release: no other request's write lands on it.
 OCCUPIED: frozenset[str] = UNDER_WAY | {"held"}
 FINAL: frozenset[str] = frozenset({"done", "undone"})
+# How the recovery's reason starts when it undoes a release because its run died (not
+# because the model failed): a re-run of the same request then tries again.
+RUN_DIED = "the run releasing"
 
 # Which step may follow which. A claim starts from nothing, a finished release, or (the
 # same request only) its own recorded step; the recovery takes the same moves as a run.

@@ -327,10 +327,10 @@ def test_the_smoke_test_settles_dead_releases_leaves_live_ones_and_probes_the_re
 
 
 def _deploy_on(ws: LocalWorkspace, endpoint: str, model_id: str, name: str,
-               version: str) -> None:
+               version: str, model: str = MODEL) -> None:
     ws.begin_create_deployment(DeploymentSpec(
         endpoint_name=endpoint, name=name, model_id=model_id, instance_type="Local_CPU",
-        tags={TAG_MODEL: MODEL, TAG_MODEL_VERSION: version}))
+        tags={TAG_MODEL: model, TAG_MODEL_VERSION: version}))
     wait_deployment_ready(ws, endpoint, name)
 
 
@@ -349,3 +349,220 @@ def test_settings_that_mean_nothing_are_refused_naming_the_field():
             RolloutParameters(strategy="canary", **{field: value})
     FinetuneRequest(rollout=RolloutParameters(strategy="canary", auto_promote=False,
                                               gate_loss_margin=0.05))
+
+
+# Whole runs: a first release killed, then nothing but the smoke test; then two releases
+# of different requests started at once onto the endpoint ---------------------------------
+def _traffic_log(ws: LocalWorkspace, endpoint: str, stop: threading.Event,
+                 seen: list[dict[str, int]]) -> None:
+    """Every distinct live split the endpoint takes, as a client would see it."""
+    from workspaces.local.state import read_json
+
+    config_file = ws.root / "endpoints" / endpoint / "endpoint.json"
+    while not stop.is_set():
+        live = {n: s for n, s in ((read_json(config_file) or {}).get("traffic") or {}).items()
+                if s}
+        if not seen or seen[-1] != live:
+            seen.append(live)
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_killed_first_release_is_settled_and_two_releases_at_once_release_one(
+    prefect_server, workspace, tmp_path, monkeypatch
+):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.finetune_and_deploy import finetune_and_deploy
+    from flows.parameters import TrainingParameters
+    from flows.rollout import HOLD_ENV
+    from tests.flows.test_kill_matrix import PROJECT_ROOT, RUN_FLOW, _unknown, kill_flow_when
+
+    root = workspace.root.resolve()
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(root))
+    monkeypatch.setenv(HEARTBEAT_ENV, "2")
+    ep = "race-ep"
+
+    def request(epochs: int, lr: float) -> FinetuneRequest:
+        return FinetuneRequest(
+            foundation_model="phi3-tiny-standin", endpoint_name=ep, dataset_split_pc=3,
+            download_dir=str(tmp_path / "dl"),
+            rollout=RolloutParameters(strategy="canary", watch_seconds=5, watch_requests=3),
+            training=TrainingParameters(num_train_epochs=epochs, learning_rate=lr,
+                                        apply_model_specific_defaults=False))
+
+    # A first release killed -9 once its deployment exists (0 %, step deploying); then
+    # nothing but scheduled smoke tests. It used to lock the endpoint for good.
+    marker = tmp_path / "held-first"
+    first = request(1, 5e-4)
+    kill_flow_when(marker.exists, first, tmp_path / "first.log", "first-deployment-created",
+                   {HOLD_ENV: f"first-deployment-created:{marker}"}, deadline_s=900)
+    assert RecordedRelease.of(workspace.get_endpoint(ep).tags).step == "deploying"
+    time.sleep(25)  # past the liveness bound of a 2 s heartbeat (23 s)
+    state = smoke_test_endpoints(return_state=True)
+    settled = workspace.get_endpoint(ep)
+    assert settled.deployments == [] and RecordedRelease.of(settled.tags).step == "undone"
+    [recovery] = run_artifacts(state.state_details.flow_run_id, "rollout-recovery")
+    assert "rolled back" in recovery.data and "silent for" in recovery.data
+    assert _unknown(root) == []
+
+    # The same request again: its run died, so it releases (its job is reused, not retrained).
+    again = finetune_and_deploy(request=first)
+    assert again.rollout == "promoted", again.rollout_message
+    assert workspace.get_endpoint(ep).traffic == {again.deployment_name: 100}
+
+    # Two requests, both trained to beat it, released at once. One is released; the other
+    # is refused at the claim, or gated again against the first's model once it serves.
+    # Never do the two new deployments take live traffic together.
+    stop, seen = threading.Event(), []
+    watcher = threading.Thread(target=_traffic_log, args=(workspace, ep, stop, seen))
+    watcher.start()
+    runs = []
+    try:
+        for n, (epochs, lr) in enumerate(((2, 1e-3), (2, 8e-4))):
+            with (tmp_path / f"race-{n}.log").open("ab") as out:
+                runs.append(subprocess.Popen(
+                    [sys.executable, "-c", RUN_FLOW, request(epochs, lr).model_dump_json()],
+                    env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+                    stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT))
+        for run in runs:
+            assert run.wait(timeout=1200) == 0, (tmp_path / "race-0.log").read_text()[-3000:]
+    finally:
+        stop.set()
+        watcher.join()
+    # each run's final state, as the UI names it
+    outcomes = [re.findall(r"Flow run '[^']+' - Finished in state (\w+)\(",
+                           (tmp_path / f"race-{n}.log").read_text())[-1] for n in range(2)]
+    assert "Completed" in outcomes, outcomes  # released
+    assert set(outcomes) <= {"Completed", "Refused", "Rejected", "RolledBack"}, outcomes
+    served_alone: set[str] = set()
+    for live in seen:
+        assert len(live) <= 2, seen
+        if len(live) == 1:
+            served_alone |= set(live)
+        new = [name for name in live if name != again.deployment_name]
+        if len(new) == 2:
+            # one release's canary beside the other's model, which had already been
+            # promoted to serve alone: a release after the other, never one beside it
+            assert served_alone & set(new), seen
+    endpoint = workspace.get_endpoint(ep)
+    [serving] = [name for name, share in endpoint.traffic.items() if share]
+    assert endpoint.traffic[serving] == 100
+    assert [d.name for d in endpoint.deployments] == [serving]  # nothing orphaned
+    model = next(d for d in endpoint.deployments if d.name == serving).tags
+    assert workspace.get_model(model[TAG_MODEL], model[TAG_MODEL_VERSION]).tags[
+        TAG_STAGE] == "production"
+    assert RecordedRelease.of(endpoint.tags).step == "done"
+    assert _unknown(root) == []
+
+
+# 2 and 9: the release itself, with a model it is given (no training here) --------------
+FAMILY = "phi3-tiny-standin-ultrachat-200k"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_claim_gates_against_what_serves_then_and_a_refused_resume_rolls_back(
+    prefect_server, workspace, standin_mlflow_model, tmp_path, monkeypatch
+):
+    from flows.parameters import TrainingParameters
+    from flows.preflight import run_preflight
+    from flows.rollout import release
+    from tasks.data import ensure_dataset
+    from workspaces.interface import JobMetrics
+
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
+    ws = workspace
+    versions = {v: register_model(ws, standin_mlflow_model, FAMILY, v) for v in ("1", "2")}
+    serve(ws, versions["1"], EP, deployment="blue",
+          tags={**MANAGED_TAGS, TAG_MODEL: FAMILY, TAG_MODEL_VERSION: "1"})
+    ws.set_traffic(EP, None, tags=release_tags("earlier", "done", None, "blue", "run-0"))
+    ws.set_model_stage(FAMILY, "1", "production")
+
+    def request(lr: float, keep_previous: bool = True) -> FinetuneRequest:
+        return FinetuneRequest(
+            foundation_model="phi3-tiny-standin", endpoint_name=EP, dataset_split_pc=3,
+            download_dir=str(tmp_path / "dl"),
+            training=TrainingParameters(learning_rate=lr, apply_model_specific_defaults=False),
+            rollout=RolloutParameters(strategy="canary", watch_seconds=3, watch_requests=3,
+                                      keep_previous=keep_previous))
+
+    @flow
+    def plan_for(req: FinetuneRequest):
+        plan = run_preflight(ws, req)
+        held_out = ensure_dataset(plan.dataset, plan.dataset_split_pc, plan.data_root,
+                                  ws.cache_scope).files
+        return plan, held_out
+
+    @flow
+    def run_release(req: FinetuneRequest, plan, held_out: dict, figures: dict[str, float]):
+        model = ws.get_model(FAMILY, plan.suffix) or register_model(
+            ws, standin_mlflow_model, FAMILY, plan.suffix)
+        return release(ws, req, plan, model, JobMetrics(evaluation=figures), held_out,
+                       str(uuid4()))
+
+    # 2. The pre-flight saw version 1 in production; while this request "trained", another
+    # release finished: version 2 (deployment green) serves, blue is kept at 0 %.
+    first = request(1e-3)
+    plan, held_out = plan_for(first)
+    assert plan.rollout.current_deployment == "blue"
+    _deploy_on(ws, EP, versions["2"].id, "green", "2", FAMILY)
+    ws.set_traffic(EP, {"green": 100},
+                   tags=release_tags("other", "done", "blue", "green", "run-1", True))
+    ws.set_model_stage(FAMILY, "2", "production")
+    stop, seen = threading.Event(), []
+    watcher = threading.Thread(target=_traffic_log, args=(ws, EP, stop, seen))
+    watcher.start()
+    try:
+        state = run_release(first, plan, held_out, {"eval_loss": 0.01,
+                                                    "exact_answer_rate": 1.0},
+                            return_state=True)
+    finally:
+        stop.set()
+        watcher.join()
+    outcome = state.result()
+    assert outcome.outcome == "promoted", outcome.message
+    new = plan.rollout.new_deployment
+    # judged against version 2, the model that served at the claim, scored on this
+    # request's held-out files; its canary split went to green, never back to blue
+    gate = run_artifacts(state.state_details.flow_run_id, "rollout-gate")[-1].data
+    assert "production (version 2)" in gate and "scored again" in gate, gate
+    assert {"green": 90, new: 10} in seen, seen
+    assert not any(live.get("blue") for live in seen), seen
+    endpoint = ws.get_endpoint(EP)
+    assert endpoint.traffic.get(new) == 100
+    assert ws.get_model(FAMILY, "2").tags[TAG_STAGE] == "retired"
+    assert ws.get_model(FAMILY, plan.suffix).tags[TAG_STAGE] == "production"
+
+    # 9. Another request's run died under its canary share; its re-run's gate now refuses
+    # the model: the canary is rolled back, not left serving its share.
+    second = request(7e-4, keep_previous=False)
+    second_plan, _ = plan_for(second)
+    canary = second_plan.rollout.new_deployment
+    model = register_model(ws, standin_mlflow_model, FAMILY, second_plan.suffix)
+    ws.begin_create_deployment(DeploymentSpec(
+        endpoint_name=EP, name=canary, model_id=model.id, instance_type="Local_CPU",
+        tags={TAG_MODEL: FAMILY, TAG_MODEL_VERSION: second_plan.suffix}))
+    wait_deployment_ready(ws, EP, canary)
+    ws.set_traffic(EP, {new: 90, canary: 10}, owner=second_plan.request_id, claim=True,
+                   tags=release_tags(second_plan.request_id, "canary", new, canary,
+                                     str(uuid4())))
+    second_plan, _ = plan_for(second)
+    assert second_plan.rollout.resume_step == "canary"
+    state = run_release(second, second_plan, held_out, {"eval_loss": 9.0,
+                                                        "exact_answer_rate": 0.0},
+                        return_state=True)
+    outcome = state.result()
+    assert outcome.outcome == "rolled-back" and "the gate refused the model" in (
+        outcome.message), outcome.message
+    endpoint = ws.get_endpoint(EP)
+    assert endpoint.traffic.get(new) == 100 and not endpoint.traffic.get(canary)
+    assert canary not in {d.name for d in endpoint.deployments}
+    assert RecordedRelease.of(endpoint.tags).step == "undone"
+    assert ws.get_model(FAMILY, second_plan.suffix).tags[TAG_STAGE] == "rejected"
