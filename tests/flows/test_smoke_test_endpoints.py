@@ -89,10 +89,16 @@ def _rotate_key_file(ws: LocalWorkspace, name: str) -> None:
     # keys.json whenever endpoint.json changes, and the first read of an endpoint that
     # answers records it Succeeded (a write): that read must come before the rotation, or
     # the smoke test's own listing makes the server take the new key (seen once in CI).
+    # The server also polls endpoint.json (every 0.5 s, later on a loaded machine): a write
+    # it has not seen yet when keys.json changes makes it read the new key too, so the
+    # rotation waits until the last write is a few polls old.
     deadline = time.monotonic() + 60
     while ws.get_endpoint(name).provisioning_state != "Succeeded":
         assert time.monotonic() < deadline, f"{name} never settled"
         time.sleep(0.2)
+    config = ws.root / "endpoints" / name / "endpoint.json"
+    while (age := time.time() - config.stat().st_mtime) < 3:
+        time.sleep(3 - age)
     write_json(ws.root / "endpoints" / name / "keys.json",
                {"primary": secrets.token_urlsafe(32), "secondary": secrets.token_urlsafe(32)},
                private=True)
