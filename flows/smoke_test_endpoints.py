@@ -1,8 +1,10 @@
 """smoke_test_endpoints: prove every managed online endpoint still answers.
 
-Scheduled (hourly, see prefect.yaml). First it ends the canary releases whose run died
-(their recorded step expired): finished or undone, with a ``rollout-recovery`` artifact
-(tasks/rollout_recovery.py). Then it finds the endpoints this project manages (tag
+Scheduled (hourly, see prefect.yaml). First it ends the canary releases whose run is over
+(final on the Prefect server, or silent past the heartbeat bound): finished or undone,
+with a ``rollout-recovery`` artifact that also lists releases under way and held
+(tasks/rollout_recovery.py); one it cannot settle fails the run after every other
+endpoint was probed. Then it finds the endpoints this project manages (tag
 ``managed-by``) or the ones named, skips those still provisioning or tagged
 ``chatft-no-smoke-test``, and sends every deployment that takes traffic a few real
 test_gen conversations with the step-8 scoring contract. Each reply gets a verdict

@@ -1,5 +1,7 @@
 """A real kill -9 of a canary release after each of its steps, then a re-run; and the
-smoke test and the teardown meeting a rollout whose run died.
+smoke test and the teardown meeting a rollout whose run died: left alone while the run
+beats, undone (at its canary share) or finished (once promoted) by the smoke test alone
+when it has gone silent.
 
 The run is held right after a step (``CHATFT_HOLD_AFTER_ROLLOUT``) and its whole process
 group killed. What is left is read from the workspace's files, then one re-run of the
@@ -128,4 +130,32 @@ def test_kill_9_after_each_rollout_step_then_rerun_converges(
     assert "silent for" in recovery[0].data
     dead_version = dead.rsplit("-", 1)[1]
     assert workspace.get_model(result.model_name, dead_version).tags[TAG_STAGE] == "rejected"
+    assert _unknown(root) == []
+
+    # A fourth release dies right after its promotion was written (the new deployment at
+    # 100 %, the old one still there): the smoke test alone finishes it once the run is
+    # silent: the old deployment deleted, the new model production, the old one retired.
+    fourth = _request(tmp_path, 2, 7e-4)
+    # a margin so that this model, whatever its figures against the third, gets that far
+    fourth.rollout = WATCH.model_copy(update={"gate_loss_margin": 0.1,
+                                              "gate_exact_answer_margin": 0.1})
+    _kill_after("promoted", fourth, tmp_path)
+    killed_at = time.monotonic()
+    config = _config(workspace)
+    promoted = config["tags"]["chatft-rollout-to"]
+    assert config["tags"][TAG_ROLLOUT_STEP] == "promoted"
+    assert config["traffic"] == {promoted: 100} and len(config["deployments"]) == 2
+    time.sleep(max(0.0, liveness_bound_s() + 2 - (time.monotonic() - killed_at)))
+    state = smoke_test_endpoints(return_state=True)
+    assert state.is_completed(), state.message
+    config = _config(workspace)
+    assert list(config["deployments"]) == [promoted]
+    assert config["traffic"] == {promoted: 100}
+    assert config["tags"][TAG_ROLLOUT_STEP] == "done"
+    recovery = run_artifacts(state.state_details.flow_run_id, "rollout-recovery")
+    assert recovery and "promotion finished" in recovery[0].data
+    version = promoted.rsplit("-", 1)[1]
+    assert workspace.get_model(result.model_name, version).tags[TAG_STAGE] == "production"
+    assert workspace.get_model(result.model_name, result.model_version).tags[
+        TAG_STAGE] == "retired"
     assert _unknown(root) == []
