@@ -247,7 +247,7 @@ def _flow_run(state: str) -> str:
 def test_the_smoke_test_settles_dead_releases_leaves_live_ones_and_probes_the_rest(
     prefect_server, workspace, standin_mlflow_model, monkeypatch
 ):
-    monkeypatch.setenv(HEARTBEAT_ENV, "1")  # a silent run is dead after 19 s
+    monkeypatch.setenv(HEARTBEAT_ENV, "1")
     monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
     ws = workspace
     one = register_model(ws, standin_mlflow_model, MODEL, "1")
@@ -282,9 +282,6 @@ def test_the_smoke_test_settles_dead_releases_leaves_live_ones_and_probes_the_re
     ws.set_traffic("live-ep", {"blue": 90, "green": 10}, claim=True, owner=C,
                    tags=release_tags(C, "canary", "blue", "green", live_run))
 
-    # and a plain endpoint, which every pass must still probe
-    serve(ws, one, "plain-ep", deployment="blue")
-
     with release_heartbeat(live_run):
         time.sleep(3)  # the server has stored a beat
         state = smoke_test_endpoints(return_state=True)
@@ -298,7 +295,7 @@ def test_the_smoke_test_settles_dead_releases_leaves_live_ones_and_probes_the_re
     assert "rolled back" in rows["first-ep"] and "ended Failed" in rows["first-ep"]
     assert "is gone (changed by hand)" in rows["handmade-ep"]
     [results] = run_artifacts(state.state_details.flow_run_id, "smoke-test-results")
-    for probed in ("plain-ep", "live-ep", "handmade-ep"):
+    for probed in ("live-ep", "handmade-ep"):
         assert probed in str(results.data), probed
 
     first = ws.get_endpoint("first-ep")
@@ -315,15 +312,8 @@ def test_the_smoke_test_settles_dead_releases_leaves_live_ones_and_probes_the_re
     # The next request onto the first release's endpoint is not refused for good.
     ws.set_traffic("first-ep", None, owner=C, claim=True,
                    tags=release_tags(C, "deploying", None, "first-v2", "run-c"))
-    ws.begin_delete_endpoint("first-ep")
-
-    # Once the live run stops beating (its process killed), the next pass undoes its canary.
-    time.sleep(20)
-    state = smoke_test_endpoints(return_state=True)
-    assert state.is_completed(), state.message
-    live = ws.get_endpoint("live-ep")
-    assert live.traffic == {"blue": 100} and [d.name for d in live.deployments] == ["blue"]
-    assert RecordedRelease.of(live.tags).step == "undone"
+    # (A live run's release that then goes silent is undone by the next pass:
+    # test_rollout_crashes.py kills one with -9 and waits the bound out.)
 
 
 def _deploy_on(ws: LocalWorkspace, endpoint: str, model_id: str, name: str,
