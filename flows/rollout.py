@@ -64,7 +64,6 @@ from workspaces.interface import (
     TAG_MODEL,
     TAG_MODEL_VERSION,
     TAG_REQUEST,
-    TAG_ROLLOUT_FROM,
     DeploymentSpec,
     Endpoint,
     EndpointSpec,
@@ -334,12 +333,6 @@ def _try_and_watch(run: Release) -> ReleaseOutcome:
     return _promote(run, "the canary was healthy: " + "; ".join(verdict.reasons))
 
 
-def old_of(endpoint: Endpoint, new: str) -> str | None:
-    """The deployment a rollout started from, as its tags recorded it."""
-    return endpoint.tags.get(TAG_ROLLOUT_FROM) or next(
-        (d.name for d in endpoint.deployments if d.name != new), None)
-
-
 def _probes(test_gen_file: str, plan: FinetunePlan) -> tuple[list[dict[str, Any]], list[str]]:
     """The watch's probe bodies and their reference answers. Greedy, as the job's own
     evaluation is: both deployments answer the same questions the same way each time, so
@@ -513,9 +506,9 @@ def _finish_promotion(run: Release, why: str) -> ReleaseOutcome:
     old, new, model = run.cursor.old, run.cursor.new, run.model
     endpoint, retired = finish_promotion(run.workspace, run.cursor,
                                          run.request.deployment_timeout_minutes,
-                                         after_delete=lambda: _checkpoint("old-deleted"))
+                                         after_delete=lambda: _checkpoint("old-deleted"),
+                                         model=(model.name, model.version))
     run.cursor = run.cursor.at(endpoint)
-    run.workspace.set_model_stage(model.name, model.version, "production")
     reports.emit("rollout.promoted", run.name, run.workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "previous": old,
         "previous_model": retired, "reason": why})
@@ -542,9 +535,8 @@ def _finish_roll_back(run: Release, verdict: WatchVerdict | None, why: str) -> R
     old, new, model = run.cursor.old, run.cursor.new, run.model
     figures = {"chatft-canary-error-rate": f"{verdict.new.error_rate:.4f}"} if verdict else {}
     endpoint = finish_rollback(run.workspace, run.cursor, why, figures,
-                               run.request.deployment_timeout_minutes)
-    run.workspace.set_model_stage(model.name, model.version, "rejected",
-                                  {"chatft-rollback-reason": why[:250], **figures})
+                               run.request.deployment_timeout_minutes,
+                               model=(model.name, model.version))
     reports.emit("rollout.rolled-back", run.name, run.workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "restored": old,
         "reason": why})

@@ -22,20 +22,25 @@ from tasks.endpoints import DELETE_POLL_MAX_DELAY_S
 from tasks.policies import transient_retries
 from tasks.smoke_test import ProbeResult, SmokeTarget, probe_once, probe_target
 from tasks.waiting import poll_until
-from workspaces.errors import InvalidRequest, ResourceNotFound
+from workspaces.errors import InvalidRequest, OwnershipConflict, ResourceNotFound
 from workspaces.interface import (
     TAG_MODEL,
     TAG_MODEL_VERSION,
     TAG_ROLLOUT_REQUEST,
     TAG_ROLLOUT_RUN,
-    TAG_ROLLOUT_SINCE,
     TAG_ROLLOUT_STEP,
     TAG_STAGE,
     Endpoint,
     Workspace,
 )
-from workspaces.ownership import rollout_under_way
-from workspaces.release_state import RecordedRelease, RolloutStep, allowed, release_tags
+from workspaces.ownership import claim_for_rollout
+from workspaces.release_state import (
+    RecordedRelease,
+    RolloutStep,
+    allowed,
+    live_shares,
+    release_tags,
+)
 from workspaces.scoring import normalize_answer
 
 
@@ -77,7 +82,7 @@ def production_deployment(workspace: Workspace, endpoint: Endpoint) -> str | Non
         InvalidRequest: live traffic is split and nothing says which deployment serves
             production (a hand edit); the message says how to settle it.
     """
-    live = sorted(name for name, share in endpoint.traffic.items() if share > 0)
+    live = sorted(live_shares(endpoint.traffic))
     deployments = {d.name for d in endpoint.deployments}
     recorded = RecordedRelease.of(endpoint.tags)
     named = recorded.production()
@@ -153,17 +158,10 @@ def check_rollout_target(
             "no managed-by=chat-finetune-flows tag); a canary goes only onto an endpoint this "
             "project made"
         )
-    busy = rollout_under_way(endpoint.tags)
-    if busy and busy != request_id:
-        step = endpoint.tags.get(TAG_ROLLOUT_STEP)
-        raise InvalidRequest(
-            f"endpoint_name: endpoint {endpoint_name} "
-            f"{'holds' if step == 'held' else 'is in the middle of'} a release of request "
-            f"{busy} (step {step} since {endpoint.tags.get(TAG_ROLLOUT_SINCE, 'unknown')}); "
-            + ("promote or abort that release first" if step == "held" else
-               "wait for it to finish; if its run died, the next scheduled smoke test "
-               "settles it")
-        )
+    try:  # the claim's own refusal, said before training
+        claim_for_rollout(f"endpoint {endpoint_name}", endpoint.tags, request_id)
+    except OwnershipConflict as exc:
+        raise InvalidRequest(f"endpoint_name: {exc}") from None
     current = production_deployment(workspace, endpoint)
     tags = endpoint.tags_of(current)
     serves = tags.get(TAG_MODEL)
@@ -226,20 +224,13 @@ class ReleaseCursor(BaseModel):
     @classmethod
     def seen(cls, endpoint: Endpoint, **fields: Any) -> ReleaseCursor:
         """A cursor at what ``endpoint`` records now."""
-        recorded = RecordedRelease.of(endpoint.tags)
-        return cls(endpoint=endpoint.name, step=recorded.step, recorded_run=recorded.run,
-                   traffic=live_shares(endpoint.traffic), **fields)
+        return cls(endpoint=endpoint.name, **fields).at(endpoint)
 
     def at(self, endpoint: Endpoint) -> ReleaseCursor:
         """This cursor once ``endpoint`` is what its own write returned."""
         recorded = RecordedRelease.of(endpoint.tags)
         return self.model_copy(update={"step": recorded.step, "recorded_run": recorded.run,
                                        "traffic": live_shares(endpoint.traffic)})
-
-
-def live_shares(traffic: dict[str, int]) -> dict[str, int]:
-    """The deployments that take live traffic, with their shares."""
-    return {name: share for name, share in traffic.items() if share}
 
 
 @task(name="record-rollout-step", task_run_name="rollout-{step}", cache_policy=NO_CACHE,
@@ -565,14 +556,14 @@ def _set_stage(workspace: Workspace, model: tuple[str, str] | None, stage: str,
 
 def finish_promotion(
     workspace: Workspace, cursor: ReleaseCursor, timeout_minutes: float = 30,
-    after_delete: Callable[[], None] | None = None,
+    after_delete: Callable[[], None] | None = None, model: tuple[str, str] | None = None,
 ) -> tuple[Endpoint, str | None]:
-    """From ``promoted``: the new model is production, the old one retired, the old
-    deployment deleted (unless kept), the release ``done``. Returns the endpoint and the
-    retired model as name:version."""
+    """From ``promoted``: the new model (``model``, else the one its deployment was made
+    with) is production, the old one retired, the old deployment deleted (unless kept),
+    the release ``done``. Returns the endpoint and the retired model as name:version."""
     endpoint = workspace.get_endpoint(cursor.endpoint)
-    new_model, old_model = (deployment_model(endpoint, cursor.new),
-                            deployment_model(endpoint, cursor.old))
+    new_model = model or deployment_model(endpoint, cursor.new)
+    old_model = deployment_model(endpoint, cursor.old)
     _set_stage(workspace, new_model, "production")
     _set_stage(workspace, old_model, "retired", only_from="production")
     if cursor.old and not cursor.keep_previous and cursor.old != cursor.new:
@@ -586,12 +577,13 @@ def finish_promotion(
 def finish_rollback(
     workspace: Workspace, cursor: ReleaseCursor, reason: str,
     figures: dict[str, str] | None = None, timeout_minutes: float = 30,
+    model: tuple[str, str] | None = None,
 ) -> Endpoint:
-    """From ``rolled-back`` (or a claim that never took traffic): the new model is tagged
-    rejected with the reason, its deployment deleted unless it still takes live traffic,
-    the release ``undone``."""
+    """From ``rolled-back`` (or a claim that never took traffic): the new model (``model``,
+    else the one its deployment was made with) is tagged rejected with the reason, its
+    deployment deleted unless it still takes live traffic, the release ``undone``."""
     endpoint = workspace.get_endpoint(cursor.endpoint)
-    _set_stage(workspace, deployment_model(endpoint, cursor.new), "rejected",
+    _set_stage(workspace, model or deployment_model(endpoint, cursor.new), "rejected",
                {"chatft-rollback-reason": reason[:250], **(figures or {})})
     live = live_shares(endpoint.traffic) if endpoint is not None else {}
     if cursor.new != cursor.old and not live.get(cursor.new):

@@ -108,9 +108,9 @@ def _settle_or_say(workspace: Workspace, endpoint: Endpoint, this_run: str
     try:
         return settle(workspace, endpoint, this_run)
     except Exception as exc:  # noqa: BLE001 - one endpoint must not stop the others
-        step = endpoint.tags.get("chatft-rollout-step", "")
         return SettledRollout(
-            endpoint=endpoint.name, step=step, settled=False,
+            endpoint=endpoint.name, step=RecordedRelease.of(endpoint.tags).step or "",
+            settled=False,
             action=f"could not be settled: {exc.__class__.__name__}: {str(exc)[:300]}. "
             "Re-run the request that started it to finish it, or route all traffic to the "
             "deployment that should serve and delete the other")

@@ -67,6 +67,14 @@ def wait_deployment_ready(ws: LocalWorkspace, endpoint: str, name: str,
     assert d.provisioning_state == "Succeeded", d.error
 
 
+def wait_past_liveness(killed_at: float) -> None:
+    """Sleep until a release's run killed at ``killed_at`` (time.monotonic) has been silent
+    past the liveness bound, so the next smoke test may settle its release."""
+    from tasks.liveness import liveness_bound_s
+
+    time.sleep(max(0.0, liveness_bound_s() + 2 - (time.monotonic() - killed_at)))
+
+
 def chat_body(text: str = "What is 2 plus 3?", max_new_tokens: int = 8) -> dict:
     return {
         "input_data": {

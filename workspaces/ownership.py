@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from workspaces.errors import ConcurrentChange, OwnershipConflict
 from workspaces.interface import TAG_REQUEST, TAG_ROLLOUT_SINCE, TAG_ROLLOUT_STEP
-from workspaces.release_state import RecordedRelease
+from workspaces.release_state import RecordedRelease, live_shares
 
 
 def owner_of(tags: dict[str, str]) -> str | None:
@@ -98,8 +98,7 @@ def check_expected(
     changed = [f"tag {key} is {tags.get(key, '') or 'unset'!r}, expected {value or 'unset'!r}"
                for key, value in (expect or {}).items() if tags.get(key, "") != value]
     if expect_traffic is not None:
-        live = {name: share for name, share in traffic.items() if share}
-        wanted = {name: share for name, share in expect_traffic.items() if share}
+        live, wanted = live_shares(traffic), live_shares(expect_traffic)
         if live != wanted:
             changed.append(f"traffic is {live or 'none'}, expected {wanted or 'none'}")
     if changed:

@@ -117,6 +117,11 @@ class RecordedRelease(BaseModel):
         return None
 
 
+def live_shares(traffic: dict[str, int]) -> dict[str, int]:
+    """The deployments that take live traffic, with their shares (0 % ones left out)."""
+    return {name: share for name, share in traffic.items() if share}
+
+
 def release_tags(
     request_id: str, step: RolloutStep, old: str | None, new: str, run: str,
     keep_previous: bool = False, reason: str = "",

@@ -28,7 +28,7 @@ from flows.smoke_test_endpoints import smoke_test_endpoints
 from flows.teardown_idle_endpoints import teardown_idle_endpoints
 from tasks.liveness import HEARTBEAT_ENV, liveness_bound_s
 from tests.flows.test_kill_matrix import _model_versions, _unknown, kill_flow_when
-from tests.helpers import run_artifacts
+from tests.helpers import run_artifacts, wait_past_liveness
 from workspaces.interface import TAG_ROLLOUT_STEP, TAG_STAGE
 from workspaces.local import LocalWorkspace
 from workspaces.local.state import read_json
@@ -118,7 +118,7 @@ def test_kill_9_after_each_rollout_step_then_rerun_converges(
         assert _config(workspace)["tags"][TAG_ROLLOUT_STEP] == "canary", early.message
         [found] = run_artifacts(early.state_details.flow_run_id, "rollout-recovery")
         assert "under way, left alone" in found.data
-    time.sleep(max(0.0, liveness_bound_s() + 2 - (time.monotonic() - killed_at)))
+    wait_past_liveness(killed_at)
     state = smoke_test_endpoints(return_state=True)
     assert state.is_completed(), state.message
     config = _config(workspace)
@@ -147,7 +147,7 @@ def test_kill_9_after_each_rollout_step_then_rerun_converges(
     promoted = config["tags"]["chatft-rollout-to"]
     assert config["tags"][TAG_ROLLOUT_STEP] == "promoted"
     assert config["traffic"] == {promoted: 100} and len(config["deployments"]) == 2
-    time.sleep(max(0.0, liveness_bound_s() + 2 - (time.monotonic() - killed_at)))
+    wait_past_liveness(killed_at)
     state = smoke_test_endpoints(return_state=True)
     assert state.is_completed(), state.message
     config = _config(workspace)

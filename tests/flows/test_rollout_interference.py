@@ -36,6 +36,7 @@ from tests.helpers import (
     run_artifacts,
     serve,
     wait_deployment_ready,
+    wait_past_liveness,
 )
 from workspaces.errors import ConcurrentChange, InvalidRequest, OwnershipConflict
 from workspaces.interface import (
@@ -395,8 +396,9 @@ def test_a_killed_first_release_is_settled_and_two_releases_at_once_release_one(
     first = request(1, 5e-4)
     kill_flow_when(marker.exists, first, tmp_path / "first.log", "first-deployment-created",
                    {HOLD_ENV: f"first-deployment-created:{marker}"}, deadline_s=900)
+    killed_at = time.monotonic()
     assert RecordedRelease.of(workspace.get_endpoint(ep).tags).step == "deploying"
-    time.sleep(25)  # past the liveness bound of a 2 s heartbeat (23 s)
+    wait_past_liveness(killed_at)
     state = smoke_test_endpoints(return_state=True)
     settled = workspace.get_endpoint(ep)
     assert settled.deployments == [] and RecordedRelease.of(settled.tags).step == "undone"
