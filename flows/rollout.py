@@ -44,12 +44,15 @@ from tasks.release_gate import (
     judge,
     same_held_out_data,
 )
+from tasks.release_history import record_release, who_asked
 from tasks.rollout import (
+    TAG_REJECTED_BY,
     ReleaseCursor,
     RolloutPlan,
     WatchLimits,
     WatchVerdict,
     check_contract,
+    deployment_model,
     finish_promotion,
     finish_rollback,
     production_deployment,
@@ -71,6 +74,7 @@ from workspaces.interface import (
     RegisteredModel,
     Workspace,
 )
+from workspaces.release_history import ReleaseEvent
 from workspaces.release_state import RUN_DIED, UNDER_WAY, RecordedRelease, release_tags
 
 PROBE_SEEDS = 5
@@ -104,21 +108,21 @@ def _tags(plan: FinetunePlan, model: RegisteredModel, this_run: str) -> dict[str
 
 
 class Release(BaseModel):
-    """What one run of :func:`release` carries from step to step."""
+    """What one release carries from step to step: a fine-tune's (:func:`release`) or a
+    person's rollback to an earlier version (flows/release_control.py)."""
 
     model_config = {"arbitrary_types_allowed": True}
 
     workspace: Any
-    request: FinetuneRequest
-    plan: FinetunePlan
+    name: str = Field(description="The endpoint released onto")
+    settings: RolloutParameters
+    timeout_minutes: float
     model: RegisteredModel
-    held_out: dict[str, str]
+    test_gen: str = Field(description="The held-out conversations the probes come from")
+    probe_seed: int
     this_run: str
     cursor: ReleaseCursor
-
-    @property
-    def name(self) -> str:
-        return self.plan.endpoint_name
+    promoted_as: str = Field("promoted", description="The history's word for its promotion")
 
     def write(self, step: str, **fields: Any) -> Endpoint:
         """Record ``step`` (and its traffic) on the endpoint; the cursor follows."""
@@ -156,11 +160,13 @@ def release(
     recorded = RecordedRelease.of(endpoint.tags)
     mine = recorded.request == plan.request_id and recorded.to_deployment == new
     run = Release(
-        workspace=workspace, request=request, plan=plan, model=model, held_out=held_out,
-        this_run=this_run, cursor=ReleaseCursor.seen(
+        workspace=workspace, name=plan.endpoint_name, settings=settings,
+        timeout_minutes=request.deployment_timeout_minutes, model=model,
+        test_gen=held_out["test_gen"], probe_seed=int(plan.suffix), this_run=this_run,
+        cursor=ReleaseCursor.seen(
             endpoint, request_id=plan.request_id, run=this_run, new=new,
             old=recorded.from_deployment if mine else rollout.current_deployment,
-            keep_previous=settings.keep_previous))
+            keep_previous=settings.keep_previous, actor=who_asked()))
     if mine and recorded.step is not None:
         finished = _resume(run, recorded, settings.auto_promote)
         if finished is not None:
@@ -183,7 +189,7 @@ def release(
     except (OwnershipConflict, ConcurrentChange) as exc:
         return _refused(run, str(exc))
     if not resuming and run.cursor.old != rollout.current_deployment:
-        decision = _gate_again(run, metrics, endpoint)
+        decision = _gate_again(run, plan, held_out, metrics, endpoint)
         if not decision.passed:
             run.write("undone", check_traffic=False,
                       reason="the gate refused the model against the production model "
@@ -205,7 +211,7 @@ def release(
     )
     _checkpoint("deployment-created")
     try:
-        return _try_and_watch(run)
+        return try_and_watch(run)
     except ConcurrentChange as exc:
         return _hold_for_person(run, str(exc))
 
@@ -233,7 +239,7 @@ def _resume(run: Release, recorded: RecordedRelease, auto_promote: bool
         return _finish_roll_back(run, None, recorded.reason or
                                  "finishing the rollback a killed run left")
     if step == "promoted":
-        return _finish_promotion(run, "finishing the promotion a killed run left")
+        return finish_promoting(run, "finishing the promotion a killed run left")
     if step == "held" and not auto_promote:
         why = recorded.reason or "at its canary share"
         return ReleaseOutcome(outcome="held", released=True, serving=old,
@@ -242,7 +248,7 @@ def _resume(run: Release, recorded: RecordedRelease, auto_promote: bool
                               "with rollout.auto_promote=true to promote it")
     if step == "held":
         try:
-            return _promote(run, "promoted by a re-run with auto_promote on (the canary "
+            return promote(run, "promoted by a re-run with auto_promote on (the canary "
                             "was healthy)")
         except ConcurrentChange as exc:
             return _hold_for_person(run, str(exc))
@@ -265,37 +271,38 @@ def _claim(run: Release, resuming: bool) -> Endpoint:
             run.workspace, endpoint)
         run.cursor = ReleaseCursor.seen(
             endpoint, request_id=run.cursor.request_id, run=run.this_run, new=run.cursor.new,
-            old=old, keep_previous=run.cursor.keep_previous)
+            old=old, keep_previous=run.cursor.keep_previous, actor=run.cursor.actor)
         back = {old: 100} if resuming and old and recorded.step in ("mirror", "canary") else None
         try:
             return run.write("deploying", claim=True, traffic=back,
-                             mirror={} if back and run.request.rollout.mirror_percent else None)
+                             mirror={} if back and run.settings.mirror_percent else None)
         except ConcurrentChange:
             continue
     raise ConcurrentChange(f"endpoint {run.name} kept changing while this release claimed it")
 
 
-def _gate_again(run: Release, metrics: JobMetrics, endpoint: Endpoint) -> GateDecision:
+def _gate_again(run: Release, plan: FinetunePlan, held_out: dict[str, str],
+                metrics: JobMetrics, endpoint: Endpoint) -> GateDecision:
     """The gate against the production model that served when the claim landed."""
     old = run.cursor.old
     tags = endpoint.tags_of(old)
     get_run_logger().warning(
         "Production on %s changed since the pre-flight (now %s): gating again against it",
         run.name, old or "nothing")
-    current = run.plan.rollout.model_copy(update={
+    current = plan.rollout.model_copy(update={
         "current_deployment": old, "current_model": tags.get(TAG_MODEL) if old else None,
         "current_version": tags.get(TAG_MODEL_VERSION) if old else None})
-    return gate(run.workspace, current, run.model, metrics, run.request.rollout, run.held_out,
-                run.plan.parameters)
+    return gate(run.workspace, current, run.model, metrics, run.settings, held_out,
+                plan.parameters)
 
 
-def _try_and_watch(run: Release) -> ReleaseOutcome:
+def try_and_watch(run: Release) -> ReleaseOutcome:
     """Contract at 0 %, mirror, canary, watch, then promote, hold or roll back."""
-    settings, old, new = run.request.rollout, run.cursor.old, run.cursor.new
+    settings, old, new = run.settings, run.cursor.old, run.cursor.new
     if old is None:
         # Nothing serves yet: no traffic to compare with; the contract decides.
         return _promote_after_contract(run)
-    bodies, answers = _probes(run.held_out["test_gen"], run.plan)
+    bodies, answers = probes(run)
     contract = check_contract(run.workspace, run.name, new, bodies[:3], 90.0)
     if not all(r.ok for r in contract):
         failed = next(r for r in contract if not r.ok)
@@ -325,23 +332,26 @@ def _try_and_watch(run: Release) -> ReleaseOutcome:
         return _roll_back(run, verdict,
                           "; ".join(r for r in verdict.reasons if r.startswith("FAIL")))
     if not settings.auto_promote:
-        endpoint = run.write("held", reason="a healthy canary, held for a person to promote")
+        why = "a healthy canary, held for a person to promote"
+        endpoint = run.write("held", reason=why)
+        record_held(run, why, watch_figures(verdict))
         return ReleaseOutcome(outcome="held", released=True, serving=old, endpoint=endpoint,
                               message=f"the canary {new} is healthy and held at "
                               f"{settings.canary_percent} %: promote or abort it, or re-run "
                               "with rollout.auto_promote=true to promote it")
-    return _promote(run, "the canary was healthy: " + "; ".join(verdict.reasons))
+    return promote(run, "the canary was healthy: " + "; ".join(verdict.reasons),
+                   watch_figures(verdict))
 
 
-def _probes(test_gen_file: str, plan: FinetunePlan) -> tuple[list[dict[str, Any]], list[str]]:
+def probes(run: Release) -> tuple[list[dict[str, Any]], list[str]]:
     """The watch's probe bodies and their reference answers. Greedy, as the job's own
     evaluation is: both deployments answer the same questions the same way each time, so
     their exact answers compare the models, not the sampling."""
     from flows.parameters import SMOKE_SCORING
 
-    seed = int(plan.suffix)
+    seed = run.probe_seed
     greedy = SMOKE_SCORING.model_copy(update={"do_sample": False}).model_dump()
-    pairs = sample_questions(test_gen_file, greedy, [seed + i for i in range(PROBE_SEEDS)])
+    pairs = sample_questions(run.test_gen, greedy, [seed + i for i in range(PROBE_SEEDS)])
     return [body for body, _ in pairs], [answer for _, answer in pairs]
 
 
@@ -407,7 +417,13 @@ def _reject(
     old: str | None, endpoint: Endpoint | None,
 ) -> ReleaseOutcome:
     """The gate refused the model: tagged rejected with its figures; the endpoint as it was."""
-    workspace.set_model_stage(model.name, model.version, "rejected", decision.tags())
+    workspace.set_model_stage(model.name, model.version, "rejected",
+                              {**decision.tags(), TAG_REJECTED_BY: "gate"})
+    if endpoint is not None:
+        record_release(workspace, ReleaseEvent(
+            endpoint=plan.endpoint_name, action="rejected", request=plan.request_id,
+            model=model.name, version=model.version, previous=old or "",
+            reason="; ".join(r for r in decision.reasons if r.startswith("FAIL"))[:500]))
     reports.emit("rollout.rejected", plan.endpoint_name, workspace.kind,
                  {"model": model.name, "version": model.version, "reasons": decision.reasons})
     failed = [r for r in decision.reasons if r.startswith("FAIL")]
@@ -437,7 +453,11 @@ def _refused(run: Release, why: str) -> ReleaseOutcome:
 def _hold_for_person(run: Release, what_changed: str) -> ReleaseOutcome:
     """Someone else changed the endpoint during the release: stop, record held, take no
     further step. A person decides (promote, abort), not the run."""
-    endpoint = run.write("held", check_traffic=False, reason=f"stopped: {what_changed}")
+    try:
+        endpoint = run.write("held", check_traffic=False, reason=f"stopped: {what_changed}")
+    except ConcurrentChange:
+        return _taken_over(run, what_changed)
+    record_held(run, f"stopped: {what_changed}")
     reports.emit("rollout.held", run.name, run.workspace.kind, {
         "model": run.model.name, "version": run.model.version, "deployment": run.cursor.new,
         "reason": what_changed})
@@ -448,6 +468,43 @@ def _hold_for_person(run: Release, what_changed: str) -> ReleaseOutcome:
         "once you have decided."])
     return ReleaseOutcome(outcome="held", released=False, serving=run.cursor.old,
                           endpoint=endpoint, message=f"held: {what_changed}")
+
+
+def record_held(run: Release, why: str, figures: dict[str, str] | None = None) -> None:
+    """The hold in the endpoint's history."""
+    record_release(run.workspace, ReleaseEvent(
+        endpoint=run.name, action="held", request=run.cursor.request_id, model=run.model.name,
+        version=run.model.version, deployment=run.cursor.new, reason=why,
+        figures=figures or {}, actor=run.cursor.actor,
+        previous=":".join(deployment_model(run.workspace.get_endpoint(run.name),
+                                           run.cursor.old) or ()) or (run.cursor.old or "")))
+
+
+def _taken_over(run: Release, what_changed: str) -> ReleaseOutcome:
+    """A person (or another run) moved this release on while it was watched: it stops,
+    writes nothing, and says who has it now."""
+    endpoint = run.workspace.get_endpoint(run.name)
+    recorded = RecordedRelease.of(endpoint.tags if endpoint else {})
+    by = f"run {recorded.run}" if recorded.run else "someone else"
+    message = (f"stopped: {what_changed}; the release is now at step {recorded.step or 'none'}"
+               f", moved by {by}" + (f" ({recorded.reason})" if recorded.reason else ""))
+    report_decision(run.name, "taken over", [f"**Taken over**: {message}.",
+                                              "This run wrote nothing more."])
+    return ReleaseOutcome(outcome="held", released=False, serving=run.cursor.old,
+                          endpoint=endpoint, message=message)
+
+
+def watch_figures(verdict: WatchVerdict | None) -> dict[str, str]:
+    """The watch's figures of the new deployment for the release history."""
+    if verdict is None:
+        return {}
+    new, current = verdict.new, verdict.current
+    figures = {"canary errors": f"{new.errors}/{new.requests}"}
+    if new.judged_answers:
+        figures["canary exact"] = f"{new.exact_answers}/{new.judged_answers}"
+    if current and current.median_latency_ms and new.median_latency_ms is not None:
+        figures["latency ratio"] = f"{new.median_latency_ms / current.median_latency_ms:.2f}"
+    return figures
 
 
 def _first_release(
@@ -480,6 +537,10 @@ def _first_release(
     workspace.set_model_stage(model.name, model.version, "production")
     reports.emit("rollout.promoted", plan.endpoint_name, workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "first": True})
+    record_release(workspace, ReleaseEvent(
+        endpoint=plan.endpoint_name, action="first-release", request=plan.request_id,
+        model=model.name, version=model.version, deployment=new,
+        reason="the endpoint did not exist; the gate passed against the base model"))
     report_decision(plan.endpoint_name, "first release", [
         f"{plan.endpoint_name} did not exist: it was created and {model.name}:{model.version} "
         f"takes all traffic (deployment {new}). Later canary releases onto it are compared "
@@ -490,24 +551,28 @@ def _first_release(
 
 def _promote_after_contract(run: Release) -> ReleaseOutcome:
     contract = check_contract(run.workspace, run.name, run.cursor.new,
-                              _probes(run.held_out["test_gen"], run.plan)[0][:3], 90.0)
+                              probes(run)[0][:3], 90.0)
     if not all(r.ok for r in contract):
         return _roll_back(run, None, "the new deployment broke the scoring contract")
-    return _promote(run, "nothing served on the endpoint; the contract checks passed")
+    return promote(run, "nothing served on the endpoint; the contract checks passed")
 
 
-def _promote(run: Release, why: str) -> ReleaseOutcome:
+def promote(run: Release, why: str, figures: dict[str, str] | None = None) -> ReleaseOutcome:
+    """100 % to the new deployment (recorded in the same write), then the promotion's end."""
     run.write("promoted", traffic={run.cursor.new: 100})
     _checkpoint("promoted")
-    return _finish_promotion(run, why)
+    return finish_promoting(run, why, figures)
 
 
-def _finish_promotion(run: Release, why: str) -> ReleaseOutcome:
+def finish_promoting(run: Release, why: str, figures: dict[str, str] | None = None
+                     ) -> ReleaseOutcome:
+    """From ``promoted``: production, retirement, deletion, history, artifact."""
     old, new, model = run.cursor.old, run.cursor.new, run.model
     endpoint, retired = finish_promotion(run.workspace, run.cursor,
-                                         run.request.deployment_timeout_minutes,
+                                         run.timeout_minutes,
                                          after_delete=lambda: _checkpoint("old-deleted"),
-                                         model=(model.name, model.version))
+                                         model=(model.name, model.version), why=why,
+                                         figures=figures, action=run.promoted_as)
     run.cursor = run.cursor.at(endpoint)
     reports.emit("rollout.promoted", run.name, run.workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "previous": old,
@@ -527,15 +592,15 @@ def _roll_back(run: Release, verdict: WatchVerdict | None, why: str) -> ReleaseO
     one deleted and its model rejected."""
     if run.cursor.old:
         run.write("rolled-back", traffic={run.cursor.old: 100},
-                  mirror={} if run.request.rollout.mirror_percent else None, reason=why)
+                  mirror={} if run.settings.mirror_percent else None, reason=why)
     return _finish_roll_back(run, verdict, why)
 
 
 def _finish_roll_back(run: Release, verdict: WatchVerdict | None, why: str) -> ReleaseOutcome:
     old, new, model = run.cursor.old, run.cursor.new, run.model
     figures = {"chatft-canary-error-rate": f"{verdict.new.error_rate:.4f}"} if verdict else {}
-    endpoint = finish_rollback(run.workspace, run.cursor, why, figures,
-                               run.request.deployment_timeout_minutes,
+    endpoint = finish_rollback(run.workspace, run.cursor, why,
+                               {**figures, **watch_figures(verdict)}, run.timeout_minutes,
                                model=(model.name, model.version))
     reports.emit("rollout.rolled-back", run.name, run.workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "restored": old,

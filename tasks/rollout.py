@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from tasks.endpoints import DELETE_POLL_MAX_DELAY_S
 from tasks.policies import transient_retries
+from tasks.release_history import record_release
 from tasks.smoke_test import ProbeResult, SmokeTarget, probe_once, probe_target
 from tasks.waiting import poll_until
 from workspaces.errors import InvalidRequest, OwnershipConflict, ResourceNotFound
@@ -34,7 +35,9 @@ from workspaces.interface import (
     Workspace,
 )
 from workspaces.ownership import claim_for_rollout
+from workspaces.release_history import ReleaseEvent
 from workspaces.release_state import (
+    ROLLBACK_PREFIX,
     RecordedRelease,
     RolloutStep,
     allowed,
@@ -220,6 +223,7 @@ class ReleaseCursor(BaseModel):
     traffic: dict[str, int] = Field(default_factory=dict, description="Live shares last seen")
     recovery: bool = Field(False, description="Moved by the scheduled recovery, for the "
                            "request the endpoint records (no ownership of its own)")
+    actor: str = Field("", description="Who asked for the release, for its history")
 
     @classmethod
     def seen(cls, endpoint: Endpoint, **fields: Any) -> ReleaseCursor:
@@ -554,13 +558,24 @@ def _set_stage(workspace: Workspace, model: tuple[str, str] | None, stage: str,
         pass
 
 
+def _event(cursor: ReleaseCursor, action: str, model: tuple[str, str] | None, reason: str,
+           figures: dict[str, str] | None, previous: str | None) -> ReleaseEvent:
+    return ReleaseEvent(
+        endpoint=cursor.endpoint, action=action, request=cursor.request_id,  # type: ignore[arg-type]
+        model=model[0] if model else "", version=model[1] if model else "",
+        deployment=cursor.new, previous=previous or "", reason=reason[:500],
+        figures=figures or {}, actor=cursor.actor)
+
+
 def finish_promotion(
     workspace: Workspace, cursor: ReleaseCursor, timeout_minutes: float = 30,
     after_delete: Callable[[], None] | None = None, model: tuple[str, str] | None = None,
+    why: str = "", figures: dict[str, str] | None = None, action: str = "promoted",
 ) -> tuple[Endpoint, str | None]:
     """From ``promoted``: the new model (``model``, else the one its deployment was made
     with) is production, the old one retired, the old deployment deleted (unless kept),
-    the release ``done``. Returns the endpoint and the retired model as name:version."""
+    the release ``done`` and in the endpoint's history as ``action`` with ``why``.
+    Returns the endpoint and the retired model as name:version."""
     endpoint = workspace.get_endpoint(cursor.endpoint)
     new_model = model or deployment_model(endpoint, cursor.new)
     old_model = deployment_model(endpoint, cursor.old)
@@ -571,21 +586,38 @@ def finish_promotion(
         if after_delete is not None:
             after_delete()
     endpoint = record_step(workspace, cursor, "done", check_traffic=False)
-    return endpoint, ":".join(old_model) if old_model else None
+    retired = ":".join(old_model) if old_model else None
+    record_release(workspace, _event(cursor, action, new_model, why, figures,
+                                     retired or cursor.old))
+    return endpoint, retired
+
+
+# Who withdrew a model, on the model version: a rollback may go back to a version a person
+# aborted or whose run died, never to one the gate or its canary found at fault.
+TAG_REJECTED_BY = "chatft-rejected-by"
+REJECTED_BY = {"canary-failed": "canary", "aborted": "person", "undone": "recovery"}
 
 
 def finish_rollback(
     workspace: Workspace, cursor: ReleaseCursor, reason: str,
     figures: dict[str, str] | None = None, timeout_minutes: float = 30,
-    model: tuple[str, str] | None = None,
+    model: tuple[str, str] | None = None, action: str = "canary-failed",
 ) -> Endpoint:
     """From ``rolled-back`` (or a claim that never took traffic): the new model (``model``,
-    else the one its deployment was made with) is tagged rejected with the reason, its
-    deployment deleted unless it still takes live traffic, the release ``undone``."""
+    else the one its deployment was made with) is tagged rejected with the reason (a
+    rollback's earlier version goes back to retired instead: it served well before), its
+    deployment deleted unless it still takes live traffic, the release ``undone`` and in
+    the endpoint's history as ``action``."""
     endpoint = workspace.get_endpoint(cursor.endpoint)
-    _set_stage(workspace, model or deployment_model(endpoint, cursor.new), "rejected",
-               {"chatft-rollback-reason": reason[:250], **(figures or {})})
+    withdrawn = model or deployment_model(endpoint, cursor.new)
+    earlier = cursor.request_id.startswith(ROLLBACK_PREFIX)
+    _set_stage(workspace, withdrawn, "retired" if earlier else "rejected",
+               {"chatft-rollback-reason": reason[:250], **(figures or {}),
+                **({} if earlier else {TAG_REJECTED_BY: REJECTED_BY.get(action, action)})})
     live = live_shares(endpoint.traffic) if endpoint is not None else {}
     if cursor.new != cursor.old and not live.get(cursor.new):
         delete_deployment(workspace, cursor.endpoint, cursor.new, timeout_minutes)
-    return record_step(workspace, cursor, "undone", check_traffic=False, reason=reason)
+    endpoint = record_step(workspace, cursor, "undone", check_traffic=False, reason=reason)
+    record_release(workspace, _event(cursor, action, withdrawn, reason, figures, ":".join(
+        deployment_model(endpoint, cursor.old) or ()) or cursor.old))
+    return endpoint

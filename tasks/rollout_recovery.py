@@ -71,11 +71,13 @@ def settle(workspace: Workspace, endpoint: Endpoint, this_run: str) -> SettledRo
     cursor = ReleaseCursor.seen(
         endpoint, request_id=recorded.request or "", run=this_run, recovery=True,
         old=recorded.from_deployment, new=recorded.to_deployment or "",
-        keep_previous=recorded.keep_previous)
+        keep_previous=recorded.keep_previous,
+        actor=f"the smoke test's recovery ({this_run}) for run {recorded.run or 'unknown'}")
     old, new = cursor.old, cursor.new
     deployments = {d.name for d in endpoint.deployments}
     if step == "promoted":
-        _, retired = finish_promotion(workspace, cursor)
+        _, retired = finish_promotion(
+            workspace, cursor, why=f"the promotion its run left was finished ({liveness.why})")
         return SettledRollout(endpoint=endpoint.name, step=step, action=(
             f"promotion finished ({liveness.why}): {new} serves; "
             + (f"old deployment {old} kept" if recorded.keep_previous or not old else
@@ -94,7 +96,7 @@ def settle(workspace: Workspace, endpoint: Endpoint, this_run: str) -> SettledRo
         cursor = cursor.at(record_step(workspace, cursor, "rolled-back", traffic={old: 100},
                                        mirror={} if workspace.kind == "azure" else None,
                                        reason=reason))
-    finish_rollback(workspace, cursor, reason)
+    finish_rollback(workspace, cursor, reason, action="undone")
     reports.emit("rollout.rolled-back", endpoint.name, workspace.kind, {
         "deployment": new, "restored": old, "reason": reason, "by": "smoke-test"})
     return SettledRollout(

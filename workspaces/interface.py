@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
+from workspaces.release_history import ReleaseEvent
+
 JobStatus = Literal[
     "NotStarted",
     "Queued",
@@ -617,6 +619,15 @@ class Workspace(ABC):
         to one version takes it from the others.
         """
         raise NotImplementedError(f"{self.kind} workspace does not record model stages")
+
+    def record_release_event(self, event: ReleaseEvent) -> None:
+        """Append ``event`` to its endpoint's release history, kept with the models
+        (workspaces/release_history.py says where on each workspace)."""
+        raise NotImplementedError(f"{self.kind} workspace keeps no release history")
+
+    def release_history(self, endpoint_name: str) -> list[ReleaseEvent]:
+        """The endpoint's release history as the workspace keeps it, newest first."""
+        return []
 
     @abstractmethod
     def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:

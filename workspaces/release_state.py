@@ -51,6 +51,9 @@ FINAL: frozenset[str] = frozenset({"done", "undone"})
 # How the recovery's reason starts when it undoes a release because its run died (not
 # because the model failed): a re-run of the same request then tries again.
 RUN_DIED = "the run releasing"
+# A person's rollback to an earlier model version releases under a request id of its own
+# that starts so (flows/release_control.py); its model is a known one, never rejected.
+ROLLBACK_PREFIX = "rollback-"
 
 # Which step may follow which. A claim starts from nothing, a finished release, or (the
 # same request only) its own recorded step; the recovery takes the same moves as a run.

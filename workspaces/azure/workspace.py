@@ -65,6 +65,13 @@ from workspaces.ownership import (
     refuse_foreign_model,
     refuse_take_over,
 )
+from workspaces.release_history import (
+    TAG_LAST_RELEASE,
+    ReleaseEvent,
+    ring_from_tags,
+    ring_tags,
+    to_tag,
+)
 
 # How long a read of a Failed resource waits for its operation to report the error.
 OPERATION_GRACE_S = 10.0
@@ -657,6 +664,28 @@ class AzureMLWorkspace(Workspace):
             model.tags = {**(model.tags or {}), **(tags or {}), TAG_STAGE: stage}
             updated = self._clients.ml.models.create_or_update(model)
         return records.registered_model(updated, self.address.arm_id)
+
+    def record_release_event(self, event: ReleaseEvent) -> None:
+        # The endpoint keeps the newest events in a ring of tags; the read the update is
+        # built from is the one just before the write, as for a traffic change.
+        with azure_errors(f"recording a release on endpoint {event.endpoint}"):
+            ep = self._read_endpoint(event.endpoint)
+            ep.tags = merge_tags(dict(ep.tags or {}), ring_tags(dict(ep.tags or {}), event))
+            self._written(event.endpoint)
+            self._clients.ml.online_endpoints.begin_create_or_update(ep).result()
+        if event.model and event.version:
+            with azure_errors(f"tagging model {event.model}:{event.version}"):
+                model = self._clients.ml.models.get(event.model, version=event.version)
+                model.tags = {**(model.tags or {}), TAG_LAST_RELEASE: to_tag(event)}
+                self._clients.ml.models.create_or_update(model)
+
+    def release_history(self, endpoint_name: str) -> list[ReleaseEvent]:
+        with azure_errors(f"reading the release history of endpoint {endpoint_name}"):
+            try:
+                ep = self._read_endpoint(endpoint_name)
+            except ResourceNotFoundError:
+                return []
+        return ring_from_tags(endpoint_name, dict(ep.tags or {}))
 
     def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:
         operations = self._clients.ml.online_endpoints

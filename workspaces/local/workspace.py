@@ -38,12 +38,13 @@ from workspaces.interface import (
     VmSize,
     Workspace,
 )
-from workspaces.local import catalog, mlflow_store
+from workspaces.local import catalog, mlflow_store, release_log
 from workspaces.local.endpoints import LocalEndpoints, size_problem
 from workspaces.local.jobs import LocalJobs
 from workspaces.local.pipeline_interface import local_interface
 from workspaces.local.registry import LocalRegistry
 from workspaces.local.state import read_json, write_json
+from workspaces.release_history import ReleaseEvent
 from workspaces.ultrachat import SAMPLE_SOURCE
 
 DEFAULT_STATE_DIR = ".workspace"
@@ -318,6 +319,14 @@ class LocalWorkspace(Workspace):
         self, name: str, version: str, stage: ModelStage, tags: dict[str, str] | None = None
     ) -> RegisteredModel:
         return self.registry.set_stage(name, version, stage, tags or {})
+
+    def record_release_event(self, event: ReleaseEvent) -> None:
+        found = self.registry.get(event.model, event.version) if event.model else None
+        release_log.append(self.tracking_uri, self.artifact_root, event,
+                           found.tags.get("mlflow-version") if found else None)
+
+    def release_history(self, endpoint_name: str) -> list[ReleaseEvent]:
+        return release_log.read(self.tracking_uri, endpoint_name)
 
     def evaluate_model(
         self, model: RegisteredModel, test_file: str, test_gen_file: str,
