@@ -539,3 +539,70 @@ class TeardownRequest(FormModel):
         None, title="Price file",
         description="CSV of hourly prices; empty = data/vm_prices.csv",
     )
+
+
+ReleaseAction = Literal["status", "promote", "abort", "rollback"]
+# A rollback's canary: the fine-tune's canary settings, promoted when healthy by default
+# (a person asked for the rollback), the gate margins unused (its gate is its own figures).
+ROLLBACK_CANARY = RolloutParameters(strategy="canary", watch_seconds=30, watch_requests=5)
+
+
+class ReleaseControlRequest(FormModel):
+    """A person's action on the release of one endpoint (docs/rollout.md, "Steering a
+    release"): see it, promote a held canary, abort a canary, or roll back to an earlier
+    model version."""
+
+    model_config = ConfigDict(title="Release control")
+
+    endpoint_name: EndpointName = Field(
+        title="Endpoint", description="The endpoint whose release to see or steer")
+    action: ReleaseAction = Field(
+        "status", title="Action",
+        description="status = what serves, what is held, the history; promote = a held "
+        "canary to 100 %; abort = a canary or held release back to the serving deployment, "
+        "its model tagged rejected; rollback = an earlier model version back in production")
+    reason: str = Field(
+        "", max_length=250, title="Reason",
+        description="Why, kept in the release history (required for abort and rollback)")
+    requested_by: str = Field(
+        "", max_length=100, title="Requested by",
+        description="Who asks, for the history (a self-hosted Prefect server records no "
+        "user; the run is recorded either way)")
+    release_request: str | None = Field(
+        None, max_length=100, title="Release to act on (request id)",
+        description="promote/abort: act only if the endpoint's release is this request's; "
+        "empty = the release the endpoint records")
+    version: str | None = Field(
+        None, min_length=1, max_length=64, title="Model version (rollback)",
+        description="rollback: the version to put back; empty = the one that served before "
+        "the current one. It must have passed its gate and never failed a gate or canary")
+    immediate: StrictBool = Field(
+        False, title="At once (rollback)",
+        description="rollback: route all traffic to the version's deployment in one write "
+        "when it is still on the endpoint (kept with keep_previous), no canary")
+    canary: RolloutParameters = Field(
+        ROLLBACK_CANARY, title="Rollback canary",
+        description="rollback without immediate: the canary's share and watch, as for a "
+        "fine-tune's release (strategy and gate margins are not used)")
+    deployment_timeout_minutes: float = Field(
+        30, gt=0, le=240, title="Deployment time limit (minutes)",
+        description="How long a rollback's new deployment, or a deletion, may take")
+    dataset: str | None = Field(
+        None, min_length=1, title="Probe dataset (rollback)",
+        description="Where the rollback canary's probes come from: empty = the dataset the "
+        "version was trained on ('sample' when it names none)")
+
+    @model_validator(mode="after")
+    def _fits_action(self) -> ReleaseControlRequest:
+        if self.action in ("abort", "rollback") and not self.reason.strip():
+            raise ValueError(f"reason: required for action {self.action} (why, in a few words:"
+                             " it is kept in the endpoint's release history)")
+        rollback_only = [name for name in ("version", "immediate", "dataset")
+                         if getattr(self, name) not in (None, False)]
+        if self.action != "rollback" and rollback_only:
+            raise ValueError(f"{rollback_only[0]}: only action rollback takes it (action is "
+                             f"{self.action})")
+        if self.action not in ("promote", "abort") and self.release_request:
+            raise ValueError(f"release_request: only actions promote and abort take it "
+                             f"(action is {self.action})")
+        return self

@@ -155,7 +155,7 @@ def release(
                         model, metrics, settings, held_out, plan.parameters)
         if not decision.passed:
             return _reject(workspace, plan, model, decision, None, None)
-        return _first_release(workspace, request, plan, model, this_run)
+        return _first_release(workspace, request, plan, model, this_run, decision)
     new = rollout.new_deployment
     recorded = RecordedRelease.of(endpoint.tags)
     mine = recorded.request == plan.request_id and recorded.to_deployment == new
@@ -185,7 +185,7 @@ def release(
 
     # 2. claim the endpoint; if production changed since the pre-flight, gate again
     try:
-        endpoint = _claim(run, resuming)
+        endpoint = claim(run, resuming)
     except (OwnershipConflict, ConcurrentChange) as exc:
         return _refused(run, str(exc))
     if not resuming and run.cursor.old != rollout.current_deployment:
@@ -255,7 +255,7 @@ def _resume(run: Release, recorded: RecordedRelease, auto_promote: bool
     return None
 
 
-def _claim(run: Release, resuming: bool) -> Endpoint:
+def claim(run: Release, resuming: bool = False) -> Endpoint:
     """Claim the endpoint, recording where the release starts from as it is at the write.
 
     The endpoint is read, production found (:func:`production_deployment`), and the claim
@@ -509,7 +509,7 @@ def watch_figures(verdict: WatchVerdict | None) -> dict[str, str]:
 
 def _first_release(
     workspace: Workspace, request: FinetuneRequest, plan: FinetunePlan, model: RegisteredModel,
-    this_run: str,
+    this_run: str, decision: GateDecision,
 ) -> ReleaseOutcome:
     """No endpoint yet: make it, deploy, route all traffic; the model is production."""
     tags = _tags(plan, model, this_run)
@@ -534,7 +534,7 @@ def _first_release(
     cursor = ReleaseCursor.seen(endpoint, request_id=plan.request_id, run=this_run, new=new)
     endpoint = record_step(workspace, cursor, "promoted", traffic={new: 100})
     endpoint = record_step(workspace, cursor.at(endpoint), "done")
-    workspace.set_model_stage(model.name, model.version, "production")
+    workspace.set_model_stage(model.name, model.version, "production", decision.tags())
     reports.emit("rollout.promoted", plan.endpoint_name, workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "first": True})
     record_release(workspace, ReleaseEvent(

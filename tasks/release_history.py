@@ -13,7 +13,7 @@ import socket
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from tasks import reports
 from workspaces.errors import WorkspaceError
 from workspaces.interface import Workspace
-from workspaces.release_history import ReleaseEvent, history_table
+from workspaces.release_history import ReleaseEvent, history_rows
 
 # The model tags of the gate's figures (tasks/release_gate.py), by their short name here.
 GATE_FIGURES = {"gate loss": "chatft-gate-eval_loss",
@@ -98,16 +98,14 @@ def record_release(workspace: Workspace, event: ReleaseEvent) -> ReleaseEvent:
 
 
 def report_history(workspace: Workspace, endpoint_name: str) -> list[ReleaseEvent]:
-    """Artifact ``release-history``: the endpoint's history as its registry keeps it."""
+    """Table artifact ``release-history``: the endpoint's history as its registry keeps it,
+    newest first."""
     events = workspace.release_history(endpoint_name)
-    where = ("the workspace's MLflow registry, experiment releases/" + endpoint_name
+    where = ("the workspace's MLflow registry (experiment releases/" + endpoint_name + ")"
              if workspace.kind == "local" else
              "the endpoint's tags (the newest 10) and its model versions' tags")
-    create_markdown_artifact(
-        key="release-history",
-        markdown=f"## Release history of {endpoint_name}, newest first\n\n"
-        f"{history_table(events)}\n\nRead from {where}.",
-        description=f"Every release on {endpoint_name}: what, when, on what figures, why, "
-        "by whom",
-    )
+    create_table_artifact(
+        key="release-history", table=history_rows(events),
+        description=f"Every release on {endpoint_name}, newest first: what, when, on what "
+        f"figures, why, by whom. Read from {where}.")
     return events

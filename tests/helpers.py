@@ -40,6 +40,7 @@ def serve(
     deployment: str = "demo",
     timeout_s: float = 120,
     instance_count: int = 1,
+    deployment_tags: dict[str, str] | None = None,
 ) -> Endpoint:
     """Create an endpoint with one deployment taking 100 % of traffic; wait until ready."""
     ws.begin_create_endpoint(EndpointSpec(
@@ -51,7 +52,7 @@ def serve(
         time.sleep(0.2)
     ws.begin_create_deployment(DeploymentSpec(
         endpoint_name=name, name=deployment, model_id=model.id, instance_type="Local_CPU",
-        instance_count=instance_count, tags={},
+        instance_count=instance_count, tags=dict(deployment_tags or {}),
     ))
     wait_deployment_ready(ws, name, deployment, deadline - time.monotonic())
     return ws.set_traffic(name, {deployment: 100})

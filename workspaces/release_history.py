@@ -121,17 +121,22 @@ def ring_tags(tags: dict[str, str], event: ReleaseEvent) -> dict[str, str]:
     return {f"{HISTORY_TAG_PREFIX}{seq % AZURE_RING}": to_tag(numbered)}
 
 
+def history_rows(events: list[ReleaseEvent]) -> list[dict[str, str]]:
+    """The history as table rows, newest first: the artifact's and the shell's table."""
+    return [{"when (UTC)": e.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+             "action": e.action, "model": e.model_version or "-",
+             "deployment": e.deployment or "-", "before": e.previous or "-",
+             "figures": ", ".join(f"{k} {v}" for k, v in sorted(e.figures.items())) or "-",
+             "reason": e.reason or "-", "run": e.run or "-", "asked by": e.actor or "-",
+             "request": e.request or "-"}
+            for e in newest_first(events)]
+
+
 def history_table(events: list[ReleaseEvent]) -> str:
-    """The markdown table of ``events`` (newest first), the same in the artifact and the
-    shell."""
-    head = ("| when (UTC) | action | model | deployment | before | figures | reason | run | "
-            "asked by |\n|---|---|---|---|---|---|---|---|---|\n")
-    rows = []
-    for e in newest_first(events):
-        figures = ", ".join(f"{k} {v}" for k, v in sorted(e.figures.items()))
-        cells = [e.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"), e.action,
-                 e.model_version or "-", e.deployment or "-", e.previous or "-",
-                 figures or "-", e.reason or "-", e.run or "-", e.actor or "-"]
-        rows.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ")
-                                      for c in cells) + " |")
-    return head + "\n".join(rows) if rows else "No release is recorded on this endpoint."
+    """The history as a markdown table, newest first, for a shell."""
+    rows = history_rows(events)
+    if not rows:
+        return "No release is recorded on this endpoint."
+    head = "| " + " | ".join(rows[0]) + " |\n" + "|---" * len(rows[0]) + "|\n"
+    return head + "\n".join("| " + " | ".join(
+        v.replace("|", "/").replace("\n", " ") for v in row.values()) + " |" for row in rows)
