@@ -14,7 +14,7 @@ MODEL := .models/SmolLM2-135M-Instruct.Q4_1.gguf
 # again: `import prefect` took 3.2 s instead of 1.5 s. The venv is the project's to write.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install demo demo-rollout test lint endpoints endpoints-delete bench server-up server-down screenshots clean
+.PHONY: install demo demo-rollout demo-rollback test lint endpoints endpoints-delete bench server-up server-down screenshots clean
 
 install: $(STAMP) $(MODEL)
 
@@ -48,6 +48,14 @@ demo: install
 demo-rollout: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m flows.finetune_and_deploy $(DEMO_RELEASE) \
 		--training.num-train-epochs 4 --rollout.watch-seconds 20 --rollout.watch-requests 10
+
+# After demo-rollout: the demo's endpoint goes back to the model that served before (the
+# first one), through a new deployment, the contract check and a canary, on the same URL;
+# the release history is printed at the end (docs/rollout.md, "Steering a release").
+demo-rollback: install
+	HF_HUB_OFFLINE=1 $(BIN)/chatft release rollback $(DEMO_ENDPOINT) \
+		--reason "make demo-rollback: back to the model that served before" \
+		--requested-by "$${USER:-demo}"
 
 test: install
 	$(BIN)/python -m pytest

@@ -11,7 +11,9 @@ the Prefect server has
   event (one per failing endpoint) it sends the block a message naming the endpoint, the
   failure class of each deployment and a link to the smoke-test run; on every
   ``chatft.rollout.rolled-back`` (a canary release undone, by its run or by the smoke test
-  after the run died) a message naming the deployment, the one restored and why. Kept in step with
+  after the run died) a message naming the deployment, the one restored and why; on
+  ``chatft.release.held-too-long`` (a canary held for a person past the smoke test's
+  limit, once per hold) a message naming it, since when and why. Kept in step with
   this file: an automation of that name is updated, never duplicated. It is enabled once
   the block holds a real URL (while it holds the placeholder, every failed smoke test
   would end in a failed delivery and a traceback in the server log): after filling in
@@ -37,9 +39,11 @@ PLACEHOLDER_URL = "https://example.invalid/replace-with-your-webhook"
 URL_ENV = "CHATFT_ALERT_WEBHOOK_URL"
 
 # The events it sends: a failed smoke test, and a release rolled back (flows/rollout.py).
-EVENTS = {"chatft.smoke-test.failed", "chatft.rollout.rolled-back"}
+EVENTS = {"chatft.smoke-test.failed", "chatft.rollout.rolled-back",
+          "chatft.release.held-too-long"}
 SUBJECT = (
-    "{% if event.event == 'chatft.rollout.rolled-back' %}Release rolled back{% else %}"
+    "{% if event.event == 'chatft.rollout.rolled-back' %}Release rolled back{% elif "
+    "event.event == 'chatft.release.held-too-long' %}Release held too long{% else %}"
     "Smoke test failed{% endif %}: {{ event.resource['prefect.resource.name'] }}"
 )
 # Jinja, rendered by the server when the event arrives; `flow_run` is the run the event
@@ -53,6 +57,14 @@ Endpoint {{ event.resource['prefect.resource.name'] }} \
 {{ event.payload.restored or 'no deployment' }} takes all traffic again.
 Why: {{ event.payload.reason }}
 Run: {{ flow_run|ui_url }}
+{% elif event.event == 'chatft.release.held-too-long' %}\
+Endpoint {{ event.resource['prefect.resource.name'] }} \
+({{ event.resource['chatft.workspace'] }} workspace): the canary \
+{{ event.payload.deployment }} of request {{ event.payload.request }} has been held for a \
+person since {{ event.payload.since }} ({{ event.payload.hours }} h); \
+{{ event.payload.serving }} serves production meanwhile.
+Why it is held: {{ event.payload.reason }}
+Promote or abort it: deployment release-control (docs/rollout.md, "Steering a release").
 {% else %}\
 Endpoint {{ event.resource['prefect.resource.name'] }} \
 ({{ event.resource['chatft.workspace'] }} workspace) failed its smoke test \

@@ -499,6 +499,10 @@ class SmokeTestRequest(FormModel):
         None, ge=0, le=2**31 - 1, title="Seed",
         description="Picks the conversations; empty = new ones each run"
     )
+    held_alert_hours: float = Field(
+        24, gt=0, le=24 * 90, title="Report a held release after (hours)",
+        description="A canary held for a person longer than this is reported once (event "
+        "chatft.release.held-too-long, sent by the notification automation)")
 
     @field_validator("endpoint_names", mode="before")
     @classmethod
@@ -552,7 +556,13 @@ class ReleaseControlRequest(FormModel):
     release"): see it, promote a held canary, abort a canary, or roll back to an earlier
     model version."""
 
-    model_config = ConfigDict(title="Release control")
+    # The server checks a run's parameters against the schema (409 before any run): the
+    # schema says what the validator below says about a reason.
+    model_config = ConfigDict(title="Release control", json_schema_extra={
+        "allOf": [{"if": {"properties": {"action": {"enum": ["abort", "rollback"]}},
+                          "required": ["action"]},
+                   "then": {"properties": {"reason": {"minLength": 1, "pattern": r"\S"}},
+                            "required": ["reason"]}}]})
 
     endpoint_name: EndpointName = Field(
         title="Endpoint", description="The endpoint whose release to see or steer")

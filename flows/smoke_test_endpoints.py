@@ -173,7 +173,7 @@ def smoke_test_endpoints(
     workspace = load_workspace(workspace_block)
     # A release whose run died is finished or undone first, so what is probed is what
     # will serve (tasks/rollout_recovery.py).
-    listed, releases = settle_abandoned_rollouts(workspace)
+    listed, releases = settle_abandoned_rollouts(workspace, request.held_alert_hours)
     unsettled = [r for r in releases if not r.settled]
     plan = find_endpoints_to_test(workspace, endpoint_names, listed)
 

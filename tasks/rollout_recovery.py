@@ -13,7 +13,9 @@ is taken through the same moves a run takes (workspaces/release_state.py):
 - ``rolled-back``: the new deployment is deleted.
 - ``promoted``: the new model is production, the old one retired, the old deployment
   deleted (unless the release asked to keep it).
-- ``held``: a person's; listed with its age, never changed.
+- ``held``: a person's; listed with its age, never changed. One older than the smoke
+  test's ``held_alert_hours`` (a day by default) is reported once, by the event
+  ``chatft.release.held-too-long``, which the notification automation sends.
 
 When the deployment a release started from is gone (a hand edit), nothing is undone: the
 release is held for a person, with the reason. An endpoint that cannot be settled gets a
@@ -33,7 +35,7 @@ from pydantic import BaseModel
 from tasks import reports
 from tasks.liveness import run_liveness
 from tasks.rollout import ReleaseCursor, finish_promotion, finish_rollback, record_step
-from workspaces.interface import Endpoint, Workspace
+from workspaces.interface import TAG_ROLLOUT_RUN, TAG_ROLLOUT_STEP, Endpoint, Workspace
 from workspaces.release_state import RUN_DIED, RecordedRelease
 
 
@@ -53,17 +55,47 @@ def _age(since: datetime | None) -> str:
     return f"since {since.isoformat(timespec='minutes')} ({hours:.1f} h)"
 
 
-def settle(workspace: Workspace, endpoint: Endpoint, this_run: str) -> SettledRollout | None:
+# Endpoint tag: the ``since`` of the held release already reported as too old, so the
+# notification goes out once per hold, not once per smoke test.
+TAG_HELD_REPORTED = "chatft-held-reported"
+
+
+def _report_held(workspace: Workspace, endpoint: Endpoint, recorded: RecordedRelease,
+                 limit_hours: float) -> str:
+    """A hold older than ``limit_hours``: ``chatft.release.held-too-long`` once (the
+    endpoint remembers it in a tag written only while the hold is unchanged)."""
+    if recorded.since is None:
+        return ""
+    hours = (datetime.now(UTC) - recorded.since).total_seconds() / 3600
+    if hours < limit_hours:
+        return ""
+    since = recorded.since.isoformat(timespec="seconds")
+    if endpoint.tags.get(TAG_HELD_REPORTED) == since:
+        return f"; older than {limit_hours:g} h (reported already)"
+    workspace.set_traffic(endpoint.name, None, tags={TAG_HELD_REPORTED: since}, expect={
+        TAG_ROLLOUT_STEP: "held", TAG_ROLLOUT_RUN: recorded.run or ""})
+    reports.emit("release.held-too-long", endpoint.name, workspace.kind, {
+        "deployment": recorded.to_deployment, "serving": recorded.from_deployment,
+        "request": recorded.request, "since": since, "hours": round(hours, 1),
+        "reason": recorded.reason, "limit_hours": limit_hours})
+    return f"; older than {limit_hours:g} h: reported (chatft.release.held-too-long)"
+
+
+def settle(workspace: Workspace, endpoint: Endpoint, this_run: str,
+           held_limit_hours: float = 24.0) -> SettledRollout | None:
     """Finish or undo one release whose run is over (see the module docstring); None when
-    the endpoint has no release in progress."""
+    the endpoint has no release in progress. A hold older than ``held_limit_hours`` is
+    reported once."""
     recorded = RecordedRelease.of(endpoint.tags)
     step = recorded.step or ""
     if not recorded.occupied:
         return None
     if step == "held":
+        reported = _report_held(workspace, endpoint, recorded, held_limit_hours)
         return SettledRollout(endpoint=endpoint.name, step=step, settled=True,
                               action=f"held for a person {_age(recorded.since)}"
-                              + (f": {recorded.reason}" if recorded.reason else ""))
+                              + (f": {recorded.reason}" if recorded.reason else "")
+                              + reported + "; promote or abort it with release-control")
     liveness = run_liveness(recorded.run, recorded.since)
     if liveness.alive:
         return SettledRollout(endpoint=endpoint.name, step=step,
@@ -105,10 +137,10 @@ def settle(workspace: Workspace, endpoint: Endpoint, this_run: str) -> SettledRo
         f"deployment {new} deleted")
 
 
-def _settle_or_say(workspace: Workspace, endpoint: Endpoint, this_run: str
-                   ) -> SettledRollout | None:
+def _settle_or_say(workspace: Workspace, endpoint: Endpoint, this_run: str,
+                   held_limit_hours: float) -> SettledRollout | None:
     try:
-        return settle(workspace, endpoint, this_run)
+        return settle(workspace, endpoint, this_run, held_limit_hours)
     except Exception as exc:  # noqa: BLE001 - one endpoint must not stop the others
         return SettledRollout(
             endpoint=endpoint.name, step=RecordedRelease.of(endpoint.tags).step or "",
@@ -119,7 +151,8 @@ def _settle_or_say(workspace: Workspace, endpoint: Endpoint, this_run: str
 
 
 @task(name="settle-abandoned-rollouts", cache_policy=NO_CACHE)
-def settle_abandoned_rollouts(workspace: Workspace) -> tuple[list[Endpoint], list[SettledRollout]]:
+def settle_abandoned_rollouts(workspace: Workspace, held_limit_hours: float = 24.0
+                              ) -> tuple[list[Endpoint], list[SettledRollout]]:
     """Finish or undo every managed endpoint's release whose run is over.
 
     Returns the workspace's endpoints as they are afterwards (listed again only when a
@@ -129,7 +162,8 @@ def settle_abandoned_rollouts(workspace: Workspace) -> tuple[list[Endpoint], lis
     this_run = str(flow_run.get_id() or "smoke-test")
     endpoints = workspace.list_endpoints()
     rows = [row for endpoint in endpoints if endpoint.managed
-            if (row := _settle_or_say(workspace, endpoint, this_run)) is not None]
+            if (row := _settle_or_say(workspace, endpoint, this_run, held_limit_hours))
+            is not None]
     logger = get_run_logger()
     changed = False
     for row in rows:

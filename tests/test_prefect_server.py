@@ -115,7 +115,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, standin_dir: Path) -> Iterat
     running: Stack | None = None
     try:
         deployed = local_server.up(server, state_dir, query_seconds=2)
-        assert "finetune-and-deploy" in deployed
+        assert set(deployed) == {"finetune-and-deploy", "smoke-test-endpoints",
+                                 "teardown-idle-endpoints", "release-control"}
         running = Stack(server, state_dir, root / "data", deployed)
         yield running
     finally:
@@ -218,3 +219,25 @@ def test_smoke_test_then_teardown_dry_run(stack: Stack, finetune_run: Any) -> No
     assert "teardown-decisions" in stack.artifact_keys(teardown.id)
     # a dry run deletes nothing
     assert LocalWorkspace(stack.state_dir).get_endpoint(endpoint_name) is not None
+
+
+def test_release_control_from_the_api(stack: Stack, finetune_run: Any) -> None:
+    """The fourth deployment: a bad action is refused (409) naming the field; a status run
+    completes and its artifacts are readable through the API."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    endpoint_name = finetune_run.name.split(" -> ")[1]
+    with pytest.raises(PrefectHTTPStatusError) as refused:
+        stack.client.create_flow_run_from_deployment(
+            stack.deployment_id("release-control"),
+            parameters={"request": {"endpoint_name": endpoint_name, "action": "demote"}})
+    assert refused.value.response.status_code == 409
+    assert "request.action" in refused.value.response.text
+
+    status = stack.run("release-control", {"request": {"endpoint_name": endpoint_name,
+                                                       "requested_by": "the test"}})
+    assert status.state.is_completed(), f"{status.state.message}\n{stack.worker_log()}"
+    artifacts = {a.key: a for a in stack.artifacts(status.id)}
+    assert {"release-status", "release-history"} <= set(artifacts)
+    assert f"status of {endpoint_name}" in artifacts["release-status"].data
+    assert "the test, deployment release-control" in artifacts["release-status"].data

@@ -174,6 +174,12 @@ BAD_PARAMETERS = [
     ("teardown-idle-endpoints", {"request": {"bogus": 1}}, "'bogus' was unexpected"),
     ("teardown-idle-endpoints", {"workspace_block": "Azure ML/prod"}, "workspace_block"),
     ("finetune-and-deploy", {"workspace_block": "no-slash"}, "workspace_block"),
+    ("release-control", {"request": {"endpoint_name": "chatft-demo", "action": "abort"}},
+     "'reason' is a required property"),
+    ("release-control", {"request": {"endpoint_name": "chatft-demo", "action": "demote"}},
+     "'demote' is not one of"),
+    ("release-control", {"request": {"action": "status"}},
+     "'endpoint_name' is a required property"),
     # the test-only clock is gone from the form
     ("teardown-idle-endpoints", {"now": "2030-01-01T00:00:00Z"}, "'now' was unexpected"),
 ]
@@ -333,8 +339,8 @@ def test_up_says_when_schedules_fire_and_its_run_now_command_works(server_up: Se
     assert re.search(r"teardown-idle-endpoints: first scheduled run at .* UTC \(in \d+ min\)",
                      printed), printed
     assert "finetune-and-deploy: no schedule" in printed
-    assert ("Checked: finetune-and-deploy, smoke-test-endpoints, teardown-idle-endpoints "
-            "refuse a run with an unknown parameter (409)") in printed
+    assert ("Checked: finetune-and-deploy, smoke-test-endpoints, teardown-idle-endpoints, "
+            "release-control refuse a run with an unknown parameter (409)") in printed
     assert "Checked: automation 'chatft smoke test failed' exists" in printed
     [run_now] = [line.split(":", 1)[1].strip() for line in printed.splitlines()
                  if line.startswith("Run the first smoke test now:")]

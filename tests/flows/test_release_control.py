@@ -13,6 +13,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
@@ -21,7 +23,13 @@ import pytest
 from flows.parameters import ReleaseControlRequest
 from flows.release_control import release_control
 from tests.helpers import MANAGED_TAGS, register_model, run_table, serve, wait_deployment_ready
-from workspaces.interface import TAG_MODEL, TAG_MODEL_VERSION, TAG_STAGE, DeploymentSpec
+from workspaces.interface import (
+    TAG_MODEL,
+    TAG_MODEL_VERSION,
+    TAG_ROLLOUT_SINCE,
+    TAG_STAGE,
+    DeploymentSpec,
+)
 from workspaces.local import LocalWorkspace
 from workspaces.release_history import ReleaseEvent, history_rows
 from workspaces.release_state import RecordedRelease, release_tags
@@ -204,3 +212,40 @@ def test_bad_requests_are_refused_naming_the_field():
                           ({"action": "demote"}, "action")]:
         with pytest.raises(ValidationError, match=field):
             ReleaseControlRequest.model_validate({"endpoint_name": EP, **fields})
+
+
+def _held_events(expected: int, timeout_s: float = 20) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(filter=EventFilter(
+                event=EventNameFilter(name=["chatft.release.held-too-long"])), limit=50)
+        mine = [e for e in page.events if e.resource.get("prefect.resource.name") == EP]
+        if len(mine) >= expected or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.5)
+
+
+def test_a_canary_held_past_the_limit_is_reported_once(prefect_server, steered):
+    from flows.parameters import SmokeTestRequest
+    from flows.smoke_test_endpoints import smoke_test_endpoints
+
+    ws = steered
+    day_and_a_half = (datetime.now(UTC) - timedelta(hours=30)).isoformat(timespec="seconds")
+    ws.set_traffic(EP, None, tags={TAG_ROLLOUT_SINCE: day_and_a_half})
+    request = SmokeTestRequest(endpoint_names=[EP], held_alert_hours=24)
+    for _ in range(2):
+        state = smoke_test_endpoints(request, return_state=True)
+        assert state.is_completed(), state.message
+    [event] = _held_events(1)
+    assert len(_held_events(2, timeout_s=3)) == 1  # the second pass did not send it again
+    assert event.payload["deployment"] == "green" and event.payload["hours"] >= 30
+    assert event.payload["serving"] == "blue" and "held for a person" in event.payload["reason"]
+    # the hold itself is untouched: traffic and step as they were
+    assert _shares(ws) == {"blue": 90, "green": 10}
+    assert RecordedRelease.of(ws.get_endpoint(EP).tags).step == "held"

@@ -1,0 +1,327 @@
+"""A person steers a release on Azure ML: promote, abort, roll back (release_control).
+
+The real ``azure-ai-ml`` SDK against the HTTPS fake. For each action: what Azure holds
+afterwards (traffic, deployments, the model versions' stage tags, the endpoint's history
+ring ``chatft-history-*``), and which requests the action sent: only the ones Azure's
+safe-rollout procedure is made of (endpoint GET/PUT for traffic and tags, deployment
+PUT/GET/DELETE, model version GET/PUT for tags, and the scoring and metrics a canary is
+probed and watched with), never an endpoint deletion, a job, a compute or MLflow call.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from uuid import uuid4
+
+import pytest
+
+import flows.release_control as control
+from flows.parameters import ReleaseControlRequest
+from tasks.rollout import TAG_REJECTED_BY
+from tests.azure.conftest import make_workspace
+from workspaces.interface import (
+    MANAGED_BY_VALUE,
+    TAG_MANAGED_BY,
+    TAG_MODEL,
+    TAG_MODEL_VERSION,
+    TAG_ROLLOUT_STEP,
+    TAG_STAGE,
+    DeploymentSpec,
+    EndpointSpec,
+)
+from workspaces.release_history import TAG_LAST_RELEASE, ReleaseEvent
+from workspaces.release_state import RecordedRelease, release_tags
+
+EP = "steer-ep"
+MODEL = "m-steer"
+PASSED = {"chatft-gate": "passed", "chatft-gate-eval_loss": "0.3200",
+          "chatft-gate-exact_answer_rate": "0.4000"}
+# A quick canary: the fake answers at once.
+CANARY = {"canary_percent": 20, "watch_seconds": 5, "watch_requests": 3,
+          "max_latency_ratio": 100}
+HELD_WHY = "a healthy canary, held for a person to promote"
+
+
+# -- the scene on Azure ----------------------------------------------------------------
+def _wait_provisioned(fake, ep: str) -> None:
+    deadline = time.monotonic() + 30
+    while any(d["properties"]["provisioningState"] != "Succeeded"
+              for d in fake.deployments.get(ep, {}).values()):
+        assert time.monotonic() < deadline, "the fake's deployments never provisioned"
+        time.sleep(0.05)
+
+
+def build_scene(ws, fake, ep: str, model: str, scene: str) -> None:
+    """``ep`` as a release leaves it, versions 1 and 2 of ``model`` registered (both passed
+    their gate), version 1 first released on deployment ``blue``:
+
+    - ``held`` / ``held-kept``: request B's canary ``green`` (version 2) held at 10 %
+      (``-kept``: the release keeps ``blue`` once promoted);
+    - ``promoted``: B promoted ``green`` to 100 %, ``blue`` deleted;
+    - ``promoted-kept``: B promoted ``green`` to 100 %, ``blue`` kept at 0 %.
+    """
+    keep = scene.endswith("-kept")
+    ids = {}
+    for version in ("1", "2"):
+        ids[version] = ws.register_model(model, version, "chatft-job", "d",
+                                         {TAG_MANAGED_BY: MANAGED_BY_VALUE}).id
+        ws.set_model_stage(model, version, "candidate", PASSED)
+    ws.set_model_stage(model, "1", "production")
+    ws.begin_create_endpoint(EndpointSpec(name=ep, tags={
+        TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_MODEL: model, TAG_MODEL_VERSION: "1"}))
+    for name, version in (("blue", "1"), ("green", "2")):
+        ws.begin_create_deployment(DeploymentSpec(
+            endpoint_name=ep, name=name, model_id=ids[version], instance_type="Standard_NC6s_v3",
+            tags={TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_MODEL: model,
+                  TAG_MODEL_VERSION: version}))
+    _wait_provisioned(fake, ep)
+    ws.set_traffic(ep, {"blue": 100}, owner="request-a", claim=True,
+                   tags=release_tags("request-a", "done", None, "blue", "run-a"))
+    ws.record_release_event(ReleaseEvent(
+        endpoint=ep, action="first-release", request="request-a", model=model, version="1",
+        deployment="blue", reason="the endpoint did not exist", run="run-a",
+        actor="the fine-tune's run"))
+    if scene.startswith("held"):
+        ws.set_traffic(ep, {"blue": 90, "green": 10}, owner="request-b", claim=True,
+                       tags=release_tags("request-b", "held", "blue", "green", str(uuid4()),
+                                         keep_previous=keep, reason=HELD_WHY))
+        ws.record_release_event(ReleaseEvent(
+            endpoint=ep, action="held", request="request-b", model=model, version="2",
+            deployment="green", previous=f"{model}:1", reason=HELD_WHY, run="run-b",
+            actor="the fine-tune's run"))
+        return
+    ws.set_traffic(ep, {"green": 100}, owner="request-b", claim=True,
+                   tags=release_tags("request-b", "done", "blue", "green", "run-b",
+                                     keep_previous=keep))
+    if not keep:
+        ws.begin_delete_deployment(ep, "blue")
+        deadline = time.monotonic() + 30
+        while "blue" in fake.deployments.get(ep, {}) or not ws.deletion_finished(ep, "blue"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    ws.set_model_stage(model, "2", "production")
+    ws.set_model_stage(model, "1", "retired")
+    ws.record_release_event(ReleaseEvent(
+        endpoint=ep, action="promoted", request="request-b", model=model, version="2",
+        deployment="green", previous=f"{model}:1", reason="the canary was healthy",
+        run="run-b", actor="the fine-tune's run"))
+
+
+# -- reading Azure back ---------------------------------------------------------------
+def shares(fake, ep: str = EP) -> dict[str, int]:
+    return {k: v for k, v in fake.endpoints[ep]["properties"]["traffic"].items() if v}
+
+
+def stage(fake, version: str, model: str = MODEL) -> str | None:
+    return fake.models[model][version]["properties"]["tags"].get(TAG_STAGE)
+
+
+def model_tags(fake, version: str, model: str = MODEL) -> dict[str, str]:
+    return fake.models[model][version]["properties"]["tags"]
+
+
+def step(fake, ep: str = EP) -> str | None:
+    return RecordedRelease.of(fake.endpoints[ep]["tags"]).step
+
+
+# What each request is, by its path (the ARM workspace prefix taken off).
+_KINDS = [
+    (r"", "workspace"),
+    (r"/onlineEndpoints", "endpoints"),
+    (r"/onlineEndpoints/[^/]+", "endpoint"),
+    (r"/onlineEndpoints/[^/]+/listKeys", "endpoint keys"),
+    (r"/onlineEndpoints/[^/]+/deployments", "deployments"),
+    (r"/onlineEndpoints/[^/]+/deployments/[^/]+", "deployment"),
+    (r"/onlineEndpoints/[^/]+/deployments/[^/]+/getLogs", "deployment logs"),
+    (r"/models/[^/]+/versions", "model versions"),
+    (r"/models/[^/]+/versions/[^/]+", "model version"),
+]
+
+
+def kind(fake, path: str) -> str:
+    if path.startswith(fake.ws_path):
+        rest = path[len(fake.ws_path):]
+        for pattern, name in _KINDS:
+            if re.fullmatch(pattern, rest):
+                return name
+        return f"other {rest}"
+    if path.startswith("/operations/"):
+        return "operation"  # an LRO's status, polled where Azure's header said
+    if path.startswith("/score/"):
+        return "scoring"
+    if path.endswith("/metrics:getBatch"):
+        return "metrics"
+    return f"other {path}"
+
+
+def sent_since(fake, start: int) -> set[tuple[str, str]]:
+    return {(r.method, kind(fake, r.path)) for r in fake.requests[start:]}
+
+
+def act(fake, credential, **fields):
+    """One release_control run on a workspace of its own (as a worker loads it): its
+    final state and the (method, kind) of every request it sent."""
+    start = len(fake.requests)
+    request = ReleaseControlRequest.model_validate({"endpoint_name": EP, **fields})
+    state = control.release_control(request=request, workspace_block="azure-ml-workspace/t",
+                                    return_state=True)
+    return state, sent_since(fake, start)
+
+
+@pytest.fixture
+def steer(fake, workspace, credential, prefect_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(control, "load_workspace",
+                        lambda block: make_workspace(fake, credential))
+    return workspace
+
+
+# The requests of Azure's safe rollout, by what they do (the reference's request map: an
+# endpoint's traffic and tags are one GET and one PUT of the endpoint, whose operation is
+# polled; a version's tags a GET and a PUT of the model version).
+READ = {("GET", "workspace"), ("GET", "endpoint"), ("GET", "deployments")}
+WRITE_TRAFFIC_AND_TAGS = {("PUT", "endpoint"), ("GET", "operation")}
+MODEL_TAGS = {("GET", "model versions"), ("GET", "model version"), ("PUT", "model version")}
+DELETE_DEPLOYMENT = {("DELETE", "deployment")}
+CREATE_DEPLOYMENT = {("PUT", "deployment"), ("GET", "deployment")}
+PROBE = {("POST", "endpoint keys"), ("POST", "scoring")}  # by the deployment's header
+WATCH = {("POST", "metrics")}  # Azure Monitor, while the canary is watched
+
+PROMOTE = READ | WRITE_TRAFFIC_AND_TAGS | MODEL_TAGS | DELETE_DEPLOYMENT
+ABORT = READ | WRITE_TRAFFIC_AND_TAGS | MODEL_TAGS | DELETE_DEPLOYMENT
+ROLLBACK_AT_ONCE = READ | WRITE_TRAFFIC_AND_TAGS | MODEL_TAGS | PROBE
+ROLLBACK_THROUGH_CANARY = (READ | WRITE_TRAFFIC_AND_TAGS | MODEL_TAGS | CREATE_DEPLOYMENT
+                           | PROBE | WATCH | DELETE_DEPLOYMENT)
+
+
+def history(ws, ep: str = EP) -> list[ReleaseEvent]:
+    """The endpoint's history ring as the workspace reads it back (newest first)."""
+    return ws.release_history(ep)
+
+
+def last_release(fake, version: str, model: str = MODEL) -> str:
+    """The action of the event the version's ``chatft-last-release`` tag holds."""
+    from workspaces.release_history import from_tag
+
+    event = from_tag(EP, model_tags(fake, version, model)[TAG_LAST_RELEASE])
+    assert event is not None
+    return event.action
+
+
+def puts_of_traffic(fake, start: int, ep: str = EP) -> list[dict[str, int]]:
+    """The live shares each endpoint PUT since ``start`` sent, in order."""
+    return [{k: v for k, v in (r.json["properties"].get("traffic") or {}).items() if v}
+            for r in fake.requests[start:]
+            if r.method == "PUT" and re.search(rf"/onlineEndpoints/{ep}$", r.path)]
+
+
+def test_promote_then_roll_back_through_a_canary(fake, credential, steer):
+    build_scene(steer, fake, EP, MODEL, "held")
+
+    # promote: green takes 100 %, blue is deleted, version 2 production, 1 retired
+    state, sent = act(fake, credential, action="promote", reason="the canary looked good",
+                      requested_by="dana")
+    assert state.is_completed() and state.name == "Completed", state.message
+    assert shares(fake) == {"green": 100}
+    assert list(fake.deployments[EP]) == ["green"]
+    assert (stage(fake, "1"), stage(fake, "2")) == ("retired", "production")
+    assert step(fake) == "done"
+    assert sent == PROMOTE, sorted(sent ^ PROMOTE)
+    [deleted] = [r.path for r in fake.requests if r.method == "DELETE"]
+    assert deleted.endswith(f"/onlineEndpoints/{EP}/deployments/blue")
+    promoted = history(steer)
+    assert [e.action for e in promoted] == ["promoted", "held", "first-release"]
+    assert (promoted[0].version, promoted[0].deployment, promoted[0].previous) == (
+        "2", "green", f"{MODEL}:1")
+    assert promoted[0].actor.startswith("dana, ")
+    assert str(state.state_details.flow_run_id) in promoted[0].run
+    assert last_release(fake, "2") == "promoted"
+
+    # rollback (no version: the one that served before): a new deployment of version 1,
+    # its contract, a 20 % canary watched, then 100 % and green deleted
+    start = len(fake.requests)
+    state, sent = act(fake, credential, action="rollback", reason="version 2 refuses too often",
+                      requested_by="erin", canary=CANARY)
+    assert state.is_completed() and state.name == "Completed", state.message
+    [back] = list(fake.deployments[EP])
+    assert back.startswith("rollback-") and back != "green"
+    assert fake.deployments[EP][back]["tags"][TAG_MODEL_VERSION] == "1"
+    assert fake.deployments[EP][back]["properties"]["model"].endswith(
+        f"/models/{MODEL}/versions/1")
+    assert shares(fake) == {back: 100}
+    assert (stage(fake, "1"), stage(fake, "2")) == ("production", "retired")
+    assert step(fake) == "done"
+    assert sent == ROLLBACK_THROUGH_CANARY, sorted(sent ^ ROLLBACK_THROUGH_CANARY)
+    # claimed with the traffic as it was, then the canary share, then all of it
+    assert puts_of_traffic(fake, start) == [
+        {"green": 100}, {"green": 80, back: 20}, {back: 100}, {back: 100}, {back: 100}]
+    [created] = [r for r in fake.requests[start:] if r.method == "PUT"
+                 and "/deployments/" in r.path]
+    assert created.path.endswith(f"/deployments/{back}")
+    [deleted] = [r.path for r in fake.requests[start:] if r.method == "DELETE"]
+    assert deleted.endswith(f"/onlineEndpoints/{EP}/deployments/green")
+    events = history(steer)
+    assert [e.action for e in events] == ["rolled-back", "promoted", "held", "first-release"]
+    assert (events[0].version, events[0].deployment, events[0].previous) == (
+        "1", back, f"{MODEL}:2")
+    assert events[0].actor.startswith("erin, ")
+    assert last_release(fake, "1") == "rolled-back"
+
+
+def test_promote_keeping_the_old_deployment_then_roll_back_at_once(fake, credential, steer):
+    build_scene(steer, fake, EP, MODEL, "held-kept")
+    state, sent = act(fake, credential, action="promote", reason="good", requested_by="dana")
+    assert state.is_completed(), state.message
+    assert shares(fake) == {"green": 100}
+    assert sorted(fake.deployments[EP]) == ["blue", "green"]  # kept at 0 %
+    assert sent == PROMOTE - DELETE_DEPLOYMENT, sorted(sent ^ (PROMOTE - DELETE_DEPLOYMENT))
+
+    # at once onto the kept deployment: one traffic write, no deployment made or deleted
+    start = len(fake.requests)
+    state, sent = act(fake, credential, action="rollback", version="1", immediate=True,
+                      reason="paged: version 2 is slow", requested_by="erin")
+    assert state.is_completed() and state.name == "Completed", state.message
+    assert shares(fake) == {"blue": 100}
+    assert sorted(fake.deployments[EP]) == ["blue", "green"]  # green kept at 0 %
+    assert (stage(fake, "1"), stage(fake, "2")) == ("production", "retired")
+    assert step(fake) == "done"
+    assert sent == ROLLBACK_AT_ONCE, sorted(sent ^ ROLLBACK_AT_ONCE)
+    assert puts_of_traffic(fake, start) == [{"green": 100}, {"blue": 100}, {"blue": 100},
+                                            {"blue": 100}]
+    # the kept deployment answered its contract check before any write
+    [probe] = [r for r in fake.requests[start:] if r.method == "POST" and r.path == f"/score/{EP}"]
+    assert probe.headers["azureml-model-deployment"] == "blue"
+    events = history(steer)
+    assert [e.action for e in events] == ["rolled-back", "promoted", "held", "first-release"]
+    assert (events[0].version, events[0].deployment, events[0].previous) == (
+        "1", "blue", f"{MODEL}:2")
+    assert events[0].actor.startswith("erin, ")
+    assert float(events[0].figures["switch seconds"]) < 5
+    assert last_release(fake, "1") == "rolled-back"
+
+
+def test_abort_withdraws_the_held_canary_and_rejects_its_model(fake, credential, steer):
+    build_scene(steer, fake, EP, MODEL, "held")
+    start = len(fake.requests)
+    state, sent = act(fake, credential, action="abort", reason="answers too long",
+                      requested_by="dana")
+    assert state.is_completed() and state.name == "Aborted", state.message
+    assert shares(fake) == {"blue": 100}
+    assert list(fake.deployments[EP]) == ["blue"]
+    two = model_tags(fake, "2")
+    assert (two[TAG_STAGE], two[TAG_REJECTED_BY]) == ("rejected", "person")
+    assert "answers too long" in two["chatft-rollback-reason"]
+    assert "dana" in two["chatft-rollback-reason"]
+    assert stage(fake, "1") == "production"
+    assert step(fake) == "undone"
+    assert sent == ABORT, sorted(sent ^ ABORT)
+    assert puts_of_traffic(fake, start) == [{"blue": 100}] * 3
+    [deleted] = [r.path for r in fake.requests[start:] if r.method == "DELETE"]
+    assert deleted.endswith(f"/onlineEndpoints/{EP}/deployments/green")
+    events = history(steer)
+    assert [e.action for e in events] == ["aborted", "held", "first-release"]
+    assert (events[0].version, events[0].deployment, events[0].previous) == (
+        "2", "green", f"{MODEL}:1")
+    assert events[0].actor.startswith("dana, ")
+    assert last_release(fake, "2") == "aborted"
