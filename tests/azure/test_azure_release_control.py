@@ -10,28 +10,39 @@ probed and watched with), never an endpoint deletion, a job, a compute or MLflow
 
 from __future__ import annotations
 
+import copy
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
 import flows.release_control as control
-from flows.parameters import ReleaseControlRequest
+from flows.parameters import ReleaseControlRequest, SmokeTestRequest
+from flows.rollout import HOLD_ENV
+from tasks.liveness import HEARTBEAT_ENV
 from tasks.rollout import TAG_REJECTED_BY
 from tests.azure.conftest import make_workspace
+from tests.azure.fake_azureml.server import Fault
+from tests.helpers import PROJECT_DIR as PROJECT_ROOT
+from tests.helpers import run_artifacts, wait_past_liveness
 from workspaces.interface import (
     MANAGED_BY_VALUE,
     TAG_MANAGED_BY,
     TAG_MODEL,
     TAG_MODEL_VERSION,
-    TAG_ROLLOUT_STEP,
     TAG_STAGE,
     DeploymentSpec,
     EndpointSpec,
 )
 from workspaces.release_history import TAG_LAST_RELEASE, ReleaseEvent
-from workspaces.release_state import RecordedRelease, release_tags
+from workspaces.release_state import RecordedRelease, live_shares, release_tags
 
 EP = "steer-ep"
 MODEL = "m-steer"
@@ -325,3 +336,229 @@ def test_abort_withdraws_the_held_canary_and_rejects_its_model(fake, credential,
         "2", "green", f"{MODEL}:1")
     assert events[0].actor.startswith("dana, ")
     assert last_release(fake, "2") == "aborted"
+
+
+# -- a kill -9 during each action, then the smoke test's recovery -----------------------
+# The action runs in a process of its own, against the fake in this one (its HTTPS port;
+# the CA bundle in the environment), and is killed -9 with its whole process group where
+# it stands: held after a checkpoint of flows/rollout.py (CHATFT_HOLD_AFTER_ROLLOUT), or,
+# where the action passes none (abort; a rollback at once; a rollback's contract check),
+# while the fake holds one of its requests unanswered (that request never lands).
+RUN_ACTION = """
+import sys
+from types import SimpleNamespace
+
+import flows.release_control as control
+from flows.parameters import ReleaseControlRequest
+from tests.azure.conftest import make_workspace
+from tests.azure.fake_azureml.credential import FakeCredential
+from tests.azure.fake_azureml.service import FakeAzureML
+
+fake = FakeAzureML(server=SimpleNamespace(port=int(sys.argv[1])))
+control.load_workspace = lambda block: make_workspace(fake, FakeCredential())
+control.release_control(request=ReleaseControlRequest.model_validate_json(sys.argv[2]),
+                        workspace_block="azure-ml-workspace/fake")
+"""
+NEW = "<new>"  # the rollback's own deployment, named after its run
+
+
+@dataclass(frozen=True)
+class Kill:
+    """One action killed at one point, what the endpoint records right after the kill, and
+    what the next pass must leave."""
+
+    id: str
+    scene: str
+    fields: dict
+    point: str | None = None  # checkpoint of flows/rollout.py the run is held after
+    held: tuple[str, str, dict | None] | None = None  # (method, path, traffic) left unanswered
+    killed: tuple[str, dict[str, int]] = ("", {})  # step and live shares right after
+    serving: str = ""  # the one deployment at 100 % after the recovery
+    kept: tuple[str, ...] = ()  # the deployments left (the serving one first)
+    final: str = "done"
+    production: str = ""  # the model version tagged production afterwards
+
+    @property
+    def ep(self) -> str:
+        return f"k-{self.id}"
+
+    @property
+    def model(self) -> str:
+        return f"m-{self.id}"
+
+
+ROLLBACK = {"action": "rollback", "reason": "version 2 refuses too often",
+            "requested_by": "erin", "canary": CANARY}
+AT_ONCE = {"action": "rollback", "version": "1", "immediate": True,
+           "reason": "paged: version 2 is slow", "requested_by": "erin"}
+KILLS = [
+    Kill("promote-promoted", "held", {"action": "promote", "reason": "looks good",
+                                      "requested_by": "dana"}, point="promoted",
+         killed=("promoted", {"green": 100}), serving="green", kept=("green",),
+         production="2"),
+    Kill("abort-deleting", "held", {"action": "abort", "reason": "answers too long",
+                                    "requested_by": "dana"},
+         held=("DELETE", "/deployments/green", None), killed=("rolled-back", {"blue": 100}),
+         serving="blue", kept=("blue",), final="undone", production="1"),
+    Kill("now-switching", "promoted-kept", AT_ONCE,
+         held=("PUT", "", {"blue": 100}), killed=("deploying", {"green": 100}),
+         serving="green", kept=("green", "blue"), final="undone", production="2"),
+    Kill("now-switched", "promoted-kept", AT_ONCE,
+         held=("PUT", "/models/m-now-switched/versions/2", None),
+         killed=("promoted", {"blue": 100}), serving="blue", kept=("blue", "green"),
+         production="1"),
+    Kill("canary-contract", "promoted", ROLLBACK, held=("POST", "/score", None),
+         killed=("deploying", {"green": 100}), serving="green", kept=("green",),
+         final="undone", production="2"),
+    Kill("canary-set", "promoted", ROLLBACK, point="canary-set",
+         killed=("canary", {"green": 80, NEW: 20}), serving="green", kept=("green",),
+         final="undone", production="2"),
+    Kill("canary-old-deleted", "promoted", ROLLBACK, point="old-deleted",
+         killed=("promoted", {NEW: 100}), serving=NEW, kept=(NEW,), production="1"),
+]
+
+
+def _held_request(fake, kill: Kill) -> Fault:
+    method, path, traffic = kill.held
+
+    def body_says(request) -> bool:
+        return traffic is None or live_shares(
+            (request.json or {}).get("properties", {}).get("traffic") or {}) == traffic
+
+    where = (rf"^/score/{kill.ep}$" if path == "/score" else
+             rf"{re.escape(path)}$" if path.startswith("/models/") else
+             rf"/onlineEndpoints/{kill.ep}{re.escape(path)}$")
+    # Held past the kill and the recovery's wait, then the connection is dropped.
+    return fake.server.inject(Fault(method, where, kind="timeout", delay_s=120,
+                                    when=body_says))
+
+
+def _start(kill: Kill, fake, tmp_path: Path) -> tuple[subprocess.Popen, object]:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if k != "AZUREML_CURRENT_CLOUD"}
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    if kill.point:
+        marker = tmp_path / f"held-{kill.id}"
+        env[HOLD_ENV] = f"{kill.point}:{marker}"
+        reached = marker.exists
+    else:
+        fault = _held_request(fake, kill)
+        reached = lambda: fault.hits > 0  # noqa: E731
+    request = ReleaseControlRequest.model_validate({"endpoint_name": kill.ep, **kill.fields})
+    with (tmp_path / f"{kill.id}.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", RUN_ACTION, str(fake.server.port),
+             request.model_dump_json()],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=PROJECT_ROOT)
+    return process, reached
+
+
+def _snapshot(fake, ep: str) -> dict:
+    return copy.deepcopy({"endpoint": fake.endpoints.get(ep),
+                          "deployments": fake.deployments.get(ep, {})})
+
+
+@pytest.fixture(scope="module")
+def killed(fake_server, prefect_server, tmp_path_factory):
+    """Every action of KILLS killed -9 at its point (all at once, each on an endpoint of
+    its own), then, once their runs are silent past the liveness bound, one smoke test.
+    Returns what each endpoint held right after its kill and after the smoke test."""
+    import flows.smoke_test_endpoints as smoke
+    from tests.azure.fake_azureml.credential import FakeCredential
+
+    fake, tmp_path = fake_server, tmp_path_factory.mktemp("kills")
+    fake.reset()
+    patch = pytest.MonkeyPatch()
+    patch.delenv("AZUREML_CURRENT_CLOUD", raising=False)  # undone with the patch
+    patch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    # A run beats every second: a killed one is silent past the bound 19 s later.
+    patch.setenv(HEARTBEAT_ENV, "1")
+    credential = FakeCredential()
+    patch.setattr(smoke, "load_workspace", lambda block: make_workspace(fake, credential))
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        ws = make_workspace(fake, credential)
+        t0 = time.monotonic()
+        for kill in KILLS:
+            build_scene(ws, fake, kill.ep, kill.model, kill.scene)
+        print("scenes", time.monotonic() - t0)
+        waiting = {kill.id: _start(kill, fake, tmp_path) for kill in KILLS}
+        processes = {name: process for name, (process, _) in waiting.items()}
+        after_kill: dict[str, dict] = {}
+        killed_at = time.monotonic()
+        deadline = time.monotonic() + 240
+        while waiting:
+            for kill in KILLS:
+                if kill.id not in waiting:
+                    continue
+                process, reached = waiting[kill.id]
+                if reached():
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    killed_at = time.monotonic()
+                    after_kill[kill.id] = _snapshot(fake, kill.ep)
+                    print("killed", kill.id, time.monotonic() - t0)
+                    del waiting[kill.id]
+                    continue
+                log = (tmp_path / f"{kill.id}.log").read_text()[-3000:]
+                assert process.poll() is None, f"{kill.id} ended before its kill:\n{log}"
+                assert time.monotonic() < deadline, f"{kill.id} never reached its point"
+            time.sleep(0.1)
+        wait_past_liveness(killed_at)
+        print("waited", time.monotonic() - t0)
+        state = smoke.smoke_test_endpoints(
+            SmokeTestRequest(download_dir=str(tmp_path / "smoke"), request_timeout_s=5),
+            workspace_block="azure-ml-workspace/fake", return_state=True)
+        print("smoke", time.monotonic() - t0)
+        [recovery] = run_artifacts(state.state_details.flow_run_id, "rollout-recovery")
+        yield {
+            "state": state, "recovery": recovery.data,
+            "after_kill": after_kill,
+            "after": {kill.id: _snapshot(fake, kill.ep) for kill in KILLS},
+            "models": copy.deepcopy(fake.models),
+            "history": {kill.id: ws.release_history(kill.ep) for kill in KILLS},
+        }
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        patch.undo()
+
+
+def _named(shares_: dict[str, int], new: str) -> dict[str, int]:
+    return {new if k == NEW else k: v for k, v in shares_.items()}
+
+
+@pytest.mark.parametrize("kill", KILLS, ids=[k.id for k in KILLS])
+def test_a_kill_9_during_an_action_converges_on_the_next_pass(killed, kill):
+    before = killed["after_kill"][kill.id]
+    recorded = RecordedRelease.of(before["endpoint"]["tags"])
+    new = recorded.to_deployment or ""
+    # right after the kill: what the endpoint says (its step) is what it does (traffic)
+    assert (recorded.step, live_shares(before["endpoint"]["properties"]["traffic"])) == (
+        kill.killed[0], _named(kill.killed[1], new)), kill.id
+
+    assert killed["state"].is_completed(), killed["state"].message
+    after = killed["after"][kill.id]
+    endpoint, deployments = after["endpoint"], after["deployments"]
+    serving = new if kill.serving == NEW else kill.serving
+    # one deployment takes all live traffic, none mirrored, the release at its end
+    assert live_shares(endpoint["properties"]["traffic"]) == {serving: 100}
+    assert not live_shares(endpoint["properties"].get("mirrorTraffic") or {})
+    assert RecordedRelease.of(endpoint["tags"]).step == kill.final
+    # nothing half-made: no deployment but the ones that serve or were kept on purpose
+    assert sorted(deployments) == sorted(new if d == NEW else d for d in kill.kept)
+    assert all(d["properties"]["provisioningState"] == "Succeeded"
+               for d in deployments.values())
+    versions = killed["models"][kill.model]
+    assert [v for v, body in versions.items()
+            if body["properties"]["tags"].get(TAG_STAGE) == "production"] == [
+        kill.production]
+    # the recovery said what it did, and the history ends with it
+    assert kill.ep in killed["recovery"]
+    events = killed["history"][kill.id]
+    assert events[0].action == ("undone" if kill.final == "undone" else "promoted")
+    assert events[0].actor.startswith("the smoke test's recovery")
