@@ -88,15 +88,15 @@ class Action:
         return InvalidRequest(f"{field}: {why}; nothing on endpoint {self.name} changed")
 
     def release(self, cursor: ReleaseCursor, model: RegisteredModel,
-                settings: RolloutParameters | None = None, promoted_as: str = "promoted"
-                ) -> Release:
+                settings: RolloutParameters | None = None, promoted_as: str = "promoted",
+                asked: str = "") -> Release:
         test_gen, seed = self.probes or ("", 0)
         return Release(
             workspace=self.workspace, name=self.name,
             settings=settings or RolloutParameters(strategy="canary"),
             timeout_minutes=self.request.deployment_timeout_minutes, model=model,
             test_gen=test_gen, probe_seed=seed, this_run=self.this_run, cursor=cursor,
-            promoted_as=promoted_as)
+            promoted_as=promoted_as, asked=asked)
 
     def recorded_cursor(self) -> ReleaseCursor:
         """The release the endpoint records, moved by this run for its request."""
@@ -296,7 +296,7 @@ def _through_canary(action: Action, model: RegisteredModel, request_id: str,
     cursor = ReleaseCursor.seen(action.endpoint, request_id=request_id, run=action.this_run,
                                 new=new, keep_previous=settings.keep_previous,
                                 actor=action.actor)
-    run = action.release(cursor, model, settings, promoted_as="rolled-back")
+    run = action.release(cursor, model, settings, promoted_as="rolled-back", asked=reason)
     try:
         endpoint = claim(run)
     except ConcurrentChange as exc:

@@ -123,6 +123,8 @@ class Release(BaseModel):
     this_run: str
     cursor: ReleaseCursor
     promoted_as: str = Field("promoted", description="The history's word for its promotion")
+    asked: str = Field("", description="A person's reason for the release, first in the "
+                       "history's reason of each of its ends")
 
     def write(self, step: str, **fields: Any) -> Endpoint:
         """Record ``step`` (and its traffic) on the endpoint; the cursor follows."""
@@ -568,6 +570,7 @@ def finish_promoting(run: Release, why: str, figures: dict[str, str] | None = No
                      ) -> ReleaseOutcome:
     """From ``promoted``: production, retirement, deletion, history, artifact."""
     old, new, model = run.cursor.old, run.cursor.new, run.model
+    why = f"{run.asked} ({why})" if run.asked else why
     endpoint, retired = finish_promotion(run.workspace, run.cursor,
                                          run.timeout_minutes,
                                          after_delete=lambda: _checkpoint("old-deleted"),
@@ -598,6 +601,7 @@ def _roll_back(run: Release, verdict: WatchVerdict | None, why: str) -> ReleaseO
 
 def _finish_roll_back(run: Release, verdict: WatchVerdict | None, why: str) -> ReleaseOutcome:
     old, new, model = run.cursor.old, run.cursor.new, run.model
+    why = f"{run.asked}: withdrawn, {why}" if run.asked else why
     figures = {"chatft-canary-error-rate": f"{verdict.new.error_rate:.4f}"} if verdict else {}
     endpoint = finish_rollback(run.workspace, run.cursor, why,
                                {**figures, **watch_figures(verdict)}, run.timeout_minutes,
