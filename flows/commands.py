@@ -73,6 +73,9 @@ def release(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to ``release`` or to the endpoint commands."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args in ([], ["-h"], ["--help"]):
+        print(__doc__)
+        return 0 if args else 2
     if args and args[0] == "release":
         return release(args[1:])
     return endpoints_cli.main(args)
