@@ -14,9 +14,16 @@ and the latest run the gate refused. Make them
 with ``make demo``, ``make demo-rollout`` and ``make demo`` again, with
 ``PREFECT_API_URL`` set to the server.
 
+``--release`` takes the pages of docs/rollout.md's "Steering a release": the
+``release-control`` deployment's run form (Run -> Custom run) and the newest
+``release-history`` artifact. Make that with a ``release-control`` run through the server,
+e.g. ``prefect deployment run release-control/release-control --params
+'{"request": {"endpoint_name": "chatft-demo", "action": "status"}}'``.
+
     python scripts/screenshots.py                       # server at http://127.0.0.1:4200
     python scripts/screenshots.py --url http://127.0.0.1:4311 --out docs/screenshots
     python scripts/screenshots.py --url http://127.0.0.1:4300 --rollout
+    python scripts/screenshots.py --url http://127.0.0.1:4377 --release
 """
 
 from __future__ import annotations
@@ -106,6 +113,20 @@ def rollout_pages(url: str) -> dict[str, str]:
     return shots
 
 
+def release_pages(url: str) -> dict[str, str]:
+    """File name -> classic-UI address of each page of a person steering a release."""
+    deployment = api(url, "/deployments/name/release-control/release-control")
+    histories = api(url, "/artifacts/filter", {
+        "artifacts": {"key": {"any_": ["release-history"]}}, "sort": "CREATED_DESC", "limit": 1,
+    })
+    if not histories:
+        raise SystemExit("no release-history artifact yet: run release-control with action status")
+    return {
+        "release-control-form.png": f"{url}/deployments/deployment/{deployment['id']}/run",
+        "release-history.png": f"{url}/artifacts/artifact/{histories[0]['id']}",
+    }
+
+
 def shoot(chromium: str, address: str, target: Path) -> None:
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
@@ -132,11 +153,20 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:4200", help="Prefect UI address")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "docs" / "screenshots")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
-    parser.add_argument("--rollout", action="store_true", help="the release pages only")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--rollout", action="store_true", help="the release pages only")
+    mode.add_argument("--release", action="store_true",
+                      help="the release-control form and release history only")
     args = parser.parse_args()
     url = args.url.rstrip("/")
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, address in (rollout_pages(url) if args.rollout else pages(url)).items():
+    if args.rollout:
+        shots = rollout_pages(url)
+    elif args.release:
+        shots = release_pages(url)
+    else:
+        shots = pages(url)
+    for name, address in shots.items():
         shoot(args.chromium, address, args.out / name)
         print(f"{args.out / name}  {(args.out / name).stat().st_size // 1024} KB  <- {address}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,16 @@ import pytest
 
 from flows.parameters import ReleaseControlRequest
 from flows.release_control import release_control
-from tests.helpers import MANAGED_TAGS, register_model, run_table, serve, wait_deployment_ready
+from flows.rollout import HOLD_ENV
+from tasks.liveness import HEARTBEAT_ENV
+from tests.helpers import (
+    MANAGED_TAGS,
+    register_model,
+    run_table,
+    serve,
+    wait_deployment_ready,
+    wait_past_liveness,
+)
 from workspaces.interface import (
     TAG_MODEL,
     TAG_MODEL_VERSION,
@@ -252,3 +262,62 @@ def test_a_canary_held_past_the_limit_is_reported_once(prefect_server, steered):
     # the hold itself is untouched: traffic and step as they were
     assert _shares(ws) == {"blue": 90, "green": 10}
     assert RecordedRelease.of(ws.get_endpoint(EP).tags).step == "held"
+
+
+def _kill_action_at(point: str, tmp_path: Path, **fields) -> float:
+    """Run one release_control action in its own process until it reaches ``point`` (a
+    checkpoint of flows/rollout.py), then kill -9 it; returns when it was killed."""
+    from prefect.settings import PREFECT_API_URL
+
+    marker = tmp_path / f"{point}.reached"
+    argv = ["--endpoint-name", EP]
+    for key, value in fields.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.release_control", *argv],
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
+             HOLD_ENV: f"{point}:{marker}"},
+        stdout=(tmp_path / f"{point}.log").open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert process.poll() is None, (tmp_path / f"{point}.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{point} not reached"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return time.monotonic()
+
+
+def test_a_killed_action_is_settled_by_the_next_smoke_test(prefect_server, steered, tmp_path,
+                                                           monkeypatch):
+    from flows.parameters import SmokeTestRequest
+    from flows.smoke_test_endpoints import smoke_test_endpoints
+
+    ws = steered
+    monkeypatch.setenv(HEARTBEAT_ENV, "1")
+    smoke = SmokeTestRequest(endpoint_names=[EP])
+    # a promotion killed right after its write: the smoke test finishes it
+    killed = _kill_action_at("promoted", tmp_path, action="promote", reason="looks good")
+    assert RecordedRelease.of(ws.get_endpoint(EP).tags).step == "promoted"
+    wait_past_liveness(killed)
+    assert smoke_test_endpoints(smoke, return_state=True).is_completed()
+    assert _shares(ws) == {"green": 100}
+    assert {d.name for d in ws.get_endpoint(EP).deployments} == {"green"}
+    assert (_stage(ws, "1"), _stage(ws, "2")) == ("retired", "production")
+
+    # a rollback killed with its canary at 20 %: undone, and version 1 is not rejected
+    killed = _kill_action_at("canary-set", tmp_path, action="rollback",
+                             reason="version 2 refuses too often",
+                             **{"canary.canary_percent": 20, "canary.watch_seconds": 60})
+    recorded = RecordedRelease.of(ws.get_endpoint(EP).tags)
+    assert recorded.step == "canary" and recorded.request.startswith("rollback-1-")
+    wait_past_liveness(killed)
+    assert smoke_test_endpoints(smoke, return_state=True).is_completed()
+    assert _shares(ws) == {"green": 100}
+    assert {d.name for d in ws.get_endpoint(EP).deployments} == {"green"}
+    assert RecordedRelease.of(ws.get_endpoint(EP).tags).step == "undone"
+    assert (_stage(ws, "1"), _stage(ws, "2")) == ("retired", "production")
+    history = ws.release_history(EP)
+    assert [e.action for e in history[:2]] == ["undone", "promoted"]
+    assert "smoke test's recovery" in history[0].actor
