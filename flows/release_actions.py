@@ -66,6 +66,7 @@ class Action:
 
     def __init__(self, workspace: Workspace, request: ReleaseControlRequest,
                  endpoint: Endpoint, this_run: str, actor: str) -> None:
+        """``endpoint`` as read at the start; ``actor`` is who asked (for the history)."""
         self.workspace, self.request, self.endpoint = workspace, request, endpoint
         self.this_run, self.actor = this_run, actor
         self.recorded = RecordedRelease.of(endpoint.tags)
@@ -82,14 +83,17 @@ class Action:
 
     @property
     def name(self) -> str:
+        """The endpoint's name."""
         return self.endpoint.name
 
     def refuse(self, field: str, why: str) -> InvalidRequest:
+        """The refusal to raise: it names the field and says nothing changed."""
         return InvalidRequest(f"{field}: {why}; nothing on endpoint {self.name} changed")
 
     def release(self, cursor: ReleaseCursor, model: RegisteredModel,
                 settings: RolloutParameters | None = None, promoted_as: str = "promoted",
                 asked: str = "") -> Release:
+        """The rollout's :class:`Release` carrying this action through its steps."""
         test_gen, seed = self.probes or ("", 0)
         return Release(
             workspace=self.workspace, name=self.name,
@@ -107,6 +111,7 @@ class Action:
             actor=self.actor)
 
     def check_named_release(self) -> None:
+        """Refuse when the request names a release the endpoint does not hold."""
         wanted = self.request.release_request
         if wanted and wanted != self.recorded.request:
             raise self.refuse("release_request", (
@@ -114,6 +119,7 @@ class Action:
                 f" (step {self.recorded.step or 'none'}), not {wanted}'s"))
 
     def model_of(self, deployment: str | None) -> RegisteredModel:
+        """The registered model a deployment serves (refused when it is unknown)."""
         named = deployment_model(self.endpoint, deployment)
         model = self.workspace.get_model(*named) if named else None
         if model is None:
