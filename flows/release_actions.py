@@ -267,11 +267,12 @@ def _at_once(action: Action, model: RegisteredModel, request_id: str, current: s
                                 old=current, new=kept, keep_previous=True, actor=action.actor)
     run = action.release(cursor, model, promoted_as="rolled-back")
     _contract(action, run, kept)  # before any write: a kept deployment may have died
-    started = time.monotonic()
     try:
         claim(run)
         if run.cursor.old != current:
             raise ConcurrentChange(f"production moved to {run.cursor.old} during the claim")
+        # From the claim landing to all traffic on the kept deployment: one write.
+        started = time.monotonic()
         run.write("promoted", traffic={kept: 100})
     except ConcurrentChange as exc:
         _let_go(run, str(exc))
