@@ -135,7 +135,7 @@ def promote_held(action: Action) -> ReleaseOutcome:
     if recorded.step != "held":
         raise action.refuse("action", _not_held(recorded))
     run = action.release(action.recorded_cursor(), action.model_of(recorded.to_deployment))
-    why = f"promoted by {action.actor}: {action.request.reason or 'no reason given'}"
+    why = action.request.reason or "promoted by a person, no reason given"
     try:
         return promote(run, why)
     except ConcurrentChange as exc:
@@ -167,12 +167,13 @@ def abort(action: Action) -> ReleaseOutcome:
                             "gone (changed by hand): route the traffic yourself")
     cursor = action.recorded_cursor()
     model = deployment_model(action.endpoint, recorded.to_deployment)
-    why = f"aborted by {action.actor}: {action.request.reason}"
+    why = action.request.reason
     try:
         if old:
             cursor = cursor.at(record_step(
                 action.workspace, cursor, "rolled-back", traffic={old: 100},
-                mirror={} if action.workspace.kind == "azure" else None, reason=why))
+                mirror={} if action.workspace.kind == "azure" else None, reason=why,
+                ending="aborted"))
         endpoint = finish_rollback(action.workspace, cursor, why, model=model, action="aborted")
     except ConcurrentChange as exc:
         raise action.refuse("action", f"the endpoint changed while aborting: {exc}") from None
@@ -244,7 +245,7 @@ def rollback(action: Action) -> ReleaseOutcome:
             "with keep_previous); roll back through a canary (immediate false)"))
     action.prepare_probes(model)
     request_id = f"{ROLLBACK_PREFIX}{model.version}-{action.this_run[:8]}"[:100]
-    reason = f"rolled back by {action.actor}: {action.request.reason}"
+    reason = action.request.reason
     if action.request.immediate:
         return _at_once(action, model, request_id, current, kept or "", reason)
     return _through_canary(action, model, request_id, reason)
@@ -264,7 +265,8 @@ def _contract(action: Action, run: Release, deployment: str) -> None:
 def _at_once(action: Action, model: RegisteredModel, request_id: str, current: str | None,
              kept: str, reason: str) -> ReleaseOutcome:
     cursor = ReleaseCursor.seen(action.endpoint, request_id=request_id, run=action.this_run,
-                                old=current, new=kept, keep_previous=True, actor=action.actor)
+                                old=current, new=kept, keep_previous=True, actor=action.actor,
+                                reused=True)
     run = action.release(cursor, model, promoted_as="rolled-back")
     _contract(action, run, kept)  # before any write: a kept deployment may have died
     try:

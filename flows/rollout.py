@@ -239,9 +239,11 @@ def _resume(run: Release, recorded: RecordedRelease, auto_promote: bool
                               f"{name}")
     if step == "rolled-back":
         return _finish_roll_back(run, None, recorded.reason or
-                                 "finishing the rollback a killed run left")
+                                 "finishing the rollback a killed run left",
+                                 recorded.ending or "canary-failed")
     if step == "promoted":
-        return finish_promoting(run, "finishing the promotion a killed run left")
+        return finish_promoting(run, recorded.reason
+                                or "finishing the promotion a killed run left")
     if step == "held" and not auto_promote:
         why = recorded.reason or "at its canary share"
         return ReleaseOutcome(outcome="held", released=True, serving=old,
@@ -273,7 +275,8 @@ def claim(run: Release, resuming: bool = False) -> Endpoint:
             run.workspace, endpoint)
         run.cursor = ReleaseCursor.seen(
             endpoint, request_id=run.cursor.request_id, run=run.this_run, new=run.cursor.new,
-            old=old, keep_previous=run.cursor.keep_previous, actor=run.cursor.actor)
+            old=old, keep_previous=run.cursor.keep_previous, actor=run.cursor.actor,
+            reused=run.cursor.reused)
         back = {old: 100} if resuming and old and recorded.step in ("mirror", "canary") else None
         try:
             return run.write("deploying", claim=True, traffic=back,
@@ -560,8 +563,10 @@ def _promote_after_contract(run: Release) -> ReleaseOutcome:
 
 
 def promote(run: Release, why: str, figures: dict[str, str] | None = None) -> ReleaseOutcome:
-    """100 % to the new deployment (recorded in the same write), then the promotion's end."""
-    run.write("promoted", traffic={run.cursor.new: 100})
+    """100 % to the new deployment (recorded in the same write, with the end it heads to
+    and why), then the promotion's end."""
+    run.write("promoted", traffic={run.cursor.new: 100}, ending=run.promoted_as,
+              reason=f"{run.asked} ({why})" if run.asked else why)
     _checkpoint("promoted")
     return finish_promoting(run, why, figures)
 
@@ -595,17 +600,19 @@ def _roll_back(run: Release, verdict: WatchVerdict | None, why: str) -> ReleaseO
     one deleted and its model rejected."""
     if run.cursor.old:
         run.write("rolled-back", traffic={run.cursor.old: 100},
-                  mirror={} if run.settings.mirror_percent else None, reason=why)
+                  mirror={} if run.settings.mirror_percent else None, reason=why,
+                  ending="canary-failed")
     return _finish_roll_back(run, verdict, why)
 
 
-def _finish_roll_back(run: Release, verdict: WatchVerdict | None, why: str) -> ReleaseOutcome:
+def _finish_roll_back(run: Release, verdict: WatchVerdict | None, why: str,
+                      ending: str = "canary-failed") -> ReleaseOutcome:
     old, new, model = run.cursor.old, run.cursor.new, run.model
     why = f"{run.asked}: withdrawn, {why}" if run.asked else why
     figures = {"chatft-canary-error-rate": f"{verdict.new.error_rate:.4f}"} if verdict else {}
     endpoint = finish_rollback(run.workspace, run.cursor, why,
                                {**figures, **watch_figures(verdict)}, run.timeout_minutes,
-                               model=(model.name, model.version))
+                               model=(model.name, model.version), action=ending)
     reports.emit("rollout.rolled-back", run.name, run.workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "restored": old,
         "reason": why})

@@ -224,6 +224,8 @@ class ReleaseCursor(BaseModel):
     recovery: bool = Field(False, description="Moved by the scheduled recovery, for the "
                            "request the endpoint records (no ownership of its own)")
     actor: str = Field("", description="Who asked for the release, for its history")
+    reused: bool = Field(False, description="The new deployment existed before the release "
+                         "(a rollback onto a kept one): never deleted by its undoing")
 
     @classmethod
     def seen(cls, endpoint: Endpoint, **fields: Any) -> ReleaseCursor:
@@ -248,6 +250,7 @@ def record_step(
     claim: bool = False,
     reason: str = "",
     check_traffic: bool = True,
+    ending: str = "",
 ) -> Endpoint:
     """Move traffic (or not) and record the release's ``step`` on the endpoint, in one write.
 
@@ -262,7 +265,7 @@ def record_step(
         cursor.endpoint, traffic, owner=None if cursor.recovery else cursor.request_id,
         mirror=mirror, claim=claim,
         tags=release_tags(cursor.request_id, step, cursor.old, cursor.new, cursor.run,
-                          cursor.keep_previous, reason),
+                          cursor.keep_previous, reason, ending, cursor.reused),
         expect={TAG_ROLLOUT_STEP: cursor.step or "", TAG_ROLLOUT_RUN: cursor.recorded_run or ""},
         expect_traffic=cursor.traffic if check_traffic else None,
     )
@@ -615,7 +618,7 @@ def finish_rollback(
                {"chatft-rollback-reason": reason[:250], **(figures or {}),
                 **({} if earlier else {TAG_REJECTED_BY: REJECTED_BY.get(action, action)})})
     live = live_shares(endpoint.traffic) if endpoint is not None else {}
-    if cursor.new != cursor.old and not live.get(cursor.new):
+    if cursor.new != cursor.old and not cursor.reused and not live.get(cursor.new):
         delete_deployment(workspace, cursor.endpoint, cursor.new, timeout_minutes)
     endpoint = record_step(workspace, cursor, "undone", check_traffic=False, reason=reason)
     record_release(workspace, _event(cursor, action, withdrawn, reason, figures, ":".join(

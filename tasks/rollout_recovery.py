@@ -103,13 +103,14 @@ def settle(workspace: Workspace, endpoint: Endpoint, this_run: str,
     cursor = ReleaseCursor.seen(
         endpoint, request_id=recorded.request or "", run=this_run, recovery=True,
         old=recorded.from_deployment, new=recorded.to_deployment or "",
-        keep_previous=recorded.keep_previous,
+        keep_previous=recorded.keep_previous, reused=recorded.reused,
         actor=f"the smoke test's recovery ({this_run}) for run {recorded.run or 'unknown'}")
     old, new = cursor.old, cursor.new
     deployments = {d.name for d in endpoint.deployments}
     if step == "promoted":
         _, retired = finish_promotion(
-            workspace, cursor, why=f"the promotion its run left was finished ({liveness.why})")
+            workspace, cursor, action=recorded.ending or "promoted",
+            why=recorded.reason or f"the promotion its run left was finished ({liveness.why})")
         return SettledRollout(endpoint=endpoint.name, step=step, action=(
             f"promotion finished ({liveness.why}): {new} serves; "
             + (f"old deployment {old} kept" if recorded.keep_previous or not old else
@@ -127,14 +128,18 @@ def settle(workspace: Workspace, endpoint: Endpoint, this_run: str,
     if step != "rolled-back" and old:
         cursor = cursor.at(record_step(workspace, cursor, "rolled-back", traffic={old: 100},
                                        mirror={} if workspace.kind == "azure" else None,
-                                       reason=reason))
-    finish_rollback(workspace, cursor, reason, action="undone")
+                                       reason=reason, ending="undone"))
+    ending = "undone"
+    if step == "rolled-back":  # decided before the run died: its own reason and end
+        reason, ending = recorded.reason or reason, recorded.ending or "undone"
+    finish_rollback(workspace, cursor, reason, action=ending)
     reports.emit("rollout.rolled-back", endpoint.name, workspace.kind, {
         "deployment": new, "restored": old, "reason": reason, "by": "smoke-test"})
     return SettledRollout(
         endpoint=endpoint.name, step=step,
-        action=f"rolled back ({liveness.why}): {old or 'nothing'} takes all traffic, new "
-        f"deployment {new} deleted")
+        action=f"rolled back ({liveness.why}): {old or 'nothing'} takes all traffic, "
+        + (f"deployment {new} kept at 0 % (it served before the release)" if recorded.reused
+           else f"new deployment {new} deleted"))
 
 
 def _settle_or_say(workspace: Workspace, endpoint: Endpoint, this_run: str,

@@ -79,6 +79,13 @@ TAG_ROLLOUT_KEEP_PREVIOUS = "chatft-rollout-keep-previous"
 # is over (workspaces/release_state.py holds the steps and their moves).
 TAG_ROLLOUT_RUN = "chatft-rollout-run"
 TAG_ROLLOUT_REASON = "chatft-rollout-reason"
+# Written with ``promoted`` and ``rolled-back``: the history's word for the end the release
+# is heading to (promoted, rolled-back, aborted, canary-failed), so whoever finishes it
+# (the run, its re-run, the recovery) records the same end with the same reason.
+TAG_ROLLOUT_ENDING = "chatft-rollout-ending"
+# "true" when the release's to-deployment existed before it (a rollback at once onto a
+# kept deployment): undoing the release never deletes it.
+TAG_ROLLOUT_REUSED = "chatft-rollout-reused"
 # The stage of a registered version: MLflow aliases locally, the tag on both workspaces.
 TAG_STAGE = "chatft-stage"
 ModelStage = Literal["production", "candidate", "rejected", "retired"]

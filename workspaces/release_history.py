@@ -7,8 +7,8 @@ endpoint's models live, never only in the Prefect server's database, so it outli
 - local: one MLflow run per event in the experiment ``releases/<endpoint>`` of the
   workspace's registry database, and the model version's ``chatft-last-release`` tag;
 - Azure: a ring of the newest :data:`AZURE_RING` events in the endpoint's tags (a tag
-  value holds 256 characters, so each event is written compactly, :func:`to_tag`), and the
-  model version's ``chatft-last-release`` tag.
+  value holds 256 characters, so each event is two compact tags, its facts and its words,
+  :func:`to_tags`), and the model version's ``chatft-last-release`` tag.
 
 Reading it back (``Workspace.release_history``) rebuilds the same table either way.
 """
@@ -39,6 +39,7 @@ TAG_LAST_RELEASE = "chatft-last-release"
 # Azure: the ring of events in the endpoint's tags (``chatft-history-0`` ... ``-9``).
 AZURE_RING = 10
 HISTORY_TAG_PREFIX = "chatft-history-"
+WORDS_SUFFIX = "-why"  # ``chatft-history-3-why``: the words of event slot 3
 TAG_VALUE_LIMIT = 256
 
 
@@ -78,28 +79,47 @@ _SHORT = {"at": "t", "action": "a", "request": "q", "model": "m", "version": "v"
 _LONG = {short: name for name, short in _SHORT.items()}
 
 
-def to_tag(event: ReleaseEvent) -> str:
-    """The event as one tag value of at most 256 characters: the reason is shortened
-    first, then the figures and the actor, never the facts (time, action, model, run)."""
-    data = event.model_dump(mode="json", exclude={"endpoint"})
-    compact = {_SHORT[key]: value for key, value in data.items() if value not in ("", {}, None)}
-    for drop in ("r", "f", "b", "p"):
-        text = json.dumps(compact, separators=(",", ":"), ensure_ascii=False)
-        if len(text) <= TAG_VALUE_LIMIT:
+_FACTS = ("t", "a", "q", "m", "v", "d", "p", "u", "n")
+
+
+def _fit(fields: dict[str, object], order: tuple[str, ...]) -> str:
+    """``fields`` as compact JSON of at most 256 characters: the text fields named in
+    ``order`` are shortened (then dropped) one after the other until it fits."""
+    for key in order:
+        text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+        over = len(text) - TAG_VALUE_LIMIT
+        if over <= 0:
             return text
-        if drop == "r" and compact.get("r"):
-            room = len(compact["r"]) - (len(text) - TAG_VALUE_LIMIT) - 1
-            if room >= 20:
-                compact["r"] = compact["r"][:room] + "…"
-                continue
-        compact.pop(drop, None)
-    return json.dumps(compact, separators=(",", ":"), ensure_ascii=False)[:TAG_VALUE_LIMIT]
+        value = fields.get(key)
+        if isinstance(value, str) and len(value) - over - 1 >= 30:
+            fields[key] = value[:len(value) - over - 1] + "…"
+        else:
+            fields.pop(key, None)
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)[:TAG_VALUE_LIMIT]
 
 
-def from_tag(endpoint: str, text: str) -> ReleaseEvent | None:
-    """The event a tag value holds (None when it holds none)."""
+def to_tags(event: ReleaseEvent) -> tuple[str, str]:
+    """The event as two tag values of at most 256 characters each: its facts (time,
+    action, request, model, deployment, what served before, run) and its words (reason,
+    who asked, figures). The run is kept as its id; of the words, the figures go first,
+    then the reason is shortened (its start, the person's words, stays), the actor last."""
+    data = event.model_dump(mode="json", exclude={"endpoint"})
+    data["run"] = _run_id(data["run"])
+    compact = {_SHORT[key]: value for key, value in data.items() if value not in ("", {}, None)}
+    facts = {k: v for k, v in compact.items() if k in _FACTS}
+    words = {k: v for k, v in compact.items() if k not in _FACTS}
+    return _fit(facts, ("p", "q", "d")), _fit(words, ("f", "r", "b"))
+
+
+def _run_id(run: str) -> str:
+    """``name (id)`` as the id alone (what finds the run on the server)."""
+    return run[run.rindex("(") + 1:-1] if run.endswith(")") and "(" in run else run
+
+
+def from_tags(endpoint: str, facts: str, words: str = "") -> ReleaseEvent | None:
+    """The event two tag values hold (None when they hold none)."""
     try:
-        data = json.loads(text)
+        data = {**json.loads(words or "{}"), **json.loads(facts)}
         return ReleaseEvent(endpoint=endpoint, **{_LONG[k]: v for k, v in data.items()
                                                    if k in _LONG})
     except (ValueError, TypeError):
@@ -108,17 +128,20 @@ def from_tag(endpoint: str, text: str) -> ReleaseEvent | None:
 
 def ring_from_tags(endpoint: str, tags: dict[str, str]) -> list[ReleaseEvent]:
     """The events of an endpoint's tag ring, newest first."""
-    events = [from_tag(endpoint, value) for key, value in tags.items()
-              if key.startswith(HISTORY_TAG_PREFIX)]
+    slots = [key for key in tags if key.startswith(HISTORY_TAG_PREFIX)
+             and not key.endswith(WORDS_SUFFIX)]
+    events = [from_tags(endpoint, tags[key], tags.get(key + WORDS_SUFFIX, ""))
+              for key in slots]
     return newest_first([e for e in events if e is not None])
 
 
 def ring_tags(tags: dict[str, str], event: ReleaseEvent) -> dict[str, str]:
-    """The one tag that adds ``event`` to the ring in ``tags`` (the oldest slot reused)."""
+    """The two tags that add ``event`` to the ring in ``tags`` (the oldest slot reused)."""
     ring = ring_from_tags(event.endpoint, tags)
     seq = (ring[0].seq + 1) if ring else 1
-    numbered = event.model_copy(update={"seq": seq})
-    return {f"{HISTORY_TAG_PREFIX}{seq % AZURE_RING}": to_tag(numbered)}
+    facts, words = to_tags(event.model_copy(update={"seq": seq}))
+    slot = f"{HISTORY_TAG_PREFIX}{seq % AZURE_RING}"
+    return {slot: facts, slot + WORDS_SUFFIX: words}
 
 
 def history_rows(events: list[ReleaseEvent]) -> list[dict[str, str]]:

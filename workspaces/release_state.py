@@ -21,10 +21,12 @@ from typing import Literal, get_args
 from pydantic import BaseModel
 
 from workspaces.interface import (
+    TAG_ROLLOUT_ENDING,
     TAG_ROLLOUT_FROM,
     TAG_ROLLOUT_KEEP_PREVIOUS,
     TAG_ROLLOUT_REASON,
     TAG_ROLLOUT_REQUEST,
+    TAG_ROLLOUT_REUSED,
     TAG_ROLLOUT_RUN,
     TAG_ROLLOUT_SINCE,
     TAG_ROLLOUT_STEP,
@@ -89,6 +91,8 @@ class RecordedRelease(BaseModel):
     since: datetime | None = None
     reason: str = ""
     keep_previous: bool = False
+    ending: str = ""
+    reused: bool = False
 
     @classmethod
     def of(cls, tags: dict[str, str]) -> RecordedRelease:
@@ -102,6 +106,8 @@ class RecordedRelease(BaseModel):
             since=parse_time(tags.get(TAG_ROLLOUT_SINCE, "")),
             reason=tags.get(TAG_ROLLOUT_REASON, ""),
             keep_previous=tags.get(TAG_ROLLOUT_KEEP_PREVIOUS) == "true",
+            ending=tags.get(TAG_ROLLOUT_ENDING, ""),
+            reused=tags.get(TAG_ROLLOUT_REUSED) == "true",
         )
 
     @property
@@ -127,7 +133,7 @@ def live_shares(traffic: dict[str, int]) -> dict[str, int]:
 
 def release_tags(
     request_id: str, step: RolloutStep, old: str | None, new: str, run: str,
-    keep_previous: bool = False, reason: str = "",
+    keep_previous: bool = False, reason: str = "", ending: str = "", reused: bool = False,
 ) -> dict[str, str]:
     """The endpoint tags recording a release at ``step`` (an empty value removes a tag)."""
     if step not in STEPS:
@@ -142,6 +148,8 @@ def release_tags(
         TAG_ROLLOUT_SINCE: datetime.now(UTC).isoformat(timespec="seconds"),
         # Azure caps a tag value at 256 characters.
         TAG_ROLLOUT_REASON: reason[:250],
+        TAG_ROLLOUT_ENDING: ending,
+        TAG_ROLLOUT_REUSED: "true" if reused else "",
     }
 
 

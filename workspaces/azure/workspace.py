@@ -70,7 +70,7 @@ from workspaces.release_history import (
     ReleaseEvent,
     ring_from_tags,
     ring_tags,
-    to_tag,
+    to_tags,
 )
 
 # How long a read of a Failed resource waits for its operation to report the error.
@@ -676,7 +676,7 @@ class AzureMLWorkspace(Workspace):
         if event.model and event.version:
             with azure_errors(f"tagging model {event.model}:{event.version}"):
                 model = self._clients.ml.models.get(event.model, version=event.version)
-                model.tags = {**(model.tags or {}), TAG_LAST_RELEASE: to_tag(event)}
+                model.tags = {**(model.tags or {}), TAG_LAST_RELEASE: to_tags(event)[0]}
                 self._clients.ml.models.create_or_update(model)
 
     def release_history(self, endpoint_name: str) -> list[ReleaseEvent]:
