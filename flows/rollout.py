@@ -242,8 +242,8 @@ def _resume(run: Release, recorded: RecordedRelease, auto_promote: bool
                                  "finishing the rollback a killed run left",
                                  recorded.ending or "canary-failed")
     if step == "promoted":
-        return finish_promoting(run, recorded.reason
-                                or "finishing the promotion a killed run left")
+        return finish_promoting(run, "finishing the promotion a killed run left"
+                                + (f" ({recorded.reason})" if recorded.reason else ""))
     if step == "held" and not auto_promote:
         why = recorded.reason or "at its canary share"
         return ReleaseOutcome(outcome="held", released=True, serving=old,

@@ -46,7 +46,8 @@ TAG_VALUE_LIMIT = 256
 class ReleaseEvent(BaseModel):
     """One entry of an endpoint's release history."""
 
-    at: datetime = Field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
+    # Microseconds kept: two events of one second still sort in the order they happened.
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     endpoint: str
     action: ReleaseAction
     request: str = Field("", description="The request (or rollback) the release was for")

@@ -172,8 +172,7 @@ def test_promote_abort_and_roll_back_keep_one_history(prefect_server, steered, t
         "rolled-back", "rolled-back", "aborted", "promoted", "first-release"]
     assert [r["model"] for r in rows] == [f"{MODEL}:{v}" for v in "21321"]
     assert "paged: version 1 is slow" in rows[0]["reason"]
-    assert rows[1]["reason"].startswith("rolled back by") and (
-        "version 2 refuses too often (the canary was healthy" in rows[1]["reason"])
+    assert rows[1]["reason"].startswith("version 2 refuses too often (the canary was healthy")
     assert "canary errors 0/" in rows[1]["figures"]
     assert "dana" in rows[2]["asked by"] and "answers too long" in rows[2]["reason"]
     assert "dana" in rows[3]["asked by"] and "the canary looked good" in rows[3]["reason"]
