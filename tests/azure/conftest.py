@@ -34,16 +34,27 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAzureM
         server.stop()
 
 
-@pytest.fixture(autouse=True)
-def _restore_azureml_cloud() -> Iterator[None]:
-    """MLClient(cloud=...) writes AZUREML_CURRENT_CLOUD into os.environ; undo it after each
-    test, or later subprocesses that import azure.ai.ml fail on the unknown fake cloud."""
+def _keep_azureml_cloud() -> Iterator[None]:
     before = os.environ.get("AZUREML_CURRENT_CLOUD")
     yield
     if before is None:
         os.environ.pop("AZUREML_CURRENT_CLOUD", None)
     else:
         os.environ["AZUREML_CURRENT_CLOUD"] = before
+
+
+@pytest.fixture(autouse=True)
+def _restore_azureml_cloud() -> Iterator[None]:
+    """MLClient(cloud=...) writes AZUREML_CURRENT_CLOUD into os.environ; undo it after each
+    test, or later subprocesses that import azure.ai.ml fail on the unknown fake cloud."""
+    yield from _keep_azureml_cloud()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_azureml_cloud_per_module() -> Iterator[None]:
+    """The same for a module's shared fixtures, which make clients outside any one test
+    (a server test after them once failed on "Unknown cloud environment FakeCloud...")."""
+    yield from _keep_azureml_cloud()
 
 
 @pytest.fixture
