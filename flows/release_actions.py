@@ -104,11 +104,7 @@ class Action:
 
     def recorded_cursor(self) -> ReleaseCursor:
         """The release the endpoint records, moved by this run for its request."""
-        r = self.recorded
-        return ReleaseCursor.seen(
-            self.endpoint, request_id=r.request or "", run=self.this_run,
-            old=r.from_deployment, new=r.to_deployment or "", keep_previous=r.keep_previous,
-            actor=self.actor)
+        return ReleaseCursor.recorded(self.endpoint, self.this_run, self.actor)
 
     def check_named_release(self) -> None:
         """Refuse when the request names a release the endpoint does not hold."""

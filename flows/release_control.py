@@ -40,7 +40,7 @@ from flows.reported_failure import install as quiet_reported_failures
 from flows.rollout import ReleaseOutcome
 from tasks import reports
 from tasks.liveness import release_heartbeat
-from tasks.release_history import gate_figures, report_history, this_run, who_asked
+from tasks.release_history import gate_figures, report_history, who_asked
 from tasks.rollout import deployment_model
 from workspaces.errors import InvalidRequest
 from workspaces.interface import TAG_STAGE, Endpoint, Workspace
@@ -130,7 +130,7 @@ def release_control(
     run_id = str(flow_run.get_id() or "")
     actor = who_asked(request.requested_by)
     reports.name_run(f"release-control: {request.action} {request.endpoint_name}")
-    outcome = _act(workspace, request, endpoint, run_id or this_run() or "shell", actor)
+    outcome = _act(workspace, request, endpoint, run_id or "shell", actor)
     endpoint = workspace.get_endpoint(request.endpoint_name) or endpoint
     lines = status_lines(workspace, endpoint)
     create_markdown_artifact(

@@ -232,6 +232,16 @@ class ReleaseCursor(BaseModel):
         """A cursor at what ``endpoint`` records now."""
         return cls(endpoint=endpoint.name, **fields).at(endpoint)
 
+    @classmethod
+    def recorded(cls, endpoint: Endpoint, run: str, actor: str = "",
+                 recovery: bool = False) -> ReleaseCursor:
+        """A cursor for the release ``endpoint`` records (its request, deployments and
+        settings), moved by ``run``: a person's action, or the recovery."""
+        r = RecordedRelease.of(endpoint.tags)
+        return cls.seen(endpoint, request_id=r.request or "", run=run, recovery=recovery,
+                        old=r.from_deployment, new=r.to_deployment or "",
+                        keep_previous=r.keep_previous, reused=r.reused, actor=actor)
+
     def at(self, endpoint: Endpoint) -> ReleaseCursor:
         """This cursor once ``endpoint`` is what its own write returned."""
         recorded = RecordedRelease.of(endpoint.tags)

@@ -100,10 +100,8 @@ def settle(workspace: Workspace, endpoint: Endpoint, this_run: str,
     if liveness.alive:
         return SettledRollout(endpoint=endpoint.name, step=step,
                               action=f"under way, left alone: {liveness.why}")
-    cursor = ReleaseCursor.seen(
-        endpoint, request_id=recorded.request or "", run=this_run, recovery=True,
-        old=recorded.from_deployment, new=recorded.to_deployment or "",
-        keep_previous=recorded.keep_previous, reused=recorded.reused,
+    cursor = ReleaseCursor.recorded(
+        endpoint, this_run, recovery=True,
         actor=f"the smoke test's recovery ({this_run}) for run {recorded.run or 'unknown'}")
     old, new = cursor.old, cursor.new
     deployments = {d.name for d in endpoint.deployments}
