@@ -8,16 +8,18 @@ import subprocess
 import sys
 import time
 
-from workspaces.local.state import child_env
+from workspaces.local.state import project_pythonpath
 
 STRIPPED = ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "PREFECT_SERVER_ANALYTICS_ENABLED",
             "PREFECT_API_URL", "PREFECT_PROFILES_PATH")
 
 
 def _plain_env(tmp_path, **extra: str) -> dict[str, str]:
-    # As a person's shell has it: none of the Makefile's exports, no server of the tests.
-    env = {k: v for k, v in child_env().items() if k not in STRIPPED}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), **extra)
+    # As a person's shell has it (all of it, not a detached job's allow-listed part): none
+    # of the Makefile's exports, no server of the tests, the project importable.
+    env = {k: v for k, v in os.environ.items() if k not in STRIPPED}
+    env.update(PYTHONPATH=project_pythonpath(env.get("PYTHONPATH")),
+               PREFECT_HOME=str(tmp_path / "prefect-home"), **extra)
     return env
 
 

@@ -12,8 +12,18 @@ It speaks the Azure ML online endpoint scoring contract for chat-completion mode
   body over 1 MiB, 404 when no deployment can take the request, 408 past the deployment's
   request timeout, 429 when more requests wait than the deployment takes (Azure's
   2 x max_concurrent_requests_per_instance x instance_count), 424 when the model fails.
-- ``GET /health`` (no key) reports which deployments are ready and how many requests each
-  is generating for, of the ``instance_count`` it generates for at once.
+- ``GET /health`` without a key answers what any client may know: ``status``, the
+  ``endpoint`` name and each deployment's state (``deployments``). With a valid key
+  (``Authorization: Bearer <primary or secondary key>``, as ``/score`` checks it) it adds
+  the model folder each loaded deployment serves (``models``) and how many requests each
+  is generating for, of the ``instance_count`` it generates for at once (``generating``);
+  a wrong key is a 401, as for ``/score``.
+- Identity, without a key and without sending a secret: a request with an
+  ``X-Chatft-Challenge`` header (a fresh random value, at most 128 characters) gets
+  ``proof``, the HMAC-SHA256 (hex) of the challenge followed by the endpoint id this server
+  was started for, keyed by its process token (``$CHATFT_PROCESS_TOKEN``, also in the
+  folder's ``process.json``). The endpoint manager checks it to tell its own server from
+  any other process on the port; the token and the endpoint id are never sent.
 
 Every request is appended to ``requests.jsonl`` (time, deployment, status, latency, caller
 marker) so later flows can tell organic use from the project's own requests.
@@ -38,8 +48,11 @@ from fastapi.responses import JSONResponse
 
 from workspaces.interface import CALLER_HEADER
 from workspaces.local.state import (
+    CHALLENGE_HEADER,
+    MAX_CHALLENGE_CHARS,
     TOKEN_ENV,
     boot_id,
+    identity_proof,
     process_token,
     read_json,
     since_boot,
@@ -251,30 +264,44 @@ def create_app(endpoint_dir: Path) -> FastAPI:
     threading.Thread(target=state.watch, daemon=True).start()
     app = FastAPI(title=f"local online endpoint {state.config.get('name', '')}")
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
+    @app.get("/health", response_model=None)
+    def health(request: Request) -> dict[str, Any] | JSONResponse:
         ready = {
             name: (read_json(endpoint_dir / f"deployment-{name}.json") or {}).get(
                 "state", "Creating"
             )
             for name in state.config.get("deployments", {})
         }
-        # Identity: the endpoint's id this server was started for and the token of its
-        # process record, so a client never takes another process on this port for it.
-        return {
+        answer: dict[str, Any] = {
             "status": "Healthy",
             "endpoint": state.config.get("name"),
-            "endpoint_id": state.endpoint_id,
-            "token": state.token,
             "deployments": ready,
-            # the model folder each loaded deployment serves
-            "models": {name: str(model.path) for name, model in list(state.models.items())},
-            # requests generating now, of how many the deployment's instances take at once
-            "generating": {
-                name: {"now": model.generating, "instances": model.instances}
-                for name, model in list(state.models.items())
-            },
         }
+        challenge = request.headers.get(CHALLENGE_HEADER)
+        if challenge is not None:
+            if not 0 < len(challenge) <= MAX_CHALLENGE_CHARS:
+                return _error(400, "BadRequest", f"{CHALLENGE_HEADER} must hold 1 to "
+                              f"{MAX_CHALLENGE_CHARS} characters")
+            # A server started without a token (by hand) cannot prove it is a recorded one.
+            if state.token and state.endpoint_id:
+                answer["proof"] = identity_proof(state.token, challenge, state.endpoint_id)
+        header = request.headers.get("authorization")
+        if header is None:
+            return answer
+        # The keys the watcher read last (every 0.5 s): a refresh here would race its own.
+        if not state.authorized(header):
+            return _error(
+                401, "Unauthorized", "invalid endpoint key (Authorization: Bearer <key>)"
+            )
+        loaded = list(state.models.items())
+        # the model folder each loaded deployment serves
+        answer["models"] = {name: str(model.path) for name, model in loaded}
+        # requests generating now, of how many the deployment's instances take at once
+        answer["generating"] = {
+            name: {"now": model.generating, "instances": model.instances}
+            for name, model in loaded
+        }
+        return answer
 
     @app.post("/score")
     async def score(request: Request) -> JSONResponse:

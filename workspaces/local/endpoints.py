@@ -5,11 +5,14 @@ tags, port, deployments, traffic), ``keys.json`` (0600), ``requests.jsonl`` (the
 log), ``server.log`` and ``process.json`` (the server process: pid, start time, identity
 token). The server (:mod:`endpoint_server`) re-reads the JSON when it changes, so
 deployments and traffic take effect without a restart; it exits once the folder names
-another endpoint or another server process.
+another endpoint or another server process. A server counts as the endpoint's own only
+when its ``/health`` answers a fresh challenge with the proof that the record's token and
+the endpoint's id make; neither is ever sent.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import secrets
@@ -37,6 +40,8 @@ from workspaces.interface import (
     ScoreResponse,
 )
 from workspaces.local.state import (
+    CHALLENGE_HEADER,
+    identity_proof,
     locked,
     process_alive,
     process_token,
@@ -249,19 +254,28 @@ class LocalEndpoints:
     def _health(
         self, name: str, config: dict[str, Any], timeout_s: float = 2.0
     ) -> dict[str, Any] | None:
-        """The health answer when it proves the server is this endpoint's recorded one."""
-        if not config.get("port"):
+        """The keyless health answer when the server proves it is this endpoint's recorded one.
+
+        The proof answers a fresh challenge with the token of the folder's process record
+        and the endpoint's id (see :mod:`endpoint_server`): any other process on the port,
+        a server of an earlier endpoint of this name, or one no record knows fails it. No
+        key is sent, so a key rotation the server has not read yet never makes it a stranger.
+        """
+        token = process_token(self._dir(name))
+        if not config.get("port") or not token or not config.get("id"):
             return None
+        challenge = secrets.token_hex(16)
         try:
             response = http_client().get(f"http://127.0.0.1:{config['port']}/health",
+                                         headers={CHALLENGE_HEADER: challenge},
                                          timeout=timeout_s)
             answer = response.json() if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             return None
-        if not isinstance(answer, dict):
+        if not isinstance(answer, dict) or not isinstance(answer.get("proof"), str):
             return None
-        token = process_token(self._dir(name))
-        if answer.get("endpoint_id") != config.get("id") or answer.get("token") != token:
+        expected = identity_proof(token, challenge, config["id"])
+        if not hmac.compare_digest(answer["proof"].encode(), expected.encode()):
             return None
         return answer
 

@@ -1,12 +1,20 @@
-"""Files under the local workspace's state directory: atomic JSON writes, locks, processes."""
+"""Files under the local workspace's state directory: atomic JSON writes, locks, processes.
+
+A detached process (a fine-tune job, an endpoint server) is recorded in its folder's
+``process.json`` with an identity token, and runs with an allow-listed environment
+(:func:`child_env`), never the whole environment of whoever started it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import functools
+import hashlib
+import hmac
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -270,6 +278,22 @@ def process_token(folder: Path) -> str | None:
     return (read_json(folder / PROCESS_FILE) or {}).get("token")
 
 
+# A server proves it is the recorded process without sending its token: the caller sends a
+# fresh random challenge in this header, the server answers with identity_proof() of it.
+CHALLENGE_HEADER = "X-Chatft-Challenge"
+MAX_CHALLENGE_CHARS = 128
+
+
+def identity_proof(token: str, challenge: str, resource_id: str) -> str:
+    """HMAC-SHA256 (hex) of ``challenge`` + ``resource_id`` under the process's ``token``.
+
+    Only the process started with ``token`` and whoever reads its record can make it; a
+    fresh challenge each time makes a recorded answer useless to a process that replays it.
+    """
+    message = (challenge + resource_id).encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+
 def _terminate(procs: list[psutil.Process], timeout_s: float) -> None:
     for proc in procs:
         # Each detached process leads its own session: end its children with it.
@@ -305,7 +329,8 @@ def spawn_detached(module: str, folder: Path, log_name: str, **env: str) -> int:
 
     The record (``folder/process.json``, with a fresh identity token the process gets in
     ``$CHATFT_PROCESS_TOKEN``) is written before the process starts, so a caller killed at
-    any point leaves a record that finds it. Output goes to ``folder/log_name``.
+    any point leaves a record that finds it. Output goes to ``folder/log_name``. The process
+    gets :func:`child_env` with ``env`` set on top.
     """
     folder = folder.resolve()
     record: dict[str, Any] = {
@@ -332,10 +357,93 @@ def spawn_detached(module: str, folder: Path, log_name: str, **env: str) -> int:
     return process.pid
 
 
+# -- the environment of a detached process -----------------------------------------------
+# A job or endpoint server gets what it needs to run, never the whole environment of whoever
+# started it: a secret there (an Azure client secret, Prefect's API auth string) has no
+# business in a process that reads local files and serves 127.0.0.1, where every process
+# of its user can read its /proc/<pid>/environ. Neither process imports Prefect or the
+# Azure SDK, so no PREFECT_*, AZURE_* or AZUREML_* variable is passed.
+CHILD_ENV_NAMES: tuple[str, ...] = (
+    # The system: where programs, libraries and the home folder are (Hugging Face's and
+    # torch's caches and a `huggingface-cli login` token live under it), who runs, the
+    # locale and time zone, where temporary files go.
+    "PATH", "LD_LIBRARY_PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ",
+    "TMPDIR", "TEMP", "TMP", "XDG_CACHE_HOME",
+    # The virtual environment the interpreter belongs to (PYTHON* is a prefix below).
+    "VIRTUAL_ENV",
+    # Trust roots for TLS: paths, no secret; a job that loads its weights from the hub
+    # verifies the hub's certificate with them.
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    # The tokenizers' thread pool (the spawner also sets it for both processes).
+    "TOKENIZERS_PARALLELISM",
+    # Telemetry opt-outs: MLflow and Hugging Face stay quiet when the starter said so
+    # (DO_NOT_TRACK), and MLflow also under CI or a test runner, as it does in the starter.
+    "DO_NOT_TRACK", "CI", "PYTEST_CURRENT_TEST",
+    # Coverage of subprocesses, when a run measures it.
+    "COVERAGE_PROCESS_START",
+    # The project's own: where the workspace and the fetched model files are. The other
+    # CHATFT_* variables are read only by flows, scripts or the starter itself (the spawn
+    # hold of the tests), and CHATFT_PROCESS_TOKEN is passed as an override.
+    "CHATFT_STATE_DIR", "CHATFT_MODEL_DIR",
+)
+CHILD_ENV_PREFIXES: tuple[str, ...] = (
+    "LC_",  # locale categories
+    # The interpreter's own settings: PYTHONPATH (rebuilt below), PYTHONHASHSEED,
+    # PYTHONWARNINGS, PYTHONUNBUFFERED, PYTHONNOUSERSITE...: the child imports as the
+    # starter does.
+    "PYTHON",
+    # Thread pools of torch's math libraries (OpenMP, Intel OpenMP and MKL, OpenBLAS) and
+    # torch's own settings: a person who limits threads limits the job's and server's too.
+    "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "TORCH_", "PYTORCH_",
+    # Hugging Face: hub, cache and offline settings, transformers, accelerate (the Trainer).
+    "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "ACCELERATE_",
+    # MLflow's settings (logging, async logging, telemetry). The processes use the local
+    # SQLite store the spec names, so its credentials are never needed (the rule below).
+    "MLFLOW_",
+)
+# What a prefix admits, short of a credential: a name with one of these words (HF_TOKEN,
+# MLFLOW_TRACKING_PASSWORD, HF_HUB_DISABLE_IMPLICIT_TOKEN) stays out. Exact names above are
+# chosen one by one; overrides (the identity token) always pass.
+_SECRET_WORD = re.compile(
+    r"(?:^|_)[A-Z0-9]*(?:TOKEN|SECRET|PASSWORD|PASSWD|KEY|AUTH[A-Z]*|CREDENTIAL|COOKIE)S?(?:_|$)"
+)
+# What only a process that may ask the Hugging Face hub needs (a fine-tune job loading a hub
+# model): the hub's credentials (a gated model) and the proxies to reach it, whose URLs may
+# hold a password. A process told HF_HUB_OFFLINE (the endpoint server, the evaluator, a job
+# on catalog weights) never calls out, so it gets none of them.
+HUB_ACCESS_NAMES: tuple[str, ...] = (
+    "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH",
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
+    "http_proxy", "https_proxy", "all_proxy", "no_proxy",
+)
+_TRUE = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub takes as HF_HUB_OFFLINE set
+
+
+def _admitted(name: str) -> bool:
+    if name in CHILD_ENV_NAMES:
+        return True
+    return name.startswith(CHILD_ENV_PREFIXES) and not _SECRET_WORD.search(name.upper())
+
+
+def project_pythonpath(current: str | None = None) -> str:
+    """``current`` PYTHONPATH (absolute) with this project first: importable from any cwd."""
+    paths = [str(PROJECT_ROOT)] + [p for p in (current or "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(os.path.abspath(p) for p in paths))
+
+
 def child_env(**overrides: str) -> dict[str, str]:
-    """Environment for a detached job or server: this project importable from any cwd."""
-    env = dict(os.environ)
-    paths = [str(PROJECT_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(os.path.abspath(p) for p in paths))
+    """Environment for a detached job or server: the allow-listed part of this one.
+
+    Allowed are :data:`CHILD_ENV_NAMES` and names starting with one of
+    :data:`CHILD_ENV_PREFIXES` that do not name a credential; :data:`HUB_ACCESS_NAMES`
+    only when the result leaves the hub reachable (no HF_HUB_OFFLINE). PYTHONPATH gets
+    this project first; ``overrides`` are set last and always pass.
+    """
+    env = {name: value for name, value in os.environ.items() if _admitted(name)}
+    env["PYTHONPATH"] = project_pythonpath(env.get("PYTHONPATH"))
     env.update(overrides)
+    if env.get("HF_HUB_OFFLINE", "").strip().upper() not in _TRUE:
+        for name in HUB_ACCESS_NAMES:
+            if name in os.environ and name not in overrides:
+                env[name] = os.environ[name]
     return env

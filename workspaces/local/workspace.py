@@ -341,6 +341,9 @@ class LocalWorkspace(Workspace):
         from workspaces.local.state import child_env
 
         settings = training_settings(parameters)
+        # The registered model is a complete folder (the endpoint server loads the same
+        # ones offline): the scorer never asks the hub, nor gets the hub's credentials.
+        env = child_env(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         with tempfile.TemporaryDirectory(dir=self.root) as folder:
             out = Path(folder) / "metrics.json"
             done = subprocess.run(
@@ -348,7 +351,7 @@ class LocalWorkspace(Workspace):
                  str(self.registry.local_path(model.id)), test_file, test_gen_file, str(out),
                  "--max-seq-length", str(settings["max_seq_length"]),
                  "--batch-size", str(settings["per_device_eval_batch_size"])],
-                env=child_env(), capture_output=True, text=True, timeout=3600,
+                env=env, capture_output=True, text=True, timeout=3600,
             )
             if done.returncode != 0:
                 raise JobFailed(

@@ -9,6 +9,7 @@ Defect 7: edges of the endpoint server (deep JSON, Retry-After, a dead server).
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from tests.workspaces.local.test_jobs import spec_for
 from workspaces.interface import DeploymentSpec, EndpointSpec
 from workspaces.local import jobs as local_jobs
 from workspaces.local.endpoints import SERVER_MODULE
-from workspaces.local.state import read_json
+from workspaces.local.state import CHALLENGE_HEADER, identity_proof, read_json
 
 IDLE = "tests.workspaces.local.idle_process"
 
@@ -121,8 +122,12 @@ def test_kill_between_start_and_record_leaves_no_unknown_server(workspace, tmp_p
     assert [e.name for e in workspace.list_endpoints()] == ["orphan-check"]
     assert len(processes_under(folder)) == 1
     assert _unrecorded(root) == []
-    health = httpx.get(endpoint.scoring_uri.replace("/score", "/health"), timeout=5).json()
-    assert health["endpoint_id"] == read_json(folder / "endpoint.json")["id"]
+    # The server on the port proves it is the recorded one for this endpoint's id.
+    challenge = secrets.token_hex(16)
+    health = httpx.get(endpoint.scoring_uri.replace("/score", "/health"), timeout=5,
+                       headers={CHALLENGE_HEADER: challenge}).json()
+    assert health["proof"] == identity_proof(read_json(folder / "process.json")["token"],
+                                             challenge, read_json(folder / "endpoint.json")["id"])
 
     # restart replaces it: still one server, known to the record.
     assert workspace.restart_endpoint("orphan-check").healthy
