@@ -75,9 +75,12 @@ bench: install
 # DB=sqlite (one person, the default) or DB=postgres (a team: the project's own PostgreSQL
 # under .prefect/postgres, or the one PREFECT_API_DATABASE_CONNECTION_URL names).
 DB ?= sqlite
+# HOST=0.0.0.0 lets workers on other machines in; the server then asks for its auth string
+# (docs/server.md, "Authentication").
+HOST ?= 127.0.0.1
 
 server-up: install
-	$(BIN)/python scripts/local_server.py up --db $(DB)
+	$(BIN)/python scripts/local_server.py up --db $(DB) --host $(HOST)
 
 # Stops the worker, the server and the project's PostgreSQL when it runs, whatever DB says.
 server-down:
@@ -86,7 +89,9 @@ server-down:
 screenshots: install
 	$(BIN)/python scripts/screenshots.py
 
-# The server, its worker and its PostgreSQL are stopped first: .prefect holds their data.
+# The server, its worker and its PostgreSQL are stopped first (.prefect holds their data),
+# and the project's PostgreSQL is deleted, with its placement under /var/lib/chatft when
+# root had to put it there (docs/server.md).
 clean:
-	if [ -x $(BIN)/python ]; then $(BIN)/python scripts/local_server.py down; fi
+	if [ -x $(BIN)/python ]; then $(BIN)/python scripts/local_server.py clean; fi
 	rm -rf $(VENV) .workspace ultrachat_200k_dataset .prefect

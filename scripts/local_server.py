@@ -7,8 +7,10 @@ worker on any machine finds the cached steps of another), makes sure the smoke-t
 notification exists (block ``custom-webhook/chatft-alerts`` and its automation, see
 blocks/alerts.py), creates the ``chatft-process`` work pool, deploys every deployment of
 prefect.yaml whose flow file exists, and starts a process worker in the background.
-``down`` stops the worker, the server, then the project's PostgreSQL if it runs. Pid
-files and logs live in the Prefect home folder.
+``down`` stops the worker, the server, then the project's PostgreSQL if it runs; ``clean``
+does that and deletes the project's PostgreSQL (its data, and its placement under
+/var/lib when root had to put it there: scripts/postgres_server.py). Pid files and logs
+live in the Prefect home folder.
 
 The database: SQLite in the home folder for one person (``--db sqlite``, the default), or
 PostgreSQL for a team (``--db postgres``): the project's own (scripts/postgres_server.py,
@@ -19,6 +21,7 @@ its data under the home folder, its port chosen free and printed), or the team's
     python scripts/local_server.py up --db postgres
     python scripts/local_server.py status
     python scripts/local_server.py down
+    python scripts/local_server.py clean     # down, and delete the project's PostgreSQL
 
 Endpoints started by flow runs keep serving after ``down`` (they belong to the workspace,
 not to the server); ``down`` lists them with the commands that stop or delete them. Every
@@ -30,18 +33,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 import yaml
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -50,6 +57,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 # ...and this folder, for the PostgreSQL module beside it (tests load this file by path).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import server_auth  # noqa: E402
 from postgres_server import Postgres, external_url, redacted  # noqa: E402
 
 from blocks import alerts  # noqa: E402
@@ -61,6 +69,11 @@ DATABASES = ("sqlite", "postgres")
 # Database settings go to the server process alone: a worker, a flow run or a prefect
 # command talks to the API and must not hold the database password.
 DATABASE_SETTINGS = ("PREFECT_API_DATABASE_", "PREFECT_SERVER_DATABASE_")
+# An auth string in the starter's environment is another server's: this server's own comes
+# from its auth file (scripts/server_auth.py) and goes only where it is needed.
+AUTH_SETTINGS = (server_auth.SERVER_SETTING, server_auth.CLIENT_SETTING)
+# A server bound to one of these listens on every interface of the machine.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # noqa: S104 - names of binds, not a bind
 BLOCK_MODULES = ("blocks.local_workspace", "blocks.azure_credentials", "blocks.azure_ml_workspace")
 
 
@@ -69,21 +82,47 @@ class Server:
 
     def __init__(
         self, home: Path, host: str, port: int, project_dir: Path = PROJECT_DIR,
-        extra_env: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None, auth_file: Path | None = None,
+        public_url: str | None = None,
     ):
         self.home = home.resolve()
         self.extra_env = dict(extra_env or {})
         self.host = host
         self.port = port
         self.project_dir = project_dir.resolve()
+        # The file of the auth string (None: no authentication); read when first needed.
+        self.auth_file = auth_file
+        self._public_url = public_url.rstrip("/") if public_url else None
+        self._csrf: tuple[str, str] | None | bool = None  # (client, token); False: off
+
+    @property
+    def local_host(self) -> str:
+        """Where this machine reaches the server: a wildcard bind is reached on loopback."""
+        return "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.host}:{self.port}/api"
+        return f"http://{self.local_host}:{self.port}/api"
 
     @property
     def ui_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.local_host}:{self.port}"
+
+    @property
+    def public_url(self) -> str:
+        """Where people and workers on other machines reach the server (``--public-url``,
+        e.g. the TLS proxy's https address; else this machine's name when it listens
+        beyond loopback)."""
+        if self._public_url:
+            return self._public_url
+        if server_auth.is_loopback(self.host):
+            return self.ui_url
+        name = _machine_address() if self.host in WILDCARD_HOSTS else self.host
+        return f"http://{name}:{self.port}"
+
+    @functools.cached_property
+    def auth_string(self) -> str | None:
+        return None if self.auth_file is None else server_auth.read(self.auth_file)
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of every prefect command and process started for this server."""
@@ -97,11 +136,44 @@ class Server:
             TOKENIZERS_PARALLELISM="false",
         )
         env.pop("PREFECT_API_KEY", None)  # a local server takes no key
-        for name in [k for k in env if k.startswith(DATABASE_SETTINGS)]:
+        for name in [k for k in env if k.startswith(DATABASE_SETTINGS + AUTH_SETTINGS)]:
             del env[name]
+        if self.auth_string is not None:
+            env[server_auth.CLIENT_SETTING] = self.auth_string
         env.update(self.extra_env)
         env.update(extra)
         return env
+
+    def headers(self, method: str) -> dict[str, str]:
+        """What a call of this server's API carries: the auth string, and for a change a
+        CSRF token when the server asks for one."""
+        headers = {"Content-Type": "application/json"}
+        if self.auth_string is not None:
+            headers["Authorization"] = server_auth.basic_header(self.auth_string)
+        if method in ("POST", "PUT", "PATCH", "DELETE"):
+            csrf = self._csrf_token(headers)
+            if csrf:
+                headers.update({"Prefect-Csrf-Client": csrf[0], "Prefect-Csrf-Token": csrf[1]})
+        return headers
+
+    def _csrf_token(self, headers: dict[str, str]) -> tuple[str, str] | None:
+        if self._csrf is None:
+            client = uuid.uuid4().hex
+            request = urllib.request.Request(  # noqa: S310 - our own server's http URL
+                f"{self.api_url}/csrf-token?client={client}", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+                    self._csrf = (client, json.loads(resp.read())["token"])
+            except urllib.error.HTTPError as exc:
+                if exc.code != 422:  # 422: "CSRF protection is disabled"
+                    raise
+                self._csrf = False
+        return self._csrf or None
+
+    @property
+    def auth_marker(self) -> Path:
+        """Present while the running server was started with authentication."""
+        return self.home / "server.auth"
 
     @property
     def db_file(self) -> Path:
@@ -179,6 +251,22 @@ class Server:
         return result
 
 
+def _machine_address() -> str:
+    """This machine's name as others know it, or its first non-loopback IPv4 address
+    when its name resolves to loopback only (as in most containers)."""
+    name = socket.getfqdn()
+    try:
+        if not server_auth.is_loopback(socket.gethostbyname(name)):
+            return name
+    except OSError:
+        pass
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not server_auth.is_loopback(address.address):
+                return address.address
+    return name
+
+
 def _alive(pid: int) -> bool:
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)
@@ -236,12 +324,39 @@ def running_db(server: Server) -> str:
         return "sqlite"  # servers started before the choice existed ran on SQLite
 
 
+def auth_settings(server: Server) -> dict[str, str]:
+    """The server process's authentication settings: the string, CSRF protection, and
+    the API address the UI gives browsers (they are on other machines)."""
+    settings = {}
+    if not server_auth.is_loopback(server.host) or server.public_url != server.ui_url:
+        settings["PREFECT_UI_API_URL"] = f"{server.public_url}/api"
+        settings["PREFECT_UI_URL"] = server.public_url  # links in notifications
+    if server.auth_string is None:
+        return settings
+    # Prefect's CSRF protection stays as the starter's environment sets it (off by
+    # default): the UI and every client send the auth string from script, never as a
+    # browser credential a forged page could ride on, so CSRF tokens add no protection;
+    # and Prefect checks them before the auth string, so a stranger's request got 403
+    # instead of 401 and every read-only filter (a POST) needed a token first. ``api``
+    # speaks it when a team turns it on (docs/server.md, "Authentication").
+    return {**settings, server_auth.SERVER_SETTING: server.auth_string}
+
+
+def running_auth(server: Server) -> bool:
+    """Whether the running server was started with authentication."""
+    return server.auth_marker.exists()
+
+
 def start_server(server: Server, timeout_s: float = 180, db: str = "sqlite") -> None:
     if server.running_pid("server") and server.healthy():
         if running_db(server) != db:
             raise RuntimeError(
                 f"the server of {server.home} runs on {running_db(server)}, not {db}; stop "
                 f"it first ({Path(__file__).name} down) to move it")
+        if server.auth_file is not None and not running_auth(server):
+            raise RuntimeError(
+                f"the server of {server.home} runs without authentication; stop it first "
+                f"({Path(__file__).name} down) and start it again to turn it on")
         print(f"Server already running at {server.ui_url} ({db})")
         if db == "postgres" and external_url() is None:
             database_settings(server, db)  # PostgreSQL too: started again if it died
@@ -250,13 +365,16 @@ def start_server(server: Server, timeout_s: float = 180, db: str = "sqlite") -> 
         raise RuntimeError(f"something else already answers on {server.api_url}; pick --port")
     settings = database_settings(server, db)
     print(f"Starting Prefect server at {server.ui_url} (home {server.home})")
+    server.auth_marker.unlink(missing_ok=True)
     server.start_background(
         "server",
         [_prefect_executable(), "server", "start", "--host", server.host,
          "--port", str(server.port)],
-        **settings,
+        **settings, **auth_settings(server),
     )
     server.db_file.write_text(db + "\n")
+    if server.auth_file is not None:
+        server.auth_marker.write_text(f"{server.auth_file}\n")
     deadline = time.monotonic() + timeout_s
     while not server.healthy():
         if server.running_pid("server") is None:
@@ -295,7 +413,7 @@ def api(server: Server, method: str, path: str, body: object = None) -> object:
         request = urllib.request.Request(  # noqa: S310 - our own server's http URL
             server.api_url + path, method=method,
             data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=server.headers(method),
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - ours
@@ -422,10 +540,47 @@ def next_runs(server: Server, deployed: list[dict], now: datetime | None = None)
     return lines
 
 
+def client_command(server: Server, *words: str, api_url: str | None = None) -> str:
+    """A command of a Prefect client of this server, pasteable in a POSIX shell: the API
+    address and the auth string (read from its file by that shell, never shown) are given
+    as assignments, which stay out of the command's arguments and so out of ``ps``."""
+    return (f"PREFECT_API_URL={shlex.quote(api_url or server.api_url)} "
+            + server_auth.client_prefix(server.auth_file) + shlex.join(words))
+
+
 def run_now_command(server: Server, deployment: dict) -> str:
     """``prefect deployment run`` of ``deployment`` on this server, pasteable."""
-    return shlex.join(["env", f"PREFECT_API_URL={server.api_url}", _prefect_executable(),
-                       "deployment", "run", full_name(deployment)])
+    return client_command(server, _prefect_executable(), "deployment", "run",
+                          full_name(deployment))
+
+
+def worker_command(server: Server) -> str:
+    """How a worker on another machine joins (the project installed there, the auth file
+    copied to the same path)."""
+    return client_command(server, "prefect", "worker", "start", "--pool", WORK_POOL,
+                          api_url=f"{server.public_url}/api")
+
+
+def access_lines(server: Server) -> list[str]:
+    """What ``up`` tells a person about who may use the server and how to join it."""
+    lines = []
+    if server.auth_file is None:
+        lines.append("Authentication: off (the server listens on this machine only; "
+                     "--auth turns it on)")
+    else:
+        lines.append(f"Authentication: on; the auth string is in {server.auth_file} (mode "
+                     "0600). The UI asks for it once per browser; clients and workers "
+                     f"read it from that file: {server_auth.CLIENT_SETTING}=\"$(cat FILE)\"")
+    if not server_auth.is_loopback(server.host) and not server.public_url.startswith("https:"):
+        lines.append(
+            f"WARNING: the server listens on {server.host} over plain HTTP: the auth string "
+            "and every block's secrets cross the network readable by anyone on it. Put a "
+            "TLS proxy in front, listen on 127.0.0.1 behind it and give --public-url "
+            "https://... (docs/server.md, \"TLS\").")
+    if not server_auth.is_loopback(server.host) or server.public_url != server.ui_url:
+        lines.append(f"A worker on another machine (copy {server.auth_file} there first, "
+                     f"mode 0600):\n  {worker_command(server)}")
+    return lines
 
 
 def ensure_alerts(server: Server) -> None:
@@ -552,11 +707,20 @@ def up(
 def down(server: Server, state_dir: Path | None = None) -> None:
     for name in ("worker", "server"):
         print(f"Stopped {name}" if server.stop(name) else f"No {name} running")
+    server.auth_marker.unlink(missing_ok=True)
     # The project's PostgreSQL goes last, once nothing is connected to it.
     if Postgres(server.home).stop():
         print("Stopped PostgreSQL")
     if state_dir is not None:
         report_endpoints(server, state_dir)
+
+
+def clean(server: Server) -> None:
+    """``down``, then delete this home's PostgreSQL: its cluster (every flow run,
+    deployment and block on it), its password and its placement under /var/lib."""
+    down(server)
+    for path in Postgres(server.home).remove():
+        print(f"Removed {path}")
 
 
 def report_endpoints(server: Server, state_dir: Path) -> None:
@@ -579,6 +743,7 @@ def report_endpoints(server: Server, state_dir: Path) -> None:
 
 
 def status(server: Server) -> dict[str, object]:
+    postgres = Postgres(server.home)
     return {
         "ui": server.ui_url,
         "home": str(server.home),
@@ -586,13 +751,16 @@ def status(server: Server) -> dict[str, object]:
         "healthy": server.healthy(),
         "worker_pid": server.running_pid("worker"),
         "database": running_db(server),
-        "postgres_port": Postgres(server.home).running_port(),
+        "auth_file": str(server.auth_file) if running_auth(server) else None,
+        "postgres_port": postgres.running_port(),
+        "postgres_data": str(postgres.data),
+        "postgres_placement": str(postgres.placement) if postgres.placement else None,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "clean"])
     env = os.environ.get
     parser.add_argument("--home", type=Path,
                         default=Path(env("CHATFT_PREFECT_HOME", PROJECT_DIR / ".prefect")),
@@ -612,16 +780,41 @@ def main() -> None:
                         else None,
                         help="shared result storage folder, mounted at the same path on "
                         "every worker machine (default <home>/results)")
+    parser.add_argument("--auth", action="store_true",
+                        help="authentication on loopback too (always on beyond loopback)")
+    parser.add_argument("--auth-file", type=Path, default=None,
+                        help="a team's own auth string (one line, mode 0600) instead of "
+                        "the one generated into <home>/auth-string")
+    parser.add_argument("--public-url", default=env("CHATFT_PUBLIC_URL"),
+                        help="where others reach the server, e.g. its TLS proxy "
+                        "https://prefect.example.internal (default http://<this host>:PORT)")
     args = parser.parse_args()
-    server = Server(args.home, args.host, args.port)
+    try:
+        # A public URL means others reach the server (through a proxy on this machine,
+        # say), so it asks for the auth string even when it listens on loopback.
+        auth_file = (server_auth.resolve(args.home.resolve(), args.host, args.auth_file,
+                                         args.auth or bool(args.public_url))
+                     if args.command == "up" else server_auth.recorded(args.home.resolve()))
+    except server_auth.AuthError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    server = Server(args.home, args.host, args.port, auth_file=auth_file,
+                    public_url=args.public_url)
     if args.command == "up":
         deployed = up(server, args.state_dir, args.worker_query_seconds, args.db,
                       args.results_dir)
-        print(f"\nPrefect UI: {server.ui_url}   deployments: {', '.join(deployed) or 'none'}")
+        print(f"\nPrefect UI: {server.public_url}   deployments: "
+              f"{', '.join(deployed) or 'none'}")
+        for line in access_lines(server):
+            print(line)
         print(f"Use it from this shell:  export PREFECT_API_URL={server.api_url}")
+        if server.auth_file is not None:
+            print(f"                         export "
+                  f"{server_auth.client_prefix(server.auth_file).strip()}")
         print(f"Stop it:                 {server_command('down', server, args.state_dir)}")
     elif args.command == "down":
         down(server, args.state_dir)
+    elif args.command == "clean":
+        clean(server)
     else:
         print(json.dumps(status(server), indent=2))
 

@@ -1,0 +1,120 @@
+"""When ``up`` turns authentication on, where the string is kept, and what it prints.
+
+The server side (401 for strangers, the string only in the server's and workers'
+environments) is exercised on a real server in tests/test_team_server.py.
+"""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PROJECT_DIR, load_local_server
+
+local_server = load_local_server()
+server_auth = local_server.server_auth
+
+
+def test_loopback_runs_without_a_string_unless_asked(tmp_path: Path) -> None:
+    assert server_auth.resolve(tmp_path, "127.0.0.1") is None
+    assert server_auth.resolve(tmp_path, "localhost") is None
+    assert not any(tmp_path.iterdir())
+    asked = server_auth.resolve(tmp_path, "127.0.0.1", wanted=True)
+    assert asked == tmp_path / "auth-string"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "prefect.internal"])  # noqa: S104
+def test_beyond_loopback_a_private_string_is_made_once_and_kept(
+    tmp_path: Path, host: str
+) -> None:
+    path = server_auth.resolve(tmp_path, host)
+    assert path == tmp_path / "auth-string"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    user, _, password = path.read_text().strip().partition(":")
+    assert user == "chatft" and len(password) >= 43
+    first = path.read_text()
+    # Kept across up/down, and on loopback too once it exists.
+    assert server_auth.resolve(tmp_path, host) == path
+    assert server_auth.resolve(tmp_path, "127.0.0.1") == path
+    assert path.read_text() == first
+
+
+def test_a_teams_own_file_is_taken_only_when_closed_to_others(tmp_path: Path) -> None:
+    own = tmp_path / "team-auth"
+    own.write_text("team:correct-horse-battery-staple\n")
+    own.chmod(0o644)
+    with pytest.raises(server_auth.AuthError, match=r"--auth-file: .*team-auth is open to "
+                       r"other users \(mode -rw-r--r--\).*chmod 600"):
+        server_auth.resolve(tmp_path / "home", "0.0.0.0", auth_file=own)  # noqa: S104
+    assert not (tmp_path / "home").exists()  # nothing recorded for a refused file
+    own.chmod(0o600)
+    assert server_auth.resolve(tmp_path / "home", "0.0.0.0", auth_file=own) == own  # noqa: S104
+    # Remembered: the next up of that home uses it without the option.
+    assert server_auth.resolve(tmp_path / "home", "0.0.0.0") == own  # noqa: S104
+    assert server_auth.recorded(tmp_path / "home") == own
+    assert "correct-horse" not in (tmp_path / "home" / "auth-file").read_text()
+    empty = tmp_path / "empty"
+    empty.touch(mode=0o600)
+    with pytest.raises(server_auth.AuthError, match="must hold the auth string on one line"):
+        server_auth.read(empty)
+
+
+def test_a_refused_auth_file_fails_up_naming_the_option(tmp_path: Path) -> None:
+    own = tmp_path / "team-auth"
+    own.write_text("team:secret-for-this-test\n")
+    own.chmod(0o640)
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "scripts" / "local_server.py"), "up",
+         "--home", str(tmp_path / "home"), "--auth-file", str(own)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--auth-file:" in done.stderr and "chmod 600" in done.stderr
+    assert "secret-for-this-test" not in done.stdout + done.stderr
+
+
+def test_printed_commands_read_the_string_from_its_file(tmp_path: Path) -> None:
+    path = server_auth.resolve(tmp_path / "my home", "0.0.0.0")  # noqa: S104
+    server = local_server.Server(tmp_path / "my home", "0.0.0.0", 4321, auth_file=path,  # noqa: S104
+                                 public_url="https://prefect.example.internal/")
+    secret = path.read_text().strip()
+    printed = "\n".join([*local_server.access_lines(server),
+                         local_server.run_now_command(server, {
+                             "name": "smoke-test-endpoints",
+                             "entrypoint": "flows/smoke_test_endpoints.py:smoke_test_endpoints"})])
+    assert secret not in printed
+    worker = local_server.worker_command(server)
+    assert worker == (f"PREFECT_API_URL=https://prefect.example.internal/api "
+                      f"PREFECT_API_AUTH_STRING=\"$(cat '{path}')\" "
+                      "prefect worker start --pool chatft-process")
+    assert "WARNING" not in printed  # behind TLS (the public URL is https)
+    # The shell reads the file into the variable: the string reaches the environment only.
+    shown = subprocess.run(
+        ["bash", "-c", server_auth.client_prefix(path) + "env"],
+        capture_output=True, text=True, check=True).stdout
+    assert f"PREFECT_API_AUTH_STRING={secret}" in shown.splitlines()
+    # The server and its workers get it; a string from the starter's environment does not
+    # leak into this server's processes.
+    env = server.env()
+    assert env["PREFECT_API_AUTH_STRING"] == secret
+    assert local_server.auth_settings(server)["PREFECT_SERVER_API_AUTH_STRING"] == secret
+    assert local_server.auth_settings(server)["PREFECT_UI_API_URL"] == (
+        "https://prefect.example.internal/api")
+
+
+def test_plain_http_beyond_loopback_is_warned_about(tmp_path: Path) -> None:
+    path = server_auth.resolve(tmp_path, "0.0.0.0")  # noqa: S104
+    server = local_server.Server(tmp_path, "0.0.0.0", 4321, auth_file=path)  # noqa: S104
+    lines = local_server.access_lines(server)
+    assert any(line.startswith("WARNING: the server listens on 0.0.0.0 over plain HTTP")
+               for line in lines)
+    assert server.api_url == "http://127.0.0.1:4321/api"  # this machine's own clients
+    assert not server.public_url.startswith("http://127.")  # what other machines use
+    loopback = local_server.Server(tmp_path / "solo", "127.0.0.1", 4321)
+    assert loopback.env().get("PREFECT_API_AUTH_STRING") is None
+    assert local_server.access_lines(loopback) == [
+        "Authentication: off (the server listens on this machine only; --auth turns it on)"]
