@@ -93,7 +93,7 @@ class Server:
         # The file of the auth string (None: no authentication); read when first needed.
         self.auth_file = auth_file
         self._public_url = public_url.rstrip("/") if public_url else None
-        self._csrf: tuple[str, str] | None | bool = None  # (client, token); False: off
+        self._csrf: tuple[str, str] | None = None  # (client, token), once asked for
 
     @property
     def local_host(self) -> str:
@@ -144,31 +144,24 @@ class Server:
         env.update(extra)
         return env
 
-    def headers(self, method: str) -> dict[str, str]:
-        """What a call of this server's API carries: the auth string, and for a change a
-        CSRF token when the server asks for one."""
+    def headers(self) -> dict[str, str]:
+        """What a call of this server's API carries: the auth string, and the CSRF token
+        once the server asked for one (see ``api``)."""
         headers = {"Content-Type": "application/json"}
         if self.auth_string is not None:
             headers["Authorization"] = server_auth.basic_header(self.auth_string)
-        if method in ("POST", "PUT", "PATCH", "DELETE"):
-            csrf = self._csrf_token(headers)
-            if csrf:
-                headers.update({"Prefect-Csrf-Client": csrf[0], "Prefect-Csrf-Token": csrf[1]})
+        if self._csrf:
+            headers.update({"Prefect-Csrf-Client": self._csrf[0],
+                            "Prefect-Csrf-Token": self._csrf[1]})
         return headers
 
-    def _csrf_token(self, headers: dict[str, str]) -> tuple[str, str] | None:
-        if self._csrf is None:
-            client = uuid.uuid4().hex
-            request = urllib.request.Request(  # noqa: S310 - our own server's http URL
-                f"{self.api_url}/csrf-token?client={client}", headers=headers)
-            try:
-                with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
-                    self._csrf = (client, json.loads(resp.read())["token"])
-            except urllib.error.HTTPError as exc:
-                if exc.code != 422:  # 422: "CSRF protection is disabled"
-                    raise
-                self._csrf = False
-        return self._csrf or None
+    def fetch_csrf_token(self) -> None:
+        """Get a CSRF token for this client (a server a team runs with CSRF protection)."""
+        client = uuid.uuid4().hex
+        request = urllib.request.Request(  # noqa: S310 - our own server's http URL
+            f"{self.api_url}/csrf-token?client={client}", headers=self.headers())
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+            self._csrf = (client, json.loads(resp.read())["token"])
 
     @property
     def auth_marker(self) -> Path:
@@ -413,13 +406,18 @@ def api(server: Server, method: str, path: str, body: object = None) -> object:
         request = urllib.request.Request(  # noqa: S310 - our own server's http URL
             server.api_url + path, method=method,
             data=None if body is None else json.dumps(body).encode(),
-            headers=server.headers(method),
+            headers=server.headers(),
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - ours
                 text = resp.read()
             return json.loads(text) if text else None
         except urllib.error.HTTPError as exc:
+            # A server with CSRF protection on refuses a change without a token (403,
+            # "Missing CSRF token."): get one, once, and send the call again.
+            if exc.code == 403 and server._csrf is None and b"CSRF" in exc.read():
+                server.fetch_csrf_token()
+                continue
             if exc.code not in BUSY_STATUSES or attempt == API_ATTEMPTS - 1:
                 raise
             pause = _retry_after(exc) or min(0.5 * 2**attempt, 15.0)

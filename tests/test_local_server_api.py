@@ -58,3 +58,55 @@ def test_a_refusal_is_not_tried_again(busy_server):
     with pytest.raises(HTTPError, match="422"):
         local_server.api(busy_server, "PATCH", "/deployments/x", {"a": 1})
     assert len(_Busy.seen) == 1
+
+
+class _Guarded(BaseHTTPRequestHandler):
+    """A server with an auth string and Prefect's CSRF protection on, as a team may run it."""
+
+    auth = local_server.server_auth.basic_header("team:a-test-string")
+    tokens: dict[str, str] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server convention
+        if self.headers.get("Authorization") != self.auth:
+            return self._answer(401, {"exception_message": "Unauthorized"})
+        client = self.path.partition("client=")[2]
+        self.tokens[client] = "token-" + client
+        self._answer(200, {"token": self.tokens[client], "client": client})
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        token = self.headers.get("Prefect-Csrf-Token")
+        if token is None or self.tokens.get(self.headers.get("Prefect-Csrf-Client")) != token:
+            return self._answer(403, {"detail": "Missing CSRF token."})
+        if self.headers.get("Authorization") != self.auth:
+            return self._answer(401, {"exception_message": "Unauthorized"})
+        self._answer(200, {"ok": True})
+
+    def _answer(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_server_with_auth_and_csrf_protection_is_spoken_to(tmp_path: Path) -> None:
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _Guarded)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    auth_file = tmp_path / "auth"
+    auth_file.write_text("team:a-test-string\n")
+    auth_file.chmod(0o600)
+    try:
+        server = local_server.Server(tmp_path, "127.0.0.1", http.server_address[1],
+                                     auth_file=auth_file)
+        assert local_server.api(server, "PATCH", "/deployments/x", {"a": 1}) == {"ok": True}
+        assert local_server.api(server, "PATCH", "/deployments/y", {"a": 2}) == {"ok": True}
+        assert len(_Guarded.tokens) == 1  # one token, fetched once, for both calls
+        stranger = local_server.Server(tmp_path / "other", "127.0.0.1", http.server_address[1])
+        with pytest.raises(HTTPError, match="401"):
+            local_server.api(stranger, "PATCH", "/deployments/x", {"a": 1})
+    finally:
+        http.shutdown()

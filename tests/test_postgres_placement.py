@@ -63,6 +63,23 @@ def closed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bin_dir
 
 
+@pytest.fixture(scope="module")
+def open_wheel() -> Iterator[Path]:
+    """The wheel's binaries copied where 'nobody' can run them (mode 0755 under /tmp), as
+    a venv outside any private folder has them; their bin folder. The venv running the
+    tests may itself be closed to 'nobody' (a clone under /root)."""
+    site = Path(tempfile.mkdtemp(prefix="chatft-open-venv-"))
+    site.chmod(0o755)
+    source = ps.binaries().parent
+    for part in ps.COPIED:
+        shutil.copytree(source / part, site / ps.PACKAGE / "pginstall" / part)
+    shutil.copytree(source.parent.parent / f"{ps.PACKAGE}.libs", site / f"{ps.PACKAGE}.libs")
+    bin_dir = site / ps.PACKAGE / "pginstall" / "bin"
+    assert ps._fails_as_nobody(bin_dir) is None  # open to it indeed
+    yield bin_dir
+    shutil.rmtree(site, ignore_errors=True)
+
+
 def query(postgres: ps.Postgres, port: int, *sql: str) -> list[list[tuple]]:
     """Each statement's rows, through a real connection as Prefect makes it."""
     import asyncpg
@@ -169,13 +186,11 @@ def test_a_closed_home_is_placed_owned_by_nobody_and_removed_whole(
 
 
 def test_a_reachable_home_keeps_its_cluster_under_it(
-        reachable_root: Path, made: list[ps.Postgres]) -> None:
-    """Here the venv's binaries are reachable by 'nobody' (/work/main/.venv, 0755 all the
-    way): nothing is placed. Where they are not, a new cluster is placed whole (the next
-    tests)."""
-    if ps._fails_as_nobody(ps.binaries()):
-        pytest.skip(f"'nobody' cannot run the venv's binaries ({ps.binaries()}): a new "
-                    "cluster is placed, as test_closed_binaries_* check")
+        reachable_root: Path, open_wheel: Path, made: list[ps.Postgres],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the venv's binaries and the home both reachable by 'nobody', nothing is
+    placed (where the binaries are not, a new cluster is placed whole: the next tests)."""
+    monkeypatch.setattr(ps, "binaries", lambda: open_wheel)
     home = reachable_root / "home"
     postgres = ps.Postgres(home)
     made.append(postgres)
@@ -213,11 +228,12 @@ def test_closed_binaries_place_a_new_cluster_whole(
 
 
 def test_closed_binaries_of_a_cluster_under_the_home_are_copied_alone(
-        reachable_root: Path, closed_wheel: Path, made: list[ps.Postgres],
+        reachable_root: Path, open_wheel: Path, closed_wheel: Path, made: list[ps.Postgres],
         monkeypatch: pytest.MonkeyPatch) -> None:
     home = reachable_root / "home"
     postgres = ps.Postgres(home)
     made.append(postgres)
+    monkeypatch.setattr(ps, "binaries", lambda: open_wheel)
     postgres.start()
     postgres.stop()
     monkeypatch.setattr(ps, "binaries", lambda: closed_wheel)  # the venv moved under /root
