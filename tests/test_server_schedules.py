@@ -330,7 +330,6 @@ def test_up_says_when_schedules_fire_and_its_run_now_command_works(server_up: Se
     """A new user once waited for the next full hour, and nothing said when the first
     smoke test was due. ``up`` names each schedule's first run and prints a command that
     runs the smoke test now; pasted as printed, it makes a run that completes."""
-    import shlex
     import subprocess
 
     printed = server_up.printed
@@ -344,7 +343,8 @@ def test_up_says_when_schedules_fire_and_its_run_now_command_works(server_up: Se
     assert "Checked: automation 'chatft smoke test failed' exists" in printed
     [run_now] = [line.split(":", 1)[1].strip() for line in printed.splitlines()
                  if line.startswith("Run the first smoke test now:")]
-    done = subprocess.run(shlex.split(run_now), cwd="/", capture_output=True, text=True,
+    # pasted into a shell, as a person does (it starts with the API address assignment)
+    done = subprocess.run(["bash", "-c", run_now], cwd="/", capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", done.stdout).group(1)
