@@ -72,6 +72,13 @@ DATABASE_SETTINGS = ("PREFECT_API_DATABASE_", "PREFECT_SERVER_DATABASE_")
 # An auth string in the starter's environment is another server's: this server's own comes
 # from its auth file (scripts/server_auth.py) and goes only where it is needed.
 AUTH_SETTINGS = (server_auth.SERVER_SETTING, server_auth.CLIENT_SETTING)
+# How long a stop waits after SIGTERM before SIGKILL. Prefect's server shuts down cleanly.
+# Its worker (3.8.8) never exits on SIGTERM, even idle: its handler turns the first signal
+# into an interrupt it does not act on and the next one into SIGKILL (seen by hand here),
+# so a long wait only delayed the same kill. Flow runs it starts with Prefect's default
+# command run in a session of their own, outside the group this kills.
+SERVER_STOP_S = 30.0
+WORKER_STOP_S = 5.0
 # A server bound to one of these listens on every interface of the machine.
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # noqa: S104 - names of binds, not a bind
 BLOCK_MODULES = ("blocks.local_workspace", "blocks.azure_credentials", "blocks.azure_ml_workspace")
@@ -209,8 +216,11 @@ class Server:
         self.pid_file(name).write_text(str(proc.pid))
         return proc.pid
 
-    def stop(self, name: str, timeout_s: float = 30) -> bool:
-        """SIGTERM the process group we started, SIGKILL it after ``timeout_s``."""
+    def stop(self, name: str, timeout_s: float | None = None) -> bool:
+        """SIGTERM the process group we started, SIGKILL it after ``timeout_s`` (by
+        default 30 s for the server, which shuts down cleanly, and 5 s for a worker)."""
+        if timeout_s is None:
+            timeout_s = SERVER_STOP_S if name == "server" else WORKER_STOP_S
         pid = self.running_pid(name)
         if pid is None:
             return False
