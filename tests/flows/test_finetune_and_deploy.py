@@ -171,10 +171,6 @@ def test_killed_flow_rerun_attaches_to_the_running_job(
     assert [j.name for j in workspace.find_jobs(request_id)] == [job_name]
 
 
-@pytest.mark.slow
-# converts the GGUF, evaluates the base model, tunes, evaluates again and serves: minutes on
-# an idle 2-core runner, more than pyproject's 900 s when the machine is shared.
-@pytest.mark.timeout(2700)
 def readme_run_artifacts() -> set[str]:
     """The artifact keys README.md says every run leaves (less those it marks Azure-only)."""
     text = (PROJECT_DIR / "README.md").read_text()
@@ -183,6 +179,10 @@ def readme_run_artifacts() -> set[str]:
     return set(re.findall(r"`([a-z]+(?:-[a-z]+)*)`", promise))
 
 
+@pytest.mark.slow
+# converts the GGUF, evaluates the base model, tunes, evaluates again and serves: minutes on
+# an idle 2-core runner, more than pyproject's 900 s when the machine is shared.
+@pytest.mark.timeout(2700)
 def test_smollm2_is_converted_tuned_evaluated_and_answers(prefect_server, tmp_path, monkeypatch):
     """The default model end to end: convert, LoRA-tune, evaluate base vs tuned, serve."""
     from mlflow import MlflowClient
