@@ -172,6 +172,32 @@ def processes_under(root: Path) -> list:
     return found
 
 
+def kill_processes_under(root: Path) -> None:
+    """SIGKILL every process started for a folder under ``root``, with its session."""
+    import os
+    import signal
+
+    for proc in processes_under(root):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def answer_json(handler: object, status: int, body: object,
+                headers: dict[str, str] | None = None) -> None:
+    """Send ``body`` as JSON from an ``http.server`` handler (the tests' fake servers)."""
+    import json
+
+    data = json.dumps(body).encode()
+    handler.send_response(status)  # type: ignore[attr-defined]
+    for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+        handler.send_header(name, value)  # type: ignore[attr-defined]
+    handler.send_header("Content-Length", str(len(data)))  # type: ignore[attr-defined]
+    handler.end_headers()  # type: ignore[attr-defined]
+    handler.wfile.write(data)  # type: ignore[attr-defined]
+
+
 def run_table(flow_run_id: object, key: str) -> list[dict]:
     """The rows of the one table artifact ``key`` that a flow run wrote."""
     import json

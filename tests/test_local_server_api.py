@@ -14,7 +14,7 @@ from urllib.error import HTTPError
 
 import pytest
 
-from tests.helpers import load_local_server
+from tests.helpers import answer_json, load_local_server
 
 local_server = load_local_server()
 
@@ -26,13 +26,9 @@ class _Busy(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:  # noqa: N802 - the http.server convention
         self.seen.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
         status = self.answers.pop(0)
-        body = b'{"ok": true}' if status == 200 else b'{"detail": "database is locked"}'
-        self.send_response(status)
-        if status == 503:
-            self.send_header("Retry-After", "0")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer_json(self, status, {"ok": True} if status == 200 else
+                    {"detail": "database is locked"},
+                    {"Retry-After": "0"} if status == 503 else None)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -68,26 +64,19 @@ class _Guarded(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server convention
         if self.headers.get("Authorization") != self.auth:
-            return self._answer(401, {"exception_message": "Unauthorized"})
+            return answer_json(self, 401, {"exception_message": "Unauthorized"})
         client = self.path.partition("client=")[2]
         self.tokens[client] = "token-" + client
-        self._answer(200, {"token": self.tokens[client], "client": client})
+        answer_json(self, 200, {"token": self.tokens[client], "client": client})
 
     def do_PATCH(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))
         token = self.headers.get("Prefect-Csrf-Token")
         if token is None or self.tokens.get(self.headers.get("Prefect-Csrf-Client")) != token:
-            return self._answer(403, {"detail": "Missing CSRF token."})
+            return answer_json(self, 403, {"detail": "Missing CSRF token."})
         if self.headers.get("Authorization") != self.auth:
-            return self._answer(401, {"exception_message": "Unauthorized"})
-        self._answer(200, {"ok": True})
-
-    def _answer(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            return answer_json(self, 401, {"exception_message": "Unauthorized"})
+        answer_json(self, 200, {"ok": True})
 
     def log_message(self, *args: object) -> None:
         pass

@@ -10,10 +10,8 @@ process on the port that cannot answer it is not taken for the endpoint's server
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import signal
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import processes_under, register_model, serve
+from tests.helpers import answer_json, kill_processes_under, register_model, serve
 from tests.workspaces.local.test_jobs import spec_for, wait
 from workspaces.interface import Endpoint
 from workspaces.local.state import (
@@ -53,11 +51,7 @@ def starter_secrets(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def _no_leftovers(tmp_path: Path) -> Iterator[None]:
     yield
-    for proc in processes_under(tmp_path):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    kill_processes_under(tmp_path)
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -168,12 +162,7 @@ class _Stranger(BaseHTTPRequestHandler):
     answer: dict = {}
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-        body = json.dumps(self.answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer_json(self, 200, self.answer)
 
     def log_message(self, *args: object) -> None:
         pass

@@ -21,7 +21,14 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import MANAGED_TAGS, chat_body, processes_under, register_model, serve
+from tests.helpers import (
+    MANAGED_TAGS,
+    chat_body,
+    kill_processes_under,
+    processes_under,
+    register_model,
+    serve,
+)
 from tests.workspaces.local.test_jobs import spec_for
 from workspaces.interface import DeploymentSpec, EndpointSpec
 from workspaces.local import jobs as local_jobs
@@ -45,11 +52,7 @@ def _unrecorded(root: Path) -> list[psutil.Process]:
 @pytest.fixture(autouse=True)
 def _no_leftovers(tmp_path):
     yield
-    for proc in processes_under(tmp_path):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    kill_processes_under(tmp_path)
 
 
 def test_quick_job_starts_are_never_reported_dead(workspace, monkeypatch):
@@ -283,8 +286,7 @@ def test_next_flow_run_brings_a_dead_endpoint_server_back(
 
     model = register_model(workspace, standin_mlflow_model)
     serve(workspace, model, "revive-me")
-    for proc in processes_under(workspace.root / "endpoints" / "revive-me"):
-        os.killpg(proc.pid, signal.SIGKILL)
+    kill_processes_under(workspace.root / "endpoints" / "revive-me")
     assert not workspace.get_endpoint("revive-me").healthy
 
     @flow
