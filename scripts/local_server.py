@@ -116,10 +116,16 @@ class Server:
         return f"http://{self.local_host}:{self.port}"
 
     @property
+    def reached_from_elsewhere(self) -> bool:
+        """Whether people or workers on other machines reach the server: it listens
+        beyond loopback, or a public URL (a proxy's) leads to it."""
+        return self._public_url is not None or not server_auth.is_loopback(self.host)
+
+    @functools.cached_property
     def public_url(self) -> str:
         """Where people and workers on other machines reach the server (``--public-url``,
         e.g. the TLS proxy's https address; else this machine's name when it listens
-        beyond loopback)."""
+        beyond loopback). Looked up once: the name may take a DNS query."""
         if self._public_url:
             return self._public_url
         if server_auth.is_loopback(self.host):
@@ -328,10 +334,10 @@ def running_db(server: Server) -> str:
 
 
 def auth_settings(server: Server) -> dict[str, str]:
-    """The server process's authentication settings: the string, CSRF protection, and
-    the API address the UI gives browsers (they are on other machines)."""
+    """The server process's access settings: the auth string, and the addresses the UI
+    gives browsers on other machines."""
     settings = {}
-    if not server_auth.is_loopback(server.host) or server.public_url != server.ui_url:
+    if server.reached_from_elsewhere:
         settings["PREFECT_UI_API_URL"] = f"{server.public_url}/api"
         settings["PREFECT_UI_URL"] = server.public_url  # links in notifications
     if server.auth_string is None:
@@ -585,7 +591,7 @@ def access_lines(server: Server) -> list[str]:
             "and every block's secrets cross the network readable by anyone on it. Put a "
             "TLS proxy in front, listen on 127.0.0.1 behind it and give --public-url "
             "https://... (docs/server.md, \"TLS\").")
-    if not server_auth.is_loopback(server.host) or server.public_url != server.ui_url:
+    if server.reached_from_elsewhere:
         lines.append(f"A worker on another machine (copy {server.auth_file} there first, "
                      f"mode 0600):\n  {worker_command(server)}")
     return lines
@@ -762,7 +768,7 @@ def status(server: Server) -> dict[str, object]:
         "auth_file": str(server.auth_file) if running_auth(server) else None,
         "postgres_port": postgres.running_port(),
         "postgres_data": str(postgres.data),
-        "postgres_placement": str(postgres.placement) if postgres.placement else None,
+        "postgres_placement": str(placement) if (placement := postgres.placement) else None,
     }
 
 
