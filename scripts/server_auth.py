@@ -50,11 +50,21 @@ def is_loopback(host: str) -> bool:
 
 
 def generate(path: Path) -> None:
-    """Write a new strong auth string to ``path`` (0600, never over an existing file)."""
+    """Write a new strong auth string to ``path`` (0600), unless a file is there already.
+
+    The string is written to a private temporary file and linked into place, so of two
+    ``up``s at once one string wins whole and both use it; none sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(f"{USER}:{secrets.token_urlsafe(32)}\n")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"{USER}:{secrets.token_urlsafe(32)}\n")
+        os.link(tmp, path)  # fails, leaving the first one, when another up made it first
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read(path: Path, option: str = "--auth-file") -> str:

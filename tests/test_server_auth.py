@@ -118,3 +118,23 @@ def test_plain_http_beyond_loopback_is_warned_about(tmp_path: Path) -> None:
     assert loopback.env().get("PREFECT_API_AUTH_STRING") is None
     assert local_server.access_lines(loopback) == [
         "Authentication: off (the server listens on this machine only; --auth turns it on)"]
+
+
+def test_two_ups_at_once_share_one_whole_string(tmp_path: Path) -> None:
+    """Two first ``up``s beyond loopback at the same moment: one string, both use it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    # The other up writes its string between this one's look and its write.
+    first = tmp_path / "raced" / "auth-string"
+    server_auth.generate(first)
+    kept = first.read_text()
+    server_auth.generate(first)  # once raised FileExistsError and failed the up
+    assert first.read_text() == kept
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: server_auth.resolve(tmp_path, "0.0.0.0"), range(8)))  # noqa: S104
+    assert set(made) == {tmp_path / "auth-string"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    user, _, password = (tmp_path / "auth-string").read_text().strip().partition(":")
+    assert user == "chatft" and len(password) >= 43
+    assert stat.S_IMODE((tmp_path / "auth-string").stat().st_mode) == 0o600
