@@ -130,10 +130,14 @@ def ensure_smoke_test_alert(url: str | None = None) -> tuple[UUID, UUID, bool]:
     return block_id, existing.id, url_set
 
 
+def summary(block: UUID, automation: UUID, enabled: bool) -> str:
+    """One line for ``up``: the block, the automation, and what to do when it is off."""
+    return (f"Notification block custom-webhook/{BLOCK_NAME} ({block}); automation "
+            f"{AUTOMATION_NAME!r} ({automation}) "
+            + ("enabled" if enabled else
+               "created disabled: fill in the block's URL (UI: Blocks -> chatft-alerts), then "
+               f"enable the automation or run server-up again (or set {URL_ENV})"))
+
+
 if __name__ == "__main__":
-    block, automation, enabled = ensure_smoke_test_alert(os.environ.get(URL_ENV) or None)
-    print(f"Notification block custom-webhook/{BLOCK_NAME} ({block}); automation "
-          f"{AUTOMATION_NAME!r} ({automation}) "
-          + ("enabled" if enabled else
-             "created disabled: fill in the block's URL (UI: Blocks -> chatft-alerts), then "
-             f"enable the automation or run server-up again (or set {URL_ENV})"))
+    print(summary(*ensure_smoke_test_alert(os.environ.get(URL_ENV) or None)))

@@ -394,18 +394,6 @@ def start_server(server: Server, timeout_s: float = 180, db: str = "sqlite") -> 
         time.sleep(0.5)
 
 
-def save_local_workspace_block(server: Server, state_dir: Path) -> None:
-    """Save ``local-workspace/default`` (in a child process, so it talks to this server)."""
-    code = (
-        "import sys; from blocks.local_workspace import LocalWorkspaceBlock; "
-        f"LocalWorkspaceBlock(state_dir=sys.argv[1]).save({BLOCK_NAME!r}, overwrite=True)"
-    )
-    subprocess.run(
-        [sys.executable, "-c", code, str(state_dir.resolve())], cwd=server.project_dir,
-        env=server.env(), check=True,
-    )
-
-
 # A busy SQLite-backed server answers 503 while its database is locked (a worker and the
 # scheduler write at the same moment); `up` once died on such a PATCH and left a
 # deployment half-configured. These are retried, with back-off, for up to about a minute.
@@ -597,65 +585,120 @@ def access_lines(server: Server) -> list[str]:
     return lines
 
 
-def ensure_alerts(server: Server) -> None:
-    """Block custom-webhook/chatft-alerts and the automation on chatft.smoke-test.failed."""
+def save_server_objects(state_dir: Path, results_dir: Path | None) -> dict[str, str | None]:
+    """Run in a child that talks to the server: the project's block types, block
+    ``local-workspace/default``, the result storage block when ``results_dir`` is given,
+    the smoke-test notification and the work pool. Returns what the parent reports."""
+    import importlib
+    import inspect
+
+    from prefect.blocks.core import Block, InvalidBlockRegistration
+    from prefect.filesystems import LocalFileSystem
+
+    from blocks.local_workspace import LocalWorkspaceBlock
+
+    for module in BLOCK_MODULES:  # what `prefect block register -m` does, per module
+        for _, cls in inspect.getmembers(importlib.import_module(module)):
+            if Block.is_block_class(cls):
+                try:
+                    cls.register_type_and_schema()
+                except InvalidBlockRegistration:
+                    pass
+    LocalWorkspaceBlock(state_dir=str(state_dir)).save(BLOCK_NAME, overwrite=True)
+    storage = (str(LocalFileSystem(basepath=str(results_dir)).save(RESULTS_BLOCK,
+                                                                   overwrite=True))
+               if results_dir is not None else None)
+    block, automation, enabled = alerts.ensure_smoke_test_alert(
+        os.environ.get(alerts.URL_ENV) or None)
+    return {"storage_block_id": storage, "work_pool": asyncio.run(_ensure_work_pool()),
+            "alerts": alerts.summary(block, automation, enabled)}
+
+
+async def _ensure_work_pool() -> str:
+    """The process work pool with Prefect's default job template, made when missing."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
+
+    async with get_client() as client:
+        try:
+            await client.read_work_pool(WORK_POOL)
+            return "present"
+        except ObjectNotFound:
+            pass
+        template = await get_default_base_job_template_for_infrastructure_type("process")
+        try:
+            await client.create_work_pool(WorkPoolCreate(
+                name=WORK_POOL, type="process", base_job_template=template or {}))
+        except ObjectAlreadyExists:  # another up made it meanwhile
+            return "present"
+        return "created"
+
+
+def _run_server_objects(server: Server, state_dir: Path,
+                        results_dir: Path | None) -> dict[str, str | None]:
+    """save_server_objects in one child process (a prefect import costs seconds, so the
+    eleven prefect commands this took are one process)."""
+    code = ("import json, sys; from pathlib import Path; import local_server as s; "
+            "r = Path(sys.argv[2]) if sys.argv[2] else None; "
+            "print(json.dumps(s.save_server_objects(Path(sys.argv[1]), r)))")
     result = subprocess.run(
-        [sys.executable, "-m", "blocks.alerts"], cwd=server.project_dir, env=server.env(),
-        capture_output=True, text=True,
+        [sys.executable, "-c", code, str(state_dir.resolve()),
+         str(results_dir.resolve()) if results_dir else ""],
+        cwd=Path(__file__).resolve().parent, env=server.env(), capture_output=True, text=True,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"setting up the smoke-test notification failed:\n{result.stderr}")
-    print(result.stdout.strip())
+        raise RuntimeError("saving the blocks, the notification and the work pool failed:\n"
+                           f"{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def ensure_result_storage(server: Server, results_dir: Path) -> None:
-    """Results that caching needs go where every worker reads them: block
-    ``local-file-system/chatft-results`` (``results_dir``: a folder every worker machine
-    mounts at the same path) as the server's default result storage. A default someone
-    set on this server before (an Azure Blob container, say) is kept."""
+def results_block_wanted(server: Server) -> tuple[bool, str | None]:
+    """Whether ``up`` saves its result storage block (False when the server's default is
+    another block, kept), and the id of ours when it is the default already."""
     current = (api(server, "GET", "/admin/storage") or {}).get("default_result_storage_block_id")
-    ours = None
-    if current:
-        block = api(server, "GET", f"/block_documents/{current}")
-        slug = f"{block['block_type']['slug']}/{block['name']}"
-        if slug != f"local-file-system/{RESULTS_BLOCK}":
-            print(f"Result storage: {slug} (this server's default, kept)")
-            return
-        ours = current
-    results_dir.mkdir(parents=True, exist_ok=True)
-    code = ("import sys; from prefect.filesystems import LocalFileSystem; "
-            "print(LocalFileSystem(basepath=sys.argv[1]).save(sys.argv[2], overwrite=True))")
-    saved = subprocess.run(
-        [sys.executable, "-c", code, str(results_dir.resolve()), RESULTS_BLOCK],
-        cwd=server.project_dir, env=server.env(), check=True, capture_output=True, text=True,
-    ).stdout.strip().splitlines()[-1]
-    if saved != ours:
-        api(server, "PUT", "/admin/storage", {"default_result_storage_block_id": saved})
-    print(f"Result storage: local-file-system/{RESULTS_BLOCK} at {results_dir.resolve()} "
-          "(this server's default: every worker must see this folder at this path)")
+    if not current:
+        return True, None
+    block = api(server, "GET", f"/block_documents/{current}")
+    slug = f"{block['block_type']['slug']}/{block['name']}"
+    if slug != f"local-file-system/{RESULTS_BLOCK}":
+        print(f"Result storage: {slug} (this server's default, kept)")
+        return False, None
+    return True, current
 
 
 def configure(server: Server, state_dir: Path, results_dir: Path | None = None) -> list[str]:
-    """Blocks, the block document, the work pool and the deployments; returns those deployed."""
-    for module in BLOCK_MODULES:
-        server.prefect("block", "register", "-m", module)
-    save_local_workspace_block(server, state_dir)
+    """Blocks, the block document, result storage, the notification, the work pool and
+    the deployments; returns those deployed."""
+    results_dir = (results_dir or server.home / "results").resolve()
+    wanted, ours = results_block_wanted(server)
+    if wanted:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    saved = _run_server_objects(server, state_dir, results_dir if wanted else None)
     print(f"Block local-workspace/{BLOCK_NAME}: state_dir {state_dir.resolve()}")
-    ensure_result_storage(server, results_dir or server.home / "results")
-    ensure_alerts(server)
-    if server.prefect("work-pool", "inspect", WORK_POOL, check=False).returncode != 0:
-        server.prefect("work-pool", "create", WORK_POOL, "--type", "process")
-    deployed = []
+    if wanted:
+        if saved["storage_block_id"] != ours:
+            api(server, "PUT", "/admin/storage",
+                {"default_result_storage_block_id": saved["storage_block_id"]})
+        print(f"Result storage: local-file-system/{RESULTS_BLOCK} at {results_dir} "
+              "(this server's default: every worker must see this folder at this path)")
+    print(saved["alerts"])
+    deployments = []
     for deployment in deployments_in(server.project_dir):
-        if not deployment["present"]:
+        if deployment["present"]:
+            deployments.append(deployment)
+        else:
             print(f"Skipping deployment {deployment['name']}: "
                   f"{deployment['entrypoint']} does not exist yet")
-            continue
-        server.prefect("--no-prompt", "deploy", "--name", deployment["name"])
+    if deployments:
+        # One process for all of them: each `prefect deploy` spends seconds importing.
+        names = [word for d in deployments for word in ("--name", d["name"])]
+        server.prefect("--no-prompt", "deploy", *names)
+    for deployment in deployments:
         refuse_unknown_parameters(server, deployment)
-        deployed.append(deployment["name"])
         print(f"Deployed {deployment['name']}")
-    return deployed
+    return [d["name"] for d in deployments]
 
 
 def start_worker(

@@ -55,10 +55,28 @@ def standin_mlflow_model(standin_dir: Path, tmp_path_factory: pytest.TempPathFac
     return target
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow database with its tables made, as a workspace's first process makes them.
+
+    Making and migrating the tables takes MLflow 1.5-4 s; a copy takes milliseconds.
+    tests/workspaces/local/test_mlflow_store.py makes them from nothing, racing.
+    """
+    from workspaces.local import mlflow_store
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow_store.ensure_tables(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def workspace(tmp_path: Path, standin_dir: Path) -> Iterator[LocalWorkspace]:
+def workspace(
+    tmp_path: Path, standin_dir: Path, empty_mlflow_db: Path
+) -> Iterator[LocalWorkspace]:
     """A fresh local workspace sharing the session's stand-in; its endpoints die with it."""
     ws = LocalWorkspace(tmp_path / "workspace")
+    ws.root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(empty_mlflow_db, ws.root / "mlflow.db")
     target = ws.root / "catalog" / STANDIN_NAME / STANDIN_VERSION
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(standin_dir, target)

@@ -254,7 +254,10 @@ def test_a_failing_smoke_test_notifies_the_webhook(server_up: ServerUp) -> None:
         subprocess.run([sys.executable, "-c", save, receiver.url], env=env, check=True,
                        cwd=PROJECT_DIR)
         # server-up again: the automation is enabled, not duplicated, and the URL is kept
-        local_server.ensure_alerts(server_up.server)
+        again = ("import sys; from pathlib import Path; import local_server as s; "
+                 "s.save_server_objects(Path(sys.argv[1]), None)")
+        subprocess.run([sys.executable, "-c", again, str(server_up.state_dir)], env=env,
+                       check=True, cwd=PROJECT_DIR / "scripts")
         automations = server_up.client.read_automations_by_name("chatft smoke test failed")
         assert len(automations) == 1 and automations[0].enabled
 

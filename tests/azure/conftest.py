@@ -57,6 +57,18 @@ def _restore_azureml_cloud_per_module() -> Iterator[None]:
     yield from _keep_azureml_cloud()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _poll_the_fake_often() -> Iterator[None]:
+    """The fake moves a job or an operation on by polls, not by time: Azure's 60 s cap on
+    the wait between two reads only made these tests wait (a job: 0.5 + 1 + 2 s)."""
+    from workspaces.azure import AzureMLWorkspace
+
+    patcher = pytest.MonkeyPatch()
+    patcher.setattr(AzureMLWorkspace, "max_poll_interval_s", 0.25)
+    yield
+    patcher.undo()
+
+
 @pytest.fixture
 def fake(fake_server: FakeAzureML) -> FakeAzureML:
     fake_server.reset()
