@@ -15,6 +15,10 @@ class LocalWorkspaceBlock(Block):
         state_dir: Folder holding models, jobs, the MLflow registry and endpoint state.
             A relative path is resolved against the working directory of the process
             that runs the flow (the worker's, when run from a deployment).
+        threads_per_process: Math threads of each fine-tune job, endpoint server and
+            held-out scorer. Empty: they share the machine's cores by what computes at
+            the moment (a job alone takes them all; beside a generating endpoint each
+            takes its share).
 
     Example:
         ```python
@@ -37,9 +41,18 @@ class LocalWorkspaceBlock(Block):
         "paths resolve against the flow process's working directory.",
     )
 
+    threads_per_process: int | None = Field(
+        default=None,
+        ge=1,
+        title="Threads per process",
+        description="Math threads of each fine-tune job, endpoint server and scorer; empty "
+        "shares the cores by what computes (a job alone takes them all).",
+    )
+
     def get_workspace(self) -> LocalWorkspace:
         """The local workspace this block configures, opened on its state folder."""
         name = getattr(self, "_block_document_name", None) or "(unsaved)"
         return LocalWorkspace(
-            self.state_dir, chosen_by=f"state_dir of the local-workspace block {name!r}"
+            self.state_dir, chosen_by=f"state_dir of the local-workspace block {name!r}",
+            threads_per_process=self.threads_per_process,
         )

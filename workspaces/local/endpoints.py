@@ -146,8 +146,10 @@ def _age_s(record: dict[str, Any]) -> float:
 
 
 class LocalEndpoints:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, threads: dict[str, str] | None = None) -> None:
+        """``threads``: the thread budget's environment for the servers (thread_budget.py)."""
         self.root = root / "endpoints"
+        self.threads = threads or {}
 
     def _dir(self, name: str) -> Path:
         return self.root / name
@@ -248,7 +250,7 @@ class LocalEndpoints:
         self._update(name, reset)
         spawn_detached(
             SERVER_MODULE, directory, "server.log",
-            HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+            HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **self.threads,
         )
 
     def _health(

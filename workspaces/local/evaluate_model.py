@@ -23,19 +23,29 @@ from workspaces.local.finetune_job import (
     question_and_answer,
     tokenize_conversation,
 )
+from workspaces.local.mlflow_models import load_components
 from workspaces.local.state import write_json
+from workspaces.local.thread_budget import ThreadBudget
 from workspaces.ultrachat import read_jsonl
 
 
 def score(model_dir: Path, test_file: Path, test_gen_file: Path, max_seq_length: int,
           batch_size: int) -> dict[str, float]:
     """test_sft loss, perplexity and exact-answer rate of the MLflow model in ``model_dir``."""
-    import mlflow
     import torch
 
     torch.manual_seed(0)
-    components = mlflow.transformers.load_model(str(model_dir), return_type="components")
-    model, tokenizer = components["model"], components["tokenizer"]
+    # Scoring runs in this thread from start to end, so its share is taken once; the mark
+    # keeps the others' shares right while it computes.
+    budget = ThreadBudget.from_env("scorer")
+    budget.apply()
+    with budget.marked_busy():
+        return _score(model_dir, test_file, test_gen_file, max_seq_length, batch_size)
+
+
+def _score(model_dir: Path, test_file: Path, test_gen_file: Path, max_seq_length: int,
+           batch_size: int) -> dict[str, float]:
+    model, tokenizer = load_components(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     test = [tokenize_conversation(tokenizer, r["messages"], max_seq_length)

@@ -42,10 +42,13 @@ def _declared_gone(status: dict[str, Any]) -> bool:
 
 
 class LocalJobs:
-    def __init__(self, root: Path, tracking_uri: str, artifact_root: str) -> None:
+    def __init__(self, root: Path, tracking_uri: str, artifact_root: str,
+                 threads: dict[str, str] | None = None) -> None:
+        """``threads``: the thread budget's environment for the jobs (thread_budget.py)."""
         self.root = root / "jobs"
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
+        self.threads = threads or {}
 
     def job_dir(self, name: str) -> Path:
         return self.root / name
@@ -99,7 +102,7 @@ class LocalJobs:
         offline = {"HF_HUB_OFFLINE": "1"} if Path(weights).is_dir() else {}
         # The process record is its own file: status.json belongs to the job process.
         spawn_detached(JOB_MODULE, job_dir, "job.log", TOKENIZERS_PARALLELISM="false",
-                       **offline)
+                       **offline, **self.threads)
 
     def get(self, name: str) -> FinetuneJob | None:
         job_dir = self.job_dir(name)

@@ -381,10 +381,11 @@ CHILD_ENV_NAMES: tuple[str, ...] = (
     "DO_NOT_TRACK", "CI", "PYTEST_CURRENT_TEST",
     # Coverage of subprocesses, when a run measures it.
     "COVERAGE_PROCESS_START",
-    # The project's own: where the workspace and the fetched model files are. The other
-    # CHATFT_* variables are read only by flows, scripts or the starter itself (the spawn
-    # hold of the tests), and CHATFT_PROCESS_TOKEN is passed as an override.
-    "CHATFT_STATE_DIR", "CHATFT_MODEL_DIR",
+    # The project's own: where the workspace and the fetched model files are, and a fixed
+    # thread count a person gave (thread_budget.py). The other CHATFT_* variables are read
+    # only by flows, scripts or the starter itself (the spawn hold of the tests), and
+    # CHATFT_PROCESS_TOKEN and the thread board are passed as overrides.
+    "CHATFT_STATE_DIR", "CHATFT_MODEL_DIR", "CHATFT_THREADS",
 )
 CHILD_ENV_PREFIXES: tuple[str, ...] = (
     "LC_",  # locale categories

@@ -38,7 +38,7 @@ from workspaces.interface import (
     VmSize,
     Workspace,
 )
-from workspaces.local import catalog, mlflow_store, release_log
+from workspaces.local import catalog, mlflow_store, release_log, thread_budget
 from workspaces.local.endpoints import LocalEndpoints, size_problem
 from workspaces.local.jobs import LocalJobs
 from workspaces.local.pipeline_interface import local_interface
@@ -66,17 +66,21 @@ class LocalWorkspace(Workspace):
     requires_gpu = False
 
     def __init__(
-        self, state_dir: str | Path = DEFAULT_STATE_DIR, chosen_by: str | None = None
+        self, state_dir: str | Path = DEFAULT_STATE_DIR, chosen_by: str | None = None,
+        threads_per_process: int | None = None,
     ) -> None:
         """``chosen_by`` says which setting chose ``state_dir``, so an error about the
-        folder names the setting to change (default: the caller's ``state_dir``)."""
+        folder names the setting to change (default: the caller's ``state_dir``).
+        ``threads_per_process`` fixes the math threads of each job, endpoint server and
+        scorer; unset, they share the cores by what computes (thread_budget.py)."""
         self.root = Path(state_dir).expanduser().resolve()
         self.chosen_by = chosen_by or "the state_dir given to LocalWorkspace"
         self.tracking_uri = f"sqlite:///{self.root / 'mlflow.db'}"
         self.artifact_root = (self.root / "mlartifacts").as_uri()
-        self.jobs = LocalJobs(self.root, self.tracking_uri, self.artifact_root)
+        self.threads = thread_budget.child_settings(self.root, threads_per_process)
+        self.jobs = LocalJobs(self.root, self.tracking_uri, self.artifact_root, self.threads)
         self.registry = LocalRegistry(self.tracking_uri)
-        self.endpoints = LocalEndpoints(self.root)
+        self.endpoints = LocalEndpoints(self.root, self.threads)
 
     def __repr__(self) -> str:
         return f"LocalWorkspace({str(self.root)!r})"
@@ -343,7 +347,7 @@ class LocalWorkspace(Workspace):
         settings = training_settings(parameters)
         # The registered model is a complete folder (the endpoint server loads the same
         # ones offline): the scorer never asks the hub, nor gets the hub's credentials.
-        env = child_env(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        env = child_env(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **self.threads)
         with tempfile.TemporaryDirectory(dir=self.root) as folder:
             out = Path(folder) / "metrics.json"
             done = subprocess.run(

@@ -1,0 +1,121 @@
+"""The cores shared out by what computes: a process's share follows the busy others."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from workspaces.local import thread_budget
+from workspaces.local.thread_budget import ThreadBudget, fixed_threads
+
+
+def _other_process(board, role: str) -> subprocess.Popen:  # noqa: ANN001
+    """A live process of the workspace that marks itself busy, as a server generating."""
+    code = ("import sys, time; from pathlib import Path; "
+            "from workspaces.local.thread_budget import ThreadBudget; "
+            "b = ThreadBudget(Path(sys.argv[1]), sys.argv[2]); "
+            "[(b.busy(), time.sleep(0.2)) for _ in range(600)]")
+    return subprocess.Popen([sys.executable, "-c", code, str(board), role])
+
+
+def _wait_for(condition, timeout_s: float = 60.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true"
+        time.sleep(0.1)
+
+
+def test_a_process_alone_takes_every_core_and_shares_them_with_busy_others(tmp_path):
+    board = tmp_path / "threads"
+    me = ThreadBudget(board, "job", cores=4)
+    assert me.threads() == 4
+    server = _other_process(board, "endpoint")
+    try:
+        _wait_for(lambda: me.others_busy() == 1)
+        assert me.threads() == 2
+        scorer = _other_process(board, "scorer")
+        try:
+            _wait_for(lambda: me.others_busy() == 2)
+            assert me.threads() == 1  # 4 cores, 3 busy: at least one each
+        finally:
+            scorer.kill()
+            scorer.wait()
+        # a killed process's mark is not counted, fresh as it is
+        assert me.others_busy() == 1
+    finally:
+        server.kill()
+        server.wait()
+    assert me.threads() == 4
+
+
+def test_a_mark_left_idle_frees_its_cores(tmp_path, monkeypatch):
+    board = tmp_path / "threads"
+    other = ThreadBudget(board, "endpoint")
+    other.busy()
+    me = ThreadBudget(board, "job", cores=2)
+    # the other is this same live process under another name: only its age counts here
+    other.mark.rename(board / f"endpoint.{os.getppid()}")
+    assert me.threads() == 1
+    stale = time.time() - thread_budget.BUSY_FOR_S - 1
+    os.utime(board / f"endpoint.{os.getppid()}", (stale, stale))
+    assert me.threads() == 2
+
+
+def test_apply_sets_torch_threads_and_release_gives_them_back(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    board = tmp_path / "threads"
+    try:
+        me = ThreadBudget(board, "job", cores=2)
+        assert me.apply() == 2 and torch.get_num_threads() == 2
+        assert me.mark.exists()
+        with ThreadBudget(board, "scorer").marked_busy():
+            # the scorer is this process under another name; count it by its mark
+            (board / f"scorer.{os.getpid()}").rename(board / f"scorer.{os.getppid()}")
+            assert me.apply() == 1 and torch.get_num_threads() == 1
+            (board / f"scorer.{os.getppid()}").rename(board / f"scorer.{os.getpid()}")
+        assert not (board / f"scorer.{os.getpid()}").exists()
+        me.release()
+        assert not me.mark.exists()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_fixed_count_wins_and_a_bad_one_names_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv(thread_budget.FIXED_ENV, "3")
+    monkeypatch.setenv(thread_budget.BOARD_ENV, str(tmp_path / "threads"))
+    assert ThreadBudget.from_env("job").threads() == 3
+    assert fixed_threads(None) is None and fixed_threads(" ") is None
+    for bad in ("0", "-2", "two", "1.5"):
+        with pytest.raises(ValueError, match=f"CHATFT_THREADS={bad!r}: give a whole number"):
+            fixed_threads(bad)
+
+
+def test_the_workspace_gives_its_processes_the_board_and_the_fixed_count(tmp_path):
+    from blocks.local_workspace import LocalWorkspaceBlock
+    from workspaces.local import LocalWorkspace
+
+    shared = LocalWorkspace(tmp_path / "a")
+    assert shared.threads == {thread_budget.BOARD_ENV: str(shared.root / "threads")}
+    assert shared.jobs.threads == shared.endpoints.threads == shared.threads
+    fixed = LocalWorkspaceBlock(state_dir=str(tmp_path / "b"),
+                                threads_per_process=1).get_workspace()
+    assert fixed.threads[thread_budget.FIXED_ENV] == "1"
+    with pytest.raises(ValueError, match="threads_per_process"):
+        LocalWorkspaceBlock(state_dir=str(tmp_path), threads_per_process=0)
+
+
+def test_a_bad_count_in_the_environment_stops_the_workspace_before_any_process(
+        tmp_path, monkeypatch):
+    from workspaces.local import LocalWorkspace
+
+    monkeypatch.setenv(thread_budget.FIXED_ENV, "all")
+    with pytest.raises(ValueError, match="CHATFT_THREADS='all'"):
+        LocalWorkspace(tmp_path / "ws")
+    monkeypatch.setenv(thread_budget.FIXED_ENV, "2")
+    assert LocalWorkspace(tmp_path / "ws").threads[thread_budget.FIXED_ENV] == "2"
