@@ -34,7 +34,13 @@ from tasks.rollout import (
     check_rollout_target,
 )
 from tasks.workspace_access import check_workspace_access
-from workspaces.interface import FoundationModel, Workspace
+from workspaces.interface import (
+    DeploymentSpec,
+    FoundationModel,
+    RegisteredModel,
+    Workspace,
+    managed_tags,
+)
 from workspaces.naming import endpoint_name_for, registered_model_name
 
 
@@ -57,6 +63,24 @@ class FinetunePlan(BaseModel):
     rollout: RolloutPlan | None = Field(
         None, description="Where a canary release starts from (None: new-endpoint)"
     )
+
+    def managed_tags(
+        self, this_run: str, model: FoundationModel | RegisteredModel | None = None
+    ) -> dict[str, str]:
+        """The tags of what this request makes in ``this_run``: managed, the run, the
+        request, and ``model``'s name and version when given."""
+        if model is None:
+            return managed_tags(self.request_id, this_run)
+        return managed_tags(self.request_id, this_run, model.name, model.version)
+
+    def deployment_spec(self, model: RegisteredModel, this_run: str) -> DeploymentSpec:
+        """The deployment of ``model`` this request makes: its name and size from the plan,
+        its tags, owned by the request."""
+        return DeploymentSpec(
+            endpoint_name=self.endpoint_name, name=self.deployment_name, model_id=model.id,
+            instance_type=self.instance_type, instance_count=self.instance_count,
+            tags=self.managed_tags(this_run, model), owner=self.request_id,
+        )
 
 
 def run_preflight(workspace: Workspace, request: FinetuneRequest) -> FinetunePlan:

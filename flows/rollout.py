@@ -31,10 +31,11 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
+from flows.deploy_step import create_endpoint_and_deployment
 from flows.parameters import FinetuneRequest, RolloutParameters
 from flows.preflight import FinetunePlan
 from tasks import reports
-from tasks.endpoints import create_deployment, create_endpoint, sample_questions
+from tasks.endpoints import create_deployment, sample_questions
 from tasks.finetune import get_job_metrics
 from tasks.release_gate import (
     Contender,
@@ -61,13 +62,8 @@ from tasks.rollout import (
 )
 from workspaces.errors import ConcurrentChange, OwnershipConflict
 from workspaces.interface import (
-    MANAGED_BY_VALUE,
-    TAG_FLOW_RUN,
-    TAG_MANAGED_BY,
     TAG_MODEL,
     TAG_MODEL_VERSION,
-    TAG_REQUEST,
-    DeploymentSpec,
     Endpoint,
     EndpointSpec,
     JobMetrics,
@@ -98,13 +94,6 @@ class ReleaseOutcome(BaseModel):
     serving: str | None = Field(description="The deployment serving production")
     endpoint: Endpoint | None = None
     message: str
-
-
-def _tags(plan: FinetunePlan, model: RegisteredModel, this_run: str) -> dict[str, str]:
-    return {
-        TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_RUN: this_run, TAG_REQUEST: plan.request_id,
-        TAG_MODEL: model.name, TAG_MODEL_VERSION: model.version,
-    }
 
 
 class Release(BaseModel):
@@ -202,15 +191,8 @@ def release(
         reports.emit("rollout.started", plan.endpoint_name, workspace.kind, {
             "model": model.name, "version": model.version, "from": run.cursor.old,
             "to": new, "canary_percent": settings.canary_percent})
-    create_deployment(
-        workspace,
-        DeploymentSpec(
-            endpoint_name=plan.endpoint_name, name=new, model_id=model.id,
-            instance_type=plan.instance_type, instance_count=plan.instance_count,
-            tags=_tags(plan, model, this_run), owner=plan.request_id,
-        ),
-        request.deployment_timeout_minutes,
-    )
+    create_deployment(workspace, plan.deployment_spec(model, this_run),
+                      request.deployment_timeout_minutes)
     _checkpoint("deployment-created")
     try:
         return try_and_watch(run)
@@ -517,22 +499,16 @@ def _first_release(
     this_run: str, decision: GateDecision,
 ) -> ReleaseOutcome:
     """No endpoint yet: make it, deploy, route all traffic; the model is production."""
-    tags = _tags(plan, model, this_run)
-    new = plan.rollout.new_deployment if plan.rollout else plan.deployment_name
-    create_endpoint(
-        workspace,
+    new = plan.deployment_name
+    # Step 7's endpoint and deployment, the endpoint made already claimed for this release:
+    # a run killed before the traffic moves leaves a release the recovery settles.
+    create_endpoint_and_deployment(
+        workspace, request, plan, model, this_run,
         EndpointSpec(name=plan.endpoint_name, tags={
-            **tags, **release_tags(plan.request_id, "deploying", None, new, this_run)},
+            **plan.managed_tags(this_run, model),
+            **release_tags(plan.request_id, "deploying", None, new, this_run)},
             description=f"Serves the {model.name} model in production (canary releases)",
             owner=plan.request_id),
-        request.deployment_timeout_minutes,
-    )
-    create_deployment(
-        workspace,
-        DeploymentSpec(endpoint_name=plan.endpoint_name, name=new, model_id=model.id,
-                       instance_type=plan.instance_type, instance_count=plan.instance_count,
-                       tags=tags, owner=plan.request_id),
-        request.deployment_timeout_minutes,
     )
     _checkpoint("first-deployment-created")
     endpoint = workspace.get_endpoint(plan.endpoint_name)
