@@ -166,7 +166,7 @@ def finetune_and_deploy(
     deleted = request.delete_endpoint and clean_up(workspace, plan.endpoint_name)
 
     result = FinetuneResult(
-        workspace=workspace.cache_scope, request_id=plan.request_id, suffix=plan.suffix,
+        workspace=workspace.cache_scope, request_id=plan.request_id, suffix=plan.model_version,
         job_name=job.name, job_reused=job.tags.get(TAG_FLOW_RUN) != this_run,
         model_name=registered.name, model_version=registered.version,
         endpoint_name=plan.endpoint_name,
@@ -224,7 +224,7 @@ def fine_tune(
     # a local catalog model is converted once, before its first job
     prepare_foundation_model(workspace, model)
     spec = FinetuneJobSpec(
-        name=finetune_job_name(plan.request_id, plan.suffix),
+        name=finetune_job_name(plan.request_id, plan.model_version),
         display_name=finetune_display_name(
             model.name, plan.parameters, gpus, request.num_nodes_finetune
         ),
@@ -241,7 +241,7 @@ def fine_tune(
         component_version=plan.component_version,
         tags={
             **plan.managed_tags(this_run, model),
-            TAG_SUFFIX: plan.suffix,
+            TAG_SUFFIX: plan.model_version,
             # the data this job is given, kept on the job for the model's lineage
             TAG_DATASET: plan.dataset,
             "dataset-split-pc": f"{plan.dataset_split_pc:g}",
@@ -270,7 +270,7 @@ def register(
     prepared: PreparedDataset,
     this_run: str,
 ) -> RegisteredModel:
-    """Step 6: register the job's trained model as version ``plan.suffix``.
+    """Step 6: register the job's trained model as version ``plan.model_version``.
 
     Lineage comes from the job's record of its data (a reused job may have been given
     other content than the data this run prepared), never from the request.
@@ -285,7 +285,7 @@ def register(
     registered = register_model(
         workspace,
         registered_model_name(plan.model.name),
-        plan.suffix,
+        plan.model_version,
         job.name,
         registered_model_description(plan.model.name),
         {
@@ -313,7 +313,7 @@ def score(
         The reply ("" when it broke the scoring contract) and the file holding the body.
     """
     body = sample_request(
-        prepared.files["test_gen"], request.scoring.model_dump(), seed=int(plan.suffix),
+        prepared.files["test_gen"], request.scoring.model_dump(), seed=int(plan.model_version),
         evaluated=metrics.samples,
     )
     # The body belongs to this request (its seed, its scoring settings): it is kept in a

@@ -48,7 +48,10 @@ class FinetunePlan(BaseModel):
     """What one fine-tune request will do on one workspace, every default resolved."""
 
     request_id: str = Field(description="The request's identity on this workspace")
-    suffix: str = Field(description="Names the model version and the default endpoint")
+    model_version: str = Field(
+        description="The version the tuned model is registered as (ten digits from the request "
+        "id); the job's name, the default endpoint's name and the sample's seed carry it too"
+    )
     model: FoundationModel
     parameters: dict[str, str] = Field(description="The job's fine-tune inputs, resolved")
     component_version: str = Field(description="The pipeline version the inputs were checked on")
@@ -126,13 +129,13 @@ def run_preflight(workspace: Workspace, request: FinetuneRequest) -> FinetunePla
         request.num_nodes_finetune,
     )
     request_id = request.request_id(workspace.cache_scope)
-    suffix = allocate_suffix(workspace, request_id)
-    endpoint_name = request.endpoint_name or endpoint_name_for(suffix)
+    model_version = allocate_suffix(workspace, request_id)
+    endpoint_name = request.endpoint_name or endpoint_name_for(model_version)
     deployment_name, rollout = request.deployment_name, None
     if request.rollout.strategy == "canary":
         # A release onto a live endpoint: the endpoint is another request's by design; the
         # rollout claims it at its first write, refused while another rollout is under way.
-        deployment_name = canary_deployment_name(request.deployment_name, suffix)
+        deployment_name = canary_deployment_name(request.deployment_name, model_version)
         rollout = check_rollout_target(
             workspace, request.endpoint_name, registered_model_name(model.name), request_id,
             deployment_name, request.rollout.mirror_percent, request.delete_endpoint,
@@ -147,7 +150,7 @@ def run_preflight(workspace: Workspace, request: FinetuneRequest) -> FinetunePla
             workspace, endpoint_name, request.deployment_name, request_id, request.take_over
         )
     return FinetunePlan(
-        request_id=request_id, suffix=suffix, model=model, parameters=parameters,
+        request_id=request_id, model_version=model_version, model=model, parameters=parameters,
         component_version=pipeline.version, compute=compute,
         dataset=request.dataset or workspace.default_dataset,
         dataset_split_pc=request.dataset_split_pc,

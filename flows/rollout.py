@@ -22,9 +22,6 @@ figures, and an event: ``chatft.rollout.started``, ``.promoted``, ``.rolled-back
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
@@ -61,6 +58,7 @@ from tasks.rollout import (
     watch_canary,
 )
 from workspaces.errors import ConcurrentChange, OwnershipConflict
+from workspaces.fault_injection import hold_after_rollout_step
 from workspaces.interface import (
     TAG_MODEL,
     TAG_MODEL_VERSION,
@@ -74,15 +72,6 @@ from workspaces.release_history import ReleaseEvent
 from workspaces.release_state import RUN_DIED, UNDER_WAY, RecordedRelease, release_tags
 
 PROBE_SEEDS = 5
-# Tests hold a run right after a step ("<point>:<marker file>") to kill it there with -9.
-HOLD_ENV = "CHATFT_HOLD_AFTER_ROLLOUT"
-
-
-def _checkpoint(point: str) -> None:
-    held = os.environ.get(HOLD_ENV, "")
-    if held.partition(":")[0] == point:
-        Path(held.partition(":")[2]).touch()
-        time.sleep(3600)
 
 
 class ReleaseOutcome(BaseModel):
@@ -153,7 +142,7 @@ def release(
     run = Release(
         workspace=workspace, name=plan.endpoint_name, settings=settings,
         timeout_minutes=request.deployment_timeout_minutes, model=model,
-        test_gen=held_out["test_gen"], probe_seed=int(plan.suffix), this_run=this_run,
+        test_gen=held_out["test_gen"], probe_seed=int(plan.model_version), this_run=this_run,
         cursor=ReleaseCursor.seen(
             endpoint, request_id=plan.request_id, run=this_run, new=new,
             old=recorded.from_deployment if mine else rollout.current_deployment,
@@ -193,7 +182,7 @@ def release(
             "to": new, "canary_percent": settings.canary_percent})
     create_deployment(workspace, plan.deployment_spec(model, this_run),
                       request.deployment_timeout_minutes)
-    _checkpoint("deployment-created")
+    hold_after_rollout_step("deployment-created")
     try:
         return try_and_watch(run)
     except ConcurrentChange as exc:
@@ -309,7 +298,7 @@ def try_and_watch(run: Release) -> ReleaseOutcome:
     run.write("canary", traffic={old: 100 - settings.canary_percent,
                                  new: settings.canary_percent},
               mirror={} if settings.mirror_percent else None)
-    _checkpoint("canary-set")
+    hold_after_rollout_step("canary-set")
     verdict = watch_canary(run.workspace, run.name, old, new, bodies, limits,
                            expected_traffic=run.cursor.traffic, answers=answers)
     report_watch(run.name, verdict, f"canary {settings.canary_percent} %")
@@ -510,7 +499,7 @@ def _first_release(
             description=f"Serves the {model.name} model in production (canary releases)",
             owner=plan.request_id),
     )
-    _checkpoint("first-deployment-created")
+    hold_after_rollout_step("first-deployment-created")
     endpoint = workspace.get_endpoint(plan.endpoint_name)
     cursor = ReleaseCursor.seen(endpoint, request_id=plan.request_id, run=this_run, new=new)
     endpoint = record_step(workspace, cursor, "promoted", traffic={new: 100})
@@ -543,7 +532,7 @@ def promote(run: Release, why: str, figures: dict[str, str] | None = None) -> Re
     and why), then the promotion's end."""
     run.write("promoted", traffic={run.cursor.new: 100}, ending=run.promoted_as,
               reason=f"{run.asked} ({why})" if run.asked else why)
-    _checkpoint("promoted")
+    hold_after_rollout_step("promoted")
     return finish_promoting(run, why, figures)
 
 
@@ -552,11 +541,10 @@ def finish_promoting(run: Release, why: str, figures: dict[str, str] | None = No
     """From ``promoted``: production, retirement, deletion, history, artifact."""
     old, new, model = run.cursor.old, run.cursor.new, run.model
     why = f"{run.asked} ({why})" if run.asked else why
-    endpoint, retired = finish_promotion(run.workspace, run.cursor,
-                                         run.timeout_minutes,
-                                         after_delete=lambda: _checkpoint("old-deleted"),
-                                         model=(model.name, model.version), why=why,
-                                         figures=figures, action=run.promoted_as)
+    endpoint, retired = finish_promotion(
+        run.workspace, run.cursor, run.timeout_minutes,
+        after_delete=lambda: hold_after_rollout_step("old-deleted"),
+        model=(model.name, model.version), why=why, figures=figures, action=run.promoted_as)
     run.cursor = run.cursor.at(endpoint)
     reports.emit("rollout.promoted", run.name, run.workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "previous": old,

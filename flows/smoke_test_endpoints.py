@@ -14,7 +14,7 @@ test_gen conversations with the step-8 scoring contract. Each reply gets a verdi
 
 Probes run at most ``max_concurrency`` deployments at a time, one request in flight per
 deployment, and never wait on each other, so one slow or dead endpoint does not hold up
-the rest (tasks/smoke_test.py says why a thread pool inside one task). The run writes
+the rest (tasks/endpoint_probes.py says why a thread pool inside one task). The run writes
 the table artifact ``smoke-test-results``, emits ``chatft.smoke-test.failed`` per
 failing endpoint and one ``chatft.smoke-test.completed``, then ends Failed when anything
 failed, so automations and notifications fire. Requests carry the caller marker
@@ -45,10 +45,7 @@ from flows.reported_failure import ReportedFailure
 from flows.reported_failure import install as quiet_reported_failures
 from tasks import reports
 from tasks.data import ensure_dataset
-from tasks.endpoints import sample_requests
-from tasks.own_traffic import record_own_requests
-from tasks.rollout_recovery import settle_abandoned_rollouts
-from tasks.smoke_test import (
+from tasks.endpoint_probes import (
     SMOKE_TEST_CALLER,
     ProbeResult,
     SkippedEndpoint,
@@ -60,6 +57,9 @@ from tasks.smoke_test import (
     probe_deployments,
     report_smoke_test,
 )
+from tasks.endpoints import sample_requests
+from tasks.own_traffic import record_own_requests
+from tasks.rollout_recovery import settle_abandoned_rollouts
 from workspaces.interface import Workspace
 
 SMOKE_DATASET_DIR = "smoke-test-dataset"

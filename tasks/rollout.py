@@ -18,10 +18,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from tasks.endpoint_probes import ProbeResult, SmokeTarget, probe_once, probe_target
 from tasks.endpoints import DELETE_POLL_MAX_DELAY_S
 from tasks.policies import transient_retries
 from tasks.release_history import record_release
-from tasks.smoke_test import ProbeResult, SmokeTarget, probe_once, probe_target
 from tasks.waiting import poll_until
 from workspaces.errors import InvalidRequest, OwnershipConflict, ResourceNotFound
 from workspaces.interface import (

@@ -26,6 +26,8 @@ from typing import Any
 
 import psutil
 
+from workspaces.fault_injection import hold_after_spawn
+
 
 def write_json(path: Path, data: dict[str, Any], private: bool = False) -> None:
     """Write JSON atomically (readers never see half a file); ``private`` makes it 0600."""
@@ -62,8 +64,6 @@ def locked(path: Path) -> Iterator[None]:
 # time right after. It is the one liveness and identity check of every job and server.
 PROCESS_FILE = "process.json"
 TOKEN_ENV = "CHATFT_PROCESS_TOKEN"  # noqa: S105 - the name of a variable, not a secret
-# Tests hold a caller here (after the process exists, before its pid is recorded) to kill it.
-HOLD_ENV = "CHATFT_HOLD_AFTER_SPAWN"
 # How long a just-started process is given to show its own command line and environment:
 # Popen returns once exec has closed the parent's pipe, but /proc may still show the
 # parent's (or an empty) command line a moment later. A running job was once declared
@@ -348,10 +348,8 @@ def spawn_detached(module: str, folder: Path, log_name: str, **env: str) -> int:
             env=child_env(**{TOKEN_ENV: record["token"], **env}),
             cwd=folder,
         )
-    hold = os.environ.get(HOLD_ENV)
-    if hold and hold == module:
-        (folder / ".held").touch()
-        time.sleep(3600)
+    # The crash tests kill a caller here: the process exists, its pid is not recorded yet.
+    hold_after_spawn(module, folder)
     record.update(_identity(process.pid, start_ticks(process.pid)))
     write_json(folder / PROCESS_FILE, record)
     return process.pid
@@ -382,8 +380,9 @@ CHILD_ENV_NAMES: tuple[str, ...] = (
     # Coverage of subprocesses, when a run measures it.
     "COVERAGE_PROCESS_START",
     # The project's own: where the workspace and the fetched model files are. The other
-    # CHATFT_* variables are read only by flows, scripts or the starter itself (the spawn
-    # hold of the tests), and CHATFT_PROCESS_TOKEN is passed as an override.
+    # CHATFT_* variables are read only by flows, scripts or the starter itself (the crash
+    # tests' holds, workspaces/fault_injection.py), and CHATFT_PROCESS_TOKEN is passed as
+    # an override.
     "CHATFT_STATE_DIR", "CHATFT_MODEL_DIR",
 )
 CHILD_ENV_PREFIXES: tuple[str, ...] = (
