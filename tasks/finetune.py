@@ -238,8 +238,8 @@ def job_failure(job: FinetuneJob) -> str:
     return f"{message} Logs: {job.studio_url}." if job.studio_url else message
 
 
-# A Completed job's metrics never change: read once, cached on the job's identity (a re-run
-# used to read them again: 15 of its 41 Azure requests).
+# A Completed job's metrics never change: read once, cached on the job's identity (read
+# again, they were 15 of a re-run's 41 Azure requests).
 @task(
     name="get-job-metrics",
     cache_policy=WorkspaceInputs(required=["job_created"]),

@@ -66,8 +66,8 @@ PROCESS_FILE = "process.json"
 TOKEN_ENV = "CHATFT_PROCESS_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 # How long a just-started process is given to show its own command line and environment:
 # Popen returns once exec has closed the parent's pipe, but /proc may still show the
-# parent's (or an empty) command line a moment later. A running job was once declared
-# dead this way, so a young process is read again until it is old enough to judge.
+# parent's (or an empty) command line a moment later, and a running job judged then would
+# be declared dead; so a young process is read again until it is old enough to judge.
 STARTING_GRACE_S = 5.0
 # A record without a pid counts as a process still starting for this long.
 RECORDING_GRACE_S = 30.0
