@@ -41,6 +41,7 @@ def write_json(path: Path, data: dict[str, Any], private: bool = False) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when there is no such file."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
