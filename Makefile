@@ -62,6 +62,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/python -m scripts.layers
 
 endpoints: install
 	$(BIN)/chatft endpoints list

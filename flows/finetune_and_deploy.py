@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from blocks import load_workspace
 from flows.cli import parse_request
+from flows.deploy_step import deploy
 from flows.parameters import FinetuneRequest, WorkspaceBlock, form_title
 from flows.preflight import FinetunePlan, run_preflight
 from flows.reported_failure import install as quiet_reported_failures
@@ -39,11 +40,8 @@ from tasks import reports
 from tasks.compute import ensure_compute
 from tasks.data import ensure_dataset, first_rows
 from tasks.endpoints import (
-    create_deployment,
-    create_endpoint,
     delete_endpoint,
     reply_text,
-    route_traffic,
     sample_request,
     score_sample,
 )
@@ -59,20 +57,12 @@ from tasks.own_traffic import record_own_requests
 from tasks.registry import register_model
 from workspaces.interface import (
     LINEAGE_TAGS,
-    MANAGED_BY_VALUE,
     SPLIT_SHA256_TAGS,
     TAG_DATASET,
     TAG_FLOW_RUN,
-    TAG_MANAGED_BY,
     TAG_MAX_SEQ_LENGTH,
-    TAG_MODEL,
-    TAG_MODEL_VERSION,
-    TAG_REQUEST,
     TAG_SUFFIX,
     ComputeTarget,
-    DeploymentSpec,
-    Endpoint,
-    EndpointSpec,
     FinetuneJob,
     FinetuneJobSpec,
     JobMetrics,
@@ -176,7 +166,7 @@ def finetune_and_deploy(
     deleted = request.delete_endpoint and clean_up(workspace, plan.endpoint_name)
 
     result = FinetuneResult(
-        workspace=workspace.cache_scope, request_id=plan.request_id, suffix=plan.suffix,
+        workspace=workspace.cache_scope, request_id=plan.request_id, suffix=plan.model_version,
         job_name=job.name, job_reused=job.tags.get(TAG_FLOW_RUN) != this_run,
         model_name=registered.name, model_version=registered.version,
         endpoint_name=plan.endpoint_name,
@@ -234,7 +224,7 @@ def fine_tune(
     # a local catalog model is converted once, before its first job
     prepare_foundation_model(workspace, model)
     spec = FinetuneJobSpec(
-        name=finetune_job_name(plan.request_id, plan.suffix),
+        name=finetune_job_name(plan.request_id, plan.model_version),
         display_name=finetune_display_name(
             model.name, plan.parameters, gpus, request.num_nodes_finetune
         ),
@@ -250,12 +240,8 @@ def fine_tune(
         # the version the pre-flight checked, so "latest" cannot move under the job
         component_version=plan.component_version,
         tags={
-            TAG_MANAGED_BY: MANAGED_BY_VALUE,
-            TAG_FLOW_RUN: this_run,
-            TAG_REQUEST: plan.request_id,
-            TAG_SUFFIX: plan.suffix,
-            TAG_MODEL: model.name,
-            TAG_MODEL_VERSION: model.version,
+            **plan.managed_tags(this_run, model),
+            TAG_SUFFIX: plan.model_version,
             # the data this job is given, kept on the job for the model's lineage
             TAG_DATASET: plan.dataset,
             "dataset-split-pc": f"{plan.dataset_split_pc:g}",
@@ -284,7 +270,7 @@ def register(
     prepared: PreparedDataset,
     this_run: str,
 ) -> RegisteredModel:
-    """Step 6: register the job's trained model as version ``plan.suffix``.
+    """Step 6: register the job's trained model as version ``plan.model_version``.
 
     Lineage comes from the job's record of its data (a reused job may have been given
     other content than the data this run prepared), never from the request.
@@ -299,13 +285,11 @@ def register(
     registered = register_model(
         workspace,
         registered_model_name(plan.model.name),
-        plan.suffix,
+        plan.model_version,
         job.name,
         registered_model_description(plan.model.name),
         {
-            TAG_MANAGED_BY: MANAGED_BY_VALUE,
-            TAG_FLOW_RUN: this_run,
-            TAG_REQUEST: plan.request_id,
+            **plan.managed_tags(this_run),
             "base-model": plan.model.id,
             # the job whose evaluation the rollout's gate reads for this version
             "job-name": job.name,
@@ -314,64 +298,6 @@ def register(
     )
     reports.report_model(registered)
     return registered
-
-
-def deploy(
-    workspace: Workspace,
-    request: FinetuneRequest,
-    plan: FinetunePlan,
-    registered: RegisteredModel,
-    this_run: str,
-) -> tuple[Endpoint, bool]:
-    """Step 7: the endpoint, the deployment, all traffic to it.
-
-    Returns:
-        The endpoint as routed, and whether an earlier run had made it.
-    """
-    tags = {
-        TAG_MANAGED_BY: MANAGED_BY_VALUE,
-        TAG_FLOW_RUN: this_run,
-        TAG_REQUEST: plan.request_id,
-        TAG_MODEL: registered.name,
-        TAG_MODEL_VERSION: registered.version,
-    }
-    endpoint = create_endpoint(
-        workspace,
-        EndpointSpec(
-            name=plan.endpoint_name,
-            description=f"Serves {registered.name} version {registered.version} "
-            "(ultrachat_200k chat-completion fine-tune)",
-            tags=tags, owner=plan.request_id, take_over=request.take_over,
-        ),
-        request.deployment_timeout_minutes,
-    )
-    reused = endpoint.tags.get(TAG_FLOW_RUN) != this_run
-    create_deployment(
-        workspace,
-        DeploymentSpec(
-            endpoint_name=plan.endpoint_name, name=plan.deployment_name,
-            model_id=registered.id, instance_type=plan.instance_type,
-            instance_count=plan.instance_count, tags=tags, owner=plan.request_id,
-        ),
-        request.deployment_timeout_minutes,
-    )
-    endpoint = route_traffic(
-        workspace, plan.endpoint_name, {plan.deployment_name: 100}, owner=plan.request_id
-    )
-    reports.report_endpoint(endpoint, plan.deployment_name, reused)
-    reports.emit(
-        "endpoint.deployed",
-        plan.endpoint_name,
-        workspace.kind,
-        {
-            "model": registered.name,
-            "version": registered.version,
-            "deployment": plan.deployment_name,
-            "scoring_uri": endpoint.scoring_uri,
-            "reused": reused,
-        },
-    )
-    return endpoint, reused
 
 
 def score(
@@ -387,7 +313,7 @@ def score(
         The reply ("" when it broke the scoring contract) and the file holding the body.
     """
     body = sample_request(
-        prepared.files["test_gen"], request.scoring.model_dump(), seed=int(plan.suffix),
+        prepared.files["test_gen"], request.scoring.model_dump(), seed=int(plan.model_version),
         evaluated=metrics.samples,
     )
     # The body belongs to this request (its seed, its scoring settings): it is kept in a

@@ -475,7 +475,7 @@ class SmokeTestRequest(FormModel):
         1, ge=1, le=50, title="Conversations per deployment",
         description="Conversations sent to each deployment with traffic"
     )
-    # tasks/smoke_test.py (DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY_LIMIT) says why 64.
+    # tasks/endpoint_probes.py (DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY_LIMIT) says why 64.
     max_concurrency: int = Field(64, ge=1, le=256, title="Deployments probed at once")
     request_timeout_s: float = Field(
         60, gt=0, le=600, title="Request time limit (seconds)",

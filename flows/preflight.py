@@ -34,7 +34,13 @@ from tasks.rollout import (
     check_rollout_target,
 )
 from tasks.workspace_access import check_workspace_access
-from workspaces.interface import FoundationModel, Workspace
+from workspaces.interface import (
+    DeploymentSpec,
+    FoundationModel,
+    RegisteredModel,
+    Workspace,
+    managed_tags,
+)
 from workspaces.naming import endpoint_name_for, registered_model_name
 
 
@@ -42,7 +48,10 @@ class FinetunePlan(BaseModel):
     """What one fine-tune request will do on one workspace, every default resolved."""
 
     request_id: str = Field(description="The request's identity on this workspace")
-    suffix: str = Field(description="Names the model version and the default endpoint")
+    model_version: str = Field(
+        description="The version the tuned model is registered as (ten digits from the request "
+        "id); the job's name, the default endpoint's name and the sample's seed carry it too"
+    )
     model: FoundationModel
     parameters: dict[str, str] = Field(description="The job's fine-tune inputs, resolved")
     component_version: str = Field(description="The pipeline version the inputs were checked on")
@@ -57,6 +66,24 @@ class FinetunePlan(BaseModel):
     rollout: RolloutPlan | None = Field(
         None, description="Where a canary release starts from (None: new-endpoint)"
     )
+
+    def managed_tags(
+        self, this_run: str, model: FoundationModel | RegisteredModel | None = None
+    ) -> dict[str, str]:
+        """The tags of what this request makes in ``this_run``: managed, the run, the
+        request, and ``model``'s name and version when given."""
+        if model is None:
+            return managed_tags(self.request_id, this_run)
+        return managed_tags(self.request_id, this_run, model.name, model.version)
+
+    def deployment_spec(self, model: RegisteredModel, this_run: str) -> DeploymentSpec:
+        """The deployment of ``model`` this request makes: its name and size from the plan,
+        its tags, owned by the request."""
+        return DeploymentSpec(
+            endpoint_name=self.endpoint_name, name=self.deployment_name, model_id=model.id,
+            instance_type=self.instance_type, instance_count=self.instance_count,
+            tags=self.managed_tags(this_run, model), owner=self.request_id,
+        )
 
 
 def run_preflight(workspace: Workspace, request: FinetuneRequest) -> FinetunePlan:
@@ -102,13 +129,13 @@ def run_preflight(workspace: Workspace, request: FinetuneRequest) -> FinetunePla
         request.num_nodes_finetune,
     )
     request_id = request.request_id(workspace.cache_scope)
-    suffix = allocate_suffix(workspace, request_id)
-    endpoint_name = request.endpoint_name or endpoint_name_for(suffix)
+    model_version = allocate_suffix(workspace, request_id)
+    endpoint_name = request.endpoint_name or endpoint_name_for(model_version)
     deployment_name, rollout = request.deployment_name, None
     if request.rollout.strategy == "canary":
         # A release onto a live endpoint: the endpoint is another request's by design; the
         # rollout claims it at its first write, refused while another rollout is under way.
-        deployment_name = canary_deployment_name(request.deployment_name, suffix)
+        deployment_name = canary_deployment_name(request.deployment_name, model_version)
         rollout = check_rollout_target(
             workspace, request.endpoint_name, registered_model_name(model.name), request_id,
             deployment_name, request.rollout.mirror_percent, request.delete_endpoint,
@@ -123,7 +150,7 @@ def run_preflight(workspace: Workspace, request: FinetuneRequest) -> FinetunePla
             workspace, endpoint_name, request.deployment_name, request_id, request.take_over
         )
     return FinetunePlan(
-        request_id=request_id, suffix=suffix, model=model, parameters=parameters,
+        request_id=request_id, model_version=model_version, model=model, parameters=parameters,
         component_version=pipeline.version, compute=compute,
         dataset=request.dataset or workspace.default_dataset,
         dataset_split_pc=request.dataset_split_pc,

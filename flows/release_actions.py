@@ -11,7 +11,6 @@ recovery of a killed run are the same. docs/rollout.md, "Steering a release", te
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prefect import get_run_logger
 
@@ -38,18 +37,14 @@ from tasks.rollout import (
 )
 from workspaces.errors import ConcurrentChange, InvalidRequest
 from workspaces.interface import (
-    MANAGED_BY_VALUE,
     TAG_DATASET,
-    TAG_FLOW_RUN,
-    TAG_MANAGED_BY,
     TAG_MODEL,
-    TAG_MODEL_VERSION,
-    TAG_REQUEST,
     TAG_STAGE,
     DeploymentSpec,
     Endpoint,
     RegisteredModel,
     Workspace,
+    managed_tags,
 )
 from workspaces.release_history import TOOK_PRODUCTION
 from workspaces.release_state import ROLLBACK_PREFIX, UNDER_WAY, RecordedRelease
@@ -309,8 +304,8 @@ def _through_canary(action: Action, model: RegisteredModel, request_id: str,
     create_deployment(action.workspace, DeploymentSpec(
         endpoint_name=action.name, name=new, model_id=model.id,
         instance_type=_size_of(endpoint, run.cursor.old)[0],
-        instance_count=_size_of(endpoint, run.cursor.old)[1], tags=_deployment_tags(
-            action, model, request_id), owner=request_id),
+        instance_count=_size_of(endpoint, run.cursor.old)[1], tags=managed_tags(
+            request_id, action.this_run, model.name, model.version), owner=request_id),
         action.request.deployment_timeout_minutes)
     outcome = try_and_watch(run)
     if outcome.outcome == "promoted":
@@ -329,7 +324,3 @@ def _size_of(endpoint: Endpoint, deployment: str | None) -> tuple[str, int]:
     return (found.instance_type, found.instance_count) if found else ("local", 1)
 
 
-def _deployment_tags(action: Action, model: RegisteredModel, request_id: str
-                     ) -> dict[str, Any]:
-    return {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_RUN: action.this_run,
-            TAG_REQUEST: request_id, TAG_MODEL: model.name, TAG_MODEL_VERSION: model.version}

@@ -34,6 +34,7 @@ class QuietReportedFailures(logging.Filter):
     """Strip the traceback of a reported failure; drop the engine's repeat of it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Whether to log ``record``; a reported failure's is changed to carry no traceback."""
         exc = record.exc_info[1] if record.exc_info else None
         if not isinstance(exc, QUIET):
             return True

@@ -22,19 +22,17 @@ figures, and an event: ``chatft.rollout.started``, ``.promoted``, ``.rolled-back
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
+from flows.deploy_step import create_endpoint_and_deployment
 from flows.parameters import FinetuneRequest, RolloutParameters
 from flows.preflight import FinetunePlan
 from tasks import reports
-from tasks.endpoints import create_deployment, create_endpoint, sample_questions
+from tasks.endpoints import create_deployment, sample_questions
 from tasks.finetune import get_job_metrics
 from tasks.release_gate import (
     Contender,
@@ -60,14 +58,10 @@ from tasks.rollout import (
     watch_canary,
 )
 from workspaces.errors import ConcurrentChange, OwnershipConflict
+from workspaces.fault_injection import hold_after_rollout_step
 from workspaces.interface import (
-    MANAGED_BY_VALUE,
-    TAG_FLOW_RUN,
-    TAG_MANAGED_BY,
     TAG_MODEL,
     TAG_MODEL_VERSION,
-    TAG_REQUEST,
-    DeploymentSpec,
     Endpoint,
     EndpointSpec,
     JobMetrics,
@@ -78,15 +72,6 @@ from workspaces.release_history import ReleaseEvent
 from workspaces.release_state import RUN_DIED, UNDER_WAY, RecordedRelease, release_tags
 
 PROBE_SEEDS = 5
-# Tests hold a run right after a step ("<point>:<marker file>") to kill it there with -9.
-HOLD_ENV = "CHATFT_HOLD_AFTER_ROLLOUT"
-
-
-def _checkpoint(point: str) -> None:
-    held = os.environ.get(HOLD_ENV, "")
-    if held.partition(":")[0] == point:
-        Path(held.partition(":")[2]).touch()
-        time.sleep(3600)
 
 
 class ReleaseOutcome(BaseModel):
@@ -98,13 +83,6 @@ class ReleaseOutcome(BaseModel):
     serving: str | None = Field(description="The deployment serving production")
     endpoint: Endpoint | None = None
     message: str
-
-
-def _tags(plan: FinetunePlan, model: RegisteredModel, this_run: str) -> dict[str, str]:
-    return {
-        TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_RUN: this_run, TAG_REQUEST: plan.request_id,
-        TAG_MODEL: model.name, TAG_MODEL_VERSION: model.version,
-    }
 
 
 class Release(BaseModel):
@@ -164,7 +142,7 @@ def release(
     run = Release(
         workspace=workspace, name=plan.endpoint_name, settings=settings,
         timeout_minutes=request.deployment_timeout_minutes, model=model,
-        test_gen=held_out["test_gen"], probe_seed=int(plan.suffix), this_run=this_run,
+        test_gen=held_out["test_gen"], probe_seed=int(plan.model_version), this_run=this_run,
         cursor=ReleaseCursor.seen(
             endpoint, request_id=plan.request_id, run=this_run, new=new,
             old=recorded.from_deployment if mine else rollout.current_deployment,
@@ -202,16 +180,9 @@ def release(
         reports.emit("rollout.started", plan.endpoint_name, workspace.kind, {
             "model": model.name, "version": model.version, "from": run.cursor.old,
             "to": new, "canary_percent": settings.canary_percent})
-    create_deployment(
-        workspace,
-        DeploymentSpec(
-            endpoint_name=plan.endpoint_name, name=new, model_id=model.id,
-            instance_type=plan.instance_type, instance_count=plan.instance_count,
-            tags=_tags(plan, model, this_run), owner=plan.request_id,
-        ),
-        request.deployment_timeout_minutes,
-    )
-    _checkpoint("deployment-created")
+    create_deployment(workspace, plan.deployment_spec(model, this_run),
+                      request.deployment_timeout_minutes)
+    hold_after_rollout_step("deployment-created")
     try:
         return try_and_watch(run)
     except ConcurrentChange as exc:
@@ -327,7 +298,7 @@ def try_and_watch(run: Release) -> ReleaseOutcome:
     run.write("canary", traffic={old: 100 - settings.canary_percent,
                                  new: settings.canary_percent},
               mirror={} if settings.mirror_percent else None)
-    _checkpoint("canary-set")
+    hold_after_rollout_step("canary-set")
     verdict = watch_canary(run.workspace, run.name, old, new, bodies, limits,
                            expected_traffic=run.cursor.traffic, answers=answers)
     report_watch(run.name, verdict, f"canary {settings.canary_percent} %")
@@ -517,24 +488,18 @@ def _first_release(
     this_run: str, decision: GateDecision,
 ) -> ReleaseOutcome:
     """No endpoint yet: make it, deploy, route all traffic; the model is production."""
-    tags = _tags(plan, model, this_run)
-    new = plan.rollout.new_deployment if plan.rollout else plan.deployment_name
-    create_endpoint(
-        workspace,
+    new = plan.deployment_name
+    # Step 7's endpoint and deployment, the endpoint made already claimed for this release:
+    # a run killed before the traffic moves leaves a release the recovery settles.
+    create_endpoint_and_deployment(
+        workspace, request, plan, model, this_run,
         EndpointSpec(name=plan.endpoint_name, tags={
-            **tags, **release_tags(plan.request_id, "deploying", None, new, this_run)},
+            **plan.managed_tags(this_run, model),
+            **release_tags(plan.request_id, "deploying", None, new, this_run)},
             description=f"Serves the {model.name} model in production (canary releases)",
             owner=plan.request_id),
-        request.deployment_timeout_minutes,
     )
-    create_deployment(
-        workspace,
-        DeploymentSpec(endpoint_name=plan.endpoint_name, name=new, model_id=model.id,
-                       instance_type=plan.instance_type, instance_count=plan.instance_count,
-                       tags=tags, owner=plan.request_id),
-        request.deployment_timeout_minutes,
-    )
-    _checkpoint("first-deployment-created")
+    hold_after_rollout_step("first-deployment-created")
     endpoint = workspace.get_endpoint(plan.endpoint_name)
     cursor = ReleaseCursor.seen(endpoint, request_id=plan.request_id, run=this_run, new=new)
     endpoint = record_step(workspace, cursor, "promoted", traffic={new: 100})
@@ -567,7 +532,7 @@ def promote(run: Release, why: str, figures: dict[str, str] | None = None) -> Re
     and why), then the promotion's end."""
     run.write("promoted", traffic={run.cursor.new: 100}, ending=run.promoted_as,
               reason=f"{run.asked} ({why})" if run.asked else why)
-    _checkpoint("promoted")
+    hold_after_rollout_step("promoted")
     return finish_promoting(run, why, figures)
 
 
@@ -576,11 +541,10 @@ def finish_promoting(run: Release, why: str, figures: dict[str, str] | None = No
     """From ``promoted``: production, retirement, deletion, history, artifact."""
     old, new, model = run.cursor.old, run.cursor.new, run.model
     why = f"{run.asked} ({why})" if run.asked else why
-    endpoint, retired = finish_promotion(run.workspace, run.cursor,
-                                         run.timeout_minutes,
-                                         after_delete=lambda: _checkpoint("old-deleted"),
-                                         model=(model.name, model.version), why=why,
-                                         figures=figures, action=run.promoted_as)
+    endpoint, retired = finish_promotion(
+        run.workspace, run.cursor, run.timeout_minutes,
+        after_delete=lambda: hold_after_rollout_step("old-deleted"),
+        model=(model.name, model.version), why=why, figures=figures, action=run.promoted_as)
     run.cursor = run.cursor.at(endpoint)
     reports.emit("rollout.promoted", run.name, run.workspace.kind, {
         "model": model.name, "version": model.version, "deployment": new, "previous": old,

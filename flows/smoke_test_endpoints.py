@@ -14,7 +14,7 @@ test_gen conversations with the step-8 scoring contract. Each reply gets a verdi
 
 Probes run at most ``max_concurrency`` deployments at a time, one request in flight per
 deployment, and never wait on each other, so one slow or dead endpoint does not hold up
-the rest (tasks/smoke_test.py says why a thread pool inside one task). The run writes
+the rest (tasks/endpoint_probes.py says why a thread pool inside one task). The run writes
 the table artifact ``smoke-test-results``, emits ``chatft.smoke-test.failed`` per
 failing endpoint and one ``chatft.smoke-test.completed``, then ends Failed when anything
 failed, so automations and notifications fire. Requests carry the caller marker
@@ -35,7 +35,7 @@ from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Completed
+from prefect.states import Completed, State
 from pydantic import BaseModel
 
 from blocks import load_workspace
@@ -45,10 +45,7 @@ from flows.reported_failure import ReportedFailure
 from flows.reported_failure import install as quiet_reported_failures
 from tasks import reports
 from tasks.data import ensure_dataset
-from tasks.endpoints import sample_requests
-from tasks.own_traffic import record_own_requests
-from tasks.rollout_recovery import settle_abandoned_rollouts
-from tasks.smoke_test import (
+from tasks.endpoint_probes import (
     SMOKE_TEST_CALLER,
     ProbeResult,
     SkippedEndpoint,
@@ -60,6 +57,9 @@ from tasks.smoke_test import (
     probe_deployments,
     report_smoke_test,
 )
+from tasks.endpoints import sample_requests
+from tasks.own_traffic import record_own_requests
+from tasks.rollout_recovery import settle_abandoned_rollouts
 from workspaces.interface import Workspace
 
 SMOKE_DATASET_DIR = "smoke-test-dataset"
@@ -203,17 +203,7 @@ def smoke_test_endpoints(
             + (f", {len(failed)} failed" if failed else "")
             + ". See the rollout-recovery and smoke-test-results artifacts.")
     if not tested and not failed:
-        # Nothing probed is not a pass: say so in the run's name and state, not in green
-        # "all answered" (the first scheduled run on a fresh server had nothing to test).
-        why = (f"{len(plan.skipped)} endpoint(s) skipped: "
-               + "; ".join(f"{s.endpoint} ({s.reason})" for s in plan.skipped)
-               if plan.skipped else "no managed endpoint in the workspace")
-        reports.name_run(f"smoke-test: nothing tested ({len(plan.skipped)} skipped)")
-        logger.info("No endpoint was tested: %s", why)
-        return Completed(
-            name="NothingTested", message=f"no endpoint was tested: {why}",
-            data=SmokeTestResult(workspace=workspace.cache_scope, endpoints_tested=[],
-                                 endpoints_failed=[], skipped=plan.skipped, results=[]))
+        return nothing_tested(workspace, plan.skipped)
     reports.name_run(
         f"smoke-test: {len(tested)} endpoint(s), "
         + (f"{len(failed)} failed" if failed else "all answered")
@@ -230,6 +220,23 @@ def smoke_test_endpoints(
         workspace=workspace.cache_scope, endpoints_tested=tested, endpoints_failed=[],
         skipped=plan.skipped, results=results,
     )
+
+
+def nothing_tested(workspace: Workspace, skipped: list[SkippedEndpoint]) -> State:
+    """A pass that probed nothing: Completed, named NothingTested, saying why.
+
+    Nothing probed is not a pass: the run's name and state say so, not a green "all
+    answered" (the first scheduled run on a fresh server has nothing to test).
+    """
+    why = (f"{len(skipped)} endpoint(s) skipped: "
+           + "; ".join(f"{s.endpoint} ({s.reason})" for s in skipped)
+           if skipped else "no managed endpoint in the workspace")
+    reports.name_run(f"smoke-test: nothing tested ({len(skipped)} skipped)")
+    get_run_logger().info("No endpoint was tested: %s", why)
+    return Completed(
+        name="NothingTested", message=f"no endpoint was tested: {why}",
+        data=SmokeTestResult(workspace=workspace.cache_scope, endpoints_tested=[],
+                             endpoints_failed=[], skipped=skipped, results=[]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,9 @@
 """Settings every run needs, however it is started: `make`, `python -m flows.…`, a script.
 
-They used to live only in the Makefile, so a flow called from Python waited Prefect's
-default 20 s for its temporary server and, on a loaded machine, failed with "Timed out
-while attempting to connect to ephemeral Prefect API server". A value the user sets in the
-environment or in a Prefect profile wins over these.
+They are applied here, on the import of :mod:`flows`, not by the Makefile: a flow called
+from Python would otherwise wait Prefect's default 20 s for its temporary server and, on a
+loaded machine, fail with "Timed out while attempting to connect to ephemeral Prefect API
+server". A value the user sets in the environment or in a Prefect profile wins over these.
 """
 
 from __future__ import annotations

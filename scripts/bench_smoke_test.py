@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--delay-s", type=float, default=1.0)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     args = parser.parse_args()
-    from tasks.smoke_test import DEFAULT_MAX_CONCURRENCY
+    from tasks.endpoint_probes import DEFAULT_MAX_CONCURRENCY
 
     url, server = start_slow_server(args.delay_s)
     try:

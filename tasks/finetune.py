@@ -3,7 +3,9 @@ read metrics."""
 
 from __future__ import annotations
 
+import logging
 import time
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -131,11 +133,10 @@ def wait_for_job(
     never changes, and a job submitted again under the same name is another job. Past the
     deadline the task fails; the job goes on unless ``cancel_on_timeout`` is set.
     """
-    logger = get_run_logger()
     progress_id = create_progress_artifact(
         progress=0.0, key="finetune-progress", description=f"Fine-tune job {job_name}"
     )
-    seen: dict[str, object] = {}
+    narrator = JobNarrator(job_name, get_run_logger(), progress_id)
 
     def read() -> FinetuneJob:
         job = workspace.get_job(job_name)
@@ -143,56 +144,13 @@ def wait_for_job(
             raise JobFailed(f"fine-tune job {job_name} disappeared from the workspace")
         return job
 
-    said = {"at": time.monotonic(), "step_at": time.monotonic()}
-
-    def say(message: str, *args: object) -> None:
-        logger.info(message, *args)
-        said["at"] = time.monotonic()
-
-    def report(job: FinetuneJob) -> None:
-        now = time.monotonic()
-        if (job.status, job.current_step) != (seen.get("status"), seen.get("step")):
-            say("Job %s: %s%s", job_name, job.status,
-                f" (step {job.current_step})" if job.current_step else "")
-            seen.update(status=job.status, step=job.current_step)
-            said["step_at"] = now
-        line = training_line(job.training)
-        if line and line != seen.get("training"):
-            say("Job %s: %s", job_name, line)
-            seen["training"] = line
-        # What the step does now (loading the weights, question 17-32 of 50): a new activity
-        # is said at once; with nothing new for SILENCE_S, the step is said to go on, so no
-        # phase of a long job leaves the log silent.
-        if job.activity and job.activity != seen.get("activity"):
-            say("Job %s: %s: %s", job_name, job.current_step or job.status, job.activity)
-            seen["activity"] = job.activity
-        elif not job.is_terminal and now - said["at"] >= SILENCE_S:
-            say("Job %s: still %s%s, %s in this step%s", job_name, job.status,
-                f" ({job.current_step})" if job.current_step else "",
-                _duration(now - said["step_at"]),
-                f"; {job.activity}" if job.activity else "")
-        # The bar moves at most every PROGRESS_EVERY_S: polls come several times a second
-        # locally, and each update is a write on the Prefect server, beside the training.
-        if (
-            job.progress is not None
-            and (job.progress, line) != (seen.get("progress"), seen.get("reported"))
-            and time.monotonic() - float(seen.get("progress_at", -PROGRESS_EVERY_S))
-            >= PROGRESS_EVERY_S
-        ):
-            update_progress_artifact(
-                progress_id,
-                progress=round(job.progress * 100, 1),
-                description=f"Fine-tune job {job_name}" + (f": {line}" if line else ""),
-            )
-            seen.update(progress=job.progress, reported=line, progress_at=time.monotonic())
-
     try:
         job = poll_until(
             read,
             lambda j: j.is_terminal,
             timeout_minutes * 60,
             f"fine-tune job {job_name}",
-            on_change=report,
+            on_change=narrator.report,
             # Training logs arrive every few seconds; a shorter cap keeps them visible live,
             # and the log never silent for more than SILENCE_S + the cap.
             max_delay_s=min(POLL_CAP_S, workspace.max_poll_interval_s),
@@ -209,6 +167,65 @@ def wait_for_job(
         raise JobFailed(job_failure(job))
     update_progress_artifact(progress_id, progress=100.0)
     return job
+
+
+class JobNarrator:
+    """What :func:`wait_for_job` says about a running job: status and step changes, its
+    training lines, its step's activity, and its progress bar."""
+
+    def __init__(
+        self, job_name: str, logger: logging.Logger | logging.LoggerAdapter, progress_id: UUID
+    ) -> None:
+        """Narrate ``job_name`` to ``logger`` and the progress artifact ``progress_id``."""
+        self.job_name = job_name
+        self.logger = logger
+        self.progress_id = progress_id
+        self.seen: dict[str, object] = {}
+        self.said_at = self.step_at = time.monotonic()
+
+    def say(self, message: str, *args: object) -> None:
+        """Log a line about the job; the silence is measured from here."""
+        self.logger.info(message, *args)
+        self.said_at = time.monotonic()
+
+    def report(self, job: FinetuneJob) -> None:
+        """Say what changed since the last poll; move the bar."""
+        job_name, seen = self.job_name, self.seen
+        now = time.monotonic()
+        if (job.status, job.current_step) != (seen.get("status"), seen.get("step")):
+            self.say("Job %s: %s%s", job_name, job.status,
+                     f" (step {job.current_step})" if job.current_step else "")
+            seen.update(status=job.status, step=job.current_step)
+            self.step_at = now
+        line = training_line(job.training)
+        if line and line != seen.get("training"):
+            self.say("Job %s: %s", job_name, line)
+            seen["training"] = line
+        # What the step does now (loading the weights, question 17-32 of 50): a new activity
+        # is said at once; with nothing new for SILENCE_S, the step is said to go on, so no
+        # phase of a long job leaves the log silent.
+        if job.activity and job.activity != seen.get("activity"):
+            self.say("Job %s: %s: %s", job_name, job.current_step or job.status, job.activity)
+            seen["activity"] = job.activity
+        elif not job.is_terminal and now - self.said_at >= SILENCE_S:
+            self.say("Job %s: still %s%s, %s in this step%s", job_name, job.status,
+                     f" ({job.current_step})" if job.current_step else "",
+                     _duration(now - self.step_at),
+                     f"; {job.activity}" if job.activity else "")
+        # The bar moves at most every PROGRESS_EVERY_S: polls come several times a second
+        # locally, and each update is a write on the Prefect server, beside the training.
+        if (
+            job.progress is not None
+            and (job.progress, line) != (seen.get("progress"), seen.get("reported"))
+            and time.monotonic() - float(seen.get("progress_at", -PROGRESS_EVERY_S))
+            >= PROGRESS_EVERY_S
+        ):
+            update_progress_artifact(
+                self.progress_id,
+                progress=round(job.progress * 100, 1),
+                description=f"Fine-tune job {job_name}" + (f": {line}" if line else ""),
+            )
+            seen.update(progress=job.progress, reported=line, progress_at=time.monotonic())
 
 
 def _duration(seconds: float) -> str:
@@ -238,8 +255,8 @@ def job_failure(job: FinetuneJob) -> str:
     return f"{message} Logs: {job.studio_url}." if job.studio_url else message
 
 
-# A Completed job's metrics never change: read once, cached on the job's identity (a re-run
-# used to read them again: 15 of its 41 Azure requests).
+# A Completed job's metrics never change: read once, cached on the job's identity (read
+# again, they were 15 of a re-run's 41 Azure requests).
 @task(
     name="get-job-metrics",
     cache_policy=WorkspaceInputs(required=["job_created"]),

@@ -27,13 +27,6 @@ def record_own_requests(endpoint_name: str, workspace_kind: str, caller: str, co
                      {"caller": caller, "requests": count})
 
 
-def count_own_requests(endpoint_name: str, workspace_kind: str, start: datetime,
-                       end: datetime) -> int:
-    """Requests the project recorded as its own for an endpoint in [start, end - lag)."""
-    return count_own_requests_by_endpoint([endpoint_name], workspace_kind, start, end).get(
-        endpoint_name, 0)
-
-
 def count_own_requests_by_endpoint(
     endpoint_names: list[str], workspace_kind: str, start: datetime, end: datetime
 ) -> dict[str, int]:

@@ -18,10 +18,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from tasks.endpoint_probes import ProbeResult, SmokeTarget, probe_once, probe_target
 from tasks.endpoints import DELETE_POLL_MAX_DELAY_S
 from tasks.policies import transient_retries
 from tasks.release_history import record_release
-from tasks.smoke_test import ProbeResult, SmokeTarget, probe_once, probe_target
 from tasks.waiting import poll_until
 from workspaces.errors import InvalidRequest, OwnershipConflict, ResourceNotFound
 from workspaces.interface import (
@@ -473,42 +473,52 @@ def watch_canary(
     new_figures = _figures(new, "new", probes, activity, expected)
     current_figures = (_figures(current, "current", probes, activity, expected)
                        if current else None)
-    reasons = [f"FAIL {interrupted}"] if interrupted else []
-    healthy = not interrupted
-    if new_figures.broken_replies:
-        reasons.append(f"note {new_figures.broken_replies} answer(s) of the new deployment "
-                       "broke the scoring contract with a success status; counted as errors")
-    if new_figures.requests < settings.watch_requests:
-        healthy = False
-        reasons.append(f"FAIL the new deployment answered {new_figures.requests} request(s) in "
-                       f"{seconds:.0f} s; {settings.watch_requests} were needed to judge it")
-    rate = new_figures.error_rate
-    ok = rate <= settings.max_error_rate
-    healthy &= ok
-    reasons.append(f"{'pass' if ok else 'FAIL'} error rate {rate:.1%} "
-                   f"({new_figures.errors}/{new_figures.requests}), needs <= "
-                   f"{settings.max_error_rate:.1%}")
-    base = current_figures.median_latency_ms if current_figures else None
-    if base and new_figures.median_latency_ms is not None:
-        ratio = new_figures.median_latency_ms / base
-        ok = ratio <= settings.max_latency_ratio
-        healthy &= ok
-        reasons.append(f"{'pass' if ok else 'FAIL'} median latency {ratio:.2f}x the current "
-                       f"deployment's ({new_figures.median_latency_ms:.0f} ms / {base:.0f} ms), "
-                       f"needs <= {settings.max_latency_ratio:g}x")
-    elif new_figures.median_latency_ms is None:
-        healthy = False
-        reasons.append("FAIL the new deployment answered no request successfully")
-    quality = _quality(current_figures, new_figures, settings.exact_answer_margin,
-                       len(set(asked.values())))
-    if quality:
-        healthy &= quality.startswith("pass")
-        reasons.append(quality)
+    healthy, reasons = _judge(new_figures, current_figures, settings, seconds, interrupted,
+                              len(set(asked.values())))
     for line in reasons:
         (logger.info if line.startswith("pass") else logger.warning)("Canary: %s", line)
     return WatchVerdict(healthy=healthy, seconds=round(seconds, 1), share=settings.canary_percent,
                         current=current_figures, new=new_figures, reasons=reasons,
                         interrupted=interrupted)
+
+
+def _judge(
+    new: DeploymentFigures, current: DeploymentFigures | None, settings: WatchLimits,
+    seconds: float, interrupted: str | None, questions: int,
+) -> tuple[bool, list[str]]:
+    """Whether the new deployment is healthy on the watch's figures, with every reason
+    (``pass ...``, ``FAIL ...`` or ``note ...``); ``questions`` with a known answer."""
+    reasons = [f"FAIL {interrupted}"] if interrupted else []
+    healthy = not interrupted
+    if new.broken_replies:
+        reasons.append(f"note {new.broken_replies} answer(s) of the new deployment "
+                       "broke the scoring contract with a success status; counted as errors")
+    if new.requests < settings.watch_requests:
+        healthy = False
+        reasons.append(f"FAIL the new deployment answered {new.requests} request(s) in "
+                       f"{seconds:.0f} s; {settings.watch_requests} were needed to judge it")
+    rate = new.error_rate
+    ok = rate <= settings.max_error_rate
+    healthy &= ok
+    reasons.append(f"{'pass' if ok else 'FAIL'} error rate {rate:.1%} "
+                   f"({new.errors}/{new.requests}), needs <= "
+                   f"{settings.max_error_rate:.1%}")
+    base = current.median_latency_ms if current else None
+    if base and new.median_latency_ms is not None:
+        ratio = new.median_latency_ms / base
+        ok = ratio <= settings.max_latency_ratio
+        healthy &= ok
+        reasons.append(f"{'pass' if ok else 'FAIL'} median latency {ratio:.2f}x the current "
+                       f"deployment's ({new.median_latency_ms:.0f} ms / {base:.0f} ms), "
+                       f"needs <= {settings.max_latency_ratio:g}x")
+    elif new.median_latency_ms is None:
+        healthy = False
+        reasons.append("FAIL the new deployment answered no request successfully")
+    quality = _quality(current, new, settings.exact_answer_margin, questions)
+    if quality:
+        healthy &= quality.startswith("pass")
+        reasons.append(quality)
+    return healthy, reasons
 
 
 def _quality(current: DeploymentFigures | None, new: DeploymentFigures,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import re
 import socket
 import time
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -15,9 +17,11 @@ from workspaces.interface import (
     DeploymentSpec,
     Endpoint,
     EndpointSpec,
+    FoundationModel,
     RegisteredModel,
 )
 from workspaces.local import LocalWorkspace
+from workspaces.model_tags import retirement_status
 
 MANAGED_TAGS = {
     TAG_MANAGED_BY: MANAGED_BY_VALUE,
@@ -216,3 +220,22 @@ def trouble_in(path: Path) -> list[str]:
         return []
     lines = path.read_text(errors="replace").splitlines()
     return [" / ".join(lines[i:i + 2]) for i, line in enumerate(lines) if TROUBLE.search(line)]
+
+
+def prompt_id_for(prompt: str) -> str:
+    """ultrachat's prompt_id: the sha256 hex digest of the prompt (for rows a test writes)."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def retirement_notice(model: FoundationModel) -> str | None:
+    """The refusal sentence when the model is retired (true-ish tag or a date that has passed)."""
+    return retirement_status(model)[0]
+
+
+def count_own_requests(endpoint_name: str, workspace_kind: str, start: datetime,
+                       end: datetime) -> int:
+    """Requests the project recorded as its own for one endpoint in [start, end - lag)."""
+    from tasks.own_traffic import count_own_requests_by_endpoint  # Prefect: only when asked
+
+    return count_own_requests_by_endpoint([endpoint_name], workspace_kind, start, end).get(
+        endpoint_name, 0)

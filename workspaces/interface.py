@@ -67,6 +67,22 @@ TAG_MAX_SEQ_LENGTH = "max-seq-length"
 LINEAGE_TAGS = (TAG_DATASET, "dataset-split-pc", *SPLIT_SHA256_TAGS.values(),
                 TAG_MAX_SEQ_LENGTH)
 
+
+def managed_tags(
+    request_id: str, flow_run: str, model: str | None = None, version: str | None = None
+) -> dict[str, str]:
+    """The tags of a resource this project makes for ``request_id`` in ``flow_run``.
+
+    Who manages it (what the scheduled flows select on), the run that made it, the request
+    that owns it, and, when given, the model and version it holds or serves.
+    """
+    tags = {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_RUN: flow_run, TAG_REQUEST: request_id}
+    if model is not None:
+        tags[TAG_MODEL] = model
+    if version is not None:
+        tags[TAG_MODEL_VERSION] = version
+    return tags
+
 # A release onto a live endpoint (flows/rollout.py) keeps its state on the endpoint itself,
 # so a re-run or the scheduled smoke test can finish or undo what a killed run left.
 TAG_ROLLOUT_REQUEST = "chatft-rollout-request"

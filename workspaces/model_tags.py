@@ -140,8 +140,3 @@ def retirement_status(
             warnings.append(f"{what} has tag {key}={value!r}, which is neither true nor false")
     refusal = f"{what} is retired ({'; '.join(refusals)})" if refusals else None
     return refusal, warnings
-
-
-def retirement_notice(model: FoundationModel) -> str | None:
-    """A sentence when the model is retired (true-ish tag or a date that has passed)."""
-    return retirement_status(model)[0]

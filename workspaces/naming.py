@@ -57,6 +57,7 @@ def registered_model_name(foundation_model: str) -> str:
 
 
 def registered_model_description(foundation_model: str) -> str:
+    """The walkthrough's description of the registered fine-tuned model."""
     return f"{foundation_model} fine tuned model for ultrachat 200k chat-completion"
 
 

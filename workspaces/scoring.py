@@ -44,6 +44,7 @@ class BadReply(ValueError):
     """A 200 answer that is not a usable reply; ``kind`` is content_filtered or bad_reply."""
 
     def __init__(self, kind: str, message: str) -> None:
+        """``kind`` names the fault for the smoke test's table; ``message`` explains it."""
         super().__init__(message)
         self.kind = kind
 

@@ -56,11 +56,6 @@ class PreparedDataset(BaseModel):
     sha256: dict[str, str]
 
 
-def prompt_id_for(prompt: str) -> str:
-    """ultrachat's prompt_id: the sha256 hex digest of the prompt."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
-
-
 def validate_row(row: Any, file: str, line: int) -> None:
     """Raise DatasetError naming file, line and field when a row breaks the schema."""
     where = f"{file} line {line}"
@@ -297,10 +292,3 @@ def verify_prepared(prepared: PreparedDataset) -> str | None:
         if sha256_of(file) != prepared.sha256.get(split):
             return f"{file} differs from its recorded sha256"
     return None
-
-
-def copy_split(prepared: PreparedDataset, split: str, target: Path) -> Path:
-    """Copy one prepared split somewhere else (the local job keeps its own inputs)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(prepared.files[split], target)
-    return target

@@ -303,7 +303,8 @@ def test_lineage_tags_come_from_what_the_job_trained_on(fake, azure_flow, tmp_pa
     """
     import json
 
-    from workspaces.ultrachat import SPLITS, prepare_dataset, prompt_id_for
+    from tests.helpers import prompt_id_for
+    from workspaces.ultrachat import SPLITS, prepare_dataset
 
     def write_folder(answer: str) -> None:
         row = json.dumps({"prompt": "hi", "prompt_id": prompt_id_for("hi"), "messages": [

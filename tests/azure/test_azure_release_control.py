@@ -390,7 +390,7 @@ def test_the_history_ring_keeps_each_person_s_reason(fake, credential, steer):
 # -- a kill -9 during each action, then the smoke test's recovery -----------------------
 # Each action runs in a process of its own, against the fake in this one (its HTTPS port;
 # the CA bundle is in the environment), and is killed -9 with its whole process group
-# where it stands: held after a checkpoint of flows/rollout.py (CHATFT_HOLD_AFTER_ROLLOUT),
+# where it stands: held after a step of flows/rollout.py (workspaces/fault_injection.py),
 # or, where the action passes none (abort; a rollback at once; a rollback's contract
 # check: release_control never reaches "deployment-created"), while the fake holds one of
 # its requests unanswered (that request never lands). All actions run at once, each on an
@@ -402,7 +402,7 @@ from types import SimpleNamespace
 
 import flows.release_control as control
 from flows.parameters import ReleaseControlRequest
-from flows.rollout import HOLD_ENV
+from workspaces.fault_injection import ROLLOUT_HOLD_ENV
 from tests.azure.conftest import make_workspace
 from tests.azure.fake_azureml.credential import FakeCredential
 from tests.azure.fake_azureml.service import FakeAzureML
@@ -419,7 +419,7 @@ for action in actions:
         os.dup2(log, 1)
         os.dup2(log, 2)
         if action["hold"]:
-            os.environ[HOLD_ENV] = action["hold"]
+            os.environ[ROLLOUT_HOLD_ENV] = action["hold"]
         try:
             control.release_control(
                 request=ReleaseControlRequest.model_validate_json(action["request"]),

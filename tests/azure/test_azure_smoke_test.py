@@ -11,7 +11,7 @@ import pytest
 import flows.smoke_test_endpoints as smoke
 from flows.parameters import SmokeTestRequest
 from tasks import reports
-from tasks.smoke_test import RESULTS_ARTIFACT_KEY
+from tasks.endpoint_probes import RESULTS_ARTIFACT_KEY
 from tests.azure.fake_azureml.server import Fault
 from tests.helpers import run_table
 from workspaces.interface import (

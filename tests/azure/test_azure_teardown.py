@@ -110,7 +110,8 @@ def test_recorded_smoke_tests_are_not_use_on_azure(fake, workspace, monkeypatch)
 
     from prefect.events.worker import EventsWorker
 
-    from tasks.own_traffic import count_own_requests, record_own_requests
+    from tasks.own_traffic import record_own_requests
+    from tests.helpers import count_own_requests
 
     workspace._test_fake = fake
     _endpoint(workspace, "chatft-smoked", MANAGED)

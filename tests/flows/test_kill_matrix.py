@@ -27,6 +27,7 @@ import pytest
 from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest, TrainingParameters
 from tests.helpers import chat_body, processes_under
+from workspaces.fault_injection import SPAWN_HOLD_ENV, SPAWN_MARKER
 from workspaces.local import LocalWorkspace
 from workspaces.local.endpoints import SERVER_MODULE
 from workspaces.local.jobs import JOB_MODULE
@@ -45,7 +46,7 @@ finetune_and_deploy(request=FinetuneRequest.model_validate_json(sys.argv[1]))
 def _held(module: str) -> Callable[[LocalWorkspace], bool]:
     """The flow sits between starting ``module``'s process and recording its pid."""
     folder = "jobs" if module == JOB_MODULE else "endpoints"
-    return lambda ws: any((ws.root / folder).glob("*/.held"))
+    return lambda ws: any((ws.root / folder).glob(f"*/{SPAWN_MARKER}"))
 
 
 def _model_versions(ws: LocalWorkspace) -> int:
@@ -142,7 +143,7 @@ def kill_flow_when(
 
 def _kill_flow_at(point: str, hold: str | None, reached, ws, request, log: Path) -> None:
     """Kill the flow once the workspace shows ``point`` (held after a spawn, if ``hold``)."""
-    env = {"CHATFT_HOLD_AFTER_SPAWN": hold} if hold else {}
+    env = {SPAWN_HOLD_ENV: hold} if hold else {}
     kill_flow_when(lambda: reached(ws), request, log, point, env)
 
 
@@ -182,7 +183,7 @@ def test_kill_9_at_each_step_then_rerun_leaves_one_of_each_and_no_orphan(
             # (a start whose pid was never written is known by its token).
             assert max(_counts(workspace).values()) <= 1, (point, _counts(workspace))
             assert _unknown(root) == [], point
-            for held in root.rglob(".held"):
+            for held in root.rglob(SPAWN_MARKER):
                 held.unlink()
 
         result = finetune_and_deploy(request=request)

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 
 from flows.finetune_and_deploy import finetune_and_deploy
 from flows.parameters import FinetuneRequest
-from tests.helpers import run_artifacts
+from tests.helpers import prompt_id_for, run_artifacts
 from workspaces.errors import WorkspaceError
 from workspaces.interface import EndpointSpec
-from workspaces.ultrachat import SPLITS, prompt_id_for
+from workspaces.ultrachat import SPLITS
 
 
 def _row(content: str = "yo") -> str:

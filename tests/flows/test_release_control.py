@@ -23,7 +23,6 @@ import pytest
 
 from flows.parameters import ReleaseControlRequest
 from flows.release_control import release_control
-from flows.rollout import HOLD_ENV
 from tasks.liveness import HEARTBEAT_ENV
 from tests.helpers import (
     MANAGED_TAGS,
@@ -33,6 +32,7 @@ from tests.helpers import (
     wait_deployment_ready,
     wait_past_liveness,
 )
+from workspaces.fault_injection import ROLLOUT_HOLD_ENV
 from workspaces.interface import (
     TAG_MODEL,
     TAG_MODEL_VERSION,
@@ -275,7 +275,7 @@ def _kill_action_at(point: str, tmp_path: Path, **fields) -> float:
     process = subprocess.Popen(
         [sys.executable, "-m", "flows.release_control", *argv],
         env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
-             HOLD_ENV: f"{point}:{marker}"},
+             ROLLOUT_HOLD_ENV: f"{point}:{marker}"},
         stdout=(tmp_path / f"{point}.log").open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True, cwd=Path(__file__).resolve().parents[2])
     deadline = time.monotonic() + 300

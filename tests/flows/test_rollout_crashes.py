@@ -23,12 +23,12 @@ from flows.parameters import (
     TeardownRequest,
     TrainingParameters,
 )
-from flows.rollout import HOLD_ENV
 from flows.smoke_test_endpoints import smoke_test_endpoints
 from flows.teardown_idle_endpoints import teardown_idle_endpoints
 from tasks.liveness import HEARTBEAT_ENV, liveness_bound_s
 from tests.flows.test_kill_matrix import _model_versions, _unknown, kill_flow_when
 from tests.helpers import run_artifacts, wait_past_liveness
+from workspaces.fault_injection import ROLLOUT_HOLD_ENV
 from workspaces.interface import TAG_ROLLOUT_STEP, TAG_STAGE
 from workspaces.local import LocalWorkspace
 from workspaces.local.state import read_json
@@ -57,7 +57,7 @@ def _kill_after(point: str, request: FinetuneRequest, tmp_path: Path) -> None:
     marker = tmp_path / f"held-{point}"
     marker.unlink(missing_ok=True)
     kill_flow_when(marker.exists, request, tmp_path / "flow.log", point,
-                   {HOLD_ENV: f"{point}:{marker}"}, deadline_s=900)
+                   {ROLLOUT_HOLD_ENV: f"{point}:{marker}"}, deadline_s=900)
 
 
 @pytest.mark.slow

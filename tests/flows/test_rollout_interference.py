@@ -372,8 +372,8 @@ def test_a_killed_first_release_is_settled_and_two_releases_at_once_release_one(
 
     from flows.finetune_and_deploy import finetune_and_deploy
     from flows.parameters import TrainingParameters
-    from flows.rollout import HOLD_ENV
     from tests.flows.test_kill_matrix import PROJECT_ROOT, RUN_FLOW, _unknown, kill_flow_when
+    from workspaces.fault_injection import ROLLOUT_HOLD_ENV
 
     root = workspace.root.resolve()
     monkeypatch.setenv("CHATFT_STATE_DIR", str(root))
@@ -395,7 +395,7 @@ def test_a_killed_first_release_is_settled_and_two_releases_at_once_release_one(
     marker = tmp_path / "held-first"
     first = request(1, 5e-4)
     kill_flow_when(marker.exists, first, tmp_path / "first.log", "first-deployment-created",
-                   {HOLD_ENV: f"first-deployment-created:{marker}"}, deadline_s=900)
+                   {ROLLOUT_HOLD_ENV: f"first-deployment-created:{marker}"}, deadline_s=900)
     killed_at = time.monotonic()
     assert RecordedRelease.of(workspace.get_endpoint(ep).tags).step == "deploying"
     wait_past_liveness(killed_at)
@@ -496,8 +496,8 @@ def test_the_claim_gates_against_what_serves_then_and_a_refused_resume_rolls_bac
 
     @flow
     def run_release(req: FinetuneRequest, plan, held_out: dict, figures: dict[str, float]):
-        model = ws.get_model(FAMILY, plan.suffix) or register_model(
-            ws, standin_mlflow_model, FAMILY, plan.suffix)
+        model = ws.get_model(FAMILY, plan.model_version) or register_model(
+            ws, standin_mlflow_model, FAMILY, plan.model_version)
         return release(ws, req, plan, model, JobMetrics(evaluation=figures), held_out,
                        str(uuid4()))
 
@@ -533,17 +533,17 @@ def test_the_claim_gates_against_what_serves_then_and_a_refused_resume_rolls_bac
     endpoint = ws.get_endpoint(EP)
     assert endpoint.traffic.get(new) == 100
     assert ws.get_model(FAMILY, "2").tags[TAG_STAGE] == "retired"
-    assert ws.get_model(FAMILY, plan.suffix).tags[TAG_STAGE] == "production"
+    assert ws.get_model(FAMILY, plan.model_version).tags[TAG_STAGE] == "production"
 
     # 9. Another request's run died under its canary share; its re-run's gate now refuses
     # the model: the canary is rolled back, not left serving its share.
     second = request(7e-4, keep_previous=False)
     second_plan, _ = plan_for(second)
     canary = second_plan.rollout.new_deployment
-    model = register_model(ws, standin_mlflow_model, FAMILY, second_plan.suffix)
+    model = register_model(ws, standin_mlflow_model, FAMILY, second_plan.model_version)
     ws.begin_create_deployment(DeploymentSpec(
         endpoint_name=EP, name=canary, model_id=model.id, instance_type="Local_CPU",
-        tags={TAG_MODEL: FAMILY, TAG_MODEL_VERSION: second_plan.suffix}))
+        tags={TAG_MODEL: FAMILY, TAG_MODEL_VERSION: second_plan.model_version}))
     wait_deployment_ready(ws, EP, canary)
     ws.set_traffic(EP, {new: 90, canary: 10}, owner=second_plan.request_id, claim=True,
                    tags=release_tags(second_plan.request_id, "canary", new, canary,
@@ -560,4 +560,4 @@ def test_the_claim_gates_against_what_serves_then_and_a_refused_resume_rolls_bac
     assert endpoint.traffic.get(new) == 100 and not endpoint.traffic.get(canary)
     assert canary not in {d.name for d in endpoint.deployments}
     assert RecordedRelease.of(endpoint.tags).step == "undone"
-    assert ws.get_model(FAMILY, second_plan.suffix).tags[TAG_STAGE] == "rejected"
+    assert ws.get_model(FAMILY, second_plan.model_version).tags[TAG_STAGE] == "rejected"

@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client
 
 from flows.parameters import ScoringParameters, SmokeTestRequest
 from flows.smoke_test_endpoints import smoke_test_endpoints
-from tasks.smoke_test import (
+from tasks.endpoint_probes import (
     RESULTS_ARTIFACT_KEY,
     SMOKE_TEST_CALLER,
     classify_exception,

@@ -9,8 +9,9 @@ import pytest
 from prefect import flow
 
 from tasks.data import ensure_dataset
+from tests.helpers import prompt_id_for
 from workspaces.errors import InvalidRequest
-from workspaces.ultrachat import SPLITS, prepare_dataset, prompt_id_for
+from workspaces.ultrachat import SPLITS, prepare_dataset
 
 
 @flow

@@ -2,12 +2,12 @@
 
 import pytest
 
+from tests.helpers import retirement_notice
 from workspaces.interface import FoundationModel
 from workspaces.model_tags import (
     TagParseError,
     allow_list,
     model_specific_defaults,
-    retirement_notice,
 )
 
 

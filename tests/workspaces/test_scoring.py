@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tasks.endpoint_probes import classify_reply
 from tasks.endpoints import reply_text
-from tasks.smoke_test import classify_reply
 from workspaces.interface import ScoreResponse
 from workspaces.scoring import BadReply, BadScoringBody, build_body, parse_body, read_reply
 

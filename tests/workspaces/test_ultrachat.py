@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import prompt_id_for
 from workspaces.ultrachat import (
     SPLITS,
     DatasetError,
     prepare_dataset,
-    prompt_id_for,
     read_jsonl,
 )
 

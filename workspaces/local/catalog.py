@@ -161,6 +161,7 @@ CATALOG: dict[str, dict[str, Any]] = {
 
 
 def model_id(name: str, version: str) -> str:
+    """The local catalog's asset id of a model version (the pipeline's model path)."""
     return f"local://registries/local/models/{name}/versions/{version}"
 
 
@@ -364,6 +365,7 @@ class TensorProgress(io.StringIO):
     """
 
     def __init__(self, log: Callable[[str], None]) -> None:
+        """``log`` hears the progress sentences."""
         import threading
 
         super().__init__()
@@ -374,10 +376,12 @@ class TensorProgress(io.StringIO):
         self._thread = threading.Thread(target=self._speak, daemon=True)
 
     def __enter__(self) -> TensorProgress:
+        """Start the voice for the quiet parts."""
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop the voice and wait for it."""
         self._stop.set()
         self._thread.join()
 
@@ -388,10 +392,12 @@ class TensorProgress(io.StringIO):
                          f"{self.done} of {self.total} tensors done")
 
     def say(self, text: str) -> None:
+        """Log ``text`` about the conversion."""
         self.said_at = time.monotonic()
         self.log(f"{SMOLLM2_NAME}: {text}")
 
     def write(self, text: str) -> int:
+        """Keep ``text`` (stderr), reading the tensors done from a progress bar's redraw."""
         import re
 
         found = re.findall(r"GGUF tensors[^\r\n]*?(\d+)/(\d+)", text)
@@ -400,6 +406,7 @@ class TensorProgress(io.StringIO):
         return super().write(text)
 
     def other_lines(self) -> list[str]:
+        """What the conversion wrote besides its progress bar, line by line."""
         lines = self.getvalue().replace("\r", "\n").splitlines()
         return [line.strip() for line in lines if line.strip() and "GGUF tensors" not in line]
 

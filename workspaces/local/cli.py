@@ -36,6 +36,7 @@ def _list(ws: LocalWorkspace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command in ``argv`` (default: the process's arguments); the exit status."""
     parser = argparse.ArgumentParser(prog="chatft", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--state-dir", default=os.environ.get("CHATFT_STATE_DIR", DEFAULT_STATE_DIR)

@@ -146,8 +146,16 @@ def _age_s(record: dict[str, Any]) -> float:
 
 
 class LocalEndpoints:
+    """The local workspace's online endpoints: one folder and one server process each.
+
+    ``<root>/endpoints/<name>/`` holds ``endpoint.json`` (config, deployments, traffic,
+    tags; changed only under the folder's lock), ``keys.json``, the server's process
+    record, its log and its request log.
+    """
+
     def __init__(self, root: Path, threads: dict[str, str] | None = None) -> None:
-        """``threads``: the thread budget's environment for the servers (thread_budget.py)."""
+        """Endpoints of the workspace whose state directory is ``root``; ``threads``: the
+        thread budget's environment for the servers (thread_budget.py)."""
         self.root = root / "endpoints"
         self.threads = threads or {}
 
@@ -175,6 +183,8 @@ class LocalEndpoints:
 
     # -- endpoints ---------------------------------------------------------------------
     def begin_create(self, spec: EndpointSpec) -> None:
+        """Create the endpoint and start its server; an existing one is claimed for
+        ``spec.owner`` (and its server brought back if dead)."""
         name, description, tags = spec.name, spec.description, spec.tags
         check_endpoint_name(name)
         directory = self._dir(name)
@@ -282,6 +292,8 @@ class LocalEndpoints:
         return answer
 
     def get(self, name: str) -> Endpoint | None:
+        """The endpoint as its server answers now (None: no such endpoint); a Creating
+        endpoint whose server proves itself is Succeeded, one whose server died Failed."""
         config = self._config(name)
         if config is None:
             return None
@@ -315,6 +327,7 @@ class LocalEndpoints:
         )
 
     def list(self) -> list[Endpoint]:
+        """Every endpoint of the workspace."""
         if not self.root.is_dir():
             return []
         found = [
@@ -370,12 +383,15 @@ class LocalEndpoints:
         )
 
     def get_deployment(self, endpoint: str, name: str) -> Deployment | None:
+        """A deployment of ``endpoint`` (None: no such endpoint or deployment)."""
         config = self._config(endpoint)
         if config is None or name not in config["deployments"]:
             return None
         return self._deployment(endpoint, name, config, None)
 
     def begin_create_deployment(self, spec: DeploymentSpec, model_path: Path) -> None:
+        """Add the deployment of the MLflow model at ``model_path`` (the server loads it);
+        an existing one of that name is kept. A bad size or a foreign endpoint is refused."""
         endpoint, name, model_id = spec.endpoint_name, spec.name, spec.model_id
         instance_type, instance_count = spec.instance_type, spec.instance_count
         check_endpoint_name(name, field="deployment_name")
@@ -410,6 +426,8 @@ class LocalEndpoints:
             self.start_server(endpoint)
 
     def begin_delete_deployment(self, endpoint: str, name: str) -> None:
+        """Remove a deployment that takes no traffic (the server unloads it)."""
+
         def remove(config: dict[str, Any]) -> None:
             if name not in config["deployments"]:
                 raise ResourceNotFound(
@@ -440,6 +458,9 @@ class LocalEndpoints:
         expect: dict[str, str] | None = None,
         expect_traffic: dict[str, int] | None = None,
     ) -> None:
+        """Set the traffic and merge ``tags`` in one write under the endpoint's lock, as
+        :meth:`workspaces.interface.Workspace.set_traffic` describes."""
+
         def route(config: dict[str, Any]) -> None:
             what = f"endpoint {endpoint}"
             tags_now = config.get("tags", {})
@@ -456,6 +477,7 @@ class LocalEndpoints:
 
     # -- keys, scoring, activity -------------------------------------------------------
     def keys(self, name: str) -> EndpointKeys:
+        """The endpoint's two keys."""
         self._require(name)
         keys = read_json(self._dir(name) / "keys.json") or {}
         return EndpointKeys(primary=keys["primary"], secondary=keys["secondary"])
@@ -468,6 +490,7 @@ class LocalEndpoints:
         caller: str | None,
         timeout_s: float,
     ) -> ScoreResponse:
+        """Send ``body`` to the endpoint's scoring URI with its key, as a client would."""
         config = self._require(name)
         if deployment and deployment not in config["deployments"]:
             raise InvalidRequest(
@@ -494,6 +517,8 @@ class LocalEndpoints:
         )
 
     def activity(self, name: str, start: datetime, end: datetime) -> EndpointActivity:
+        """Requests in [start, end) from the server's request log, by caller and deployment
+        (refused requests, 401, not counted)."""
         self._require(name)
         log = self._dir(name) / "requests.jsonl"
         result = EndpointActivity(endpoint_name=name, start=start, end=end)
@@ -538,5 +563,6 @@ class LocalEndpoints:
         return result
 
     def logs(self, name: str, lines: int) -> str:
+        """The last ``lines`` of the server's log."""
         self._require(name)
         return _tail(self._dir(name) / "server.log", lines)

@@ -57,6 +57,7 @@ def _score(model_dir: Path, test_file: Path, test_gen_file: Path, max_seq_length
 
 
 def main(argv: list[str]) -> int:
+    """``python -m workspaces.local.evaluate_model``: score, write the figures to OUT_JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("test_file", type=Path)

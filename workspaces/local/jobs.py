@@ -42,18 +42,24 @@ def _declared_gone(status: dict[str, Any]) -> bool:
 
 
 class LocalJobs:
+    """The workspace's fine-tune jobs, each a folder and a detached process."""
+
     def __init__(self, root: Path, tracking_uri: str, artifact_root: str,
                  threads: dict[str, str] | None = None) -> None:
-        """``threads``: the thread budget's environment for the jobs (thread_budget.py)."""
+        """Jobs under ``root/jobs``, logging to the MLflow store at ``tracking_uri``;
+        ``threads``: the thread budget's environment for the jobs (thread_budget.py)."""
         self.root = root / "jobs"
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.threads = threads or {}
 
     def job_dir(self, name: str) -> Path:
+        """The job's folder."""
         return self.root / name
 
     def submit(self, spec: FinetuneJobSpec, weights: str) -> FinetuneJob:
+        """Write the job (its spec and its own copy of the data) and start its process; a
+        job of that name is returned as it is (started if its submitter died first)."""
         training_settings(spec.parameters)  # an InvalidParameter is an InvalidRequest
         job_dir = self.job_dir(spec.name)
         with locked(self.root / ".submit.lock"):
@@ -105,6 +111,7 @@ class LocalJobs:
                        **offline, **self.threads)
 
     def get(self, name: str) -> FinetuneJob | None:
+        """The job as its status file and process say (None: no such job)."""
         job_dir = self.job_dir(name)
         spec = read_json(job_dir / "spec.json")
         if spec is None:
@@ -168,6 +175,7 @@ class LocalJobs:
             return status
 
     def find(self, request_id: str) -> list[FinetuneJob]:
+        """The jobs submitted for ``request_id``, newest first."""
         jobs = []
         if self.root.is_dir():
             for spec_file in self.root.glob("*/spec.json"):
@@ -198,7 +206,9 @@ class LocalJobs:
                 write_json(job_dir / "status.json", status)
 
     def status_record(self, name: str) -> dict[str, Any]:
+        """The job process's own status file, as written ({} before it wrote one)."""
         return read_json(self.job_dir(name) / "status.json") or {}
 
     def output_path(self, name: str) -> Path:
+        """Where the job writes its trained model (an MLflow model folder)."""
         return self.job_dir(name) / "outputs" / "trained_model"

@@ -39,6 +39,7 @@ def model_dir() -> Path:
 
 
 def gguf_path() -> Path:
+    """Where the local foundation model's GGUF file is (or is fetched to)."""
     return model_dir() / GGUF_FILE
 
 

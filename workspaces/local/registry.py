@@ -1,6 +1,7 @@
 """The local model registry: MLflow's model registry on SQLite.
 
-MLflow numbers versions itself (1, 2, ...); the procedure's version (the unique suffix) is
+MLflow numbers versions itself (1, 2, ...); the procedure's version (the plan's
+``model_version``) is
 kept in the ``chatft-version`` tag and is what the project reports, so names and versions
 read the same on both workspaces.
 """
@@ -26,11 +27,15 @@ def _client(tracking_uri: str):
 
 
 def model_id(name: str, mlflow_version: str) -> str:
+    """The id a deployment refers to: MLflow's ``models:/<name>/<its number>``."""
     return f"models:/{name}/{mlflow_version}"
 
 
 class LocalRegistry:
+    """Model versions in MLflow's registry, found by the procedure's version (a tag)."""
+
     def __init__(self, tracking_uri: str) -> None:
+        """The registry of the MLflow store at ``tracking_uri`` (SQLite)."""
         self.tracking_uri = tracking_uri
         database = mlflow_store.database_path(tracking_uri)
         self.lock_path = database.with_name(f".{database.name}.register.lock")
@@ -64,6 +69,7 @@ class LocalRegistry:
         )
 
     def get(self, name: str, version: str) -> RegisteredModel | None:
+        """Model ``name`` at the procedure's ``version`` (None: not registered)."""
         mv = self._find(name, version)
         return self._record(mv, version) if mv else None
 
@@ -77,6 +83,8 @@ class LocalRegistry:
         tags: dict[str, str],
         owner: str | None = None,
     ) -> RegisteredModel:
+        """Register the MLflow model at ``source`` as ``name`` ``version``, or return the
+        version already registered when it is ``owner``'s (another request's is refused)."""
         from mlflow.exceptions import MlflowException
 
         # Looked up and created under one lock: two requests registering at once must not

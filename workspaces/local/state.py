@@ -26,6 +26,8 @@ from typing import Any
 
 import psutil
 
+from workspaces.fault_injection import hold_after_spawn
+
 
 def write_json(path: Path, data: dict[str, Any], private: bool = False) -> None:
     """Write JSON atomically (readers never see half a file); ``private`` makes it 0600."""
@@ -39,6 +41,7 @@ def write_json(path: Path, data: dict[str, Any], private: bool = False) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when there is no such file."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -62,12 +65,10 @@ def locked(path: Path) -> Iterator[None]:
 # time right after. It is the one liveness and identity check of every job and server.
 PROCESS_FILE = "process.json"
 TOKEN_ENV = "CHATFT_PROCESS_TOKEN"  # noqa: S105 - the name of a variable, not a secret
-# Tests hold a caller here (after the process exists, before its pid is recorded) to kill it.
-HOLD_ENV = "CHATFT_HOLD_AFTER_SPAWN"
 # How long a just-started process is given to show its own command line and environment:
 # Popen returns once exec has closed the parent's pipe, but /proc may still show the
-# parent's (or an empty) command line a moment later. A running job was once declared
-# dead this way, so a young process is read again until it is old enough to judge.
+# parent's (or an empty) command line a moment later, and a running job judged then would
+# be declared dead; so a young process is read again until it is old enough to judge.
 STARTING_GRACE_S = 5.0
 # A record without a pid counts as a process still starting for this long.
 RECORDING_GRACE_S = 30.0
@@ -348,10 +349,8 @@ def spawn_detached(module: str, folder: Path, log_name: str, **env: str) -> int:
             env=child_env(**{TOKEN_ENV: record["token"], **env}),
             cwd=folder,
         )
-    hold = os.environ.get(HOLD_ENV)
-    if hold and hold == module:
-        (folder / ".held").touch()
-        time.sleep(3600)
+    # The crash tests kill a caller here: the process exists, its pid is not recorded yet.
+    hold_after_spawn(module, folder)
     record.update(_identity(process.pid, start_ticks(process.pid)))
     write_json(folder / PROCESS_FILE, record)
     return process.pid
@@ -383,8 +382,9 @@ CHILD_ENV_NAMES: tuple[str, ...] = (
     "COVERAGE_PROCESS_START",
     # The project's own: where the workspace and the fetched model files are, and a fixed
     # thread count a person gave (thread_budget.py). The other CHATFT_* variables are read
-    # only by flows, scripts or the starter itself (the spawn hold of the tests), and
-    # CHATFT_PROCESS_TOKEN and the thread board are passed as overrides.
+    # only by flows, scripts or the starter itself (the crash tests' holds,
+    # workspaces/fault_injection.py), and CHATFT_PROCESS_TOKEN and the thread board are
+    # passed as overrides.
     "CHATFT_STATE_DIR", "CHATFT_MODEL_DIR", "CHATFT_THREADS",
 )
 CHILD_ENV_PREFIXES: tuple[str, ...] = (

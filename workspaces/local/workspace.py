@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from typing_extensions import override
 
 from workspaces.errors import InvalidRequest, JobFailed, QuotaExceeded, ResourceNotFound
 from workspaces.interface import (
@@ -83,9 +84,11 @@ class LocalWorkspace(Workspace):
         self.endpoints = LocalEndpoints(self.root, self.threads)
 
     def __repr__(self) -> str:
+        """The workspace by its state directory, for logs and errors."""
         return f"LocalWorkspace({str(self.root)!r})"
 
     @property
+    @override
     def cache_scope(self) -> str:
         # The path alone is not enough: a state dir deleted and made again at the same path
         # is a new workspace, and cached results of the old one (a Completed job) must not
@@ -117,6 +120,7 @@ class LocalWorkspace(Workspace):
             f"{self.chosen_by}"
         )
 
+    @override
     def local_data_root(self) -> Path | None:
         return self.root / "data"
 
@@ -137,14 +141,17 @@ class LocalWorkspace(Workspace):
         return f"local workspace at {self.root} (chosen by {self.chosen_by})"
 
     # -- foundation model ----------------------------------------------------------------
+    @override
     def get_foundation_model(self, name: str, label: str = "latest") -> FoundationModel:
         return catalog.get_foundation_model(name, label)
 
+    @override
     def prepare_foundation_model(
         self, model: FoundationModel, log: Callable[[str], None]
     ) -> str:
         return catalog.weights_location(model, self.root / "catalog", log)
 
+    @override
     def deployment_size_problem(self, instance_type: str, instance_count: int) -> str | None:
         return size_problem(instance_type, instance_count)
 
@@ -152,10 +159,12 @@ class LocalWorkspace(Workspace):
     def _compute_file(self, name: str) -> Path:
         return self.root / "computes" / f"{name}.json"
 
+    @override
     def get_compute(self, name: str) -> ComputeTarget | None:
         record = read_json(self._compute_file(name))
         return ComputeTarget(**record) if record else None
 
+    @override
     def create_compute(self, name: str, size: str, tier: str, max_instances: int) -> ComputeTarget:
         if size.lower() not in {s.name.lower() for s in self.list_vm_sizes()}:
             raise QuotaExceeded(
@@ -174,10 +183,12 @@ class LocalWorkspace(Workspace):
         return target
 
     # -- fine-tune pipeline ----------------------------------------------------------------
+    @override
     def get_pipeline_interface(self, version: str | None = None) -> PipelineInterface:
         # One local pipeline: a pinned Azure version does not change what runs here.
         return local_interface()
 
+    @override
     def list_vm_sizes(self) -> list[VmSize]:
         return [
             VmSize(
@@ -188,6 +199,7 @@ class LocalWorkspace(Workspace):
             )
         ]
 
+    @override
     def compute_quota(
         self, size: str, nodes: int, existing: ComputeTarget | None = None
     ) -> QuotaCheck:
@@ -200,12 +212,15 @@ class LocalWorkspace(Workspace):
         return QuotaCheck(tiers=["Dedicated"], notes=["one local machine"])
 
     # -- jobs ----------------------------------------------------------------------------
+    @override
     def find_jobs(self, request_id: str) -> list[FinetuneJob]:
         return self.jobs.find(request_id)
 
+    @override
     def get_job(self, name: str) -> FinetuneJob | None:
         return self.jobs.get(name)
 
+    @override
     def submit_finetune_job(self, spec: FinetuneJobSpec) -> FinetuneJob:
         if self.get_compute(spec.compute) is None:
             raise ResourceNotFound(f"compute {spec.compute!r} does not exist; create it first")
@@ -216,11 +231,13 @@ class LocalWorkspace(Workspace):
             # The pre-flight probed the folders; one made read-only since is still ours to say.
             raise self.not_writable(Path(exc.filename or self.jobs.root).parent, exc) from None
 
+    @override
     def cancel_job(self, name: str) -> None:
         if self.jobs.get(name) is None:
             raise ResourceNotFound(f"job {name!r} does not exist")
         self.jobs.cancel(name)
 
+    @override
     def get_job_metrics(self, name: str) -> JobMetrics:
         status = self.jobs.status_record(name)
         client = mlflow_store.client(self.tracking_uri)
@@ -240,9 +257,11 @@ class LocalWorkspace(Workspace):
         return metrics
 
     # -- registry ------------------------------------------------------------------------
+    @override
     def get_model(self, name: str, version: str) -> RegisteredModel | None:
         return self.registry.get(name, version)
 
+    @override
     def register_model(
         self,
         name: str,
@@ -277,18 +296,23 @@ class LocalWorkspace(Workspace):
         )
 
     # -- endpoints -----------------------------------------------------------------------
+    @override
     def get_endpoint(self, name: str) -> Endpoint | None:
         return self.endpoints.get(name)
 
+    @override
     def list_endpoints(self) -> list[Endpoint]:
         return self.endpoints.list()
 
+    @override
     def begin_create_endpoint(self, spec: EndpointSpec) -> None:
         self.endpoints.begin_create(spec)
 
+    @override
     def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
         return self.endpoints.get_deployment(endpoint_name, name)
 
+    @override
     def begin_create_deployment(self, spec: DeploymentSpec) -> None:
         if self.endpoints.get(spec.endpoint_name) is None:
             raise ResourceNotFound(
@@ -296,6 +320,7 @@ class LocalWorkspace(Workspace):
             )
         self.endpoints.begin_create_deployment(spec, self.registry.local_path(spec.model_id))
 
+    @override
     def set_traffic(
         self,
         endpoint_name: str,
@@ -319,19 +344,23 @@ class LocalWorkspace(Workspace):
         assert endpoint is not None
         return endpoint
 
+    @override
     def set_model_stage(
         self, name: str, version: str, stage: ModelStage, tags: dict[str, str] | None = None
     ) -> RegisteredModel:
         return self.registry.set_stage(name, version, stage, tags or {})
 
+    @override
     def record_release_event(self, event: ReleaseEvent) -> None:
         found = self.registry.get(event.model, event.version) if event.model else None
         release_log.append(self.tracking_uri, self.artifact_root, event,
                            found.tags.get("mlflow-version") if found else None)
 
+    @override
     def release_history(self, endpoint_name: str) -> list[ReleaseEvent]:
         return release_log.read(self.tracking_uri, endpoint_name)
 
+    @override
     def evaluate_model(
         self, model: RegisteredModel, test_file: str, test_gen_file: str,
         parameters: dict[str, str],
@@ -363,9 +392,11 @@ class LocalWorkspace(Workspace):
                     f"failed:\n{done.stderr[-2000:]}")
             return json.loads(out.read_text())
 
+    @override
     def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:
         return self.endpoints.keys(endpoint_name)
 
+    @override
     def invoke(
         self,
         endpoint_name: str,
@@ -376,17 +407,21 @@ class LocalWorkspace(Workspace):
     ) -> ScoreResponse:
         return self.endpoints.invoke(endpoint_name, body, deployment_name, caller, timeout_s)
 
+    @override
     def get_endpoint_activity(
         self, endpoint_name: str, start: datetime, end: datetime
     ) -> EndpointActivity:
         return self.endpoints.activity(endpoint_name, start, end)
 
+    @override
     def get_deployment_logs(self, endpoint_name: str, name: str, lines: int = 50) -> str:
         return self.endpoints.logs(endpoint_name, lines)
 
+    @override
     def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
         self.endpoints.begin_delete_deployment(endpoint_name, name)
 
+    @override
     def begin_delete_endpoint(self, name: str) -> None:
         self.endpoints.begin_delete(name)
 

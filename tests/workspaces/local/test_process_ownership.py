@@ -30,6 +30,7 @@ from tests.helpers import (
     serve,
 )
 from tests.workspaces.local.test_jobs import spec_for
+from workspaces.fault_injection import SPAWN_HOLD_ENV, SPAWN_MARKER
 from workspaces.interface import DeploymentSpec, EndpointSpec
 from workspaces.local import jobs as local_jobs
 from workspaces.local.endpoints import SERVER_MODULE
@@ -82,13 +83,13 @@ LocalWorkspace(sys.argv[1]).begin_create_endpoint(
 
 def _kill_after_spawn(root: Path, log: Path) -> None:
     """A real caller, held after the server process exists and before it is recorded: kill -9."""
-    env = dict(os.environ, CHATFT_HOLD_AFTER_SPAWN=SERVER_MODULE)
+    env = {**os.environ, SPAWN_HOLD_ENV: SERVER_MODULE}
     with log.open("wb") as out:
         caller = subprocess.Popen(
             [sys.executable, "-c", HOLD_FLOW, str(root)], env=env, start_new_session=True,
             stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[3],
         )
-    held = root / "endpoints" / "orphan-check" / ".held"
+    held = root / "endpoints" / "orphan-check" / SPAWN_MARKER
     deadline = time.monotonic() + 120
     while not held.exists():
         assert caller.poll() is None, log.read_text()

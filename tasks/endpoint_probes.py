@@ -1,4 +1,7 @@
-"""Smoke tests of online endpoints: which to test, one probe per deployment, the verdicts.
+"""Probes of online endpoints: which to test, one probe per deployment, the verdicts.
+
+The smoke test (flows/smoke_test_endpoints.py) probes every managed deployment; a
+release's contract check (tasks/rollout.py) probes its new deployment with the same code.
 
 A probe sends real test_gen rows with the step-8 scoring contract and names what came
 back (``ok``, ``content_filtered``, ``throttled_429``, ``unreachable``, ...). Probes never
