@@ -8,7 +8,11 @@ request log is grouped by verb and resource type.
 
 Scenarios:
 - ``finetune_and_deploy``, first run and re-run of the same request (the re-run finds
-  everything and creates nothing, so what it sends is the price of checking);
+  everything and creates nothing, so what it sends is the price of checking); the job runs
+  as Azure runs the registry's chat_completion_pipeline (its MLflow runs nested under one
+  node, its finetune step logging what HF Trainer logs), and the fake answers MLflow as an
+  MLflow tracking server does. The last line counts GETs identical to one sent before in
+  the same run (waits' polls included);
 - one ``smoke_test_endpoints`` run over the managed endpoints (10 seeded, plus the
   finetune run's), two requests each: requests per endpoint beside its scoring requests;
 - ``teardown_idle_endpoints`` over 10 managed endpoints and 5 of another team, once with
