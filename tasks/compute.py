@@ -28,6 +28,8 @@ class ComputePlan(BaseModel):
     size_asked: bool = Field(description="Whether the request named compute_size")
     max_instances: int
     exists: bool
+    existing: ComputeTarget | None = Field(
+        None, description="The cluster as the pre-flight read it (None: there was none)")
     tiers: list[str] = Field(description="Tiers with quota, in the order to try")
     allowed_sizes: list[str] | None = Field(description="The model's allow list, if any")
     vm_sizes: list[VmSize] = Field(description="The workspace's VM sizes, for GPUs per node")
@@ -83,7 +85,8 @@ def check_compute(
     gpus = check_finetune_compute(planned, allowed, sizes, workspace.requires_gpu)
     return ComputePlan(
         name=name, size=planned.size, size_asked=size is not None, max_instances=max_instances,
-        exists=existing is not None, tiers=quota.tiers, allowed_sizes=allowed, vm_sizes=sizes,
+        exists=existing is not None, existing=existing, tiers=quota.tiers,
+        allowed_sizes=allowed, vm_sizes=sizes,
         gpus_per_node=gpus,
     )
 
@@ -100,9 +103,10 @@ def ensure_compute(workspace: Workspace, plan: ComputePlan) -> tuple[ComputeTarg
         The cluster and the GPUs (devices) per node the job uses.
     """
     logger = get_run_logger()
+    # The cluster as the pre-flight read it, moments ago: not read again.
     compute = compute_provisioning.ensure_compute(
         workspace, plan.name, plan.size, plan.max_instances, tiers=plan.tiers,
-        size_asked=plan.size_asked,
+        size_asked=plan.size_asked, checked=True, existing=plan.existing,
     )
     if compute.created:
         logger.info("Created compute %s of size %s, tier %s", plan.name, compute.size,
@@ -110,7 +114,7 @@ def ensure_compute(workspace: Workspace, plan: ComputePlan) -> tuple[ComputeTarg
     else:
         logger.info("Reusing compute %s (%s, %s)", plan.name, compute.size,
                     compute.provisioning_state)
-    # Checked again as it is now: it may have failed, or been made by someone else since.
+    # Checked again as created or as the pre-flight found it.
     gpus = check_finetune_compute(compute, plan.allowed_sizes, plan.vm_sizes,
                                   workspace.requires_gpu)
     logger.info("Compute %s: %d device(s) per node", plan.name, gpus)

@@ -22,6 +22,9 @@ def ensure_compute(
     max_instances: int = 1,
     tiers: tuple[str, ...] | list[str] = TIERS,
     size_asked: bool = True,
+    *,
+    checked: bool = False,
+    existing: ComputeTarget | None = None,
 ) -> ComputeTarget:
     """The existing compute ``name``, or a new one of ``size``; raises with the fix if neither.
 
@@ -31,8 +34,14 @@ def ensure_compute(
     ``tiers`` are the tiers to try, in order (the quota check leaves out those without
     room). Transient and authentication errors propagate at once: only a refusal of the
     size or quota moves on to the next tier.
+
+    ``checked`` True: ``existing`` is the compute as the caller read it moments ago (the
+    pre-flight; None: there was none), and it is not read again. A cluster someone made
+    in between gets this create-or-update: the read never made creating exclusive (a
+    compute PUT creates or updates), it only chooses between reuse and create.
     """
-    existing = workspace.get_compute(name)
+    if not checked:
+        existing = workspace.get_compute(name)
     if existing is not None:
         check_existing_cluster_size(existing, size if size_asked else None)
         return existing

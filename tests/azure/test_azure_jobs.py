@@ -196,3 +196,50 @@ def test_job_metrics_refused(fake, workspace, spec):
     )
     with pytest.raises(AuthenticationFailed, match="PERMISSION_DENIED"):
         workspace.get_job_metrics(spec.name)
+
+
+def _completed(workspace, spec) -> None:  # noqa: ANN001
+    workspace.submit_finetune_job(spec)
+    while not workspace.get_job(spec.name).is_terminal:
+        pass
+
+
+def test_metrics_of_the_registry_pipeline_cost_two_searches_and_the_loss_curves(
+    fake, workspace, spec
+):
+    """The registry's pipeline runs as one node holding seven steps: the finetune step is
+    found one level down and the other steps' children are never searched; each search
+    brings every metric's latest value, so only the loss curves' histories are read."""
+    fake.registry_layout = True
+    _completed(workspace, spec)
+    fake.requests.clear()
+
+    metrics = workspace.get_job_metrics(spec.name)
+
+    assert metrics.finetune["loss"] == 1.1 and metrics.finetune["eval_loss"] == 1.3
+    assert metrics.finetune["train_runtime"] == 301.5 and len(metrics.finetune) == 13
+    curves = {(row["metric"], row["step"]): row["value"] for row in metrics.finetune_history}
+    assert {metric for metric, _ in curves} == {"loss", "eval_loss", "train_loss"}
+    assert [curves["loss", step] for step in range(1, 7)] == [1.85, 1.7, 1.55, 1.4, 1.25, 1.1]
+    assert len(fake.sent("POST", r"/mlflow/runs/search$")) == 2
+    assert len(fake.sent("GET", r"/mlflow/metrics/get-history$")) == 3
+    # the job's experiment came with the job this workspace submitted and waited on
+    assert fake.sent("GET", r"/jobs/") == []
+
+
+def test_metrics_are_read_whole_when_mlflow_answers_in_pages(fake, workspace, spec):
+    """An MLflow server may answer a search or a history in pages (next_page_token):
+    every page is read, so the step found on a later page and every point count."""
+    fake.registry_layout = True
+    fake.mlflow_max_page = 1
+    _completed(workspace, spec)
+    fake.requests.clear()
+
+    metrics = workspace.get_job_metrics(spec.name)
+
+    assert metrics.finetune["train_loss"] == 1.52
+    assert [row["step"] for row in metrics.finetune_history if row["metric"] == "loss"] == [
+        1, 2, 3, 4, 5, 6]
+    searches = fake.sent("POST", r"/mlflow/runs/search$")
+    assert len(searches) == 1 + 7  # the node, then its seven steps one page each
+    assert all(s.json.get("page_token") for s in searches[2:])

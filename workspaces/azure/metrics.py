@@ -6,7 +6,10 @@ from the workspace credential. That needs neither the ``azureml-mlflow`` plugin 
 process-wide ``mlflow.set_tracking_uri``/``MLFLOW_TRACKING_TOKEN`` (which would leak the
 token to every MLflow user in the process), and it is plain HTTPS a fake can answer.
 Child runs of a pipeline carry the tag ``mlflow.parentRunId``; the finetune and evaluation
-steps are found by run name, one or two levels below the pipeline run.
+steps are found by run name, one or two levels below the pipeline run (the registry's
+pipeline runs as one node holding its steps). Each search returns the latest value of
+every metric of each run, so the metrics need no further request; a metric's history is
+read only for the loss curves (:data:`HISTORY_METRICS`), every page of it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ from workspaces.errors import AuthenticationFailed, ResourceNotFound, TransientW
 from workspaces.interface import JobMetrics
 
 MAX_HISTORY_ROWS = 2000
+# The per-step series JobMetrics.finetune_history keeps: the loss curves (HF Trainer logs
+# ``loss`` per logging step and ``eval_loss`` per evaluation; ``train_loss`` is a series
+# in some trainers, HF Trainer's mean at the end). Every other metric is a summary whose
+# latest value the search already returned: reading its history would be a request each.
+HISTORY_METRICS = ("loss", "train_loss", "eval_loss")
+# Runs per search page; a step's children fit in one, and further pages are read if not.
+PAGE_SIZE = 100
+# pipeline -> (pipeline component node) -> steps
+MAX_DEPTH = 3
 
 
 def https_tracking_uri(tracking_uri: str) -> str:
@@ -41,41 +53,78 @@ def make_store(tracking_uri: str, token: Callable[[], str]) -> RestStore:
 
 
 def _child_runs(store: RestStore, experiment_id: str, parent: str) -> list[Any]:
-    return list(
-        store.search_runs(
+    """Every child run of ``parent``, page after page. Azure's MLflow filters on a tag
+    with ``=`` only (no IN, no OR), so each parent is one search."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = store.search_runs(
             experiment_ids=[experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{parent}'",
             run_view_type=ViewType.ALL,
-            max_results=100,
+            max_results=PAGE_SIZE,
+            page_token=token,
         )
-    )
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def _run_name(run: Any) -> str:
     return (run.info.run_name or run.data.tags.get("mlflow.runName") or "").lower()
 
 
+def _named(current: Any, runs: list[Any], word: str) -> Any:
+    """The first of ``runs`` named with ``word``, unless ``current`` already holds metrics
+    (a step found higher up that is a pipeline of its own gives way to its own step)."""
+    if current is not None and current.data.metrics:
+        return current
+    return next((r for r in runs if word in _run_name(r)), current)
+
+
 def _find_steps(store: RestStore, experiment_id: str, job_name: str) -> tuple[Any, Any]:
+    """The finetune and evaluation runs of the job, searching level by level.
+
+    Below the level where the finetune step is found only runs named as a step that hold
+    no metrics are searched (a step that is a pipeline of its own): the evaluation, when
+    the pipeline has one, is the finetune step's sibling, so the other steps' children,
+    which a pipeline without an evaluation step would otherwise send a search each for,
+    are never asked for.
+    """
     finetune = evaluation = None
     frontier = [job_name]
-    for _depth in range(3):  # pipeline -> (pipeline component node) -> steps
-        next_frontier = []
-        for parent in frontier:
-            for run in _child_runs(store, experiment_id, parent):
-                name = _run_name(run)
-                if finetune is None and "finetune" in name:
-                    finetune = run
-                elif evaluation is None and "evaluat" in name:
-                    evaluation = run
-                next_frontier.append(run.info.run_id)
-        if finetune and evaluation:
+    for _depth in range(MAX_DEPTH):
+        level = [run for parent in frontier for run in _child_runs(store, experiment_id, parent)]
+        finetune = _named(finetune, level, "finetune")
+        evaluation = _named(evaluation, level, "evaluat")
+        if finetune is None:
+            frontier = [run.info.run_id for run in level]
+        else:
+            here = {run.info.run_id for run in level}
+            frontier = [run.info.run_id for run in (finetune, evaluation)
+                        if run is not None and not run.data.metrics and run.info.run_id in here]
+        if not frontier:
             break
-        frontier = next_frontier
     return finetune, evaluation
 
 
+def _history(store: RestStore, run_id: str, key: str, room: int) -> list[Any]:
+    """Up to ``room`` points of one metric, following the server's pages."""
+    points: list[Any] = []
+    token = None
+    while len(points) < room:
+        page = store.get_metric_history(run_id, key, max_results=room - len(points),
+                                        page_token=token)
+        points += list(page)
+        token = page.token
+        if not token:
+            break
+    return points[:room]
+
+
 def read_job_metrics(store: RestStore, experiment_name: str, job_name: str) -> JobMetrics:
-    """Latest metrics of the finetune and evaluation runs, plus the finetune history."""
+    """Latest metrics of the finetune and evaluation runs, plus the finetune loss curves."""
     try:
         experiment = store.get_experiment_by_name(experiment_name)
         if experiment is None:
@@ -86,10 +135,10 @@ def read_job_metrics(store: RestStore, experiment_name: str, job_name: str) -> J
         finetune, evaluation = _find_steps(store, experiment.experiment_id, job_name)
         history: list[dict[str, Any]] = []
         if finetune is not None:
-            for key in sorted(finetune.data.metrics):
-                for m in store.get_metric_history(finetune.info.run_id, key):
-                    if len(history) < MAX_HISTORY_ROWS:
-                        history.append({"step": m.step, "metric": key, "value": m.value})
+            for key in sorted(set(HISTORY_METRICS) & set(finetune.data.metrics)):
+                room = MAX_HISTORY_ROWS - len(history)
+                history += [{"step": m.step, "metric": key, "value": m.value}
+                            for m in _history(store, finetune.info.run_id, key, room)]
     except MlflowException as exc:
         raise _mlflow_error(exc, job_name) from None
     return JobMetrics(

@@ -7,6 +7,7 @@ the request; the LRO poller is left to finish on its own and callers poll ``get_
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -28,6 +29,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from pydantic import SecretStr
 
 from workspaces.azure import activity, metrics, quota, records, scoring
+from workspaces.azure.absence import RecentAbsences
 from workspaces.azure.clients import Clients, WorkspaceAddress
 from workspaces.azure.errors import azure_errors, scrub
 from workspaces.azure.pipeline import COMPONENT_NAME, build_pipeline_job
@@ -79,9 +81,11 @@ OPERATION_GRACE_S = 10.0
 DEPLOYMENT_LOG_LINES = 20
 # How long an endpoint's deployments, as this run listed them, stand for a new listing:
 # one run reads its endpoint at several steps (pre-flight, reuse, traffic) seconds apart,
-# and each read listed the deployments again. Any write of this run to the endpoint drops
-# the listing; waits read the deployment itself, never the listing; and a change made by
-# someone else shows within this many seconds (Azure's own provisioning takes minutes).
+# and each read listed the deployments again. Any write of this run to the endpoint's
+# deployments (or to the endpoint, but for its traffic and tags, which change no
+# deployment) drops the listing; waits read the deployment itself, never the listing; and
+# a change made by someone else shows within this many seconds (Azure's own provisioning
+# takes minutes).
 LISTING_MAX_AGE_S = 30.0
 IN_PROGRESS = {
     "NotStarted",
@@ -172,6 +176,11 @@ class AzureMLWorkspace(Workspace):
         self._key_auth: set[str] = set()
         # Each endpoint's deployments as this run last listed them, and when (monotonic).
         self._listings: dict[str, tuple[float, list[Deployment]]] = {}
+        # Jobs, model versions and endpoints a read has just found absent (absence.py).
+        self._absent = RecentAbsences()
+        # Each job's experiment, as read with the job: set at submission, it never changes,
+        # and reading the metrics needs it (a job read for it alone was a request a run).
+        self._job_experiments: dict[str, str] = {}
 
     # -- identity ----------------------------------------------------------------------
     @property
@@ -307,19 +316,26 @@ class AzureMLWorkspace(Workspace):
                 for j in self._clients.ml.jobs.list()
                 if j is not None and (j.tags or {}).get(TAG_REQUEST) == request_id
             ]
-        found = [records.finetune_job(j) for j in jobs]
+        found = [self._known(records.finetune_job(j)) for j in jobs]
         return sorted(found, key=lambda j: j.created_at or datetime.min, reverse=True)
+
+    def _known(self, job: FinetuneJob) -> FinetuneJob:
+        if job.experiment_name:
+            self._job_experiments[job.name] = job.experiment_name
+        return job
 
     def get_job(self, name: str) -> FinetuneJob | None:
         with azure_errors(f"getting job {name}"):
             try:
                 job = self._clients.ml.jobs.get(name)
             except ResourceNotFoundError:
+                self._absent.saw("job", name, absent=True)
                 return None
+        self._absent.saw("job", name, absent=False)
         status = records.status_text(job.status)
         step = self._current_step(name) if status in IN_PROGRESS else None
         error = self._job_error(name) if status in ("Failed", "NotResponding") else None
-        return records.finetune_job(job, current_step=step, error=error)
+        return self._known(records.finetune_job(job, current_step=step, error=error))
 
     def _job_error(self, name: str) -> str | None:
         """The service's error text of a failed job: its failed steps' errors (the cause),
@@ -340,10 +356,9 @@ class AzureMLWorkspace(Workspace):
         (``chat_completion/chat_completion_finetune``): a failed step that is a pipeline
         itself only says its children failed, so its failed children are read instead."""
         runs = self._clients.ml.jobs._runs_operations
-        # jobs.list(parent_job_name=) reads the parent over ARM first; a step's children are
-        # asked of run history directly (one request, and a step has no ARM record to read).
-        children = list(self._clients.ml.jobs.list(parent_job_name=name) if not depth
-                        else runs.get_run_children(name))
+        # jobs.list(parent_job_name=) reads the parent over ARM first, which get_job has
+        # just read; children are asked of run history directly (one request each).
+        children = list(runs.get_run_children(name))
         texts = []
         for child in children:
             if child is None or records.status_text(child.status) != "Failed":
@@ -355,8 +370,10 @@ class AzureMLWorkspace(Workspace):
         return [t for t in texts if t]
 
     def _current_step(self, name: str) -> str | None:
+        # Run history's children of the job get_job has just read: jobs.list(parent_job_name=)
+        # would read the job over ARM again first, one more request each poll of a wait.
         with azure_errors(f"listing the steps of job {name}"):
-            children = list(self._clients.ml.jobs.list(parent_job_name=name))
+            children = list(self._clients.ml.jobs._runs_operations.get_run_children(name))
         running = [
             c
             for c in children
@@ -367,15 +384,19 @@ class AzureMLWorkspace(Workspace):
         return running[0].display_name or running[0].name
 
     def submit_finetune_job(self, spec: FinetuneJobSpec) -> FinetuneJob:
-        existing = self.get_job(spec.name)
-        if existing is not None:
-            return existing  # a re-run after a crash must not submit twice
+        # A re-run after a crash must not submit twice: the job is looked for first, unless
+        # a read found it absent a moment ago (absence.py).
+        if not self._absent.take("job", spec.name):
+            existing = self.get_job(spec.name)
+            if existing is not None:
+                return existing
         job = build_pipeline_job(spec, self._component(spec.component_version))
+        self._absent.forget("job", spec.name)
         with azure_errors(f"submitting fine-tune job {spec.name}"):
             submitted = self._clients.ml.jobs.create_or_update(
                 job, experiment_name=spec.experiment_name
             )
-        return records.finetune_job(submitted)
+        return self._known(records.finetune_job(submitted))
 
     def _component(self, version: str | None) -> Any:
         if version not in self._components:
@@ -394,14 +415,17 @@ class AzureMLWorkspace(Workspace):
             self._clients.ml.jobs.begin_cancel(name)
 
     def get_job_metrics(self, name: str) -> JobMetrics:
-        job = self.get_job(name)
-        if job is None:
-            raise ResourceNotFound(f"job {name} does not exist in {self.address_scope}")
+        experiment = self._job_experiments.get(name)
+        if experiment is None:
+            job = self.get_job(name)
+            if job is None:
+                raise ResourceNotFound(f"job {name} does not exist in {self.address_scope}")
+            experiment = job.experiment_name
         tracking_uri = self._workspace().mlflow_tracking_uri
         scope = self._clients.arm_scope
         store = metrics.make_store(tracking_uri, lambda: self._credential.get_token(scope).token)
         with azure_errors(f"reading metrics of job {name}"):
-            return metrics.read_job_metrics(store, job.experiment_name, name)
+            return metrics.read_job_metrics(store, experiment, name)
 
     # -- registry ----------------------------------------------------------------------
     def get_model(self, name: str, version: str) -> RegisteredModel | None:
@@ -409,7 +433,9 @@ class AzureMLWorkspace(Workspace):
             try:
                 model = self._clients.ml.models.get(name, version=version)
             except ResourceNotFoundError:
+                self._absent.saw("model", f"{name}:{version}", absent=True)
                 return None
+        self._absent.saw("model", f"{name}:{version}", absent=False)
         return records.registered_model(model, self.address.arm_id)
 
     def register_model(
@@ -421,13 +447,14 @@ class AzureMLWorkspace(Workspace):
         tags: dict[str, str],
         owner: str | None = None,
     ) -> RegisteredModel:
-        if owner is not None:
-            # Azure keeps a version's weights once registered: a version of another request
-            # is refused, never answered as ours.
+        # Azure keeps a version's weights once registered: a version of another request is
+        # refused, never answered as ours (unless a read found it absent a moment ago).
+        if owner is not None and not self._absent.take("model", f"{name}:{version}"):
             existing = self.get_model(name, version)
             if existing is not None:
                 refuse_foreign_model(name, version, existing.tags, owner)
                 return existing
+        self._absent.forget("model", f"{name}:{version}")
         model = Model(
             path=f"azureml://jobs/{job_name}/outputs/trained_model",
             type=AssetTypes.MLFLOW_MODEL,
@@ -455,9 +482,13 @@ class AzureMLWorkspace(Workspace):
             kept = self._listings[endpoint_name] = (time.monotonic(), found)
         return [deployment.model_copy(deep=True) for deployment in kept[1]]
 
-    def _written(self, endpoint_name: str) -> None:
-        """This run changed the endpoint or its deployments: its listing no longer stands."""
-        self._listings.pop(endpoint_name, None)
+    def _written(self, endpoint_name: str, deployments: bool = True) -> None:
+        """This run changed the endpoint (``deployments`` False: only its traffic or tags,
+        which change no deployment, so their listing stands) or its deployments (the
+        listing no longer stands). An absence read before no longer stands either way."""
+        if deployments:
+            self._listings.pop(endpoint_name, None)
+        self._absent.forget("endpoint", endpoint_name)
 
     def _deployment_error(self, endpoint_name: str, name: str) -> str | None:
         """Why a deployment failed: the failed operation's error when this session started
@@ -491,12 +522,26 @@ class AzureMLWorkspace(Workspace):
         )
         return OnlineEndpoint._from_rest_object(rest)
 
+    def _await_operation(self, resource: str) -> None:
+        """Wait, up to one poll interval, for a create/update this workspace started on
+        ``resource``: the SDK's poller follows it in its own thread at the service's pace,
+        and a read while it runs could only say the resource is still provisioning."""
+        poller = self._operations.get(resource)
+        if poller is not None and not poller.done():
+            # An operation that failed raises here: the read that follows shows how it
+            # ended, and _operation_error reports the operation's own error.
+            with contextlib.suppress(Exception):
+                poller.wait(timeout=self.max_poll_interval_s)
+
     def get_endpoint(self, name: str) -> Endpoint | None:
+        self._await_operation(name)
         with azure_errors(f"getting endpoint {name}"):
             try:
                 ep = self._read_endpoint(name)
             except ResourceNotFoundError:
+                self._absent.saw("endpoint", name, absent=True)
                 return None
+        self._absent.saw("endpoint", name, absent=False)
         self._remember_scoring_uri(ep)
         endpoint = records.endpoint(ep, self._deployments(name), self.address.arm_id)
         if endpoint.provisioning_state in ("Failed", "Canceled"):
@@ -536,16 +581,17 @@ class AzureMLWorkspace(Workspace):
             self._key_auth.add(endpoint.name)
 
     def _endpoint_before_write(
-        self, name: str, owner: str | None, take_over: bool = False
+        self, name: str, owner: str | None, take_over: bool = False, creating: bool = False
     ) -> OnlineEndpoint | None:
         """The endpoint read just before a write for ``owner``, or None when there is none
         (or no owner is stated); another request's is refused unless ``take_over``.
 
         Online endpoints offer no ETag / If-Match to make the check and the write one
         operation, so the check is a read right before the write: the window between two
-        requests is one round trip, not the hours of a training run.
+        requests is one round trip, not the hours of a training run. Creating it, a read
+        that found it absent a moment ago is that check (absence.py).
         """
-        if owner is None:
+        if owner is None or (creating and self._absent.take("endpoint", name)):
             return None
         with azure_errors(f"getting endpoint {name}"):
             try:
@@ -562,7 +608,7 @@ class AzureMLWorkspace(Workspace):
         endpoint = ManagedOnlineEndpoint(
             name=name, auth_mode="key", description=description, tags=tags
         )
-        existing = self._endpoint_before_write(name, spec.owner, spec.take_over)
+        existing = self._endpoint_before_write(name, spec.owner, spec.take_over, creating=True)
         if existing is not None and foreign(
             f"endpoint {name}", dict(existing.tags or {}), spec.owner
         ):
@@ -578,6 +624,7 @@ class AzureMLWorkspace(Workspace):
             )
 
     def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
+        self._await_operation(f"{endpoint_name}/{name}")
         with azure_errors(f"getting deployment {name} of endpoint {endpoint_name}"):
             try:
                 dep = self._clients.ml.online_deployments.get(name, endpoint_name)
@@ -641,7 +688,7 @@ class AzureMLWorkspace(Workspace):
                 ep.mirror_traffic = dict(mirror)
             ep.tags = merge_tags(tags_now, tags)
             # A traffic update is quick; waiting keeps the returned state truthful.
-            self._written(endpoint_name)
+            self._written(endpoint_name, deployments=False)
             updated = self._clients.ml.online_endpoints.begin_create_or_update(ep).result()
         self._remember_scoring_uri(updated)
         return records.endpoint(updated, self._deployments(endpoint_name), self.address.arm_id)
@@ -671,7 +718,7 @@ class AzureMLWorkspace(Workspace):
         with azure_errors(f"recording a release on endpoint {event.endpoint}"):
             ep = self._read_endpoint(event.endpoint)
             ep.tags = merge_tags(dict(ep.tags or {}), ring_tags(dict(ep.tags or {}), event))
-            self._written(event.endpoint)
+            self._written(event.endpoint, deployments=False)
             self._clients.ml.online_endpoints.begin_create_or_update(ep).result()
         if event.model and event.version:
             with azure_errors(f"tagging model {event.model}:{event.version}"):

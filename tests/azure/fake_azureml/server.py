@@ -27,6 +27,8 @@ class Recorded:
     headers: dict[str, str]
     raw_body: bytes
     at: float = field(default_factory=time.monotonic)
+    # The status it was answered with (None until answered, or when the connection dropped).
+    status: int | None = None
 
     @property
     def api_version(self) -> str | None:
@@ -165,6 +167,7 @@ class FakeServer:
         except Exception as exc:  # noqa: BLE001 - a fake bug must surface as a 500, not a hang
             response = Response(500, {"error": {"code": "FakeBug", "message": repr(exc)}})
         payload, content_type = response.encoded()
+        req.status = response.status
         h.send_response(response.status)
         headers = {"Content-Type": content_type, **response.headers}
         for name, value in headers.items():

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.azure.fake_azureml import signin
+from tests.azure.fake_azureml import mlflow_api, signin
 from tests.azure.fake_azureml.server import FakeServer, Recorded, Response
 
 MLS = "providers/Microsoft.MachineLearningServices"
@@ -31,6 +31,12 @@ JOB_PROGRESS = ("NotStarted", "Running", "Running", "Completed")
 FAILED_PROGRESS = ("NotStarted", "Running", "Failed")
 METRIC = "RequestsPerMinute"
 STEPS = ("model_import", "preprocess", "finetune", "model_evaluation")
+# The registry's chat_completion_pipeline 0.0.57 as Azure runs it (its spec.yaml's jobs, in
+# order): the job holds one node, named as pipeline.py names it, and the node these steps.
+REGISTRY_NODE = "chat_completion"
+REGISTRY_STEPS = ("ft_nlp_common_validation", "chat_completion_model_import",
+                  "chat_completion_datapreprocess", "chat_completion_finetune",
+                  "chat_completion_model_converter", "model_prediction", "compute_metrics")
 
 
 REGIONAL_DEDICATED = "Total Cluster Dedicated Regional vCPUs"
@@ -119,6 +125,11 @@ class FakeAzureML:
     experiments: dict[str, str] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     metric_points: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)
+    # Jobs run as Azure runs the registry's pipeline (REGISTRY_NODE holding REGISTRY_STEPS,
+    # the finetune step logging what HF Trainer logs) instead of the four flat STEPS.
+    registry_layout: bool = False
+    # The most rows one MLflow answer holds, whatever the client asks (None: as asked).
+    mlflow_max_page: int | None = None
     scoring_requests: list[Recorded] = field(default_factory=list)
     deployment_logs: str = "Booting worker with pid: 42\nModel loaded."
     # Scoring answers after this delay; the peaks say how many requests were in flight at
@@ -586,32 +597,31 @@ class FakeAzureML:
         self.jobs[name] = FakeJob(body=body, progress=progress)
         experiment = props.get("experimentName") or "Default"
         exp_id = self.experiments.setdefault(experiment, str(len(self.experiments) + 1))
-        self.runs[name] = {
-            "run_id": name,
-            "name": props.get("displayName"),
-            "parent": None,
-            "experiment_id": exp_id,
-            "status": "NotStarted",
-            "metrics": {},
-        }
+        self._add_run(name, props.get("displayName"), None, exp_id)
+        if self.registry_layout:
+            node = self._add_run(f"{name}_{REGISTRY_NODE}", REGISTRY_NODE, name, exp_id)
+            for step in REGISTRY_STEPS:
+                self._add_run(f"{name}_{step}", step, node, exp_id, _registry_metrics(step))
+            return Response(201, self._job_body(self.jobs[name]))
         for step in STEPS:
-            self.runs[f"{name}_{step}"] = {
-                "run_id": f"{name}_{step}",
-                "name": step,
-                "parent": name,
-                "experiment_id": exp_id,
-                "status": "NotStarted",
-                "metrics": _step_metrics(step),
-            }
+            self._add_run(f"{name}_{step}", step, name, exp_id, _step_metrics(step))
         for sub in self.nested_steps.get(name, ()):
-            self.runs[f"{name}_finetune_{sub}"] = {
-                "run_id": f"{name}_finetune_{sub}", "name": sub, "parent": f"{name}_finetune",
-                "experiment_id": exp_id, "status": "NotStarted", "metrics": {},
-            }
+            self._add_run(f"{name}_finetune_{sub}", sub, f"{name}_finetune", exp_id)
         return Response(201, self._job_body(self.jobs[name]))
+
+    def _add_run(self, run_id: str, name: str | None, parent: str | None, experiment_id: str,
+                 metrics: dict[str, list[tuple[int, float]]] | None = None) -> str:
+        """A run of the job's tree, as run history and MLflow both show it."""
+        self.runs[run_id] = {"run_id": run_id, "name": name, "parent": parent,
+                             "experiment_id": experiment_id, "status": "NotStarted",
+                             "metrics": metrics or {}}
+        return run_id
 
     def _sync_runs(self, name: str) -> None:
         status = self.jobs[name].status
+        if self.registry_layout:
+            self._sync_registry_runs(name, status)
+            return
         plan = {
             "NotStarted": ("NotStarted",) * 4,
             "Running": ("Completed", "Completed", "Running", "NotStarted"),
@@ -626,6 +636,19 @@ class FakeAzureML:
             last = i == len(subs) - 1
             self.runs[f"{name}_finetune_{sub}"]["status"] = (
                 finetune if last or finetune in ("NotStarted", "Completed") else "Completed")
+        self.runs[name]["status"] = status
+
+    def _sync_registry_runs(self, name: str, status: str) -> None:
+        """The node goes as the job goes; its steps run in order, the finetune step is the
+        one running (or failing) while the job is."""
+        at = REGISTRY_STEPS.index("chat_completion_finetune")
+        for i, step in enumerate(REGISTRY_STEPS):
+            if status in ("NotStarted", "Completed"):
+                step_status = status
+            else:
+                step_status = "Completed" if i < at else status if i == at else "NotStarted"
+            self.runs[f"{name}_{step}"]["status"] = step_status
+        self.runs[f"{name}_{REGISTRY_NODE}"]["status"] = status
         self.runs[name]["status"] = status
 
     def _jobs(self, req: Recorded) -> Response:
@@ -691,48 +714,7 @@ class FakeAzureML:
         return Response(200, details)
 
     def _mlflow(self, req: Recorded, call: str) -> Response:
-        if call == "experiments/get-by-name":
-            name = req.query.get("experiment_name")
-            if name not in self.experiments:
-                return Response(
-                    404,
-                    {
-                        "error_code": "RESOURCE_DOES_NOT_EXIST",
-                        "message": f"experiment {name} not found",
-                    },
-                )
-            return Response(
-                200,
-                {
-                    "experiment": {
-                        "experiment_id": self.experiments[name],
-                        "name": name,
-                        "lifecycle_stage": "active",
-                    }
-                },
-            )
-        if call == "runs/search":
-            body = req.json or {}
-            match = re.search(r"parentRunId\s*=\s*'([^']+)'", body.get("filter", ""))
-            parent = match.group(1) if match else None
-            runs = [
-                r
-                for r in self.runs.values()
-                if r["experiment_id"] in body.get("experiment_ids", [])
-                and (parent is None or r["parent"] == parent)
-            ]
-            return Response(200, {"runs": [_mlflow_run(r) for r in runs]})
-        if call == "metrics/get-history":
-            run = self.runs.get(req.query.get("run_id", ""))
-            key = req.query.get("metric_key")
-            if run is None:
-                return Response(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"})
-            history = [
-                {"key": key, "value": v, "timestamp": 1_700_000_000_000 + s, "step": s}
-                for s, v in run["metrics"].get(key, [])
-            ]
-            return Response(200, {"metrics": history})
-        return Response(404, {"error_code": "ENDPOINT_NOT_FOUND", "message": call})
+        return mlflow_api.answer(req, call, self.experiments, self.runs, self.mlflow_max_page)
 
     # -- models ------------------------------------------------------------------------
     def _model_versions(self, req: Recorded, name: str) -> Response:
@@ -1020,38 +1002,36 @@ def _usage_example() -> list[dict[str, Any]]:
     return example("Usage_list.json")["value"]
 
 
+def _registry_metrics(step: str) -> dict[str, list[tuple[int, float]]]:
+    """What HF Trainer logs through MLflow in the finetune step: per logging step loss,
+    grad_norm, learning_rate and epoch; per evaluation (each epoch) eval_*; at the end the
+    train_* summaries. Two epochs of three steps."""
+    if step != "chat_completion_finetune":
+        return {}
+    steps = range(1, 7)
+    metrics: dict[str, list[tuple[int, float]]] = {
+        "loss": [(s, round(2.0 - 0.15 * s, 3)) for s in steps],
+        "grad_norm": [(s, round(1.5 - 0.1 * s, 3)) for s in steps],
+        "learning_rate": [(s, 2e-5 * (1 - s / 6)) for s in steps],
+        "epoch": [(s, round(s / 3, 3)) for s in steps],
+        "eval_loss": [(3, 1.45), (6, 1.3)],
+        "eval_runtime": [(3, 12.1), (6, 11.9)],
+        "eval_samples_per_second": [(3, 8.3), (6, 8.4)],
+        "eval_steps_per_second": [(3, 1.0), (6, 1.1)],
+    }
+    for key, value in (("train_runtime", 301.5), ("train_samples_per_second", 1.9),
+                       ("train_steps_per_second", 0.02), ("total_flos", 1.2e15),
+                       ("train_loss", 1.52)):
+        metrics[key] = [(6, value)]
+    return metrics
+
+
 def _step_metrics(step: str) -> dict[str, list[tuple[int, float]]]:
     if step == "finetune":
         return {"train_loss": [(1, 1.9), (2, 1.4), (3, 1.1)], "eval_loss": [(3, 1.3)]}
     if step == "model_evaluation":
         return {"perplexity": [(0, 3.7)], "bleu_score": [(0, 0.21)]}
     return {}
-
-
-def _mlflow_run(run: dict[str, Any]) -> dict[str, Any]:
-    status = {"Completed": "FINISHED", "Failed": "FAILED", "Running": "RUNNING"}
-    tags = [{"key": "mlflow.runName", "value": run["name"]}]
-    if run["parent"]:
-        tags.append({"key": "mlflow.parentRunId", "value": run["parent"]})
-    return {
-        "info": {
-            "run_id": run["run_id"],
-            "run_uuid": run["run_id"],
-            "run_name": run["name"],
-            "experiment_id": run["experiment_id"],
-            "status": status.get(run["status"], "SCHEDULED"),
-            "start_time": 1_700_000_000_000,
-            "lifecycle_stage": "active",
-        },
-        "data": {
-            "metrics": [
-                {"key": k, "value": v[-1][1], "step": v[-1][0], "timestamp": 1_700_000_000_000}
-                for k, v in run["metrics"].items()
-            ],
-            "params": [],
-            "tags": tags,
-        },
-    }
 
 
 _ROUTES: list[tuple[str, str]] = [
