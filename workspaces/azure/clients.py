@@ -18,6 +18,7 @@ from typing import Any
 from azure.ai.ml import MLClient
 from azure.core.credentials import TokenCredential
 
+from workspaces.azure import sdk_internals
 from workspaces.errors import InvalidRequest
 
 ARM_SCOPE = "https://management.azure.com/.default"
@@ -121,7 +122,7 @@ def _read_own_workspace_once(ml: MLClient, address: WorkspaceAddress) -> None:
     flow run, and each run builds its workspace (so this client) anew, so one read per run
     is enough. Other workspaces, and calls with extra options, go through unchanged.
     """
-    operation = ml.workspaces._operation  # the SDK's shared REST operation (private)
+    operation = sdk_internals.workspace_rest_operation(ml)
     original = operation.get
     kept: dict[str, Any] = {}
     lock = threading.Lock()

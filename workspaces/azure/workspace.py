@@ -28,7 +28,7 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from pydantic import SecretStr
 
-from workspaces.azure import activity, metrics, quota, records, scoring
+from workspaces.azure import activity, metrics, quota, records, scoring, sdk_internals
 from workspaces.azure.absence import RecentAbsences
 from workspaces.azure.clients import Clients, WorkspaceAddress
 from workspaces.azure.errors import azure_errors, scrub
@@ -209,9 +209,7 @@ class AzureMLWorkspace(Workspace):
         return f"{self.address_scope}/{self._workspace_id()}"
 
     def _workspace_id(self) -> str:
-        ws = self._workspace()
-        # azure-ai-ml keeps properties.workspaceId in a private attribute only.
-        workspace_id = getattr(ws, "_workspace_id", None) or vars(ws).get("workspace_id")
+        workspace_id = sdk_internals.workspace_id(self._workspace())
         if not workspace_id:
             raise InvalidRequest(
                 f"workspace {self.address.workspace_name} reported no workspaceId; cached "
@@ -345,8 +343,7 @@ class AzureMLWorkspace(Workspace):
         try:
             texts = self._failed_steps(name, path="")
             if not texts:
-                runs = self._clients.ml.jobs._runs_operations
-                texts = [records.run_error(runs.get_run_details(name))]
+                texts = [records.run_error(sdk_internals.run_details(self._clients.ml, name))]
         except Exception:  # noqa: BLE001 - see docstring
             return None
         return scrub("; ".join(t for t in texts if t)) or None
@@ -355,10 +352,9 @@ class AzureMLWorkspace(Workspace):
         """The error of each deepest failed step under ``name``, named by its path
         (``chat_completion/chat_completion_finetune``): a failed step that is a pipeline
         itself only says its children failed, so its failed children are read instead."""
-        runs = self._clients.ml.jobs._runs_operations
-        # jobs.list(parent_job_name=) reads the parent over ARM first, which get_job has
-        # just read; children are asked of run history directly (one request each).
-        children = list(runs.get_run_children(name))
+        ml = self._clients.ml
+        # jobs.list(parent_job_name=) would read the job get_job has just read again.
+        children = list(sdk_internals.run_children(ml, name))
         texts = []
         for child in children:
             if child is None or records.status_text(child.status) != "Failed":
@@ -366,14 +362,15 @@ class AzureMLWorkspace(Workspace):
             step = f"{path}/{child.display_name or child.name}".lstrip("/")
             # Registry pipelines nest two or three levels; the bound keeps a cycle harmless.
             deeper = self._failed_steps(child.name, step, depth + 1) if depth < 4 else []
-            texts += deeper or [records.run_error(runs.get_run_details(child.name), step)]
+            texts += deeper or [records.run_error(sdk_internals.run_details(ml, child.name),
+                                                  step)]
         return [t for t in texts if t]
 
     def _current_step(self, name: str) -> str | None:
-        # Run history's children of the job get_job has just read: jobs.list(parent_job_name=)
-        # would read the job over ARM again first, one more request each poll of a wait.
+        # Run history's children of the job get_job has just read (jobs.list(parent_job_name=)
+        # would read the job again first: one more request each poll of a wait).
         with azure_errors(f"listing the steps of job {name}"):
-            children = list(self._clients.ml.jobs._runs_operations.get_run_children(name))
+            children = list(sdk_internals.run_children(self._clients.ml, name))
         running = [
             c
             for c in children
@@ -506,21 +503,9 @@ class AzureMLWorkspace(Workspace):
         return scrub("last log lines: " + " / ".join(lines[-2:]))[:300] if lines else None
 
     def _read_endpoint(self, name: str) -> OnlineEndpoint:
-        """The endpoint from one GET (raises ResourceNotFoundError when there is none).
-
-        ``online_endpoints.get`` also lists the endpoint's deployments, only to add zero
-        shares to its traffic map; every read here lists them itself (or needs none), so
-        it calls the SDK's REST operation behind ``get`` (private, like clients.py's
-        workspace read) and reads each endpoint in one request, not two.
-        """
-        operations = self._clients.ml.online_endpoints
-        rest = operations._online_operation.get(
-            resource_group_name=operations._resource_group_name,
-            workspace_name=operations._workspace_name,
-            endpoint_name=name,
-            **operations._init_kwargs,
-        )
-        return OnlineEndpoint._from_rest_object(rest)
+        """The endpoint from one GET (raises ResourceNotFoundError when there is none):
+        ``online_endpoints.get`` would also list its deployments (sdk_internals.py)."""
+        return sdk_internals.read_online_endpoint(self._clients.ml, name)
 
     def _await_operation(self, resource: str) -> None:
         """Wait, up to one poll interval, for a create/update this workspace started on
@@ -735,15 +720,13 @@ class AzureMLWorkspace(Workspace):
         return ring_from_tags(endpoint_name, dict(ep.tags or {}))
 
     def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:
-        operations = self._clients.ml.online_endpoints
         with azure_errors(f"reading the keys of endpoint {endpoint_name}"):
             if endpoint_name in self._key_auth:
-                # get_keys reads the endpoint for its auth mode before listing the keys;
-                # the mode is known here, so the SDK's own next step is called directly
-                # (private, like _read_endpoint): one request instead of two.
-                keys = operations._get_online_credentials(name=endpoint_name, auth_mode="key")
+                # get_keys reads the endpoint for its auth mode before listing the keys; the
+                # mode is known here: one request instead of two (sdk_internals.py).
+                keys = sdk_internals.endpoint_keys(self._clients.ml, endpoint_name)
             else:
-                keys = operations.get_keys(endpoint_name)
+                keys = self._clients.ml.online_endpoints.get_keys(endpoint_name)
         return EndpointKeys(primary=keys.primary_key, secondary=keys.secondary_key)
 
     def invoke(
