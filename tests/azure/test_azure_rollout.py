@@ -48,7 +48,7 @@ def test_a_canary_release_resumes_after_stops_at_two_steps(fake, azure_flow, tmp
     assert fake.endpoints[EP]["properties"]["traffic"] == {old: 100}
 
     request = _request(tmp_path, 2e-5)
-    monkeypatch.setattr(rollout_module, "_checkpoint", _stop_at("deployment-created"))
+    monkeypatch.setattr(rollout_module, "hold_after_rollout_step", _stop_at("deployment-created"))
     with pytest.raises(Stopped):
         finetune_and_deploy(request=request)
     endpoint = fake.endpoints[EP]
@@ -57,7 +57,7 @@ def test_a_canary_release_resumes_after_stops_at_two_steps(fake, azure_flow, tmp
     assert endpoint["properties"]["traffic"] == {old: 100}
     assert sorted(fake.deployments[EP]) == sorted([old, new])
 
-    monkeypatch.setattr(rollout_module, "_checkpoint", _stop_at("promoted"))
+    monkeypatch.setattr(rollout_module, "hold_after_rollout_step", _stop_at("promoted"))
     stopped = finetune_and_deploy(request=request, return_state=True)
     assert stopped.is_failed() and "stopped after promoted" in stopped.message
     endpoint = fake.endpoints[EP]
@@ -69,7 +69,7 @@ def test_a_canary_release_resumes_after_stops_at_two_steps(fake, azure_flow, tmp
                    if r.json and len(r.json["properties"].get("traffic") or {}) == 2]
     assert {old: 90, new: 10} in canary_puts
 
-    monkeypatch.setattr(rollout_module, "_checkpoint", lambda point: None)
+    monkeypatch.setattr(rollout_module, "hold_after_rollout_step", lambda point: None)
     state = finetune_and_deploy(request=request, return_state=True)
     result = state.result()
     assert result.rollout == "promoted", result.rollout_message
