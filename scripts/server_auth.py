@@ -25,6 +25,7 @@ import os
 import secrets
 import shlex
 import stat
+import threading
 from pathlib import Path
 
 FILE_NAME = "auth-string"
@@ -106,7 +107,11 @@ def resolve(home: Path, host: str, auth_file: Path | None = None,
     else:
         return None
     home.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(f"{path}\n", encoding="utf-8")
+    # Replaced whole, never truncated in place: another up reading it mid-write would
+    # otherwise read an empty path.
+    staged = pointer.with_name(f".{pointer.name}.{os.getpid()}.{threading.get_ident()}")
+    staged.write_text(f"{path}\n", encoding="utf-8")
+    os.replace(staged, pointer)
     return path
 
 

@@ -131,10 +131,13 @@ def test_two_ups_at_once_share_one_whole_string(tmp_path: Path) -> None:
     server_auth.generate(first)  # once raised FileExistsError and failed the up
     assert first.read_text() == kept
 
-    with ThreadPoolExecutor(8) as pool:
-        made = list(pool.map(lambda _: server_auth.resolve(tmp_path, "0.0.0.0"), range(8)))  # noqa: S104
-    assert set(made) == {tmp_path / "auth-string"}
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    user, _, password = (tmp_path / "auth-string").read_text().strip().partition(":")
-    assert user == "chatft" and len(password) >= 43
-    assert stat.S_IMODE((tmp_path / "auth-string").stat().st_mode) == 0o600
+    # Many rounds: a reader catching the recorded pointer mid-write is a narrow window.
+    for round_ in range(40):
+        home = tmp_path / f"home{round_}"
+        with ThreadPoolExecutor(8) as pool:
+            made = list(pool.map(lambda _, h=home: server_auth.resolve(h, "0.0.0.0"), range(8)))  # noqa: S104
+        assert set(made) == {home / "auth-string"}
+        assert [p.name for p in home.iterdir() if p.name.startswith(".")] == []
+        user, _, password = (home / "auth-string").read_text().strip().partition(":")
+        assert user == "chatft" and len(password) >= 43
+        assert stat.S_IMODE((home / "auth-string").stat().st_mode) == 0o600
