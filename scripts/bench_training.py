@@ -2,15 +2,20 @@
 
 Prints figures, asserts nothing:
 
-- tokens/s of the local fine-tune job (the detached process the flow submits: status
-  file, MLflow logging, cancel checks, progress) on the shipped sample's train_sft rows;
-- tokens/s of a plain ``transformers.Trainer`` + peft LoRA written here from scratch, with
-  the same hyper-parameters on the same rows and the same token masking;
-- their ratio, and the job's before/after evaluation (test_sft loss, perplexity,
-  exact-answer rate on held-out test_gen questions), base against tuned.
+- useful tokens/s of the local fine-tune job (the detached process the flow submits:
+  status file, MLflow logging, cancel checks, progress) on the shipped sample's train_sft
+  rows: the conversations' own tokens trained on per second of training, padding not
+  counted (it is computed, but it is not progress);
+- the same for a plain ``transformers.Trainer`` + peft LoRA written here as a user would,
+  with the same hyper-parameters on the same rows and the same token masking (random
+  batches, the stock collator and loss);
+- their ratio, each side's share of padding, and the job's before/after evaluation
+  (test_sft loss, perplexity, exact-answer rate on held-out test_gen questions).
 
-Run: ``python scripts/bench_training.py [--state-dir DIR] [--epochs N]``. The state
-directory keeps the converted model between runs (default: a folder under /tmp).
+Run: ``python scripts/bench_training.py [--state-dir DIR] [--epochs N] [--rounds N]``. The
+state directory keeps the converted model between runs (default: a folder under /tmp).
+The sides run minutes apart: on a shared machine, use several rounds (they take turns at
+going first) and read the ratio of all rounds.
 """
 
 from __future__ import annotations
@@ -63,6 +68,21 @@ def run_job(state: Path, epochs: int) -> tuple[dict, dict, str, str]:
     return metrics.finetune, metrics.evaluation, weights, data.files["train_sft"]
 
 
+class CountingCollator:
+    """The plain Trainer's collator, counting the tokens it keeps and the padded cells."""
+
+    def __init__(self, collate) -> None:  # noqa: ANN001
+        self.collate = collate
+        self.tokens = 0
+        self.cells = 0
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collate(features)
+        self.tokens += int(batch["attention_mask"].sum())
+        self.cells += batch["attention_mask"].numel()
+        return batch
+
+
 def run_plain_trainer(weights: str, train_file: str, parameters: dict[str, str]) -> dict:
     """A plain Trainer with the same LoRA config, hyper-parameters, rows and masking."""
     import torch
@@ -91,6 +111,7 @@ def run_plain_trainer(weights: str, train_file: str, parameters: dict[str, str])
         tokenize_conversation(tokenizer, r["messages"], settings["max_seq_length"])
         for r in read_jsonl(Path(train_file))
     ]
+    collate = CountingCollator(DataCollatorForSeq2Seq(tokenizer, padding=True))
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(
             model=model,
@@ -104,48 +125,69 @@ def run_plain_trainer(weights: str, train_file: str, parameters: dict[str, str])
                 disable_tqdm=True, logging_steps=10,
             ),
             train_dataset=rows,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+            data_collator=collate,
         )
         started = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - started
-    tokens = sum(len(r["input_ids"]) for r in rows) * settings["num_train_epochs"]
     return {
         "train_runtime": seconds,
-        "train_tokens_per_second": tokens / seconds,
+        "train_tokens": float(collate.tokens),
+        "train_tokens_per_second": collate.tokens / seconds,
+        "train_padding_fraction": 1 - collate.tokens / collate.cells,
         "train_loss": float(result.training_loss),
         "train_steps": float(result.global_step),
     }
+
+
+def print_side(label: str, figures: dict) -> None:
+    padding = figures.get("train_padding_fraction", math.nan)
+    print(f"  {label} {figures['train_tokens_per_second']:7.1f} useful tokens/s "
+          f"({figures['train_runtime']:.1f} s, {int(figures['train_steps'])} steps, "
+          f"loss {figures['train_loss']:.3f}, {padding:.1%} of the batches padding)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--state-dir", default=str(Path(tempfile.gettempdir()) / "chatft-bench"))
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="job and plain Trainer this many times each, in turns (job first, "
+                        "then plain first...): on a shared machine the load drifts")
     args = parser.parse_args()
     state = Path(args.state_dir)
-
-    job, evaluation, weights, train_file = run_job(state, args.epochs)
     from workspaces.local import LocalWorkspace
 
     ws = LocalWorkspace(state)
     parameters = job_parameters(ws.get_foundation_model(ws.default_foundation_model), args.epochs)
-    plain = run_plain_trainer(weights, train_file, parameters)
+    rounds: list[tuple[dict, dict]] = []
+    weights = train_file = ""
+    for number in range(args.rounds):
+        if number % 2:
+            plain = run_plain_trainer(weights, train_file, parameters)
+        job, evaluation, weights, train_file = run_job(state, args.epochs)
+        if not number % 2:
+            plain = run_plain_trainer(weights, train_file, parameters)
+        rounds.append((job, plain))
 
     print()
     print(f"rows: {int(job['train_samples'])} train_sft conversations, {args.epochs} epochs, "
           f"LoRA r={parameters['lora_r']} on q_proj/v_proj, batch "
           f"{parameters['per_device_train_batch_size']}, lr {parameters['learning_rate']}")
-    print(f"our job:       {job['train_tokens_per_second']:7.1f} tokens/s "
-          f"({job['train_runtime']:.1f} s, {int(job['train_steps'])} steps, "
-          f"loss {job['train_loss']:.3f})")
-    print(f"plain Trainer: {plain['train_tokens_per_second']:7.1f} tokens/s "
-          f"({plain['train_runtime']:.1f} s, {int(plain['train_steps'])} steps, "
-          f"loss {plain['train_loss']:.3f})")
-    ratio = job["train_tokens_per_second"] / plain["train_tokens_per_second"]
-    print(f"ratio job / plain: {ratio:.3f} (goal >= 0.95)")
+    for number, (job, plain) in enumerate(rounds, 1):
+        print(f"round {number} ({'plain Trainer' if number % 2 == 0 else 'job'} first):")
+        print_side("our job:      ", job)
+        print_side("plain Trainer:", plain)
+        ratio = job["train_tokens_per_second"] / plain["train_tokens_per_second"]
+        print(f"  ratio job / plain (useful tokens/s): {ratio:.3f}")
+    speed = {}
+    for i, side in enumerate(("job", "plain")):
+        tokens = sum(r[i]["train_tokens_per_second"] * r[i]["train_runtime"] for r in rounds)
+        speed[side] = tokens / sum(r[i]["train_runtime"] for r in rounds)
+    print(f"all rounds: job {speed['job']:.1f}, plain {speed['plain']:.1f} useful tokens/s, "
+          f"ratio {speed['job'] / speed['plain']:.3f} (goal >= 1.3)")
     print()
-    print("evaluation            base      tuned")
+    print("evaluation (last job)  base      tuned")
     for key, label in (("eval_loss", "test_sft loss"), ("perplexity", "perplexity"),
                        ("exact_answer_rate", "exact-answer rate")):
         base, tuned = evaluation.get(f"base_{key}", math.nan), evaluation.get(key, math.nan)
