@@ -10,14 +10,17 @@ It speaks the Azure ML online endpoint scoring contract for chat-completion mode
   "parameters": {...}}, "params": {}}``; answer ``{"output": "<assistant text>"}``.
 - 401 for a missing or wrong key, 400 for a malformed body (naming the field), 413 for a
   body over 1 MiB, 404 when no deployment can take the request, 408 past the deployment's
-  request timeout, 429 when more requests wait than the deployment takes (Azure's
-  2 x max_concurrent_requests_per_instance x instance_count), 424 when the model fails.
+  request timeout, 429 when the deployment holds more requests than its instances'
+  batches take plus the 2 per instance it queues (Azure queues 2 x
+  max_concurrent_requests_per_instance x instance_count; a fault drill's canned reply
+  takes no place in a batch, only in the queue), 424 when the model fails.
 - ``GET /health`` without a key answers what any client may know: ``status``, the
   ``endpoint`` name and each deployment's state (``deployments``). With a valid key
   (``Authorization: Bearer <primary or secondary key>``, as ``/score`` checks it) it adds
-  the model folder each loaded deployment serves (``models``) and how many requests each
-  is generating for, of the ``instance_count`` it generates for at once (``generating``);
-  a wrong key is a 401, as for ``/score``.
+  the model folder each loaded deployment serves (``models``), how many of its
+  ``instance_count`` instances are generating (``generating``: ``now``, ``instances``) and
+  how many requests are in their batches or wait for a place (``requests``:
+  ``generating``, ``waiting``); a wrong key is a 401, as for ``/score``.
 - Identity, without a key and without sending a secret: a request with an
   ``X-Chatft-Challenge`` header (a fresh random value, at most 128 characters) gets
   ``proof``, the HMAC-SHA256 (hex) of the challenge followed by the endpoint id this server
@@ -25,12 +28,18 @@ It speaks the Azure ML online endpoint scoring contract for chat-completion mode
   folder's ``process.json``). The endpoint manager checks it to tell its own server from
   any other process on the port; the token and the endpoint id are never sent.
 
+Each instance of a deployment generates for a batch of up to MAX_BATCH_PER_INSTANCE
+requests at once, one forward pass per decoding step; requests join a running batch
+between two steps and leave it, answered, when they end
+(:mod:`workspaces.local.batched_generation`).
+
 Every request is appended to ``requests.jsonl`` (time, deployment, status, latency, caller
 marker) so later flows can tell organic use from the project's own requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -40,6 +49,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +59,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from workspaces.interface import CALLER_HEADER
+from workspaces.local.batched_generation import Batcher
+from workspaces.local.mlflow_models import load_components
 from workspaces.local.state import (
     CHALLENGE_HEADER,
     MAX_CHALLENGE_CHARS,
@@ -61,9 +75,15 @@ from workspaces.local.state import (
 from workspaces.scoring import BadScoringBody, parse_body, reply_body
 
 MAX_BODY_BYTES = 1 << 20
-MAX_CONCURRENT_PER_INSTANCE = 1
+# Requests one instance generates for together, one forward pass per decoding step.
+MAX_BATCH_PER_INSTANCE = 16
+# Requests that may wait for a place in a batch, per instance: Azure queues
+# 2 x max_concurrent_requests_per_instance (default 1) x instance_count, then answers 429.
+QUEUE_PER_INSTANCE = 2
 # What a 429 tells the caller to wait, in seconds (Azure sends Retry-After too).
 RETRY_AFTER_S = 1
+# How long a stopping server waits for its instances' threads to end.
+SHUTDOWN_WAIT_S = 5.0
 
 logger = logging.getLogger("endpoint_server")
 
@@ -83,68 +103,48 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 class LoadedModel:
-    """An MLflow transformers model held in memory, generating for ``instances`` requests
-    at once: one per instance, as Azure's default max_concurrent_requests_per_instance."""
+    """An MLflow transformers model held in memory, generating in batches on ``instances``
+    instances (see :mod:`workspaces.local.batched_generation`)."""
 
     def __init__(self, path: Path, instances: int = 1) -> None:
-        import mlflow
-
+        """Load the model in ``path`` and start its instances (ready when this returns)."""
         self.path = path
-        components = mlflow.transformers.load_model(str(path), return_type="components")
-        self.model = components["model"]
-        self.tokenizer = components["tokenizer"]
+        self.model, self.tokenizer = load_components(path)
         self.model.eval()
         self.instances = instances
-        self.slots = threading.BoundedSemaphore(instances)
-        self.generating = 0
-        self.count_lock = threading.Lock()
-        # A fast tokenizer must not be called from two threads at once ("Already
-        # borrowed"); generation itself only reads the weights, so it runs in parallel.
-        self.tokenizer_lock = threading.Lock()
-        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
+        self.batcher = Batcher(
+            self.model,
+            self.tokenizer,
+            stop_token_ids(self.model, self.tokenizer),
+            instances=instances,
+            max_batch=MAX_BATCH_PER_INSTANCE,
+            thread_role="endpoint",
+        )
 
-    def generate(
-        self, messages: list[dict[str, str]], parameters: dict[str, Any], max_time: float
-    ) -> str:
-        import torch
+    @property
+    def generating(self) -> int:
+        """Instances generating now (each for a batch of requests)."""
+        return self.batcher.busy
 
-        with self.tokenizer_lock:
-            inputs = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-        kwargs = dict(parameters)
-        kwargs.setdefault("max_new_tokens", 200)
-        if not kwargs.get("do_sample", False):
-            # Greedy decoding ignores sampling knobs; drop them to avoid warnings.
-            for key in ("temperature", "top_p", "top_k"):
-                kwargs.pop(key, None)
-        elif kwargs.get("temperature") == 0:
-            kwargs["do_sample"] = False
-            kwargs.pop("temperature")
-        with self.slots:
-            with self.count_lock:
-                self.generating += 1
-            try:
-                with torch.no_grad():
-                    output = self.model.generate(
-                        **inputs,
-                        **kwargs,
-                        eos_token_id=self.stop_ids,
-                        max_time=max_time,
-                        pad_token_id=self.tokenizer.pad_token_id,
-                    )
-            finally:
-                with self.count_lock:
-                    self.generating -= 1
-        new_tokens = output[0][inputs["input_ids"].shape[1] :]
-        with self.tokenizer_lock:
-            return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    def submit(
+        self,
+        messages: list[dict[str, str]],
+        parameters: dict[str, Any],
+        max_time: float,
+    ) -> Future:
+        """Queue a conversation for a batch; the future answers the assistant text."""
+        return self.batcher.submit(messages, parameters, max_time)
+
+    def close(self, wait_s: float = 0.0) -> None:
+        """Take no more requests; the instances end once they answered what they hold."""
+        self.batcher.close(wait_s)
 
 
 class EndpointState:
     """endpoint.json and keys.json, re-read when they change; loads deployments as they appear."""
 
     def __init__(self, endpoint_dir: Path) -> None:
+        """The state of the endpoint recorded in ``endpoint_dir``, read once now."""
         self.dir = endpoint_dir
         self.config: dict[str, Any] = {}
         self.keys: dict[str, str] = {}
@@ -162,6 +162,8 @@ class EndpointState:
         self.refresh()
 
     def refresh(self) -> None:
+        """Read endpoint.json and keys.json again when they changed; let go of deployments
+        that went, start loading the ones that came."""
         path = self.dir / "endpoint.json"
         try:
             mtime = path.stat().st_mtime
@@ -179,6 +181,7 @@ class EndpointState:
         for name, model in list(self.models.items()):
             if deployments.get(name, {}).get("model_path") != str(model.path):
                 del self.models[name]
+                model.close()
                 (self.dir / f"deployment-{name}.json").unlink(missing_ok=True)
         for name, deployment in deployments.items():
             status_file = self.dir / f"deployment-{name}.json"
@@ -193,8 +196,7 @@ class EndpointState:
         write_json(status_file, {"state": "Creating"})
         try:
             self.models[name] = LoadedModel(
-                Path(deployment["model_path"]),
-                MAX_CONCURRENT_PER_INSTANCE * int(deployment.get("instance_count", 1)),
+                Path(deployment["model_path"]), int(deployment.get("instance_count", 1))
             )
             write_json(status_file, {"state": "Succeeded", "ready_at": time.time()})
             logger.info("deployment %s loaded %s", name, deployment["model_path"])
@@ -212,6 +214,7 @@ class EndpointState:
         return self.token is None or process_token(self.dir) == self.token
 
     def watch(self) -> None:
+        """Refresh every 0.5 s, forever; exit the process once the endpoint is not ours."""
         while True:
             time.sleep(0.5)
             try:
@@ -226,6 +229,7 @@ class EndpointState:
                 logger.exception("could not refresh endpoint state")
 
     def authorized(self, header: str | None) -> bool:
+        """Whether an Authorization header carries the primary or the secondary key."""
         if not header or not header.startswith("Bearer "):
             return False
         given = header.removeprefix("Bearer ").strip().encode()
@@ -236,6 +240,8 @@ class EndpointState:
         )
 
     def choose_deployment(self, requested: str | None) -> str | None:
+        """The deployment a request goes to: the one it names (if it exists), else one drawn
+        by the traffic split; None when neither gives one."""
         deployments = self.config.get("deployments", {})
         if requested:
             return requested if requested in deployments else None
@@ -246,9 +252,23 @@ class EndpointState:
             return None
         return random.choices(list(traffic), weights=list(traffic.values()))[0]
 
+    def close_models(self, wait_s: float) -> None:
+        """Let every loaded model go, waiting up to ``wait_s`` for each one's instances."""
+        for model in list(self.models.values()):
+            model.close(wait_s)
+
     def log_request(self, record: dict[str, Any]) -> None:
+        """Append one request's record to requests.jsonl (one JSON object per line)."""
         with self.log_lock, open(self.dir / "requests.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def _request_limit(deployment: dict[str, Any], simulate: dict[str, Any]) -> int:
+    """Requests a deployment holds before it answers 429: its instances' batches and their
+    queues. A fault drill's canned reply takes no place in a batch, only in the queue."""
+    instances = int(deployment.get("instance_count", 1))
+    canned = "status_code" in simulate or "body" in simulate
+    return instances * (QUEUE_PER_INSTANCE + (0 if canned else MAX_BATCH_PER_INSTANCE))
 
 
 def _error(
@@ -260,139 +280,166 @@ def _error(
 
 
 def create_app(endpoint_dir: Path) -> FastAPI:
+    """The endpoint server's app for the endpoint recorded in ``endpoint_dir``; its watcher
+    thread starts here, its deployments load as the recorded ones appear."""
     state = EndpointState(endpoint_dir)
     threading.Thread(target=state.watch, daemon=True).start()
-    app = FastAPI(title=f"local online endpoint {state.config.get('name', '')}")
 
-    @app.get("/health", response_model=None)
-    def health(request: Request) -> dict[str, Any] | JSONResponse:
-        ready = {
-            name: (read_json(endpoint_dir / f"deployment-{name}.json") or {}).get(
-                "state", "Creating"
-            )
-            for name in state.config.get("deployments", {})
-        }
-        answer: dict[str, Any] = {
-            "status": "Healthy",
-            "endpoint": state.config.get("name"),
-            "deployments": ready,
-        }
-        challenge = request.headers.get(CHALLENGE_HEADER)
-        if challenge is not None:
-            if not 0 < len(challenge) <= MAX_CHALLENGE_CHARS:
-                return _error(400, "BadRequest", f"{CHALLENGE_HEADER} must hold 1 to "
-                              f"{MAX_CHALLENGE_CHARS} characters")
-            # A server started without a token (by hand) cannot prove it is a recorded one.
-            if state.token and state.endpoint_id:
-                answer["proof"] = identity_proof(state.token, challenge, state.endpoint_id)
-        header = request.headers.get("authorization")
-        if header is None:
-            return answer
-        # The keys the watcher read last (every 0.5 s): a refresh here would race its own.
-        if not state.authorized(header):
-            return _error(
-                401, "Unauthorized", "invalid endpoint key (Authorization: Bearer <key>)"
-            )
-        loaded = list(state.models.items())
-        # the model folder each loaded deployment serves
-        answer["models"] = {name: str(model.path) for name, model in loaded}
-        # requests generating now, of how many the deployment's instances take at once
-        answer["generating"] = {
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Served requests are answered by now; idle instances end before the process does.
+        state.close_models(SHUTDOWN_WAIT_S)
+
+    app = FastAPI(title=f"local online endpoint {state.config.get('name', '')}", lifespan=lifespan)
+    app.state.endpoint = state
+    app.add_api_route("/health", health, methods=["GET"], response_model=None)
+    app.add_api_route("/score", score, methods=["POST"])
+    return app
+
+
+def _deployment_states(state: EndpointState) -> dict[str, str]:
+    """Each recorded deployment's state as its status file says (Creating until it says)."""
+    return {
+        name: (read_json(state.dir / f"deployment-{name}.json") or {}).get("state", "Creating")
+        for name in state.config.get("deployments", {})
+    }
+
+
+def _loaded_models(state: EndpointState) -> dict[str, Any]:
+    """What a key holder may read of the loaded deployments: their model folders, busy
+    instances, and the requests in their batches or queued for a place in one."""
+    loaded = list(state.models.items())
+    return {
+        "models": {name: str(model.path) for name, model in loaded},
+        "generating": {
             name: {"now": model.generating, "instances": model.instances}
             for name, model in loaded
-        }
+        },
+        "requests": {
+            name: {"generating": model.batcher.generating, "waiting": model.batcher.waiting}
+            for name, model in loaded
+        },
+    }
+
+
+def health(request: Request) -> dict[str, Any] | JSONResponse:
+    """``GET /health``: the public states; with a key the loaded models; with a challenge
+    this server's proof of identity (module docstring)."""
+    state: EndpointState = request.app.state.endpoint
+    answer: dict[str, Any] = {
+        "status": "Healthy",
+        "endpoint": state.config.get("name"),
+        "deployments": _deployment_states(state),
+    }
+    challenge = request.headers.get(CHALLENGE_HEADER)
+    if challenge is not None:
+        if not 0 < len(challenge) <= MAX_CHALLENGE_CHARS:
+            return _error(400, "BadRequest", f"{CHALLENGE_HEADER} must hold 1 to "
+                          f"{MAX_CHALLENGE_CHARS} characters")
+        # A server started without a token (by hand) cannot prove it is a recorded one.
+        if state.token and state.endpoint_id:
+            answer["proof"] = identity_proof(state.token, challenge, state.endpoint_id)
+    header = request.headers.get("authorization")
+    if header is None:
         return answer
+    # The keys the watcher read last (every 0.5 s): a refresh here would race its own.
+    if not state.authorized(header):
+        return _error(401, "Unauthorized", "invalid endpoint key (Authorization: Bearer <key>)")
+    return answer | _loaded_models(state)
 
-    @app.post("/score")
-    async def score(request: Request) -> JSONResponse:
-        started = time.perf_counter()
-        caller = request.headers.get(CALLER_HEADER) or "organic"
-        # The boot clock beside the wall clock: the teardown's idle window is measured on it,
-        # so a clock step cannot make a busy endpoint look idle (see LocalEndpoints.activity).
-        record: dict[str, Any] = {
-            "time": time.time(),
-            "since_boot": since_boot(),
-            "boot_id": boot_id(),
-            "request_id": str(uuid.uuid4()),
-            "caller": caller,
-            "deployment": None,
-        }
 
-        def finish(response: JSONResponse) -> JSONResponse:
-            record["status"] = response.status_code
-            record["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
-            state.log_request(record)
-            response.headers["x-request-id"] = record["request_id"]
-            if record["deployment"]:
-                response.headers["azureml-model-deployment"] = record["deployment"]
-            return response
+class _Refused(Exception):
+    """A scoring request answered with an error before any deployment took it."""
 
-        state.refresh()
-        if not state.authorized(request.headers.get("authorization")):
-            return finish(
-                _error(
-                    401,
-                    "Unauthorized",
-                    "missing or invalid endpoint key (Authorization: Bearer <key>)",
-                )
-            )
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            return finish(
-                _error(
-                    413, "PayloadTooLarge", f"body is {len(raw)} bytes; at most {MAX_BODY_BYTES}"
-                )
-            )
-        try:
-            messages, parameters = parse_body(json.loads(raw or b"null"))
-        except json.JSONDecodeError as exc:
-            return finish(_error(400, "BadRequest", f"body is not valid JSON: {exc.msg}"))
-        except RecursionError:
-            return finish(
-                _error(
-                    400,
-                    "BadRequest",
-                    "body is nested too deeply to parse; a scoring body needs only a few levels",
-                )
-            )
-        except BadScoringBody as exc:
-            return finish(_error(400, "BadRequest", str(exc)))
+    def __init__(self, response: JSONResponse) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+async def _read_scoring_body(request: Request) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The messages and parameters of an authorized request's body; :class:`_Refused` with
+    401, 413 or 400 (naming the field) otherwise."""
+    state: EndpointState = request.app.state.endpoint
+    if not state.authorized(request.headers.get("authorization")):
+        raise _Refused(_error(
+            401, "Unauthorized", "missing or invalid endpoint key (Authorization: Bearer <key>)"))
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise _Refused(_error(
+            413, "PayloadTooLarge", f"body is {len(raw)} bytes; at most {MAX_BODY_BYTES}"))
+    try:
+        return parse_body(json.loads(raw or b"null"))
+    except json.JSONDecodeError as exc:
+        raise _Refused(_error(400, "BadRequest", f"body is not valid JSON: {exc.msg}")) from exc
+    except RecursionError as exc:
+        raise _Refused(_error(
+            400, "BadRequest",
+            "body is nested too deeply to parse; a scoring body needs only a few levels")) from exc
+    except BadScoringBody as exc:
+        raise _Refused(_error(400, "BadRequest", str(exc))) from exc
+
+
+def _taking_deployment(state: EndpointState, name: str | None) -> LoadedModel:
+    """The loaded model of deployment ``name``; :class:`_Refused` with 404 or 503."""
+    if name is None:
+        raise _Refused(_error(
+            404, "DeploymentNotFound",
+            "no deployment with positive traffic, or the named deployment does not exist"))
+    model = state.models.get(name)
+    if model is None:
+        raise _Refused(_error(
+            503, "DeploymentNotReady", f"deployment {name!r} is still loading its model"))
+    return model
+
+
+async def score(request: Request) -> JSONResponse:
+    """``POST /score``: the scoring contract (module docstring); every request is logged."""
+    state: EndpointState = request.app.state.endpoint
+    started = time.perf_counter()
+    # The boot clock beside the wall clock: the teardown's idle window is measured on it,
+    # so a clock step cannot make a busy endpoint look idle (see LocalEndpoints.activity).
+    record: dict[str, Any] = {
+        "time": time.time(),
+        "since_boot": since_boot(),
+        "boot_id": boot_id(),
+        "request_id": str(uuid.uuid4()),
+        "caller": request.headers.get(CALLER_HEADER) or "organic",
+        "deployment": None,
+    }
+
+    def finish(response: JSONResponse) -> JSONResponse:
+        record["status"] = response.status_code
+        record["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        state.log_request(record)
+        response.headers["x-request-id"] = record["request_id"]
+        if record["deployment"]:
+            response.headers["azureml-model-deployment"] = record["deployment"]
+        return response
+
+    state.refresh()
+    try:
+        messages, parameters = await _read_scoring_body(request)
         name = state.choose_deployment(request.headers.get("azureml-model-deployment"))
-        if name is None:
-            return finish(
-                _error(
-                    404,
-                    "DeploymentNotFound",
-                    "no deployment with positive traffic, or the named deployment does not exist",
-                )
-            )
         record["deployment"] = name
-        deployment = state.config["deployments"][name]
-        model = state.models.get(name)
-        if model is None:
-            return finish(
-                _error(503, "DeploymentNotReady", f"deployment {name!r} is still loading its model")
-            )
-        simulate = deployment.get("simulate") or {}
-        limit = 2 * MAX_CONCURRENT_PER_INSTANCE * int(deployment.get("instance_count", 1))
+        model = _taking_deployment(state, name)
+    except _Refused as refused:
+        return finish(refused.response)
+    deployment = state.config["deployments"][name]
+    simulate = deployment.get("simulate") or {}
+    limit = _request_limit(deployment, simulate)
+    with state.lock:
+        if state.pending.get(name, 0) >= limit and not simulate.get("ignore_limit"):
+            return finish(_error(
+                429, "TooManyRequests",
+                f"more than {limit} requests are waiting for deployment {name!r}",
+                headers={"Retry-After": str(RETRY_AFTER_S)}))
+        state.pending[name] = state.pending.get(name, 0) + 1
+    try:
+        return finish(await _run_deployment(model, deployment, simulate, messages, parameters))
+    finally:
         with state.lock:
-            if state.pending.get(name, 0) >= limit and not simulate.get("ignore_limit"):
-                return finish(
-                    _error(
-                        429,
-                        "TooManyRequests",
-                        f"more than {limit} requests are waiting for deployment {name!r}",
-                        headers={"Retry-After": str(RETRY_AFTER_S)},
-                    )
-                )
-            state.pending[name] = state.pending.get(name, 0) + 1
-        try:
-            return finish(await _run_deployment(model, deployment, simulate, messages, parameters))
-        finally:
-            with state.lock:
-                state.pending[name] -= 1
-
-    return app
+            state.pending[name] -= 1
 
 
 async def _run_deployment(
@@ -422,7 +469,7 @@ async def _run_deployment(
             408, "RequestTimeout", f"request exceeded request_timeout_ms={int(timeout_s * 1000)}"
         )
     try:
-        text = await anyio.to_thread.run_sync(model.generate, messages, parameters, remaining)
+        text = await asyncio.wrap_future(model.submit(messages, parameters, remaining))
     except Exception as exc:  # the model container failed: Azure answers 424
         return _error(424, "ModelError", f"model failed: {exc.__class__.__name__}: {exc}")
     if time.perf_counter() - started > timeout_s:
@@ -433,6 +480,7 @@ async def _run_deployment(
 
 
 def main(argv: list[str]) -> int:
+    """``python -m workspaces.local.endpoint_server ENDPOINT_DIR``: serve until stopped."""
     import uvicorn
 
     endpoint_dir = Path(argv[1]).resolve()

@@ -125,12 +125,15 @@ class ThreadBudget:
             return  # a board that cannot be written costs sharing, never the work
         self.touched = now
 
-    def apply(self) -> int:
-        """Mark this process busy and set torch's thread count to its share; returns it."""
+    def apply(self, sharers: int = 1) -> int:
+        """Mark this process busy and set the calling thread's torch thread count to its
+        share, split between ``sharers`` threads of this process computing at once; returns
+        it. torch keeps the count per thread once a thread has computed, so each computing
+        thread calls this itself, with a budget of its own."""
         import torch
 
         self.busy()
-        threads = self.threads()
+        threads = max(1, self.threads() // max(1, sharers))
         if threads != self.applied:
             torch.set_num_threads(threads)
             self.applied = threads
