@@ -1,7 +1,8 @@
 """The local fine-tune job: a detached process that mirrors the Azure chat_completion_pipeline.
 
 Run as ``python -m workspaces.local.finetune_job <job_dir>``. It reads ``spec.json``, walks
-the pipeline's steps (model_import, preprocess, finetune, model_evaluation), writes its
+its steps (:data:`STEPS`: model_import, preprocess, baseline_evaluation, finetune,
+model_evaluation, save_model; one function each, named like the pipeline's), writes its
 status to ``status.json`` as it goes, logs metrics to MLflow runs shaped like Azure's
 finetune and evaluation child runs, and leaves an MLflow model folder in
 ``outputs/trained_model`` (the job's ``trained_model`` output).
@@ -24,19 +25,18 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from workspaces.errors import ParseError
 from workspaces.local import mlflow_store
 from workspaces.local.state import locked, read_json, write_json
+from workspaces.local.thread_budget import ThreadBudget
 from workspaces.scoring import normalize_answer
 from workspaces.ultrachat import read_jsonl
 
 logger = logging.getLogger("finetune_job")
-
-STEPS = ("model_import", "preprocess", "finetune", "model_evaluation")
-
 
 class JobCanceled(Exception):
     """Raised in the job's main thread when it receives SIGTERM."""
@@ -66,9 +66,11 @@ class JobStatus:
     """Read-modify-write of status.json, the job's only channel to the outside."""
 
     def __init__(self, job_dir: Path) -> None:
+        """The status of the job in ``job_dir``."""
         self.path = job_dir / "status.json"
 
     def update(self, **fields: Any) -> None:
+        """Set ``fields`` (and updated_at) in status.json, keeping the others."""
         # The lock is the one the workspace takes to declare the job gone or take it back.
         with locked(self.path.parent / ".status.lock"):
             data = read_json(self.path) or {}
@@ -413,226 +415,274 @@ def input_hashes(spec: dict[str, Any]) -> dict[str, str]:
     return hashes
 
 
-def run(job_dir: Path) -> None:
-    spec = json.loads((job_dir / "spec.json").read_text())
-    status = JobStatus(job_dir)
-    status.update(status="Running", pid=os.getpid(), started_at=time.time(), current_step=STEPS[0],
-                  activity="importing torch, transformers and MLflow")
+@dataclass
+class JobRun:
+    """What the steps of one job share: its folder, spec, typed settings and status, the
+    thread budget, and what each step leaves for the next (model, rows, base figures)."""
 
-    def doing(activity: str | None) -> None:
-        """What the running step does now: the flow logs it, so no phase is silent."""
-        status.update(activity=activity)
+    job_dir: Path
+    spec: dict[str, Any]
+    settings: dict[str, Any]
+    status: JobStatus
+    budget: ThreadBudget
+    experiment_id: str = ""
+    run_tags: dict[str, str] = field(default_factory=dict)
+    tokenizer: Any = None
+    model: Any = None
+    hashes: dict[str, str] = field(default_factory=dict)
+    train: list[dict] = field(default_factory=list)
+    test: list[dict] = field(default_factory=list)
+    questions: list[tuple[list[dict[str, str]], str]] = field(default_factory=list)
+    base_metrics: dict[str, float] = field(default_factory=dict)
+    base_replies: list[str] = field(default_factory=list)
+    output: Path | None = None
 
-    import mlflow
+    def doing(self, activity: str | None) -> None:
+        """What the running step does now (the flow logs it, so no phase is silent); also
+        the moment to take the current share of the cores, between two units of work."""
+        self.status.update(activity=activity)
+        self.budget.apply()
+
+    @property
+    def model_name(self) -> str:
+        """The foundation model's name, as the job's activities say it."""
+        return self.spec["foundation_model"]["name"]
+
+
+def model_import(job: JobRun) -> None:
+    """Load the foundation model's tokenizer and weights (float32: training is on CPU)."""
     import torch
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        TrainerCallback,
-    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(0)
-    params: dict[str, str] = spec["parameters"]
-    settings = training_settings(params)
-    # Tables and experiment made under a lock: another first job may open the database now.
-    doing("opening the MLflow tracking store")
-    experiment_id = mlflow_store.experiment_id(
-        spec["tracking_uri"], spec["experiment_name"], spec["artifact_root"]
-    )
-    mlflow.set_tracking_uri(spec["tracking_uri"])
+    logger.info("model_import: loading %s", job.spec["weights"])
+    job.doing(f"loading the tokenizer of {job.model_name}")
+    job.tokenizer = AutoTokenizer.from_pretrained(job.spec["weights"])
+    if job.tokenizer.pad_token_id is None:
+        job.tokenizer.pad_token = job.tokenizer.eos_token
+    job.doing(f"loading the weights of {job.model_name}")
+    job.model = AutoModelForCausalLM.from_pretrained(job.spec["weights"], dtype=torch.float32)
 
-    run_tags = {"job_name": spec["name"], **spec.get("tags", {})}
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=spec["name"], tags={**run_tags, "step": "pipeline"}
+
+def preprocess(job: JobRun) -> None:
+    """Hash the input files (the files hashed are the files trained on: lineage), then
+    tokenize train_sft and test_sft and take the held-out test_gen questions."""
+    import mlflow
+
+    job.doing("hashing the input files")
+    job.hashes = input_hashes(job.spec)
+    job.status.update(inputs_sha256=job.hashes)
+    mlflow.set_tags(job.hashes)
+    max_len = job.settings["max_seq_length"]
+    job.doing("tokenizing the conversations")
+    spec = job.spec
+    gen_rows = read_jsonl(Path(spec["test_gen_file"])) if spec.get("test_gen_file") else []
+    job.train = [tokenize_conversation(job.tokenizer, r["messages"], max_len)
+                 for r in read_jsonl(Path(spec["train_file"]))]
+    job.test = [tokenize_conversation(job.tokenizer, r["messages"], max_len)
+                for r in read_jsonl(Path(spec["test_file"]))]
+    job.questions = [question_and_answer(r["messages"])
+                     for r in gen_rows[:GENERATION_EVAL_LIMIT]]
+    logger.info("preprocess: %d train and %d test conversations, %d held-out questions",
+                len(job.train), len(job.test), len(job.questions))
+
+
+def baseline_evaluation(job: JobRun) -> None:
+    """Measure the base model exactly as the tuned one will be measured."""
+    job.base_metrics, job.base_replies = evaluate(
+        job.model, job.tokenizer, job.test, job.questions,
+        job.settings["per_device_eval_batch_size"], job.doing)
+    logger.info("baseline_evaluation: %s", _rounded(job.base_metrics))
+    job.status.update(base_metrics=job.base_metrics)
+
+
+def finetune(job: JobRun) -> None:
+    """Train (LoRA adapters when asked) in a nested MLflow run named like Azure's step."""
+    import mlflow
+
+    job.status.update(progress=0.0)
+    if job.settings["apply_lora"]:
+        job.doing("adding LoRA adapters")
+        job.model = _with_lora(job.model, job.settings)
+    with mlflow.start_run(experiment_id=job.experiment_id, run_name="finetune", nested=True,
+                          tags={**job.run_tags, "step": "finetune"}) as finetune_run:
+        job.status.update(finetune_run_id=finetune_run.info.run_id)
+        job.doing("preparing the trainer")
+        collate = PaddingCollator(job.tokenizer.pad_token_id)
+        trainer = make_trainer(
+            model=job.model,
+            args=training_arguments(job.settings, job.job_dir / "checkpoints", len(job.train)),
+            train_dataset=job.train,
+            data_collator=collate,
+            callbacks=[_reporter(job)],
+        )
+        started = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - started
+        summary = {
+            "train_loss": float(result.training_loss),
+            "train_runtime": seconds,
+            "train_steps": float(result.global_step),
+            # the conversations' own tokens: padding is work, not progress
+            "train_tokens": float(collate.tokens),
+            "train_tokens_per_second": collate.tokens / seconds if seconds else 0.0,
+            "train_padding_fraction": 1 - collate.tokens / collate.cells if collate.cells else 0.0,
+            "train_samples": float(len(job.train)),
+        }
+        mlflow.log_metrics(summary)
+        job.status.update(train_metrics=summary, progress=1.0)
+
+
+def model_evaluation(job: JobRun) -> None:
+    """The tuned model against the base model, same data, same code; the figures and each
+    held-out question's two replies go to the MLflow evaluation run and evaluation.json."""
+    import mlflow
+
+    with mlflow.start_run(experiment_id=job.experiment_id, run_name="evaluation", nested=True,
+                          tags={**job.run_tags, "step": "model_evaluation"}) as eval_run:
+        tuned_metrics, tuned_replies = evaluate(
+            job.model, job.tokenizer, job.test, job.questions,
+            job.settings["per_device_eval_batch_size"], job.doing)
+        logger.info("model_evaluation: %s", _rounded(tuned_metrics))
+        eval_metrics = {**tuned_metrics, **{f"base_{k}": v for k, v in job.base_metrics.items()}}
+        mlflow.log_metrics(eval_metrics)
+        samples = [
+            {"messages": q, "reference": a, "base_reply": b, "tuned_reply": t}
+            for (q, a), b, t in zip(job.questions, job.base_replies, tuned_replies, strict=True)
+        ]
+        evaluation_file = job.job_dir / "outputs" / "evaluation.json"
+        write_json(evaluation_file, {"metrics": eval_metrics, "samples": samples})
+        mlflow.log_artifact(str(evaluation_file))
+        job.status.update(eval_metrics=eval_metrics, evaluation_run_id=eval_run.info.run_id)
+
+
+def save_model(job: JobRun) -> None:
+    """The trained_model output: base and adapters merged, as an MLflow model folder, also
+    copied into the run's artifacts; the checkpoints, needed only while training, go."""
+    import mlflow
+
+    if job.settings["apply_lora"]:
+        job.doing("merging the adapters into the model")
+    merged = job.model.merge_and_unload() if job.settings["apply_lora"] else job.model
+    output = job.job_dir / "outputs" / "trained_model"
+    if output.exists():
+        shutil.rmtree(output)
+    job.doing("writing the MLflow model folder")
+    mlflow.transformers.save_model(
+        transformers_model={"model": merged, "tokenizer": job.tokenizer},
+        path=str(output),
+        task="text-generation",
+        pip_requirements=["transformers", "torch", "mlflow"],
+        metadata={
+            "base_model": job.spec["foundation_model"]["id"],
+            "job_name": job.spec["name"],
+            "stand_in": job.spec["foundation_model"]["tags"].get("stand_in", "false"),
+            **job.hashes,
+        },
+    )
+    job.doing("copying the model into the MLflow run's artifacts")
+    mlflow.log_artifacts(str(output), artifact_path="trained_model")
+    shutil.rmtree(job.job_dir / "checkpoints", ignore_errors=True)
+    job.output = output
+
+
+# The job's steps in order; each is also the ``current_step`` status.json shows meanwhile.
+STEP_FUNCTIONS: tuple[Callable[[JobRun], None], ...] = (
+    model_import, preprocess, baseline_evaluation, finetune, model_evaluation, save_model)
+STEPS = tuple(step.__name__ for step in STEP_FUNCTIONS)
+
+
+def run(job_dir: Path) -> None:
+    """Run the job in ``job_dir`` (its spec.json) step by step, in one MLflow pipeline run;
+    status.json says where it is and, at the end, where the trained model is."""
+    job = _open(job_dir)
+    import mlflow
+
+    with job.budget.marked_busy(), mlflow.start_run(
+        experiment_id=job.experiment_id, run_name=job.spec["name"],
+        tags={**job.run_tags, "step": "pipeline"},
     ) as parent:
-        status.update(mlflow_run_id=parent.info.run_id)
-        mlflow.log_params({k: v for k, v in params.items()})
-        if settings["apply_deepspeed"]:
+        job.status.update(mlflow_run_id=parent.info.run_id)
+        mlflow.log_params(dict(job.spec["parameters"]))
+        if job.settings["apply_deepspeed"]:
             logger.warning("apply_deepspeed=true is not applicable on a CPU; recorded and ignored")
             mlflow.set_tag("apply_deepspeed", "not applicable on CPU (recorded, ignored)")
+        for step in STEP_FUNCTIONS:
+            check_cancel(job_dir)
+            job.status.update(current_step=step.__name__, activity=None)
+            step(job)
+    job.status.update(status="Completed", current_step=None, activity=None,
+                      ended_at=time.time(), output=str(job.output))
 
-        # model_import
-        logger.info("model_import: loading %s", spec["weights"])
-        doing(f"loading the tokenizer of {spec['foundation_model']['name']}")
-        tokenizer = AutoTokenizer.from_pretrained(spec["weights"])
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        doing(f"loading the weights of {spec['foundation_model']['name']}")
-        model = AutoModelForCausalLM.from_pretrained(spec["weights"], dtype=torch.float32)
 
-        # preprocess: the files hashed here are the files trained on (lineage)
-        check_cancel(job_dir)
-        status.update(current_step="preprocess", activity="hashing the input files")
-        hashes = input_hashes(spec)
-        status.update(inputs_sha256=hashes)
-        mlflow.set_tags(hashes)
-        max_len = settings["max_seq_length"]
-        doing("tokenizing the conversations")
-        train_rows = read_jsonl(Path(spec["train_file"]))
-        test_rows = read_jsonl(Path(spec["test_file"]))
-        gen_rows = read_jsonl(Path(spec["test_gen_file"])) if spec.get("test_gen_file") else []
-        train = [tokenize_conversation(tokenizer, r["messages"], max_len) for r in train_rows]
-        test = [tokenize_conversation(tokenizer, r["messages"], max_len) for r in test_rows]
-        questions = [question_and_answer(r["messages"]) for r in gen_rows[:GENERATION_EVAL_LIMIT]]
-        logger.info(
-            "preprocess: %d train and %d test conversations, %d held-out questions",
-            len(train), len(test), len(questions),
-        )
+def _open(job_dir: Path) -> JobRun:
+    """The job's shared state: spec read, settings checked, status Running, the MLflow
+    experiment made (under a lock: another first job may open the database now)."""
+    spec = json.loads((job_dir / "spec.json").read_text())
+    status = JobStatus(job_dir)
+    status.update(status="Running", pid=os.getpid(), started_at=time.time(),
+                  current_step=STEPS[0], activity="importing torch, transformers and MLflow")
+    import mlflow
+    import torch
 
-        # the base model, measured the same way as the tuned one will be
-        check_cancel(job_dir)
-        status.update(current_step="baseline_evaluation", activity=None)
-        eval_batch = settings["per_device_eval_batch_size"]
-        base_metrics, base_replies = evaluate(model, tokenizer, test, questions, eval_batch,
-                                              doing)
-        logger.info("baseline_evaluation: %s", _rounded(base_metrics))
-        status.update(base_metrics=base_metrics)
+    torch.manual_seed(0)
+    job = JobRun(job_dir=job_dir, spec=spec, settings=training_settings(spec["parameters"]),
+                 status=status, budget=ThreadBudget.from_env("job"),
+                 run_tags={"job_name": spec["name"], **spec.get("tags", {})})
+    job.doing("opening the MLflow tracking store")
+    job.experiment_id = mlflow_store.experiment_id(
+        spec["tracking_uri"], spec["experiment_name"], spec["artifact_root"])
+    mlflow.set_tracking_uri(spec["tracking_uri"])
+    return job
 
-        # finetune
-        check_cancel(job_dir)
-        status.update(current_step="finetune", progress=0.0, activity=None)
-        if settings["apply_lora"]:
-            doing("adding LoRA adapters")
-            from peft import LoraConfig, get_peft_model
 
-            targets = _lora_targets(model)
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    r=settings["lora_r"],
-                    lora_alpha=settings["lora_alpha"],
-                    lora_dropout=settings["lora_dropout"],
-                    target_modules=targets,
-                    task_type="CAUSAL_LM",
-                ),
-            )
-        with mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name="finetune",
-            nested=True,
-            tags={**run_tags, "step": "finetune"},
-        ) as finetune_run:
-            status.update(finetune_run_id=finetune_run.info.run_id)
+def _with_lora(model: Any, settings: dict[str, Any]) -> Any:
+    """``model`` with LoRA adapters on its attention projections, as the settings say."""
+    from peft import LoraConfig, get_peft_model
 
-            class Reporter(TrainerCallback):
-                """Training logs to MLflow and to status.json, where the flow reads them."""
+    return get_peft_model(model, LoraConfig(
+        r=settings["lora_r"],
+        lora_alpha=settings["lora_alpha"],
+        lora_dropout=settings["lora_dropout"],
+        target_modules=_lora_targets(model),
+        task_type="CAUSAL_LM",
+    ))
 
-                def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-                    numeric = {
-                        k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)
-                    }
-                    if numeric:
-                        mlflow.log_metrics(numeric, step=state.global_step)
-                    if "loss" in numeric:
-                        status.update(
-                            training={
-                                "step": state.global_step,
-                                "max_steps": state.max_steps,
-                                "epoch": round(float(state.epoch or 0.0), 3),
-                                "loss": round(numeric["loss"], 4),
-                            }
-                        )
-                        logger.info(
-                            "finetune: step %d/%d epoch %.2f loss %.4f",
-                            state.global_step, state.max_steps, state.epoch or 0.0,
-                            numeric["loss"],
-                        )
 
-                def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-                    doing(f"training step 1 of {state.max_steps} under way")
+def _reporter(job: JobRun) -> Any:
+    """A Trainer callback: training logs to MLflow and status.json (where the flow reads
+    them), a cancel check after each step, the cores' share taken before each."""
+    import mlflow
+    from transformers import TrainerCallback
 
-                def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-                    check_cancel(job_dir)
-                    if state.max_steps:
-                        # the steps themselves say how far training is from here on
-                        status.update(progress=round(state.global_step / state.max_steps, 4),
-                                      activity=None)
+    class Reporter(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            numeric = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
+            if numeric:
+                mlflow.log_metrics(numeric, step=state.global_step)
+            if "loss" in numeric:
+                job.status.update(training={
+                    "step": state.global_step,
+                    "max_steps": state.max_steps,
+                    "epoch": round(float(state.epoch or 0.0), 3),
+                    "loss": round(numeric["loss"], 4),
+                })
+                logger.info("finetune: step %d/%d epoch %.2f loss %.4f", state.global_step,
+                            state.max_steps, state.epoch or 0.0, numeric["loss"])
 
-            doing("preparing the trainer")
-            arguments = training_arguments(settings, job_dir / "checkpoints", len(train))
-            collate = PaddingCollator(tokenizer.pad_token_id)
-            trainer = make_trainer(
-                model=model,
-                args=arguments,
-                train_dataset=train,
-                data_collator=collate,
-                callbacks=[Reporter()],
-            )
-            started = time.perf_counter()
-            result = trainer.train()
-            seconds = time.perf_counter() - started
-            summary = {
-                "train_loss": float(result.training_loss),
-                "train_runtime": seconds,
-                "train_steps": float(result.global_step),
-                # the conversations' own tokens: padding is work, not progress
-                "train_tokens": float(collate.tokens),
-                "train_tokens_per_second": collate.tokens / seconds if seconds else 0.0,
-                "train_padding_fraction": 1 - collate.tokens / collate.cells
-                if collate.cells else 0.0,
-                "train_samples": float(len(train)),
-            }
-            mlflow.log_metrics(summary)
-            status.update(train_metrics=summary, progress=1.0)
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            job.doing(f"training step 1 of {state.max_steps} under way")
 
-        # model_evaluation: the tuned model against the base model, same data, same code
-        check_cancel(job_dir)
-        status.update(current_step="model_evaluation", activity=None)
-        with mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name="evaluation",
-            nested=True,
-            tags={**run_tags, "step": "model_evaluation"},
-        ) as eval_run:
-            tuned_metrics, tuned_replies = evaluate(model, tokenizer, test, questions,
-                                                    eval_batch, doing)
-            logger.info("model_evaluation: %s", _rounded(tuned_metrics))
-            eval_metrics = {
-                **tuned_metrics,
-                **{f"base_{k}": v for k, v in base_metrics.items()},
-            }
-            mlflow.log_metrics(eval_metrics)
-            samples = [
-                {
-                    "messages": q,
-                    "reference": a,
-                    "base_reply": b,
-                    "tuned_reply": t,
-                }
-                for (q, a), b, t in zip(questions, base_replies, tuned_replies, strict=True)
-            ]
-            evaluation_file = job_dir / "outputs" / "evaluation.json"
-            write_json(evaluation_file, {"metrics": eval_metrics, "samples": samples})
-            mlflow.log_artifact(str(evaluation_file))
-            status.update(eval_metrics=eval_metrics, evaluation_run_id=eval_run.info.run_id)
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            job.budget.apply()
 
-        # trained_model output: base + adapter merged, as an MLflow model folder
-        check_cancel(job_dir)
-        status.update(current_step="save_model", activity="merging the adapters into the model"
-                      if settings["apply_lora"] else None)
-        merged = model.merge_and_unload() if settings["apply_lora"] else model
-        output = job_dir / "outputs" / "trained_model"
-        if output.exists():
-            shutil.rmtree(output)
-        doing("writing the MLflow model folder")
-        mlflow.transformers.save_model(
-            transformers_model={"model": merged, "tokenizer": tokenizer},
-            path=str(output),
-            task="text-generation",
-            pip_requirements=["transformers", "torch", "mlflow"],
-            metadata={
-                "base_model": spec["foundation_model"]["id"],
-                "job_name": spec["name"],
-                "stand_in": spec["foundation_model"]["tags"].get("stand_in", "false"),
-                **hashes,
-            },
-        )
-        doing("copying the model into the MLflow run's artifacts")
-        mlflow.log_artifacts(str(output), artifact_path="trained_model")
-        # The checkpoints are only needed while training; the model folder is the output.
-        shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)
-    status.update(status="Completed", current_step=None, activity=None, ended_at=time.time(),
-                  output=str(output))
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            check_cancel(job.job_dir)
+            if state.max_steps:
+                # the steps themselves say how far training is from here on
+                job.status.update(progress=round(state.global_step / state.max_steps, 4),
+                                  activity=None)
+
+    return Reporter()
 
 
 def training_arguments(settings: dict[str, Any], output_dir: Path, rows: int) -> Any:
@@ -681,6 +731,8 @@ def _lora_targets(model: Any) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    """``python -m workspaces.local.finetune_job JOB_DIR``: run it and always leave a final
+    status (Completed, Canceled or Failed with its error); the exit code says which."""
     job_dir = Path(argv[1]).resolve()
     logging.basicConfig(
         level=logging.INFO,

@@ -69,6 +69,8 @@ class ThreadBudget:
 
     def __init__(self, board: Path | None, role: str, fixed: int | None = None,
                  cores: int | None = None) -> None:
+        """A budget marked as ``role`` on ``board`` (None: no sharing), ``fixed`` threads
+        when given, out of ``cores`` (default: the cores this process may run on)."""
         self.board = board
         self.cores = cores or available_cores()
         self.fixed = fixed
