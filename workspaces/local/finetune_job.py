@@ -32,7 +32,7 @@ from typing import Any
 from workspaces.errors import ParseError
 from workspaces.local import mlflow_store
 from workspaces.local.state import locked, read_json, write_json
-from workspaces.local.thread_budget import ThreadBudget
+from workspaces.local.thread_budget import FIXED_ENV, ThreadBudget
 from workspaces.scoring import normalize_answer
 from workspaces.ultrachat import read_jsonl
 
@@ -441,7 +441,18 @@ class JobRun:
         """What the running step does now (the flow logs it, so no phase is silent); also
         the moment to take the current share of the cores, between two units of work."""
         self.status.update(activity=activity)
-        self.budget.apply()
+        self.take_cores()
+
+    def take_cores(self) -> None:
+        """Set this process's threads to its share of the cores now; the log says when the
+        share changes, so a slow step beside a busy endpoint explains itself."""
+        before = self.budget.applied
+        threads = self.budget.apply()
+        if threads != before:
+            logger.info("computing on %d thread%s of %d cores (%s)", threads,
+                        "" if threads == 1 else "s", self.budget.cores,
+                        f"fixed by {FIXED_ENV}" if self.budget.fixed is not None
+                        else f"other processes of the workspace computing: {self.budget.others_busy()}")
 
     @property
     def model_name(self) -> str:
@@ -673,7 +684,7 @@ def _reporter(job: JobRun) -> Any:
             job.doing(f"training step 1 of {state.max_steps} under way")
 
         def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-            job.budget.apply()
+            job.take_cores()
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
             check_cancel(job.job_dir)

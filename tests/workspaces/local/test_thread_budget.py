@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -119,3 +120,30 @@ def test_a_bad_count_in_the_environment_stops_the_workspace_before_any_process(
         LocalWorkspace(tmp_path / "ws")
     monkeypatch.setenv(thread_budget.FIXED_ENV, "2")
     assert LocalWorkspace(tmp_path / "ws").threads[thread_budget.FIXED_ENV] == "2"
+
+
+@pytest.mark.slow
+def test_a_real_job_gives_way_to_a_busy_neighbour_and_takes_the_cores_back(workspace):
+    """The job reads the board before each step: beside a process computing it takes half
+    the cores, alone again all of them, and its log says so; its mark goes when it ends."""
+    from tests.workspaces.local.test_jobs import spec_for, wait
+
+    if thread_budget.available_cores() < 2:
+        pytest.skip("sharing needs 2 cores or more")
+    cores = thread_budget.available_cores()
+    board = workspace.root / "threads"
+    neighbour = thread_budget.ThreadBudget(board, "endpoint")  # this test process, computing
+    with neighbour.marked_busy():
+        workspace.submit_finetune_job(spec_for(workspace, "job-shares"))
+        log = workspace.root / "jobs" / "job-shares" / "job.log"
+        wait(workspace, "job-shares", lambda j: "computing on" in _read(log) or j.is_terminal)
+    job = wait(workspace, "job-shares", lambda j: j.is_terminal)
+    assert job.status == "Completed", job.error
+    shares = re.findall(r"computing on (\d+) threads? of (\d+) cores", _read(log))
+    assert (str(cores // 2), str(cores)) in shares  # beside the busy neighbour
+    assert shares[-1] == (str(cores), str(cores))  # alone again
+    assert [p.name for p in board.iterdir() if p.name.startswith("job.")] == []
+
+
+def _read(path) -> str:  # noqa: ANN001
+    return path.read_text() if path.exists() else ""
