@@ -24,6 +24,9 @@ class RecentAbsences:
     """Resources (kind, name) a read found absent, each with when it was read."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """Start with no absence; ``clock`` gives the seconds an absence is aged by
+        (monotonic, so a change of the wall clock never lets one stand longer). One
+        object may be shared by threads: every change is made under a lock."""
         self._at: dict[tuple[str, str], float] = {}
         self._clock = clock
         self._lock = threading.Lock()

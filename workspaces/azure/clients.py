@@ -54,6 +54,8 @@ class WorkspaceAddress:
 
     @property
     def arm_id(self) -> str:
+        """The workspace's ARM resource id: the prefix of its endpoints' ids in Azure
+        Monitor, and the ``wsid`` of its studio links."""
         return (
             f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
             f"/providers/Microsoft.MachineLearningServices/workspaces/{self.workspace_name}"
@@ -86,6 +88,9 @@ class Clients:
 
     @property
     def ml(self) -> MLClient:
+        """The workspace's MLClient, built on first use (from config.json when one was
+        given). Its reads of this workspace are answered from the first one from then on
+        (:func:`_read_own_workspace_once`)."""
         with self._lock:
             if self._ml is None:
                 if self.config_path:
@@ -105,6 +110,8 @@ class Clients:
 
     @property
     def registry(self) -> MLClient:
+        """The registry's MLClient, built on first use: building it already sends a
+        request (registry discovery), so a run that never reads the registry sends none."""
         with self._lock:
             if self._registry is None:
                 self._registry = MLClient(

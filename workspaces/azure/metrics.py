@@ -48,6 +48,9 @@ def https_tracking_uri(tracking_uri: str) -> str:
 
 
 def make_store(tracking_uri: str, token: Callable[[], str]) -> RestStore:
+    """MLflow's REST store on the workspace's tracking server (``azureml://`` URIs are
+    read over HTTPS). ``token`` is called for every request, so the credential renews an
+    expired token and no token is ever set process-wide."""
     host = https_tracking_uri(tracking_uri)
     return RestStore(lambda: MlflowHostCreds(host=host, token=token()))
 

@@ -47,6 +47,8 @@ def status_text(status: Any) -> str:
 
 
 def foundation_model(model: Any) -> FoundationModel:
+    """A registry model; its ``id`` (the ``azureml://registries/...`` asset id) is what the
+    pipeline job takes as its model."""
     return FoundationModel(
         name=model.name,
         version=str(model.version),
@@ -57,6 +59,8 @@ def foundation_model(model: Any) -> FoundationModel:
 
 
 def compute_target(compute: Any, created: bool = False) -> ComputeTarget:
+    """An AmlCompute cluster, its tier spelled as the interface does (``Dedicated``,
+    ``LowPriority``); ``created`` says this call made it."""
     tier = str(getattr(compute, "tier", "") or "dedicated")
     return ComputeTarget(
         name=compute.name,
@@ -69,6 +73,7 @@ def compute_target(compute: Any, created: bool = False) -> ComputeTarget:
 
 
 def vm_size(size: Any) -> VmSize:
+    """A VM size of the region, with the vCPUs and quota family the quota checks need."""
     # azure-ai-ml 1.35 leaves vCPUs/memory under their REST keys, not the snake_case attributes.
     raw = vars(size)
     return VmSize(
@@ -103,6 +108,8 @@ def finetune_job(
 
 
 def registered_model(model: Any, workspace_arm_id: str) -> RegisteredModel:
+    """A workspace model version, with its studio link in the workspace
+    ``workspace_arm_id``."""
     return RegisteredModel(
         name=model.name,
         version=str(model.version),
@@ -115,6 +122,8 @@ def registered_model(model: Any, workspace_arm_id: str) -> RegisteredModel:
 
 
 def deployment(dep: Any) -> Deployment:
+    """An online deployment, without an error: the workspace adds why it failed, which
+    the deployment itself does not hold."""
     return Deployment(
         name=dep.name,
         endpoint_name=dep.endpoint_name,
@@ -127,6 +136,8 @@ def deployment(dep: Any) -> Deployment:
 
 
 def endpoint(ep: Any, deployments: list[Deployment], workspace_arm_id: str) -> Endpoint:
+    """An online endpoint with the ``deployments`` the caller read for it (the entity
+    does not carry them), its traffic as whole percentages and its studio link."""
     return Endpoint(
         name=ep.name,
         scoring_uri=ep.scoring_uri,

@@ -34,6 +34,13 @@ def score(
     caller: str | None,
     timeout_s: float,
 ) -> ScoreResponse:
+    """POST ``body`` to the endpoint with its key; ``deployment_name`` pins a deployment
+    (else the endpoint's traffic picks one) and ``caller`` marks the project's own requests.
+
+    Any HTTP answer, an error status included, comes back as a ScoreResponse with the
+    headers in :data:`KEPT_HEADERS`; only a request that got no answer raises
+    ``TransientWorkspaceError``, its text scrubbed of the key.
+    """
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     if deployment_name:
         headers["azureml-model-deployment"] = deployment_name

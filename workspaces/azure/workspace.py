@@ -27,6 +27,7 @@ from azure.ai.ml.entities import (
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from pydantic import SecretStr
+from typing_extensions import override
 
 from workspaces.azure import activity, metrics, quota, records, scoring, sdk_internals
 from workspaces.azure.absence import RecentAbsences
@@ -108,6 +109,9 @@ class AzureMLWorkspace(Workspace):
         registry_name: the system registry holding foundation models and components.
         metrics_endpoint: Azure Monitor regional metrics endpoint; default from the
             workspace location (``https://<location>.metrics.monitor.azure.com``).
+        metrics_audience: the Entra ID audience of Azure Monitor tokens; default the
+            public cloud's (``https://metrics.monitor.azure.com``); a sovereign cloud gives
+            its own.
         client_kwargs: passed to every ``MLClient`` (e.g. ``cloud``, ``cloud_metadata``,
             ``retry_total``).
         credential_check: the credentials block's ``check(scope)``, used by the pre-flight
@@ -136,6 +140,13 @@ class AzureMLWorkspace(Workspace):
         client_kwargs: dict[str, Any] | None = None,
         credential_check: Callable[[str], str] | None = None,
     ) -> None:
+        """Take the workspace's address and options; nothing is sent to Azure yet.
+
+        The MLClients are built, and the workspace read, on first use. Raises
+        ``InvalidRequest`` when neither ``config_path`` nor all three of
+        ``subscription_id``, ``resource_group`` and ``workspace_name`` are given, or when
+        the config file cannot be read or lacks one of them.
+        """
         if config_path is not None:
             address = WorkspaceAddress.from_config(config_path)
         elif subscription_id and resource_group and workspace_name:
@@ -185,10 +196,12 @@ class AzureMLWorkspace(Workspace):
     # -- identity ----------------------------------------------------------------------
     @property
     def address(self) -> WorkspaceAddress:
+        """Subscription, resource group and workspace name (no secrets, no request)."""
         return self._clients.address
 
     @property
     def registry_name(self) -> str:
+        """The registry foundation models and the fine-tune component are read from."""
         return self._clients.registry_name
 
     @property
@@ -201,6 +214,7 @@ class AzureMLWorkspace(Workspace):
         )
 
     @property
+    @override
     def cache_scope(self) -> str:
         # The address alone is not enough: a workspace deleted and made again under the
         # same name is a new workspace, and cached results of the old one (a Completed job)
@@ -218,6 +232,7 @@ class AzureMLWorkspace(Workspace):
         return str(workspace_id)
 
     def __repr__(self) -> str:
+        """The workspace by its address and registry, for logs; never the credential."""
         return f"AzureMLWorkspace({self.address_scope!r}, registry={self.registry_name!r})"
 
     def _workspace(self) -> Any:
@@ -228,6 +243,7 @@ class AzureMLWorkspace(Workspace):
                 )
         return self._workspace_entity
 
+    @override
     def check_access(self) -> str:
         if self._credential_check is not None:
             self._credential_check(self._clients.arm_scope)
@@ -241,6 +257,7 @@ class AzureMLWorkspace(Workspace):
         )
 
     # -- foundation model --------------------------------------------------------------
+    @override
     def get_foundation_model(self, name: str, label: str = "latest") -> FoundationModel:
         by = {"label": label} if label == "latest" else {"version": label}
         with azure_errors(f"looking up model {name} ({label}) in registry {self.registry_name}"):
@@ -248,6 +265,7 @@ class AzureMLWorkspace(Workspace):
         return records.foundation_model(model)
 
     # -- compute -----------------------------------------------------------------------
+    @override
     def get_compute(self, name: str) -> ComputeTarget | None:
         with azure_errors(f"getting compute {name}"):
             try:
@@ -256,6 +274,7 @@ class AzureMLWorkspace(Workspace):
                 return None
         return records.compute_target(compute)
 
+    @override
     def create_compute(self, name: str, size: str, tier: str, max_instances: int) -> ComputeTarget:
         cluster = AmlCompute(
             name=name,
@@ -270,6 +289,7 @@ class AzureMLWorkspace(Workspace):
             compute = self._clients.ml.compute.begin_create_or_update(cluster).result()
         return records.compute_target(compute, created=True)
 
+    @override
     def list_vm_sizes(self) -> list[VmSize]:
         # The region's sizes do not change during a run: read once per workspace object.
         if self._vm_sizes is None:
@@ -282,6 +302,7 @@ class AzureMLWorkspace(Workspace):
         # Given to the SDK where it would otherwise read the workspace again to learn it.
         return str(self._workspace().location)
 
+    @override
     def compute_quota(
         self, size: str, nodes: int, existing: ComputeTarget | None = None
     ) -> QuotaCheck:
@@ -296,6 +317,7 @@ class AzureMLWorkspace(Workspace):
             self.address.workspace_name, existing,
         )
 
+    @override
     def serving_quota_problem(self, instance_type: str, instance_count: int) -> str | None:
         match = next(
             (s for s in self.list_vm_sizes() if s.name.lower() == instance_type.lower()), None)
@@ -307,6 +329,7 @@ class AzureMLWorkspace(Workspace):
         return quota.serving_room(rows, match.name, match.family, match.vcpus, instance_count)
 
     # -- fine-tune jobs ----------------------------------------------------------------
+    @override
     def find_jobs(self, request_id: str) -> list[FinetuneJob]:
         with azure_errors(f"listing jobs of request {request_id}"):
             jobs = [
@@ -322,6 +345,7 @@ class AzureMLWorkspace(Workspace):
             self._job_experiments[job.name] = job.experiment_name
         return job
 
+    @override
     def get_job(self, name: str) -> FinetuneJob | None:
         with azure_errors(f"getting job {name}"):
             try:
@@ -380,6 +404,7 @@ class AzureMLWorkspace(Workspace):
             return None
         return running[0].display_name or running[0].name
 
+    @override
     def submit_finetune_job(self, spec: FinetuneJobSpec) -> FinetuneJob:
         # A re-run after a crash must not submit twice: the job is looked for first, unless
         # a read found it absent a moment ago (absence.py).
@@ -404,13 +429,16 @@ class AzureMLWorkspace(Workspace):
             self._components[version] = self._components[str(component.version)] = component
         return self._components[version]
 
+    @override
     def get_pipeline_interface(self, version: str | None = None) -> PipelineInterface:
         return records.pipeline_interface(self._component(version))
 
+    @override
     def cancel_job(self, name: str) -> None:
         with azure_errors(f"cancelling job {name}"):
             self._clients.ml.jobs.begin_cancel(name)
 
+    @override
     def get_job_metrics(self, name: str) -> JobMetrics:
         experiment = self._job_experiments.get(name)
         if experiment is None:
@@ -425,6 +453,7 @@ class AzureMLWorkspace(Workspace):
             return metrics.read_job_metrics(store, experiment, name)
 
     # -- registry ----------------------------------------------------------------------
+    @override
     def get_model(self, name: str, version: str) -> RegisteredModel | None:
         with azure_errors(f"getting model {name}:{version}"):
             try:
@@ -435,6 +464,7 @@ class AzureMLWorkspace(Workspace):
         self._absent.saw("model", f"{name}:{version}", absent=False)
         return records.registered_model(model, self.address.arm_id)
 
+    @override
     def register_model(
         self,
         name: str,
@@ -518,6 +548,7 @@ class AzureMLWorkspace(Workspace):
             with contextlib.suppress(Exception):
                 poller.wait(timeout=self.max_poll_interval_s)
 
+    @override
     def get_endpoint(self, name: str) -> Endpoint | None:
         self._await_operation(name)
         with azure_errors(f"getting endpoint {name}"):
@@ -546,6 +577,7 @@ class AzureMLWorkspace(Workspace):
             return scrub(records.operation_error(exc))
         return None
 
+    @override
     def list_endpoints(self) -> list[Endpoint]:
         with azure_errors("listing online endpoints"):
             endpoints = list(self._clients.ml.online_endpoints.list())
@@ -587,6 +619,7 @@ class AzureMLWorkspace(Workspace):
             refuse_foreign(f"endpoint {name}", dict(existing.tags or {}), owner, ENDPOINT_ADVICE)
         return existing
 
+    @override
     def begin_create_endpoint(self, spec: EndpointSpec) -> None:
         name, description, tags = spec.name, spec.description, spec.tags
         check_endpoint_name(name, "endpoint_name")
@@ -608,6 +641,7 @@ class AzureMLWorkspace(Workspace):
                 endpoint
             )
 
+    @override
     def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
         self._await_operation(f"{endpoint_name}/{name}")
         with azure_errors(f"getting deployment {name} of endpoint {endpoint_name}"):
@@ -624,6 +658,7 @@ class AzureMLWorkspace(Workspace):
             kept[1][:] = [fresh if d.name == name else d for d in kept[1]]
         return deployment
 
+    @override
     def begin_create_deployment(self, spec: DeploymentSpec) -> None:
         name, endpoint_name = spec.name, spec.endpoint_name
         check_endpoint_name(name, "deployment_name")
@@ -644,6 +679,7 @@ class AzureMLWorkspace(Workspace):
                 self._clients.ml.online_deployments.begin_create_or_update(deployment)
             )
 
+    @override
     def set_traffic(
         self,
         endpoint_name: str,
@@ -678,6 +714,7 @@ class AzureMLWorkspace(Workspace):
         self._remember_scoring_uri(updated)
         return records.endpoint(updated, self._deployments(endpoint_name), self.address.arm_id)
 
+    @override
     def set_model_stage(
         self, name: str, version: str, stage: ModelStage, tags: dict[str, str] | None = None
     ) -> RegisteredModel:
@@ -697,6 +734,7 @@ class AzureMLWorkspace(Workspace):
             updated = self._clients.ml.models.create_or_update(model)
         return records.registered_model(updated, self.address.arm_id)
 
+    @override
     def record_release_event(self, event: ReleaseEvent) -> None:
         # The endpoint keeps the newest events in a ring of tags; the read the update is
         # built from is the one just before the write, as for a traffic change.
@@ -711,6 +749,7 @@ class AzureMLWorkspace(Workspace):
                 model.tags = {**(model.tags or {}), TAG_LAST_RELEASE: to_tags(event)[0]}
                 self._clients.ml.models.create_or_update(model)
 
+    @override
     def release_history(self, endpoint_name: str) -> list[ReleaseEvent]:
         with azure_errors(f"reading the release history of endpoint {endpoint_name}"):
             try:
@@ -719,6 +758,7 @@ class AzureMLWorkspace(Workspace):
                 return []
         return ring_from_tags(endpoint_name, dict(ep.tags or {}))
 
+    @override
     def get_endpoint_keys(self, endpoint_name: str) -> EndpointKeys:
         with azure_errors(f"reading the keys of endpoint {endpoint_name}"):
             if endpoint_name in self._key_auth:
@@ -729,6 +769,7 @@ class AzureMLWorkspace(Workspace):
                 keys = self._clients.ml.online_endpoints.get_keys(endpoint_name)
         return EndpointKeys(primary=keys.primary_key, secondary=keys.secondary_key)
 
+    @override
     def invoke(
         self,
         endpoint_name: str,
@@ -766,6 +807,7 @@ class AzureMLWorkspace(Workspace):
             ).primary
         return uri, key
 
+    @override
     def get_endpoint_activity(
         self, endpoint_name: str, start: datetime, end: datetime
     ) -> EndpointActivity:
@@ -779,6 +821,7 @@ class AzureMLWorkspace(Workspace):
             )
         return activity.read_activity(client, endpoint_id, endpoint_name, start, end)
 
+    @override
     def get_endpoints_activity(
         self, endpoint_names: list[str], start: datetime, end: datetime
     ) -> dict[str, EndpointActivity]:
@@ -801,10 +844,12 @@ class AzureMLWorkspace(Workspace):
         kwargs = {"audience": self._metrics_audience} if self._metrics_audience else {}
         return MetricsClient(endpoint, self._credential, **kwargs)
 
+    @override
     def get_deployment_logs(self, endpoint_name: str, name: str, lines: int = 50) -> str:
         with azure_errors(f"reading logs of deployment {name} on {endpoint_name}"):
             return self._clients.ml.online_deployments.get_logs(name, endpoint_name, lines=lines)
 
+    @override
     def begin_delete_deployment(self, endpoint_name: str, name: str) -> None:
         self._written(endpoint_name)
         with azure_errors(f"deleting deployment {name} of endpoint {endpoint_name}"):
@@ -813,6 +858,7 @@ class AzureMLWorkspace(Workspace):
             )
         self._deletions[(endpoint_name, name)] = poller
 
+    @override
     def begin_delete_endpoint(self, name: str) -> None:
         self._written(name)
         with azure_errors(f"deleting endpoint {name}"):
@@ -822,6 +868,7 @@ class AzureMLWorkspace(Workspace):
         self._scoring_keys.pop(name, None)
         self._key_auth.discard(name)
 
+    @override
     def deletion_finished(self, endpoint_name: str, deployment_name: str | None = None) -> bool:
         # The SDK's poller follows the DELETE's Location in its own thread, waiting as long
         # as the service's Retry-After asks; asking it whether it is done costs no request.
