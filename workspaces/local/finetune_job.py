@@ -449,10 +449,10 @@ class JobRun:
         before = self.budget.applied
         threads = self.budget.apply()
         if threads != before:
+            why = (f"fixed by {FIXED_ENV}" if self.budget.fixed is not None else
+                   f"other processes of the workspace computing: {self.budget.others_busy()}")
             logger.info("computing on %d thread%s of %d cores (%s)", threads,
-                        "" if threads == 1 else "s", self.budget.cores,
-                        f"fixed by {FIXED_ENV}" if self.budget.fixed is not None
-                        else f"other processes of the workspace computing: {self.budget.others_busy()}")
+                        "" if threads == 1 else "s", self.budget.cores, why)
 
     @property
     def model_name(self) -> str:
