@@ -68,6 +68,7 @@ from workspaces.interface import (
     RegisteredModel,
     Workspace,
 )
+from workspaces.ownership import claim_for_rollout
 from workspaces.release_history import ReleaseEvent
 from workspaces.release_state import RUN_DIED, UNDER_WAY, RecordedRelease, release_tags
 
@@ -241,6 +242,9 @@ def claim(run: Release, resuming: bool = False) -> Endpoint:
         endpoint = run.workspace.get_endpoint(run.name)
         if endpoint is None:
             raise ConcurrentChange(f"endpoint {run.name} was deleted before the claim")
+        # Another request's release under way or held is refused here, as the write would
+        # refuse it: the step check below knows only this request's own moves.
+        claim_for_rollout(f"endpoint {run.name}", endpoint.tags, run.cursor.request_id)
         recorded = RecordedRelease.of(endpoint.tags)
         old = recorded.from_deployment if resuming else production_deployment(
             run.workspace, endpoint)

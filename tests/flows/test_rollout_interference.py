@@ -425,8 +425,8 @@ def test_a_killed_first_release_is_settled_and_two_releases_at_once_release_one(
                     [sys.executable, "-c", RUN_FLOW, request(epochs, lr).model_dump_json()],
                     env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
                     stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT))
-        for run in runs:
-            assert run.wait(timeout=1200) == 0, (tmp_path / "race-0.log").read_text()[-3000:]
+        for n, run in enumerate(runs):
+            assert run.wait(timeout=1200) == 0, (tmp_path / f"race-{n}.log").read_text()[-3000:]
     finally:
         stop.set()
         watcher.join()
@@ -558,6 +558,23 @@ def test_the_claim_gates_against_what_serves_then_and_a_refused_resume_rolls_bac
         outcome.message), outcome.message
     endpoint = ws.get_endpoint(EP)
     assert endpoint.traffic.get(new) == 100 and not endpoint.traffic.get(canary)
+
+    # 10. Another request's release is between its promotion and its end when this one
+    # claims (two releases at once: seen in the suite as a Failed run, "a release recorded
+    # at step promoted cannot move to deploying"): refused, naming it; nothing changes.
+    third = request(6e-4)
+    third_plan, _ = plan_for(third)
+    racing = release_tags("racer", "promoted", canary, new, "run-racer")
+    ws.set_traffic(EP, None, tags=racing)
+    before = ws.get_endpoint(EP)
+    state = run_release(third, third_plan, held_out, {"eval_loss": 0.01,
+                                                      "exact_answer_rate": 1.0},
+                        return_state=True)
+    outcome = state.result()
+    assert outcome.outcome == "refused", outcome.message
+    assert "request racer (step promoted" in outcome.message, outcome.message
+    after = ws.get_endpoint(EP)
+    assert after.traffic == before.traffic and after.tags == before.tags
     assert canary not in {d.name for d in endpoint.deployments}
     assert RecordedRelease.of(endpoint.tags).step == "undone"
     assert ws.get_model(FAMILY, second_plan.model_version).tags[TAG_STAGE] == "rejected"
