@@ -81,11 +81,11 @@ DB ?= sqlite
 HOST ?= 127.0.0.1
 
 server-up: install
-	$(BIN)/python scripts/local_server.py up --db $(DB) --host $(HOST)
+	$(BIN)/python -m server up --db $(DB) --host $(HOST)
 
 # Stops the worker, the server and the project's PostgreSQL when it runs, whatever DB says.
 server-down:
-	$(BIN)/python scripts/local_server.py down
+	$(BIN)/python -m server down
 
 screenshots: install
 	$(BIN)/python scripts/screenshots.py
@@ -94,5 +94,5 @@ screenshots: install
 # and the project's PostgreSQL is deleted, with its placement under /var/lib/chatft when
 # root had to put it there (docs/server.md).
 clean:
-	if [ -x $(BIN)/python ]; then $(BIN)/python scripts/local_server.py clean; fi
+	if [ -x $(BIN)/python ]; then $(BIN)/python -m server clean; fi
 	rm -rf $(VENV) .workspace ultrachat_200k_dataset .prefect

@@ -45,12 +45,10 @@ from typing import Any
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import local_server  # noqa: E402
-
+from server import manager as local_server  # noqa: E402
 from tests.helpers import TROUBLE, free_port  # noqa: E402
 
 FINETUNE = "finetune-and-deploy"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib
 import re
 import socket
 import time
@@ -99,14 +99,8 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def load_local_server() -> ModuleType:
-    """scripts/local_server.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "local_server", PROJECT_DIR / "scripts" / "local_server.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The server package's manager module."""
+    return importlib.import_module("server.manager")
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROJECT_DIR, load_local_server
+from tests.helpers import load_local_server
 
 local_server = load_local_server()
 server_auth = local_server.server_auth
@@ -68,7 +68,7 @@ def test_a_refused_auth_file_fails_up_naming_the_option(tmp_path: Path) -> None:
     own.write_text("team:secret-for-this-test\n")
     own.chmod(0o640)
     done = subprocess.run(
-        [sys.executable, str(PROJECT_DIR / "scripts" / "local_server.py"), "up",
+        [sys.executable, "-m", "server", "up",
          "--home", str(tmp_path / "home"), "--auth-file", str(own)],
         capture_output=True, text=True, timeout=60,
     )

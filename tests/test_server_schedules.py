@@ -85,7 +85,7 @@ def server_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUp]:
     started = time.monotonic()
     try:
         done = subprocess.run(
-            [sys.executable, str(PROJECT_DIR / "scripts" / "local_server.py"), "up",
+            [sys.executable, "-m", "server", "up",
              "--port", str(port), "--home", str(home), "--state-dir", str(state),
              "--worker-query-seconds", "2"],
             env=env, cwd=root, capture_output=True, text=True, timeout=600,
@@ -254,10 +254,10 @@ def test_a_failing_smoke_test_notifies_the_webhook(server_up: ServerUp) -> None:
         subprocess.run([sys.executable, "-c", save, receiver.url], env=env, check=True,
                        cwd=PROJECT_DIR)
         # server-up again: the automation is enabled, not duplicated, and the URL is kept
-        again = ("import sys; from pathlib import Path; import local_server as s; "
+        again = ("import sys; from pathlib import Path; from server import manager as s; "
                  "s.save_server_objects(Path(sys.argv[1]), None)")
         subprocess.run([sys.executable, "-c", again, str(server_up.state_dir)], env=env,
-                       check=True, cwd=PROJECT_DIR / "scripts")
+                       check=True, cwd=PROJECT_DIR)
         automations = server_up.client.read_automations_by_name("chatft smoke test failed")
         assert len(automations) == 1 and automations[0].enabled
 
@@ -378,7 +378,7 @@ def test_up_again_while_runs_are_in_flight(server_up: ServerUp) -> None:
         env = dict(os.environ, HF_HUB_OFFLINE="1")
         env.pop("PREFECT_API_URL", None)
         again = subprocess.run(
-            [sys.executable, str(PROJECT_DIR / "scripts" / "local_server.py"), "up",
+            [sys.executable, "-m", "server", "up",
              "--port", str(server.port), "--home", str(server.home),
              "--state-dir", str(server_up.state_dir),
              "--worker-query-seconds", "2"],

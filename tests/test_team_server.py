@@ -87,7 +87,7 @@ class Team:
 
     def up(self) -> str:
         done = subprocess.run(
-            [sys.executable, str(PROJECT_DIR / "scripts" / "local_server.py"), "up",
+            [sys.executable, "-m", "server", "up",
              "--host", "0.0.0.0",  # noqa: S104 - a team's server, reached from other machines
              "--db", "postgres", "--port", str(self.server.port), "--home", str(self.home),
              "--state-dir", str(self.state_dir), "--results-dir", str(self.results),
@@ -191,7 +191,7 @@ def finetune_request(team: Team) -> dict[str, Any]:
 
 
 def test_up_starts_postgresql_and_prints_no_password(team: Team) -> None:
-    from postgres_server import Postgres  # beside local_server, on its path
+    from server.postgres import Postgres
 
     postgres = Postgres(team.home)
     port = postgres.running_port()
@@ -341,7 +341,7 @@ def test_the_auth_string_reaches_only_the_server_and_its_workers(team: Team) -> 
 
 
 def test_down_then_up_again_keeps_everything_on_the_database(team: Team) -> None:
-    from postgres_server import Postgres
+    from server.postgres import Postgres
 
     before = {
         # Upcoming runs of a schedule are not kept: deploying the schedule again makes
@@ -380,7 +380,7 @@ def test_down_then_up_again_keeps_everything_on_the_database(team: Team) -> None
 
 
 def test_no_error_in_the_logs_and_no_password_in_them(team: Team) -> None:
-    from postgres_server import Postgres
+    from server.postgres import Postgres
 
     password = Postgres(team.home).password()
     for name in ("server", "worker", "worker-b"):

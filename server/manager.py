@@ -51,16 +51,11 @@ from pathlib import Path
 import psutil
 import yaml
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-# The constants of the notification (blocks/alerts.py) are the project's; this script is
-# run by path, so the project folder is put on the import path first.
-sys.path.insert(0, str(PROJECT_DIR))
-# ...and this folder, for the PostgreSQL module beside it (tests load this file by path).
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import server_auth  # noqa: E402
-from postgres_server import Postgres, external_url, redacted  # noqa: E402
+from blocks import alerts
+from server import auth as server_auth
+from server.postgres import Postgres, external_url, redacted
 
-from blocks import alerts  # noqa: E402
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 WORK_POOL = "chatft-process"
 BLOCK_NAME = "default"
@@ -361,11 +356,11 @@ def start_server(server: Server, timeout_s: float = 180, db: str = "sqlite") -> 
         if running_db(server) != db:
             raise RuntimeError(
                 f"the server of {server.home} runs on {running_db(server)}, not {db}; stop "
-                f"it first ({Path(__file__).name} down) to move it")
+                f"it first (chatft server down) to move it")
         if server.auth_file is not None and not running_auth(server):
             raise RuntimeError(
                 f"the server of {server.home} runs without authentication; stop it first "
-                f"({Path(__file__).name} down) and start it again to turn it on")
+                f"(chatft server down) and start it again to turn it on")
         print(f"Server already running at {server.ui_url} ({db})")
         if db == "postgres" and external_url() is None:
             database_settings(server, db)  # PostgreSQL too: started again if it died
@@ -640,13 +635,13 @@ def _run_server_objects(server: Server, state_dir: Path,
                         results_dir: Path | None) -> dict[str, str | None]:
     """save_server_objects in one child process (a prefect import costs seconds, so the
     eleven prefect commands this took are one process)."""
-    code = ("import json, sys; from pathlib import Path; import local_server as s; "
+    code = ("import json, sys; from pathlib import Path; from server import manager as s; "
             "r = Path(sys.argv[2]) if sys.argv[2] else None; "
             "print(json.dumps(s.save_server_objects(Path(sys.argv[1]), r)))")
     result = subprocess.run(
         [sys.executable, "-c", code, str(state_dir.resolve()),
          str(results_dir.resolve()) if results_dir else ""],
-        cwd=Path(__file__).resolve().parent, env=server.env(), capture_output=True, text=True,
+        cwd=server.project_dir, env=server.env(), capture_output=True, text=True,
     )
     if result.returncode != 0:
         raise RuntimeError("saving the blocks, the notification and the work pool failed:\n"
@@ -729,7 +724,7 @@ def server_command(command: str, server: Server, state_dir: Path) -> str:
     """``command`` (up, down, status) as a person can paste it: this interpreter (the one
     that has the project's packages), this script, and the options in use."""
     return shlex.join([
-        sys.executable, str(Path(__file__).resolve()), command, "--host", server.host,
+        sys.executable, "-m", "server", command, "--host", server.host,
         "--port", str(server.port), "--home", str(server.home),
         "--state-dir", str(state_dir.resolve()), "--db", running_db(server),
     ])
