@@ -187,12 +187,13 @@ def run_child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
 def start_server(home: Path) -> Any:
     import socket
 
-    from server import manager as local_server
+    from server.instance import Server
+    from server.manager import start_server
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = local_server.Server(home, "127.0.0.1", port)
-    local_server.start_server(server)
+    server = Server(home, "127.0.0.1", port)
+    start_server(server)
     return server
 
 

@@ -1,5 +1,7 @@
 """``python -m server up|down|status|clean``: the same command as ``chatft server``."""
 
-from server.manager import main
+import sys
 
-main()
+from server.cli import main
+
+sys.exit(main())
