@@ -80,10 +80,14 @@ DB ?= sqlite
 # (docs/server.md, "Authentication").
 HOST ?= 127.0.0.1
 
+# `chatft server` (server/cli.py); CHATFT_PREFECT_HOME, CHATFT_PREFECT_PORT and
+# CHATFT_STATE_DIR choose another home, port and workspace (`chatft server --help`).
 server-up: install
-	$(BIN)/python -m server up --db $(DB) --host $(HOST)
+	$(BIN)/chatft server up --db $(DB) --host $(HOST)
 
 # Stops the worker, the server and the project's PostgreSQL when it runs, whatever DB says.
+# server-down and clean do not install first, so they run the package from this folder:
+# a venv installed before server/ existed has a chatft that does not know it yet.
 server-down:
 	$(BIN)/python -m server down
 
