@@ -80,12 +80,16 @@ DB ?= sqlite
 # (docs/server.md, "Authentication").
 HOST ?= 127.0.0.1
 
+# `chatft server` (server/cli.py); CHATFT_PREFECT_HOME, CHATFT_PREFECT_PORT and
+# CHATFT_STATE_DIR choose another home, port and workspace (`chatft server --help`).
 server-up: install
-	$(BIN)/python scripts/local_server.py up --db $(DB) --host $(HOST)
+	$(BIN)/chatft server up --db $(DB) --host $(HOST)
 
 # Stops the worker, the server and the project's PostgreSQL when it runs, whatever DB says.
+# server-down and clean do not install first, so they run the package from this folder:
+# a venv installed before server/ existed has a chatft that does not know it yet.
 server-down:
-	$(BIN)/python scripts/local_server.py down
+	$(BIN)/python -m server down
 
 screenshots: install
 	$(BIN)/python scripts/screenshots.py
@@ -94,5 +98,5 @@ screenshots: install
 # and the project's PostgreSQL is deleted, with its placement under /var/lib/chatft when
 # root had to put it there (docs/server.md).
 clean:
-	if [ -x $(BIN)/python ]; then $(BIN)/python scripts/local_server.py clean; fi
+	if [ -x $(BIN)/python ]; then $(BIN)/python -m server clean; fi
 	rm -rf $(VENV) .workspace ultrachat_200k_dataset .prefect

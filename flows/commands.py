@@ -6,11 +6,13 @@
     chatft release abort ENDPOINT --reason TEXT          # a canary back to what served
     chatft release rollback ENDPOINT --reason TEXT [--version V] [--immediate]
     chatft release history ENDPOINT                      # the history alone (no flow run)
+    chatft server up|down|status|clean [options]          # the project's Prefect server (server/)
 
 ``release`` acts on the local workspace in ``--state-dir`` (else ``$CHATFT_STATE_DIR``,
 else ``./.workspace``) through the ``release_control`` flow, so each action is a flow run
 with its artifacts; ``python -m flows.release_control --help`` is the same flow with every
-field, for either workspace.
+field, for either workspace. ``server`` runs the project's Prefect server with its worker
+and deployments (``chatft server --help`` lists the options; docs/server.md).
 """
 
 from __future__ import annotations
@@ -70,14 +72,24 @@ def release(argv: list[str]) -> int:
     return 0
 
 
+def server(argv: list[str]) -> int:
+    """``chatft server ...``: the server package's command, imported only when asked for,
+    so the other commands do not load it."""
+    from server.cli import main as server_main
+
+    return server_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to ``release`` or to the endpoint commands."""
+    """Dispatch to ``release``, ``server`` or the endpoint commands."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args in ([], ["-h"], ["--help"]):
         print(__doc__)
         return 0 if args else 2
     if args and args[0] == "release":
         return release(args[1:])
+    if args and args[0] == "server":
+        return server(args[1:])
     return endpoints_cli.main(args)
 
 

@@ -185,19 +185,15 @@ def run_child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
 
 
 def start_server(home: Path) -> Any:
-    spec_path = PROJECT_DIR / "scripts" / "local_server.py"
-    import importlib.util
     import socket
 
-    spec = importlib.util.spec_from_file_location("local_server", spec_path)
-    assert spec and spec.loader
-    local_server = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(local_server)
+    from server.instance import Server
+    from server.manager import start_server
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = local_server.Server(home, "127.0.0.1", port)
-    local_server.start_server(server)
+    server = Server(home, "127.0.0.1", port)
+    start_server(server)
     return server
 
 

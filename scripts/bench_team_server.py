@@ -1,6 +1,6 @@
 """Benchmark: a team's Prefect server under load and through a kill -9, SQLite and PostgreSQL.
 
-For each database, on a fresh home: ``local_server.up`` (as ``make server-up`` and ``make
+For each database, on a fresh home: ``manager.up`` (as ``make server-up`` and ``make
 server-up DB=postgres`` run it: the project's PostgreSQL, shared result storage,
 deployments), the stand-in base model in the local workspace, and two process workers, A
 and B, each with a Prefect home of its own and at most ``--worker-limit`` flow runs at
@@ -45,12 +45,12 @@ from typing import Any
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import local_server  # noqa: E402
-
+from server import manager  # noqa: E402
+from server.api import api  # noqa: E402
+from server.instance import Server  # noqa: E402
 from tests.helpers import TROUBLE, free_port  # noqa: E402
 
 FINETUNE = "finetune-and-deploy"
@@ -103,7 +103,7 @@ class Bench:
         self.db, self.root = db, root
         self.state_dir = root / "workspace"
         shutil.copytree(standin, self.state_dir / "catalog" / STANDIN_NAME / STANDIN_VERSION)
-        self.server = local_server.Server(
+        self.server = Server(
             root / "prefect-home", "127.0.0.1", free_port(),
             # runs start when the bench asks, not at the top of the hour
             extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
@@ -115,18 +115,18 @@ class Bench:
 
     # -- set-up ----------------------------------------------------------------------------
     def up(self) -> None:
-        local_server.up(self.server, self.state_dir, query_seconds=2, db=self.db)
+        manager.up(self.server, self.state_dir, query_seconds=2, db=self.db)
         self.server.stop("worker")  # two workers of our own instead, with a run limit
         for name in ("worker-a", "worker-b"):
-            local_server.start_worker(self.server, 2, name=name, worker_name=name,
-                                      home=self.root / name, limit=self.worker_limit)
+            manager.start_worker(self.server, 2, name=name, worker_name=name,
+                                 home=self.root / name, limit=self.worker_limit)
         from prefect.client.orchestration import SyncPrefectClient
 
         self.client = SyncPrefectClient(self.server.api_url)
         self.client.__enter__()
         for name in (SMOKE, TEARDOWN):
-            local_server.api(self.server, "PATCH", f"/deployments/{self.deployment_id(name)}",
-                             {"concurrency_limit": None})
+            api(self.server, "PATCH", f"/deployments/{self.deployment_id(name)}",
+                {"concurrency_limit": None})
 
     def down(self) -> None:
         from workspaces.local import LocalWorkspace
@@ -138,7 +138,7 @@ class Bench:
             workspace.begin_delete_endpoint(endpoint.name)
         for name in ("worker-a", "worker-b"):
             self.server.stop(name)
-        local_server.down(self.server)
+        manager.down(self.server)
 
     def deployment_id(self, name: str) -> str:
         return str(self.client.read_deployment_by_name(f"{name}/{name}").id)
@@ -230,7 +230,7 @@ class Bench:
         os.killpg(pid, signal.SIGKILL)
         time.sleep(10)
         restart = time.monotonic()
-        local_server.start_server(self.server, db=self.db)
+        manager.start_server(self.server, db=self.db)
         restart_s = time.monotonic() - restart
         states = self.wait(runs, LEFT_RUNNING_AFTER_S)
         parameters = self.client.read_flow_run(finetune_run.id).parameters
@@ -260,8 +260,8 @@ class Bench:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--db", choices=local_server.DATABASES, nargs="+",
-                        default=list(local_server.DATABASES))
+    parser.add_argument("--db", choices=manager.DATABASES, nargs="+",
+                        default=list(manager.DATABASES))
     parser.add_argument("--smoke", type=int, default=25)
     parser.add_argument("--teardowns", type=int, default=25)
     parser.add_argument("--worker-limit", type=int, default=6)

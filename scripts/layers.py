@@ -8,8 +8,12 @@ imports layer b)``; exits 1 when there is one, 0 otherwise. Every import counts,
 inside a function (a late import is still a dependency), and relative imports are resolved
 against their package. tests/ is not checked: a test may reach into any layer.
 
-The layers: scripts -> flows -> tasks, blocks -> workspaces. A layer may
-import from any layer below it; tasks and blocks share one.
+The layers: scripts -> flows -> server -> tasks, blocks -> workspaces. A layer may
+import from any layer below it; tasks and blocks share one. The server package sits below
+flows because ``chatft server`` (flows/commands.py) dispatches to it: the server never
+imports a flow, not even inside a function; it reaches the flows only through prefect.yaml's
+entrypoints, which Prefect's worker runs. It uses the blocks (their types, the
+notification's).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("scripts",),
     ("flows",),
+    ("server",),
     ("tasks", "blocks"),
     ("workspaces",),
 )

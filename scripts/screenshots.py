@@ -4,7 +4,7 @@ Every page is taken in the UI that ``/`` opens (Prefect 3.8's classic UI; the ne
 under ``/v2`` is not what a person reaches from the address ``up`` prints).
 
 Needs a running server with the deployments and at least one finished
-``finetune-and-deploy`` run (``python scripts/local_server.py up``, then one run), and
+``finetune-and-deploy`` run (``chatft server up``, then one run), and
 Chromium (Debian: ``apt-get install -y chromium``). The smoke-test deployment's Upcoming
 tab shows the runs the scheduler created from its hourly schedule.
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 import socket
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
 
 from workspaces.interface import (
     MANAGED_BY_VALUE,
@@ -96,17 +95,8 @@ def chat_body(text: str = "What is 2 plus 3?", max_new_tokens: int = 8) -> dict:
 
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-
-
-def load_local_server() -> ModuleType:
-    """scripts/local_server.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "local_server", PROJECT_DIR / "scripts" / "local_server.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# The project's command as `make server-up` runs it: the console script of this venv.
+CHATFT = str(Path(sys.executable).with_name("chatft"))
 
 
 def free_port() -> int:

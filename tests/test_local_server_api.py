@@ -1,4 +1,4 @@
-"""`local_server.py up` talks to a busy server: a 503 (SQLite locked) is tried again.
+"""`chatft server up` talks to a busy server: a 503 (SQLite locked) is tried again.
 
 Seen in a fresh-clone CI run: the PATCH that makes a deployment refuse unknown parameters
 answered 503, `up` died, and every server test errored at setup.
@@ -14,9 +14,10 @@ from urllib.error import HTTPError
 
 import pytest
 
-from tests.helpers import answer_json, load_local_server
-
-local_server = load_local_server()
+from server.api import api
+from server.auth import basic_header
+from server.instance import Server
+from tests.helpers import answer_json
 
 
 class _Busy(BaseHTTPRequestHandler):
@@ -38,28 +39,28 @@ class _Busy(BaseHTTPRequestHandler):
 def busy_server():
     http = ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
     threading.Thread(target=http.serve_forever, daemon=True).start()
-    server = local_server.Server(Path("unused"), "127.0.0.1", http.server_address[1])
+    server = Server(Path("unused"), "127.0.0.1", http.server_address[1])
     yield server
     http.shutdown()
 
 
 def test_a_busy_answer_is_tried_again(busy_server):
     _Busy.answers, _Busy.seen = [503, 503, 200], []
-    assert local_server.api(busy_server, "PATCH", "/deployments/x", {"a": 1}) == {"ok": True}
+    assert api(busy_server, "PATCH", "/deployments/x", {"a": 1}) == {"ok": True}
     assert [json.loads(body) for body in _Busy.seen] == [{"a": 1}] * 3
 
 
 def test_a_refusal_is_not_tried_again(busy_server):
     _Busy.answers, _Busy.seen = [422], []
     with pytest.raises(HTTPError, match="422"):
-        local_server.api(busy_server, "PATCH", "/deployments/x", {"a": 1})
+        api(busy_server, "PATCH", "/deployments/x", {"a": 1})
     assert len(_Busy.seen) == 1
 
 
 class _Guarded(BaseHTTPRequestHandler):
     """A server with an auth string and Prefect's CSRF protection on, as a team may run it."""
 
-    auth = local_server.server_auth.basic_header("team:a-test-string")
+    auth = basic_header("team:a-test-string")
     tokens: dict[str, str] = {}
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server convention
@@ -89,13 +90,13 @@ def test_a_server_with_auth_and_csrf_protection_is_spoken_to(tmp_path: Path) -> 
     auth_file.write_text("team:a-test-string\n")
     auth_file.chmod(0o600)
     try:
-        server = local_server.Server(tmp_path, "127.0.0.1", http.server_address[1],
-                                     auth_file=auth_file)
-        assert local_server.api(server, "PATCH", "/deployments/x", {"a": 1}) == {"ok": True}
-        assert local_server.api(server, "PATCH", "/deployments/y", {"a": 2}) == {"ok": True}
+        server = Server(tmp_path, "127.0.0.1", http.server_address[1],
+                        auth_file=auth_file)
+        assert api(server, "PATCH", "/deployments/x", {"a": 1}) == {"ok": True}
+        assert api(server, "PATCH", "/deployments/y", {"a": 2}) == {"ok": True}
         assert len(_Guarded.tokens) == 1  # one token, fetched once, for both calls
-        stranger = local_server.Server(tmp_path / "other", "127.0.0.1", http.server_address[1])
+        stranger = Server(tmp_path / "other", "127.0.0.1", http.server_address[1])
         with pytest.raises(HTTPError, match="401"):
-            local_server.api(stranger, "PATCH", "/deployments/x", {"a": 1})
+            api(stranger, "PATCH", "/deployments/x", {"a": 1})
     finally:
         http.shutdown()

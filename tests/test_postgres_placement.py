@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import stat
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,14 +20,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import PROJECT_DIR
-
 if os.geteuid() != 0:
     pytest.skip("PostgreSQL is placed outside the home only when root starts it (it then "
                 "runs as 'nobody'); run these tests as root", allow_module_level=True)
 
-sys.path.insert(0, str(PROJECT_DIR / "scripts"))
-import postgres_server as ps  # noqa: E402
+from server import postgres as ps  # noqa: E402
 
 
 @pytest.fixture

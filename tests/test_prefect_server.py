@@ -1,6 +1,6 @@
 """End to end through a real Prefect server, as a person using the UI would.
 
-``scripts/local_server.py up`` starts ``prefect server start`` (SQLite, its own
+``chatft server up`` (server/manager.py's ``up``) starts ``prefect server start`` (SQLite, its own
 PREFECT_HOME in tmp), registers the blocks, saves ``local-workspace/default`` with a tmp
 state_dir, creates the ``chatft-process`` pool, deploys prefect.yaml and starts a process
 worker. The test then starts runs through the API exactly as the UI's run form does
@@ -21,7 +21,9 @@ from uuid import UUID
 import httpx
 import pytest
 
-from tests.helpers import PROJECT_DIR, free_port, load_local_server
+from server import manager
+from server.instance import Server
+from tests.helpers import PROJECT_DIR, free_port
 from workspaces.local import LocalWorkspace
 from workspaces.local.catalog import STANDIN_NAME, STANDIN_VERSION
 
@@ -32,7 +34,6 @@ pytestmark = pytest.mark.slow
 RUN_TIMEOUT_S = 300
 
 
-local_server = load_local_server()
 
 
 class Stack:
@@ -50,7 +51,7 @@ class Stack:
 
     def deployment_id(self, name: str) -> UUID:
         if name not in self.deployed:
-            pytest.fail(f"deployment {name} is missing: `local_server.py up` deployed only "
+            pytest.fail(f"deployment {name} is missing: `chatft server up` deployed only "
                         f"{', '.join(self.deployed) or 'nothing'}")
         return self.client.read_deployment_by_name(f"{name}/{name}").id
 
@@ -104,7 +105,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, standin_dir: Path) -> Iterat
     state_dir = root / "workspace"
     # the stand-in base model, built once per session, so the run only fine-tunes it
     shutil.copytree(standin_dir, state_dir / "catalog" / STANDIN_NAME / STANDIN_VERSION)
-    server = local_server.Server(
+    server = Server(
         root / "prefect-home", "127.0.0.1", free_port(),
         extra_env={
             # runs start only when the test asks (no hourly smoke test, no teardown pass)
@@ -114,7 +115,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, standin_dir: Path) -> Iterat
     )
     running: Stack | None = None
     try:
-        deployed = local_server.up(server, state_dir, query_seconds=2)
+        deployed = manager.up(server, state_dir, query_seconds=2)
         assert set(deployed) == {"finetune-and-deploy", "smoke-test-endpoints",
                                  "teardown-idle-endpoints", "release-control"}
         running = Stack(server, state_dir, root / "data", deployed)
@@ -125,8 +126,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, standin_dir: Path) -> Iterat
         workspace = LocalWorkspace(state_dir)
         for endpoint in workspace.list_endpoints():
             workspace.begin_delete_endpoint(endpoint.name)
-        local_server.down(server)
-        assert local_server.status(server)["server_pid"] is None
+        manager.down(server)
+        assert manager.status(server)["server_pid"] is None
 
 
 @pytest.fixture(scope="module")

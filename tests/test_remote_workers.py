@@ -28,7 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROJECT_DIR, free_port, load_local_server
+from server.api import api
+from server.instance import Server, prefect_executable
+from server.manager import start_server
+from server.provisioning import WORK_POOL
+from tests.helpers import PROJECT_DIR, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +44,6 @@ GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
 }
 
-local_server = load_local_server()
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
@@ -78,8 +81,8 @@ def move_branch_on(url: str, root: Path) -> None:
 def start_worker(server, name: str, folder: Path, logs: Path) -> subprocess.Popen:
     log = (logs / f"{name}.log").open("wb")
     return subprocess.Popen(
-        [local_server._prefect_executable(), "worker", "start", "--pool",
-         local_server.WORK_POOL, "--type", "process", "--name", name, "--limit", "2"],
+        [prefect_executable(), "worker", "start", "--pool",
+         WORK_POOL, "--type", "process", "--name", name, "--limit", "2"],
         cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env=server.env(PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_HOME=str(folder / ".prefect"),
                        CHATFT_STATE_DIR=str(folder / ".workspace"), HF_HUB_OFFLINE="1"),
@@ -100,16 +103,16 @@ def test_runs_spread_over_two_workers_cloning_the_pinned_commit(tmp_path: Path) 
 
     url, head = make_remote(tmp_path)
     deployer = clone(url, tmp_path / "deployer" / "chat-finetune-flows")
-    server = local_server.Server(tmp_path / "prefect-home", "127.0.0.1", free_port(),
-                                 project_dir=tmp_path)
+    server = Server(tmp_path / "prefect-home", "127.0.0.1", free_port(),
+                    project_dir=tmp_path)
     workers: list[subprocess.Popen] = []
     logs = tmp_path / "logs"
     logs.mkdir()
     try:
-        local_server.start_server(server)
-        server.prefect("work-pool", "create", local_server.WORK_POOL, "--type", "process")
+        start_server(server)
+        server.prefect("work-pool", "create", WORK_POOL, "--type", "process")
         deployed = subprocess.run(
-            [local_server._prefect_executable(), "--no-prompt", "deploy", "--prefect-file",
+            [prefect_executable(), "--no-prompt", "deploy", "--prefect-file",
              "prefect.git.yaml", "--name", DEPLOYMENT.split("/")[1]],
             cwd=deployer, env=server.env(), capture_output=True, text=True)
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
@@ -125,8 +128,8 @@ def test_runs_spread_over_two_workers_cloning_the_pinned_commit(tmp_path: Path) 
             [pull] = deployment.pull_steps
             assert pull["prefect.deployments.steps.git_clone"] == {
                 "repository": url, "commit_sha": head}
-            local_server.api(server, "PATCH", f"/deployments/{deployment.id}",
-                             {"concurrency_limit": None})
+            api(server, "PATCH", f"/deployments/{deployment.id}",
+                {"concurrency_limit": None})
             runs = [client.create_flow_run_from_deployment(
                 deployment.id, parameters={"workspace_block": ""}) for _ in range(RUNS)]
             deadline = time.monotonic() + 600

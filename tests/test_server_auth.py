@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROJECT_DIR, load_local_server
-
-local_server = load_local_server()
-server_auth = local_server.server_auth
+from server import auth as server_auth
+from server.instance import Server
+from server.manager import auth_settings
+from server.printed_commands import access_lines, run_now_command, worker_command
 
 
 def test_loopback_runs_without_a_string_unless_asked(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_a_refused_auth_file_fails_up_naming_the_option(tmp_path: Path) -> None:
     own.write_text("team:secret-for-this-test\n")
     own.chmod(0o640)
     done = subprocess.run(
-        [sys.executable, str(PROJECT_DIR / "scripts" / "local_server.py"), "up",
+        [sys.executable, "-m", "server", "up",
          "--home", str(tmp_path / "home"), "--auth-file", str(own)],
         capture_output=True, text=True, timeout=60,
     )
@@ -79,15 +79,14 @@ def test_a_refused_auth_file_fails_up_naming_the_option(tmp_path: Path) -> None:
 
 def test_printed_commands_read_the_string_from_its_file(tmp_path: Path) -> None:
     path = server_auth.resolve(tmp_path / "my home", "0.0.0.0")  # noqa: S104
-    server = local_server.Server(tmp_path / "my home", "0.0.0.0", 4321, auth_file=path,  # noqa: S104
-                                 public_url="https://prefect.example.internal/")
+    server = Server(tmp_path / "my home", "0.0.0.0", 4321, auth_file=path,  # noqa: S104
+                    public_url="https://prefect.example.internal/")
     secret = path.read_text().strip()
-    printed = "\n".join([*local_server.access_lines(server),
-                         local_server.run_now_command(server, {
-                             "name": "smoke-test-endpoints",
-                             "entrypoint": "flows/smoke_test_endpoints.py:smoke_test_endpoints"})])
+    printed = "\n".join([*access_lines(server), run_now_command(server, {
+        "name": "smoke-test-endpoints",
+        "entrypoint": "flows/smoke_test_endpoints.py:smoke_test_endpoints"})])
     assert secret not in printed
-    worker = local_server.worker_command(server)
+    worker = worker_command(server)
     assert worker == (f"PREFECT_API_URL=https://prefect.example.internal/api "
                       f"PREFECT_API_AUTH_STRING=\"$(cat '{path}')\" "
                       "prefect worker start --pool chatft-process")
@@ -101,22 +100,22 @@ def test_printed_commands_read_the_string_from_its_file(tmp_path: Path) -> None:
     # leak into this server's processes.
     env = server.env()
     assert env["PREFECT_API_AUTH_STRING"] == secret
-    assert local_server.auth_settings(server)["PREFECT_SERVER_API_AUTH_STRING"] == secret
-    assert local_server.auth_settings(server)["PREFECT_UI_API_URL"] == (
+    assert auth_settings(server)["PREFECT_SERVER_API_AUTH_STRING"] == secret
+    assert auth_settings(server)["PREFECT_UI_API_URL"] == (
         "https://prefect.example.internal/api")
 
 
 def test_plain_http_beyond_loopback_is_warned_about(tmp_path: Path) -> None:
     path = server_auth.resolve(tmp_path, "0.0.0.0")  # noqa: S104
-    server = local_server.Server(tmp_path, "0.0.0.0", 4321, auth_file=path)  # noqa: S104
-    lines = local_server.access_lines(server)
+    server = Server(tmp_path, "0.0.0.0", 4321, auth_file=path)  # noqa: S104
+    lines = access_lines(server)
     assert any(line.startswith("WARNING: the server listens on 0.0.0.0 over plain HTTP")
                for line in lines)
     assert server.api_url == "http://127.0.0.1:4321/api"  # this machine's own clients
     assert not server.public_url.startswith("http://127.")  # what other machines use
-    loopback = local_server.Server(tmp_path / "solo", "127.0.0.1", 4321)
+    loopback = Server(tmp_path / "solo", "127.0.0.1", 4321)
     assert loopback.env().get("PREFECT_API_AUTH_STRING") is None
-    assert local_server.access_lines(loopback) == [
+    assert access_lines(loopback) == [
         "Authentication: off (the server listens on this machine only; --auth turns it on)"]
 
 

