@@ -50,7 +50,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -125,15 +124,6 @@ class LoadedModel:
     def generating(self) -> int:
         """Instances generating now (each for a batch of requests)."""
         return self.batcher.busy
-
-    def submit(
-        self,
-        messages: list[dict[str, str]],
-        parameters: dict[str, Any],
-        max_time: float,
-    ) -> Future:
-        """Queue a conversation for a batch; the future answers the assistant text."""
-        return self.batcher.submit(messages, parameters, max_time)
 
     def close(self, wait_s: float = 0.0) -> None:
         """Take no more requests; the instances end once they answered what they hold."""
@@ -469,7 +459,7 @@ async def _run_deployment(
             408, "RequestTimeout", f"request exceeded request_timeout_ms={int(timeout_s * 1000)}"
         )
     try:
-        text = await asyncio.wrap_future(model.submit(messages, parameters, remaining))
+        text = await asyncio.wrap_future(model.batcher.submit(messages, parameters, remaining))
     except Exception as exc:  # the model container failed: Azure answers 424
         return _error(424, "ModelError", f"model failed: {exc.__class__.__name__}: {exc}")
     if time.perf_counter() - started > timeout_s:
