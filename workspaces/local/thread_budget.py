@@ -100,7 +100,9 @@ class ThreadBudget:
                 continue
             pid = entry.name.rsplit(".", 1)[-1]
             try:
-                fresh = now - entry.stat().st_mtime < BUSY_FOR_S
+                # Either side of now: a mark in the future was touched before the clock went
+                # back, and a process still computing touches it again within a second.
+                fresh = abs(now - entry.stat().st_mtime) < BUSY_FOR_S
             except FileNotFoundError:
                 continue
             if fresh and pid.isdigit() and _alive(int(pid)):

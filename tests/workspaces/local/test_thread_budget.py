@@ -66,6 +66,21 @@ def test_a_mark_left_idle_frees_its_cores(tmp_path, monkeypatch):
     assert me.threads() == 2
 
 
+def test_a_clock_set_back_does_not_keep_an_idle_mark_busy(tmp_path):
+    """Marks touched before the clock went back an hour lie in the future: an idle one
+    frees its cores at once; one still computing is touched again on the new clock."""
+    board = tmp_path / "threads"
+    other = ThreadBudget(board, "endpoint")
+    other.busy()
+    mark = other.mark.rename(board / f"endpoint.{os.getppid()}")
+    me = ThreadBudget(board, "job", cores=2)
+    ahead = time.time() + 3600
+    os.utime(mark, (ahead, ahead))
+    assert me.threads() == 2
+    os.utime(mark, None)  # touched again after the jump
+    assert me.threads() == 1
+
+
 def test_apply_sets_torch_threads_and_release_gives_them_back(tmp_path):
     import torch
 
