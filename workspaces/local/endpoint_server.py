@@ -110,7 +110,6 @@ class LoadedModel:
         self.path = path
         self.model, self.tokenizer = load_components(path)
         self.model.eval()
-        self.instances = instances
         self.batcher = Batcher(
             self.model,
             self.tokenizer,
@@ -119,11 +118,6 @@ class LoadedModel:
             max_batch=MAX_BATCH_PER_INSTANCE,
             thread_role="endpoint",
         )
-
-    @property
-    def generating(self) -> int:
-        """Instances generating now (each for a batch of requests)."""
-        return self.batcher.busy
 
     def close(self, wait_s: float = 0.0) -> None:
         """Take no more requests; the instances end once they answered what they hold."""
@@ -303,7 +297,7 @@ def _loaded_models(state: EndpointState) -> dict[str, Any]:
     return {
         "models": {name: str(model.path) for name, model in loaded},
         "generating": {
-            name: {"now": model.generating, "instances": model.instances}
+            name: {"now": model.batcher.busy, "instances": model.batcher.instances}
             for name, model in loaded
         },
         "requests": {
