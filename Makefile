@@ -58,8 +58,11 @@ demo-rollback: install
 		--reason "make demo-rollback: back to the model that served before" \
 		--requested-by "$${USER:-demo}"
 
+# Two workers, a module each at a time, longest modules first (tests/conftest.py):
+# TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check .

@@ -2,6 +2,13 @@
 
 Endpoints started by a test are real server processes; the ``workspace`` fixture stops
 and deletes every one of them when the test ends.
+
+``make test`` runs the modules on two pytest-xdist workers, a module to a worker at a time
+(``--dist loadfile``): most of the suite's time is spent waiting (liveness bounds, canary
+watches, servers starting), which the other worker fills. So that the two do not take every
+core each when both compute, every workspace of the run shares one thread board
+(:mod:`workspaces.local.thread_budget`), and the modules measured longest start first, so
+the run does not end on one of them alone.
 """
 
 from __future__ import annotations
@@ -19,6 +26,45 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from workspaces.local import LocalWorkspace  # noqa: E402
 from workspaces.local.catalog import STANDIN_NAME, STANDIN_VERSION, build_standin  # noqa: E402
+from workspaces.local.thread_budget import BOARD_ENV  # noqa: E402
+
+# Longest first, by their time on 2 idle cores (``--durations``); the others follow in
+# their usual order. A module missing here only starts later.
+LONGEST_MODULES = (
+    "tests/flows/test_rollout_interference.py",
+    "tests/flows/test_rollout_crashes.py",
+    "tests/flows/test_concurrent_requests.py",
+    "tests/flows/test_finetune_and_deploy.py",
+    "tests/flows/test_release_control.py",
+    "tests/flows/test_rollout.py",
+    "tests/test_team_server.py",
+    "tests/workspaces/local/test_jobs.py",
+    "tests/azure/test_azure_release_control.py",
+    "tests/test_server_schedules.py",
+    "tests/azure/test_azure_rollout.py",
+    "tests/test_prefect_server.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the longest modules first (xdist keeps this order with --no-loadscope-reorder)."""
+    rank = {module: n for n, module in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_thread_board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One thread board for every workspace of the run, over all xdist workers."""
+    base = tmp_path_factory.getbasetemp()
+    # an xdist worker's base is <run>/popen-gwN: the run's folder is its parent
+    run = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    before = os.environ.get(BOARD_ENV)
+    os.environ[BOARD_ENV] = str(run / "threads")
+    yield
+    if before is None:
+        os.environ.pop(BOARD_ENV, None)
+    else:
+        os.environ[BOARD_ENV] = before
 
 
 @pytest.fixture(scope="session")

@@ -452,7 +452,13 @@ def test_a_killed_first_release_is_settled_and_two_releases_at_once_release_one(
     model = next(d for d in endpoint.deployments if d.name == serving).tags
     assert workspace.get_model(model[TAG_MODEL], model[TAG_MODEL_VERSION]).tags[
         TAG_STAGE] == "production"
-    assert RecordedRelease.of(endpoint.tags).step == "done"
+    # The record is the winner's, done; or the loser's, undone after it claimed the endpoint
+    # once the winner was done and lost the gate run again against the winner's model
+    # (seen with two xdist workers). Either way it names what serves as production.
+    record = RecordedRelease.of(endpoint.tags)
+    assert (record.step, record.production()) in {("done", serving), ("undone", serving)}, record
+    if record.step == "undone":
+        assert {"Rejected", "RolledBack"} & set(outcomes), outcomes
     assert _unknown(root) == []
 
 

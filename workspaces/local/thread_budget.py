@@ -7,12 +7,13 @@ served one steady client trained about nine times slower than on idle cores, and
 endpoint answered in 6 s instead of 0.8 s.
 
 So the heavy processes of one workspace (fine-tune jobs, endpoint servers while they
-generate, the held-out scorer) keep a board: a file per process under ``<state>/threads``
-(``$CHATFT_THREAD_BOARD``), touched while it computes. Before each training step or each
-generation a process counts the others busy in the last :data:`BUSY_FOR_S` seconds and takes
-its share of the cores, at least one: alone it has them all, beside a busy endpoint on
-2 cores each has one. A fixed number instead comes from ``$CHATFT_THREADS`` (the
-local-workspace block's ``threads_per_process`` sets it for the workspace's processes).
+generate, the held-out scorer) keep a board: a file per process under ``<state>/threads``,
+or the one ``$CHATFT_THREAD_BOARD`` names for the machine, touched while it computes. Before
+each training step or each generation a process counts the others busy in the last
+:data:`BUSY_FOR_S` seconds and takes its share of the cores, at least one: alone it has them
+all, beside a busy endpoint on 2 cores each has one. A fixed number instead comes from
+``$CHATFT_THREADS`` (the local-workspace block's ``threads_per_process`` sets it for the
+workspace's processes).
 """
 
 from __future__ import annotations
@@ -173,8 +174,14 @@ class ThreadBudget:
 def child_settings(root: Path, fixed: int | None) -> dict[str, str]:
     """The environment a workspace gives a process it starts: the board and, when set,
     the fixed count (``fixed``, else ``$CHATFT_THREADS``, checked here rather than in a
-    job that would fail on it later)."""
-    env = {BOARD_ENV: str(root / "threads")}
+    job that would fail on it later).
+
+    The board is the workspace's own (``<state>/threads``) unless ``$CHATFT_THREAD_BOARD``
+    names one: a machine running several workspaces at once (the demo's beside a
+    worker's, test modules run in parallel) gives them one board, so their processes
+    share the cores instead of each taking them all.
+    """
+    env = {BOARD_ENV: os.environ.get(BOARD_ENV) or str(root / "threads")}
     if fixed is None:
         fixed = fixed_threads(os.environ.get(FIXED_ENV))
     if fixed is not None:

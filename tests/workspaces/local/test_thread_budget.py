@@ -112,13 +112,19 @@ def test_a_fixed_count_wins_and_a_bad_one_names_the_setting(tmp_path, monkeypatc
             fixed_threads(bad)
 
 
-def test_the_workspace_gives_its_processes_the_board_and_the_fixed_count(tmp_path):
+def test_the_workspace_gives_its_processes_the_board_and_the_fixed_count(
+        tmp_path, monkeypatch):
     from blocks.local_workspace import LocalWorkspaceBlock
     from workspaces.local import LocalWorkspace
 
+    monkeypatch.delenv(thread_budget.BOARD_ENV, raising=False)
     shared = LocalWorkspace(tmp_path / "a")
     assert shared.threads == {thread_budget.BOARD_ENV: str(shared.root / "threads")}
     assert shared.jobs.threads == shared.endpoints.threads == shared.threads
+    # A machine's board, named in the environment, is every workspace's on it.
+    monkeypatch.setenv(thread_budget.BOARD_ENV, str(tmp_path / "machine"))
+    one, other = LocalWorkspace(tmp_path / "one"), LocalWorkspace(tmp_path / "other")
+    assert one.threads == other.threads == {thread_budget.BOARD_ENV: str(tmp_path / "machine")}
     fixed = LocalWorkspaceBlock(state_dir=str(tmp_path / "b"),
                                 threads_per_process=1).get_workspace()
     assert fixed.threads[thread_budget.FIXED_ENV] == "1"
@@ -138,14 +144,19 @@ def test_a_bad_count_in_the_environment_stops_the_workspace_before_any_process(
 
 
 @pytest.mark.slow
-def test_a_real_job_gives_way_to_a_busy_neighbour_and_takes_the_cores_back(workspace):
+def test_a_real_job_gives_way_to_a_busy_neighbour_and_takes_the_cores_back(
+        workspace, monkeypatch):
     """The job reads the board before each step: beside a process computing it takes half
     the cores, alone again all of them, and its log says so; its mark goes when it ends."""
     from tests.workspaces.local.test_jobs import spec_for, wait
+    from workspaces.local import LocalWorkspace
 
     if thread_budget.available_cores() < 2:
         pytest.skip("sharing needs 2 cores or more")
     cores = thread_budget.available_cores()
+    # The workspace's own board: the test run's (conftest) also holds other modules' marks.
+    monkeypatch.delenv(thread_budget.BOARD_ENV, raising=False)
+    workspace = LocalWorkspace(workspace.root)
     board = workspace.root / "threads"
     neighbour = thread_budget.ThreadBudget(board, "endpoint")  # this test process, computing
     with neighbour.marked_busy():
