@@ -36,6 +36,7 @@ from flows.parameters import FinetuneRequest, WorkspaceBlock, form_title
 from flows.preflight import FinetunePlan, run_preflight
 from flows.reported_failure import install as quiet_reported_failures
 from flows.rollout import ReleaseOutcome, release
+from flows.startup import skip_final_collection
 from tasks import reports
 from tasks.compute import ensure_compute
 from tasks.data import ensure_dataset, first_rows
@@ -376,3 +377,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    skip_final_collection()

@@ -38,6 +38,7 @@ from flows.parameters import ReleaseControlRequest, WorkspaceBlock, form_title
 from flows.release_actions import Action, abort, promote_held, rollback
 from flows.reported_failure import install as quiet_reported_failures
 from flows.rollout import ReleaseOutcome
+from flows.startup import skip_final_collection
 from tasks import reports
 from tasks.liveness import release_heartbeat
 from tasks.release_history import gate_figures, report_history, who_asked
@@ -165,3 +166,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    skip_final_collection()

@@ -43,6 +43,7 @@ from flows.cli import parse_request
 from flows.parameters import ScoringParameters, SmokeTestRequest, WorkspaceBlock, form_title
 from flows.reported_failure import ReportedFailure
 from flows.reported_failure import install as quiet_reported_failures
+from flows.startup import skip_final_collection
 from tasks import reports
 from tasks.data import ensure_dataset
 from tasks.endpoint_probes import (
@@ -254,3 +255,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    skip_final_collection()

@@ -37,6 +37,7 @@ from blocks import load_workspace
 from flows.cli import parse_request
 from flows.parameters import TeardownRequest, WorkspaceBlock, form_title
 from flows.reported_failure import install as quiet_reported_failures
+from flows.startup import skip_final_collection
 from tasks import reports
 from tasks.endpoints import delete_endpoint
 from tasks.own_traffic import attribute_own_requests, count_own_requests_by_endpoint
@@ -233,3 +234,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    skip_final_collection()

@@ -70,3 +70,28 @@ def test_a_direct_call_on_a_loaded_machine_starts_its_temporary_server(tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "No endpoint was tested; 0 skipped." in run.stdout
     print(f"direct call under load: {took:.0f} s")
+
+
+EXIT = """
+import atexit, gc, sys
+from pathlib import Path
+from flows.startup import skip_final_collection
+
+loop = []
+loop.append(loop)  # garbage in a cycle, as a run leaves plenty
+atexit.register(
+    lambda: Path(sys.argv[1]).write_text(f"exit work ran; frozen {gc.get_freeze_count()}"))
+print("printed before")
+skip_final_collection()
+"""
+
+
+def test_a_command_line_skipping_the_last_collection_still_does_its_exit_work(tmp_path):
+    """What a flow's command line does after its run: the atexit work (Prefect's log flush,
+    the temporary server's stop) still runs, and what was printed is kept."""
+    marker = tmp_path / "exit"
+    out = subprocess.run([sys.executable, "-c", EXIT, str(marker)], env=_plain_env(tmp_path),
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout == "printed before\n"
+    ran, frozen = marker.read_text().split("; frozen ")
+    assert ran == "exit work ran" and int(frozen) > 0
