@@ -10,6 +10,14 @@ steps are found by run name, one or two levels below the pipeline run (the regis
 pipeline runs as one node holding its steps). Each search returns the latest value of
 every metric of each run, so the metrics need no further request; a metric's history is
 read only for the loss curves (:data:`HISTORY_METRICS`), every page of it.
+
+The registry's ``chat_completion_pipeline`` (Azure/azureml-assets, its spec.yaml) names its
+finetune node ``chat_completion_finetune``. Its evaluation nodes, ``model_prediction`` and
+``compute_metrics``, are commented out in most versions, the latest (0.0.82) included; they
+ran in 0.0.68-0.0.74 and 0.0.77-0.0.78, logging bleu, rouge and ``mean_perplexity``, none of
+them a gate figure.
+So on Azure the evaluation is usually not found, and the gate reads the finetune step's
+``eval_loss`` (tasks/release_gate.py, ``job_figures``).
 """
 
 from __future__ import annotations
