@@ -55,14 +55,19 @@ import socket
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 USER = "prefect"
 DATABASE = "prefect"
 HOST = "127.0.0.1"
 DRIVER = "postgresql+asyncpg"
 START_TIMEOUT_S = 60
+# How long a stopped postmaster may take to exit once its pid file is gone.
+STOP_WAIT_S = 30.0
 # The settings through which a team's own database reaches Prefect; when one is set, no
 # PostgreSQL is started here.
 URL_SETTINGS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
@@ -83,6 +88,22 @@ PROBED = ("postgres", "pg_ctl", "initdb", "createdb")
 
 class PostgresError(RuntimeError):
     """PostgreSQL could not be set up or started; the message says what to do."""
+
+
+def wait_exited(pid: int, timeout_s: float) -> None:
+    """Wait until process ``pid`` runs no more (gone, or a zombie left for its parent to
+    reap); a PostgresError naming it after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        if time.monotonic() > deadline:
+            raise PostgresError(f"PostgreSQL's postmaster (pid {pid}) still runs {timeout_s:g} s "
+                                "after it was stopped; stop it with kill, then try again")
+        time.sleep(0.05)
 
 
 def binaries() -> Path:
@@ -297,14 +318,20 @@ class Postgres:
         """Whether the cluster has been made (initdb ran)."""
         return (self.data / "PG_VERSION").exists()
 
+    def _pid_file(self) -> tuple[int, int] | None:
+        """(postmaster pid, port) from the data folder's ``postmaster.pid``, or None."""
+        try:
+            lines = (self.data / "postmaster.pid").read_text().splitlines()
+            return int(lines[0]), int(lines[3])
+        except (OSError, ValueError, IndexError, PostgresError):
+            return None
+
     def running_port(self) -> int | None:
         """The port of the running server of this data folder, or None (also when this
         user cannot read where it is: another user's home)."""
-        try:
-            lines = (self.data / "postmaster.pid").read_text().splitlines()
-            pid, port = int(lines[0]), int(lines[3])
-        except (OSError, ValueError, IndexError, PostgresError):
+        if (found := self._pid_file()) is None:
             return None
+        pid, port = found
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -507,10 +534,15 @@ class Postgres:
 
     def stop(self) -> bool:
         """Stop it (fast shutdown: sessions are closed, nothing committed is lost);
-        whether it was running."""
+        whether it was running. Returns once the postmaster has exited: ``pg_ctl -w``
+        returns when its pid file is gone, which the postmaster removes just before it
+        exits, and on a loaded machine it was seen still running after that."""
         if self.running_port() is None:
             return False
+        found = self._pid_file()
         self._run(self._bin(), "pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        if found is not None:
+            wait_exited(found[0], STOP_WAIT_S)
         return True
 
     def remove(self) -> list[Path]:

@@ -13,7 +13,10 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -278,3 +281,28 @@ def test_errors_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ps.PostgresError, match="recorded by this user"):
         postgres.start()
     assert postgres.running_port() is None  # status of such a home: not running
+
+
+def test_stop_waits_for_the_postmaster_to_exit_not_only_for_its_pid_file(tmp_path: Path) -> None:
+    """``pg_ctl -w stop`` returns once postmaster.pid is gone, which the postmaster removes
+    just before it exits; with three test workers on 2 cores it was seen still running
+    after ``stop()`` returned. A process that outlives its pid file by a second stands in
+    for it here (no postmaster can be held in that window)."""
+    pid_file = tmp_path / "postmaster.pid"
+    pid_file.write_text("1\n")
+    outliving = subprocess.Popen([sys.executable, "-c",
+                                  "import os, sys, time; os.remove(sys.argv[1]); time.sleep(1)",
+                                  str(pid_file)])
+    while pid_file.exists():  # what pg_ctl -w waits for
+        time.sleep(0.01)
+    assert psutil.Process(outliving.pid).status() != psutil.STATUS_ZOMBIE  # the window
+    ps.wait_exited(outliving.pid, 10)
+    assert outliving.wait(timeout=0.5) == 0  # it had exited: only the reaping was left
+
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(ps.PostgresError, match=rf"pid {stuck.pid}\) still runs 0.3 s"):
+            ps.wait_exited(stuck.pid, 0.3)
+    finally:
+        stuck.kill()
+        stuck.wait()
