@@ -59,7 +59,7 @@ demo-rollback: install
 		--requested-by "$${USER:-demo}"
 
 # Three workers, a module each at a time, longest modules first (tests/conftest.py says
-# why): on 2 idle cores 16 min 20 s, against 17 min 5 s on two and 27 min 15 s on one.
+# why): on 2 idle cores 12 min 51 s, against 27 min 15 s on one (README, Tests).
 # TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= 3
 test: install
