@@ -28,6 +28,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # computing on 2 cores otherwise burn each other's time. Measured, 3 workers on 2 idle
 # cores: 12 min 51 s and 16.9 min of CPU, against 16 min 20 s and 23.1 min spinning.
 # Every process the tests start inherits it (OMP_ passes the workspace's allow-list).
+# Not the product's default: a process alone is slower waiting passively
+# (scripts/bench_shared_cores.py: training 1.44 against 1.18 s/step, an idle endpoint's
+# median reply 1.14 against 0.74 s) and one beside another gains nothing (2.03 against 2.08).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from workspaces.local import LocalWorkspace  # noqa: E402
