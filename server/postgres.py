@@ -318,27 +318,27 @@ class Postgres:
         """Whether the cluster has been made (initdb ran)."""
         return (self.data / "PG_VERSION").exists()
 
-    def _pid_file(self) -> tuple[int, int] | None:
-        """(postmaster pid, port) from the data folder's ``postmaster.pid``, or None."""
+    def _running(self) -> tuple[int, int] | None:
+        """(postmaster pid, port) of the running server of this data folder, or None
+        (also when this user cannot read where it is: another user's home)."""
         try:
             lines = (self.data / "postmaster.pid").read_text().splitlines()
-            return int(lines[0]), int(lines[3])
+            pid, port = int(lines[0]), int(lines[3])
         except (OSError, ValueError, IndexError, PostgresError):
             return None
-
-    def running_port(self) -> int | None:
-        """The port of the running server of this data folder, or None (also when this
-        user cannot read where it is: another user's home)."""
-        if (found := self._pid_file()) is None:
-            return None
-        pid, port = found
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return None
         except PermissionError:  # alive, and owned by another user (nobody)
             pass
-        return port
+        return pid, port
+
+    def running_port(self) -> int | None:
+        """The port of the running server of this data folder, or None (also when this
+        user cannot read where it is: another user's home)."""
+        running = self._running()
+        return None if running is None else running[1]
 
     def password(self) -> str:
         """The password of its user (never to be printed or logged)."""
@@ -537,12 +537,10 @@ class Postgres:
         whether it was running. Returns once the postmaster has exited: ``pg_ctl -w``
         returns when its pid file is gone, which the postmaster removes just before it
         exits, and on a loaded machine it was seen still running after that."""
-        if self.running_port() is None:
+        if (running := self._running()) is None:
             return False
-        found = self._pid_file()
         self._run(self._bin(), "pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-        if found is not None:
-            wait_exited(found[0], STOP_WAIT_S)
+        wait_exited(running[0], STOP_WAIT_S)
         return True
 
     def remove(self) -> list[Path]:
