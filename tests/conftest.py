@@ -67,13 +67,9 @@ def run_thread_board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     base = tmp_path_factory.getbasetemp()
     # an xdist worker's base is <run>/popen-gwN: the run's folder is its parent
     run = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    before = os.environ.get(BOARD_ENV)
-    os.environ[BOARD_ENV] = str(run / "threads")
-    yield
-    if before is None:
-        os.environ.pop(BOARD_ENV, None)
-    else:
-        os.environ[BOARD_ENV] = before
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(BOARD_ENV, str(run / "threads"))
+        yield
 
 
 @pytest.fixture(scope="session")
