@@ -63,6 +63,7 @@ from workspaces.local.mlflow_models import load_components
 from workspaces.local.state import (
     CHALLENGE_HEADER,
     MAX_CHALLENGE_CHARS,
+    REQUEST_LOG,
     TOKEN_ENV,
     boot_id,
     identity_proof,
@@ -243,7 +244,7 @@ class EndpointState:
 
     def log_request(self, record: dict[str, Any]) -> None:
         """Append one request's record to requests.jsonl (one JSON object per line)."""
-        with self.log_lock, open(self.dir / "requests.jsonl", "a", encoding="utf-8") as handle:
+        with self.log_lock, open(self.dir / REQUEST_LOG, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
 

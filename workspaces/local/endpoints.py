@@ -41,6 +41,8 @@ from workspaces.interface import (
 )
 from workspaces.local.state import (
     CHALLENGE_HEADER,
+    REQUEST_LOG,
+    SERVER_LOG,
     identity_proof,
     locked,
     process_alive,
@@ -259,7 +261,7 @@ class LocalEndpoints:
 
         self._update(name, reset)
         spawn_detached(
-            SERVER_MODULE, directory, "server.log",
+            SERVER_MODULE, directory, SERVER_LOG,
             HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **self.threads,
         )
 
@@ -364,7 +366,7 @@ class LocalEndpoints:
         ):
             state = "Failed"
             error = "the endpoint's server is not running; last log lines:\n" + _tail(
-                self._dir(endpoint) / "server.log", 10
+                self._dir(endpoint) / SERVER_LOG, 10
             )
         if state != record.get("provisioning_state", "Creating"):
             self._update(
@@ -520,7 +522,7 @@ class LocalEndpoints:
         """Requests in [start, end) from the server's request log, by caller and deployment
         (refused requests, 401, not counted)."""
         self._require(name)
-        log = self._dir(name) / "requests.jsonl"
+        log = self._dir(name) / REQUEST_LOG
         result = EndpointActivity(endpoint_name=name, start=start, end=end)
         if not log.exists():
             return result
@@ -565,4 +567,4 @@ class LocalEndpoints:
     def logs(self, name: str, lines: int) -> str:
         """The last ``lines`` of the server's log."""
         self._require(name)
-        return _tail(self._dir(name) / "server.log", lines)
+        return _tail(self._dir(name) / SERVER_LOG, lines)

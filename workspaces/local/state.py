@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import functools
 import hashlib
 import hmac
@@ -20,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,47 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# The logs a serving endpoint appends to while nothing else changes: each request's line
+# and its server's output.
+REQUEST_LOG = "requests.jsonl"
+SERVER_LOG = "server.log"
+
+
+def settled_digest(root: Path, leave_out: Collection[str]) -> str | None:
+    """A digest of every file under ``root``: path, size, mode, inode, modification and
+    change times, so that a file made, changed, replaced or removed, by a run or by hand
+    (``touch -r`` and ``cp -p`` included: they cannot set the change time), changes it.
+
+    ``leave_out`` holds patterns of paths relative to ``root`` (``endpoints/*/server.log``)
+    whose files and folders are skipped. None when the digest cannot vouch for the folder:
+    a symbolic link to a folder, whose content it does not follow.
+    """
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        relative = here.relative_to(root)
+        for name in list(dirs):
+            if (here / name).is_symlink():
+                return None
+            if _left_out(relative / name, leave_out):
+                dirs.remove(name)
+        dirs.sort()
+        for name in sorted(files):
+            if _left_out(relative / name, leave_out):
+                continue
+            try:
+                st = (here / name).lstat()
+            except FileNotFoundError:  # removed while the folder was read: a change anyway
+                continue
+            entries.append(f"{relative / name}\0{st.st_size}\0{st.st_mode}\0{st.st_ino}\0"
+                           f"{st.st_mtime_ns}\0{st.st_ctime_ns}")
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def _left_out(relative: Path, patterns: Collection[str]) -> bool:
+    return any(fnmatch.fnmatchcase(relative.as_posix(), pattern) for pattern in patterns)
 
 
 # A detached process's record, ``process.json``: written before the process exists (with
@@ -420,10 +462,15 @@ HUB_ACCESS_NAMES: tuple[str, ...] = (
 _TRUE = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub takes as HF_HUB_OFFLINE set
 
 
+def names_a_secret(name: str) -> bool:
+    """Whether an environment variable's name says it holds a credential (HF_TOKEN, ...)."""
+    return bool(_SECRET_WORD.search(name.upper()))
+
+
 def _admitted(name: str) -> bool:
     if name in CHILD_ENV_NAMES:
         return True
-    return name.startswith(CHILD_ENV_PREFIXES) and not _SECRET_WORD.search(name.upper())
+    return name.startswith(CHILD_ENV_PREFIXES) and not names_a_secret(name)
 
 
 def project_pythonpath(current: str | None = None) -> str:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 BOARD_ENV = "CHATFT_THREAD_BOARD"
 FIXED_ENV = "CHATFT_THREADS"
+# The board of a workspace when $CHATFT_THREAD_BOARD names none: <state>/threads.
+BOARD_DIR = "threads"
 # A mark older than this is a process that stopped computing (or died): an endpoint
 # between two requests of a steady client stays busy, one left alone frees its cores soon.
 BUSY_FOR_S = 5.0
@@ -181,7 +183,7 @@ def child_settings(root: Path, fixed: int | None) -> dict[str, str]:
     worker's, test modules run in parallel) gives them one board, so their processes
     share the cores instead of each taking them all.
     """
-    env = {BOARD_ENV: os.environ.get(BOARD_ENV) or str(root / "threads")}
+    env = {BOARD_ENV: os.environ.get(BOARD_ENV) or str(root / BOARD_DIR)}
     if fixed is None:
         fixed = fixed_threads(os.environ.get(FIXED_ENV))
     if fixed is not None:

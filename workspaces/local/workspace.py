@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,13 @@ from workspaces.local.endpoints import LocalEndpoints, size_problem
 from workspaces.local.jobs import LocalJobs
 from workspaces.local.pipeline_interface import local_interface
 from workspaces.local.registry import LocalRegistry
-from workspaces.local.state import read_json, write_json
+from workspaces.local.state import (
+    REQUEST_LOG,
+    SERVER_LOG,
+    read_json,
+    settled_digest,
+    write_json,
+)
 from workspaces.release_history import ReleaseEvent
 from workspaces.ultrachat import SAMPLE_SOURCE
 
@@ -123,6 +129,19 @@ class LocalWorkspace(Workspace):
     @override
     def local_data_root(self) -> Path | None:
         return self.root / "data"
+
+    def settled_state(self, leave_out: Collection[str] = ()) -> str | None:
+        """A digest of the state directory as runs leave it (None: it cannot tell).
+
+        It changes when anything in the workspace is made, changed or removed (a job, a
+        model version, a compute, an endpoint, its deployments or traffic, a data file),
+        by a run or by hand; not when serving endpoints only log their requests (their
+        request and server logs, the thread board's marks). ``leave_out`` names more paths
+        (relative, glob patterns) to skip.
+        """
+        skipped = {f"endpoints/*/{REQUEST_LOG}", f"endpoints/*/{SERVER_LOG}",
+                   thread_budget.BOARD_DIR, *leave_out}
+        return settled_digest(self.root, skipped)
 
     def check_access(self) -> str:
         """The state directory and every folder in it can be written (jobs/, computes/,
