@@ -16,6 +16,9 @@ The modules they are made of:
 - ``deploy_step``: its step 7 for a new endpoint (also a canary's first release);
 - ``rollout``: its step 7 as a canary release onto a live endpoint (the release's steps);
 - ``release_actions``: release_control's promote, abort and roll back, on the same steps;
+- ``finetune_result``: what finetune_and_deploy returns, and how its command line prints it;
+- ``unchanged_rerun``: its command line's answer to a re-run nothing has changed since
+  (a receipt of the last run, checked before Prefect is imported);
 - ``cli``: each flow's command line, made from its parameters;
 - ``commands``: ``chatft``, the project's command line;
 - ``reported_failure``: a failure a flow already explained is logged once, without a

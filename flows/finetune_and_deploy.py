@@ -19,24 +19,32 @@ or from a Prefect server: the ``finetune-and-deploy`` deployment in prefect.yaml
 
 from __future__ import annotations
 
-import shlex
 import sys
+
+if __name__ == "__main__":
+    # Before Prefect is imported: a re-run that nothing has changed since needs none of it.
+    from flows.unchanged_rerun import answer_if_unchanged
+
+    if answer_if_unchanged(sys.argv[1:]):
+        raise SystemExit(0)
+
 from pathlib import Path
 from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
-from pydantic import BaseModel, Field
 
 from blocks import load_workspace
 from flows.cli import parse_request
 from flows.deploy_step import deploy
+from flows.finetune_result import FLOW_NAME, FinetuneResult, print_result
 from flows.parameters import FinetuneRequest, WorkspaceBlock, form_title
 from flows.preflight import FinetunePlan, run_preflight
 from flows.reported_failure import install as quiet_reported_failures
 from flows.rollout import ReleaseOutcome, release
 from flows.startup import skip_final_collection
+from flows.unchanged_rerun import command_key, forget_receipt, keep_receipt
 from tasks import reports
 from tasks.compute import ensure_compute
 from tasks.data import ensure_dataset, first_rows
@@ -83,33 +91,8 @@ from workspaces.ultrachat import PreparedDataset
 quiet_reported_failures()
 
 
-class FinetuneResult(BaseModel):
-    """What the run produced, as shown at the end of the run and returned to callers."""
-
-    workspace: str
-    request_id: str
-    suffix: str
-    job_name: str
-    job_reused: bool
-    model_name: str
-    model_version: str
-    endpoint_name: str
-    scoring_uri: str | None
-    endpoint_reused: bool
-    deployment_name: str
-    reply: str
-    tuning_summary: str = ""
-    endpoint_deleted: bool = False
-    sample_request_file: str = ""
-    rollout: str = Field(
-        "", description="How a canary release ended: first-release, promoted, held, "
-        "rolled-back, rejected, refused or already-serving (empty: strategy new-endpoint)"
-    )
-    rollout_message: str = ""
-
-
 @flow(
-    name="finetune-and-deploy",
+    name=FLOW_NAME,
     description="Fine-tune a chat model on ultrachat_200k, register, deploy and score it.",
     log_prints=True,
 )
@@ -177,6 +160,7 @@ def finetune_and_deploy(
         sample_request_file=str(sample_file) if sample_file.name else "",
         rollout=outcome.outcome if outcome else "",
         rollout_message=outcome.message if outcome else "",
+        flow_run_id=this_run, flow_run_name=flow_run.get_name() or "",
     )
     logger = get_run_logger()
     logger.info(
@@ -352,27 +336,16 @@ def clean_up(workspace: Workspace, endpoint_name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m flows.finetune_and_deploy``: parse the request from ``argv``, run, print."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     request, workspace_block = parse_request(
         FinetuneRequest, "python -m flows.finetune_and_deploy", argv
     )
+    # The command as started (the flow may change the process's settings as it runs).
+    command = command_key(argv)
+    forget_receipt(command, workspace_block)
     result = finetune_and_deploy(request=request, workspace_block=workspace_block)
-    print()
-    print(
-        f"Endpoint:    {result.endpoint_name}" + (" (deleted)" if result.endpoint_deleted else "")
-    )
-    print(f"Scoring URI: {result.scoring_uri}")
-    print(f"Model:       {result.model_name} version {result.model_version}")
-    print(f"Reply:       {result.reply!r}")
-    print(f"Sample body: {result.sample_request_file or '(none: the model was not released)'}")
-    if result.rollout:
-        print(f"Release:     {result.rollout}: {result.rollout_message}")
-    if not result.endpoint_deleted and result.workspace.startswith("local:"):
-        # Pasteable as printed: this interpreter and the workspace this run used, whatever
-        # the shell's current folder or $CHATFT_STATE_DIR is later.
-        state_dir = result.workspace.removeprefix("local:").rsplit(":", 1)[0]
-        print("The endpoint keeps serving. Stop and delete this workspace's endpoints with:\n  "
-              + shlex.join([sys.executable, "-m", "workspaces.local.cli", "--state-dir",
-                            state_dir, "endpoints", "delete", "--all"]))
+    keep_receipt(command, workspace_block, request, result)
+    print_result(result)
 
 
 if __name__ == "__main__":

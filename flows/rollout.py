@@ -29,6 +29,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from flows.deploy_step import create_endpoint_and_deployment
+from flows.finetune_result import already_serving_message
 from flows.parameters import FinetuneRequest, RolloutParameters
 from flows.preflight import FinetunePlan
 from tasks import reports
@@ -199,8 +200,8 @@ def _resume(run: Release, recorded: RecordedRelease, auto_promote: bool
     if step == "done":
         return ReleaseOutcome(outcome="already-serving", released=True, serving=new,
                               endpoint=run.workspace.get_endpoint(name),
-                              message=f"{run.model.name}:{run.model.version} already serves "
-                              f"{name} (deployment {new})")
+                              message=already_serving_message(
+                                  run.model.name, run.model.version, name, new))
     if step == "undone" and recorded.reason.startswith(RUN_DIED):
         return None  # the recovery undid it because its run died: this run tries again
     if step == "undone":

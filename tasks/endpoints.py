@@ -294,12 +294,15 @@ def score_sample(
     get_run_logger().info("Sending the sample conversation to %s/%s and waiting for the reply",
                           endpoint_name, deployment_name)
     target = Path(request_file)
+    text = json.dumps(body, indent=2)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Written whole, then renamed: a reader never sees half a body.
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(body, indent=2))
-        os.replace(partial, target)
+        # A re-run's body is the same: left as it is, the workspace stays as the run left it.
+        if not target.is_file() or target.read_text() != text:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Written whole, then renamed: a reader never sees half a body.
+            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+            partial.write_text(text)
+            os.replace(partial, target)
     except OSError as exc:
         raise InvalidRequest(
             f"cannot write the sample request to {target} ({exc.strerror or exc}); make "
