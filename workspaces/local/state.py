@@ -305,7 +305,8 @@ def _identity(pid: int, ticks: int | None) -> dict[str, Any]:
 
 
 def process_alive(folder: Path) -> bool:
-    """Whether the process recorded for ``folder`` runs, counting one still being recorded."""
+    """Whether the process recorded for ``folder`` runs, counting one still being recorded:
+    its record has no pid yet, no process carries its token, and its spawner still runs."""
     if recorded_process(folder) is not None:
         return True
     record = read_json(folder / PROCESS_FILE) or {}
@@ -313,7 +314,24 @@ def process_alive(folder: Path) -> bool:
         bool(record)
         and not record.get("pid")
         and seconds_since(record, "spawned_at", "spawned_since_boot") < RECORDING_GRACE_S
+        and _spawner_runs(record)
     )
+
+
+def _spawner_runs(record: dict[str, Any]) -> bool:
+    """Whether the process that wrote a pid-less record can still complete it. A record
+    written before spawners were recorded is given the grace period alone."""
+    spawner = record.get("spawner")
+    if not spawner:
+        return True
+    if record.get("boot_id") != boot_id():
+        return False
+    try:
+        proc = psutil.Process(spawner["pid"])
+        return (start_ticks(proc.pid) == spawner["start_ticks"]
+                and proc.status() != psutil.STATUS_ZOMBIE)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def process_token(folder: Path) -> str | None:
@@ -379,6 +397,8 @@ def spawn_detached(module: str, folder: Path, log_name: str, **env: str) -> int:
     record: dict[str, Any] = {
         "module": module, "token": secrets.token_hex(16), "pid": None, "spawned_at": time.time(),
         "spawned_since_boot": since_boot(), "boot_id": boot_id(),
+        # Who completes the record: once it is gone, a record without a pid never will be.
+        "spawner": {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid())},
     }
     write_json(folder / PROCESS_FILE, record)
     with open(folder / log_name, "ab") as log:

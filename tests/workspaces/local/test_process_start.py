@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 
+import psutil
+
+from tests.helpers import PROJECT_DIR
+from workspaces.fault_injection import SPAWN_HOLD_ENV, SPAWN_MARKER
 from workspaces.local.state import (
     PROCESS_FILE,
     find_processes,
@@ -72,3 +79,34 @@ def test_a_start_its_caller_never_recorded_is_found_by_its_token(tmp_path):
         assert read_json(folder / PROCESS_FILE)["pid"] == pid
     finally:
         os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_start_whose_caller_and_process_both_died_is_dead_at_once(tmp_path):
+    # A run killed between starting a server and recording its pid, and the server gone
+    # too (killed with it, or crashed): the record has only the token, and nothing will
+    # ever complete it. The re-run right after must start a new one, not wait for this.
+    folder = tmp_path / "orphan"
+    folder.mkdir()
+    caller = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from workspaces.local."
+         "state import spawn_detached; spawn_detached(sys.argv[1], Path(sys.argv[2]), 'log')",
+         IDLE, str(folder)],
+        env={**os.environ, SPAWN_HOLD_ENV: IDLE}, cwd=PROJECT_DIR,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (folder / SPAWN_MARKER).exists():
+            assert time.monotonic() < deadline and caller.poll() is None
+            time.sleep(0.05)
+        record = read_json(folder / PROCESS_FILE)
+        (started,) = [p for p in find_processes(folder, IDLE, record["token"])
+                      if p.pid != caller.pid]
+        # while its caller lives, the start is under way
+        started.kill()
+        psutil.wait_procs([started], timeout=10)
+        assert process_alive(folder)
+    finally:
+        caller.kill()
+        caller.wait()
+    assert read_json(folder / PROCESS_FILE)["pid"] is None
+    assert not process_alive(folder)
