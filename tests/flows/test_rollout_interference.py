@@ -490,8 +490,10 @@ def test_the_claim_gates_against_what_serves_then_and_a_refused_resume_rolls_bac
             foundation_model="phi3-tiny-standin", endpoint_name=EP, dataset_split_pc=3,
             download_dir=str(tmp_path / "dl"),
             training=TrainingParameters(learning_rate=lr, apply_model_specific_defaults=False),
+            # the claim and the gate are at stake, not latency: medians of 3 requests of a
+            # few ms each (18 against 59 ms on a loaded run) would judge timer noise
             rollout=RolloutParameters(strategy="canary", watch_seconds=5, watch_requests=3,
-                                      keep_previous=keep_previous))
+                                      keep_previous=keep_previous, max_latency_ratio=100))
 
     @flow
     def plan_for(req: FinetuneRequest):
