@@ -99,7 +99,8 @@ def _path(workspace: LocalWorkspace, key: str) -> Path:
 def forget_receipt(key: str, workspace_block: str) -> None:
     """When a run starts: whatever it does, the command's receipt no longer stands."""
     if not workspace_block:
-        with contextlib.suppress(OSError):
+        # A workspace that cannot be loaded (a bad setting) is the flow's to explain.
+        with contextlib.suppress(Exception):
             _path(load_workspace(""), key).unlink(missing_ok=True)
 
 
@@ -152,7 +153,7 @@ def answer_if_unchanged(argv: Sequence[str]) -> bool:
         workspace = load_workspace("")
         receipt = json.loads(_path(workspace, command_key(argv)).read_text())
         run = f"flow run '{receipt['result']['flow_run_name']}' of {receipt['finished_at']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except Exception:  # no receipt, or a workspace the flow will explain (a bad setting)
         return False
     try:
         answered = _check(workspace, receipt)

@@ -20,6 +20,7 @@ from flows.unchanged_rerun import (
     answer_if_unchanged,
     code_digest,
     command_key,
+    forget_receipt,
     keep_receipt,
 )
 from tests.helpers import PROJECT_DIR
@@ -215,3 +216,12 @@ def write_receipt(workspace: LocalWorkspace, argv: list[str], endpoint: str) -> 
             "sample")], "state": workspace.settled_state(leave_out={RECEIPTS}),
         "finished_at": "then", "result": result.model_dump(mode="json"),
     }))
+
+
+def test_a_workspace_that_cannot_load_is_left_to_the_flow_to_explain(workspace, monkeypatch):
+    monkeypatch.setenv("CHATFT_STATE_DIR", str(workspace.root))
+    argv = ["--endpoint-name", "a"]
+    write_receipt(workspace, argv, "a")
+    monkeypatch.setenv("CHATFT_THREADS", "abc")  # the workspace refuses to load with it
+    assert not answer_if_unchanged(argv)
+    forget_receipt(command_key(argv), "")
