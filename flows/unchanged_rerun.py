@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from blocks import load_workspace
 from flows.finetune_result import FLOW_NAME, FinetuneResult, already_serving_message, print_result
 from workspaces.local.catalog import CATALOG
-from workspaces.local.state import names_a_secret
+from workspaces.local.state import names_a_secret, write_json
 from workspaces.release_state import RecordedRelease, live_shares
 from workspaces.scoring import BadReply, read_reply
 from workspaces.ultrachat import source_fingerprint
@@ -124,24 +124,24 @@ def _keep(key: str, request: FinetuneRequest, result: FinetuneResult) -> None:
     model = CATALOG.get(request.foundation_model or workspace.default_foundation_model)
     if model is None or model["source"] == "hub":
         return  # a hub model's availability is the hub's, not the workspace's
-    if _serving_as_left(workspace, result) is not None:
-        return
+    if _serving_as_left(workspace, result) is None:
+        write_receipt(workspace, key, request.dataset or workspace.default_dataset, result)
+
+
+def write_receipt(workspace: LocalWorkspace, key: str, dataset: str,
+                  result: FinetuneResult) -> None:
+    """The receipt of ``result`` for the command ``key``: the code, ``dataset`` and the
+    workspace as they are now (none when the workspace cannot be vouched for)."""
     state = workspace.settled_state(leave_out={RECEIPTS})
     if state is None:
         return
-    dataset = request.dataset or workspace.default_dataset
-    receipt = {
+    write_json(_path(workspace, key), {
         "code": code_digest(),
         "dataset": [dataset, source_fingerprint(dataset)],
         "state": state,
         "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "result": result.model_dump(mode="json"),
-    }
-    path = _path(workspace, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(receipt, indent=2))
-    os.replace(partial, path)
+    })
 
 
 def answer_if_unchanged(argv: Sequence[str]) -> bool:

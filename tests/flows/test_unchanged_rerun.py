@@ -149,7 +149,9 @@ def test_a_receipt_whose_endpoint_is_gone_runs_the_flow(workspace, monkeypatch, 
     assert not answer_if_unchanged(argv)
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == "Running the flow: gone is gone since flow run 'some-run' of then.\n"
+    (receipt,) = receipts(workspace)
+    assert err == ("Running the flow: gone is gone since flow run 'some-run' of "
+                   f"{receipt['finished_at']}.\n")
 
 
 def test_a_changed_workspace_file_runs_the_flow_and_logs_do_not(workspace, monkeypatch, capsys):
@@ -209,13 +211,7 @@ def write_receipt(workspace: LocalWorkspace, argv: list[str], endpoint: str) -> 
         reply="Hello", sample_request_file=str(sample), rollout="first-release",
         flow_run_id="f", flow_run_name="some-run",
     )
-    path = workspace.root / RECEIPTS / f"{command_key(argv)}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "code": code_digest(), "dataset": ["sample", unchanged_rerun.source_fingerprint(
-            "sample")], "state": workspace.settled_state(leave_out={RECEIPTS}),
-        "finished_at": "then", "result": result.model_dump(mode="json"),
-    }))
+    unchanged_rerun.write_receipt(workspace, command_key(argv), "sample", result)
 
 
 def test_a_workspace_that_cannot_load_is_left_to_the_flow_to_explain(workspace, monkeypatch):
